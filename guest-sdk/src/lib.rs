@@ -1,0 +1,108 @@
+//! # wasmpush-sdk
+//!
+//! Write a [wasmpush](https://example.invalid/wasmpush) plugin as one function over your own
+//! serde types, registered with one macro:
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use wasmpush_sdk::{Context, Error};
+//!
+//! #[derive(Deserialize)]
+//! struct Params { name: String }
+//!
+//! #[derive(Serialize)]
+//! struct Greeting { text: String, seq: u64 }
+//!
+//! fn tick(ctx: &Context, params: &Params) -> Result<Option<Greeting>, Error> {
+//!     if params.name.is_empty() {
+//!         return Err(Error::msg("name must not be empty"));
+//!     }
+//!     Ok(Some(Greeting { text: format!("hello {}", params.name), seq: ctx.seq }))
+//! }
+//!
+//! wasmpush_sdk::plugin!(tick);
+//! # fn main() {}
+//! ```
+//!
+//! Every tick the engine calls `tick` for each connection that has params and is not parked:
+//! `Ok(Some(payload))` pushes `payload` as JSON, `Ok(None)` pushes nothing this time, and
+//! `Err(e)` pushes `{"code":0,"msg":"<e>","data":[]}` once and parks the connection until the
+//! client sends new params. Params that do not match your type are such an error too, naming the
+//! field. Return [`Raw`] to write the frame text yourself.
+//!
+//! Behind the macro the SDK speaks the batch contract in `wit/plugin.wit`: it parses each
+//! connection's params once, when they change, and keeps them until the connection closes.
+//!
+//! ## Layout
+//! - `context`: [`Context`] and [`Trigger`], what a call knows about its connection.
+//! - `error`: [`Error`], the error type `?` converts anything into.
+//! - `payload`: [`Payload`] and [`Raw`], how a result becomes a text frame.
+//! - [`log`]: log lines into the engine's log, tagged with the plugin's name.
+//! - `batch`: the batch runner behind [`plugin!`], with its params cache.
+#![deny(missing_docs)]
+
+mod batch;
+mod context;
+mod error;
+pub mod log;
+mod payload;
+
+pub use context::{Context, Trigger};
+pub use error::Error;
+pub use payload::{Payload, Raw};
+
+/// Bindings generated from the WIT contract; used by [`plugin!`], not by plugin authors.
+#[doc(hidden)]
+#[allow(missing_docs, unsafe_code, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "push-plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_push_plugin",
+        default_bindings_module: "wasmpush_sdk::bindings",
+    });
+}
+
+/// What [`plugin!`] expands to; not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::batch::run_batch;
+}
+
+/// Registers the plugin function: `fn(&Context, &P) -> Result<Option<R>, E>`, where `P` is your
+/// params type (any `serde::de::DeserializeOwned`), `R` any [`Payload`] (every
+/// `serde::Serialize` type, or [`Raw`]) and `E` any error that implements `Display`.
+///
+/// Use it once per plugin crate, at the top level of `src/lib.rs`:
+///
+/// ```
+/// fn tick(
+///     ctx: &wasmpush_sdk::Context,
+///     _params: &serde_json::Value,
+/// ) -> Result<Option<u64>, wasmpush_sdk::Error> {
+///     Ok(Some(ctx.seq))
+/// }
+///
+/// wasmpush_sdk::plugin!(tick);
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! plugin {
+    ($tick:path) => {
+        #[doc(hidden)]
+        pub struct __WasmpushPlugin;
+
+        impl $crate::bindings::Guest for __WasmpushPlugin {
+            fn run(
+                now_ms: u64,
+                calls: ::std::vec::Vec<$crate::bindings::Call>,
+                closed: ::std::vec::Vec<u64>,
+            ) -> ::std::vec::Vec<$crate::bindings::Outcome> {
+                $crate::__private::run_batch(now_ms, calls, closed, $tick)
+            }
+        }
+
+        $crate::bindings::__export_push_plugin!(__WasmpushPlugin);
+    };
+}
