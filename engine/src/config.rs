@@ -1,0 +1,161 @@
+//! The engine's settings: one validated [`Config`], built from defaults, an optional TOML file
+//! and command-line flags (in that order of precedence, lowest first), then passed explicitly
+//! to whatever needs it. Nothing here reads the environment or touches the network.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Every setting of the engine, with its default. See `docs/operations.md` for the reference.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the WebSocket server listens on.
+    pub listen: SocketAddr,
+    /// Directory holding the plugins, one `NAME.wasm` each.
+    pub plugins_dir: PathBuf,
+    /// Plugin served at `/` (and at any path that names no plugin).
+    pub default_plugin: String,
+    /// Interval between two pushes to a connection, in milliseconds.
+    pub tick_ms: u64,
+    /// Worker threads running plugins; 0 means one per CPU.
+    pub workers: usize,
+    /// Largest params object a client may send, in bytes.
+    pub max_params_bytes: usize,
+    /// Largest WebSocket message (and frame) a client may send, in bytes.
+    pub max_message_bytes: usize,
+    /// Connections served at once; the handshake of one more is refused with HTTP 503.
+    pub max_connections: usize,
+    /// Time a client has to complete its WebSocket handshake, in seconds.
+    pub handshake_timeout_secs: u64,
+    /// Time a socket may stay unwritable before the connection is closed, in seconds.
+    pub write_timeout_secs: u64,
+    /// Time one plugin call may run before it is interrupted, in milliseconds; a batch gets this
+    /// plus `plugin_call_budget_us` per connection it carries.
+    pub plugin_timeout_ms: u64,
+    /// Extra time a batch gets per connection it carries, in microseconds.
+    pub plugin_call_budget_us: u64,
+    /// Linear memory one plugin instance may grow to, in MiB.
+    pub plugin_memory_mib: usize,
+    /// Largest payload a plugin may push, in bytes; a larger one is an error for its connection.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9503)),
+            plugins_dir: PathBuf::from("runtime/plugins"),
+            default_plugin: "quote".to_owned(),
+            tick_ms: 200,
+            workers: 0,
+            max_params_bytes: 4096,
+            max_message_bytes: 64 * 1024,
+            max_connections: 100_000,
+            handshake_timeout_secs: 10,
+            write_timeout_secs: 10,
+            plugin_timeout_ms: 100,
+            plugin_call_budget_us: 50,
+            plugin_memory_mib: 64,
+            max_payload_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key.
+        message: String,
+    },
+    /// A value is out of its range.
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Reads a TOML file; missing keys keep their defaults, unknown keys are an error.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text)
+            .map_err(|err| ConfigError::Parse { path: path.to_owned(), message: err.to_string().trim_end().to_owned() })
+    }
+
+    /// Checks every value is in range; the error names the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn check(ok: bool, key: &'static str, reason: &str) -> Result<(), ConfigError> {
+            if ok { Ok(()) } else { Err(ConfigError::Invalid { key, reason: reason.to_owned() }) }
+        }
+        check((10..=60_000).contains(&self.tick_ms), "tick_ms", "must be between 10 and 60000")?;
+        check(self.workers <= 1024, "workers", "must be at most 1024")?;
+        check(!self.default_plugin.is_empty(), "default_plugin", "must not be empty")?;
+        check(self.max_params_bytes >= 2, "max_params_bytes", "must be at least 2")?;
+        check(
+            self.max_message_bytes >= self.max_params_bytes,
+            "max_message_bytes",
+            "must be at least max_params_bytes",
+        )?;
+        check(self.max_connections >= 1, "max_connections", "must be at least 1")?;
+        check(self.handshake_timeout_secs >= 1, "handshake_timeout_secs", "must be at least 1")?;
+        check(self.write_timeout_secs >= 1, "write_timeout_secs", "must be at least 1")?;
+        check(self.plugin_timeout_ms >= 1, "plugin_timeout_ms", "must be at least 1")?;
+        check(self.plugin_memory_mib >= 1, "plugin_memory_mib", "must be at least 1")?;
+        check(self.max_payload_bytes >= 1, "max_payload_bytes", "must be at least 1")
+    }
+
+    /// The number of worker threads: `workers`, or the CPU count when it is 0.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// The tick interval.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = toml::from_str::<Config>("tick_ms = 100\ntickms = 5\n").unwrap_err();
+        assert!(err.to_string().contains("tickms"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_key() {
+        let config = Config { tick_ms: 1, ..Config::default() };
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid { key: "tick_ms", .. })));
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+}

@@ -1,0 +1,115 @@
+//! One client connection after its handshake: reads the client's frames, validates params and
+//! hands them to the connection's shard; writes the frames the shard queued. It owns the socket
+//! and nothing else: all push state lives in the shard.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+
+use crate::handshake::Route;
+use crate::outbound::{Drained, Outbound, OutboundQueue};
+use crate::protocol::{ClientError, validate_params};
+use crate::shard::ShardCommand;
+
+/// What a connection needs to know.
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    /// Largest params object accepted.
+    pub max_params_bytes: usize,
+    /// Time a write may take before the client counts as a slow consumer.
+    pub write_timeout: Duration,
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client closed it or the socket failed.
+    Client,
+    /// The engine is shutting down.
+    Shutdown,
+    /// The client does not read its frames.
+    SlowConsumer,
+}
+
+/// Serves one connection until the client leaves, the engine shuts down, or the client stops
+/// reading. Always tells the shard the connection closed.
+pub async fn serve<S>(
+    mut ws: WebSocketStream<S>,
+    conn_id: u64,
+    route: Route,
+    shard: flume::Sender<ShardCommand>,
+    settings: ConnectionSettings,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let outbound = Arc::new(OutboundQueue::new());
+    let open = ShardCommand::Open { conn_id, plugin: route.plugin, outbound: outbound.clone(), params: route.params };
+    if shard.send_async(open).await.is_err() {
+        return;
+    }
+    let end = loop {
+        tokio::select! {
+            frame = ws.next() => match frame {
+                Some(Ok(Message::Text(text))) => {
+                    match validate_params(text.as_str(), settings.max_params_bytes) {
+                        Ok(()) => {
+                            let command = ShardCommand::Params { conn_id, params: text.as_str().to_owned() };
+                            if shard.send_async(command).await.is_err() {
+                                break End::Shutdown;
+                            }
+                        }
+                        Err(err) => outbound.push(Outbound::Error(err.frame())),
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => outbound.push(Outbound::Error(ClientError::BinaryFrame.frame())),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break End::Client,
+                Some(Ok(_)) => {} // ping, pong: tungstenite answers pings itself
+            },
+            drained = outbound.next() => match drained {
+                Drained::Frames(frames) => {
+                    match tokio::time::timeout(settings.write_timeout, write_all(&mut ws, frames)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break End::Client,
+                        Err(_) => break End::SlowConsumer,
+                    }
+                }
+                Drained::Overflowed => break End::SlowConsumer,
+            },
+            () = shutdown.cancelled() => break End::Shutdown,
+        }
+    };
+    let _ = shard.send_async(ShardCommand::Close { conn_id }).await;
+    let close = match end {
+        End::Client => None,
+        End::Shutdown => Some((CloseCode::Away, "going away")),
+        End::SlowConsumer => Some((CloseCode::Policy, "slow consumer")),
+    };
+    if let Some((code, reason)) = close {
+        tracing::debug!(conn_id, ?end, "closing connection");
+        let frame = CloseFrame { code, reason: reason.into() };
+        let _ = tokio::time::timeout(settings.write_timeout, ws.close(Some(frame))).await;
+    }
+}
+
+/// Writes frames in order and flushes once.
+async fn write_all<S>(
+    ws: &mut WebSocketStream<S>,
+    frames: Vec<Outbound>,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    for frame in frames {
+        let (Outbound::Data(text) | Outbound::Error(text)) = frame;
+        ws.feed(Message::text(text)).await?;
+    }
+    ws.flush().await
+}

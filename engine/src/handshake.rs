@@ -1,0 +1,84 @@
+//! The WebSocket handshake's routing: which plugin a request URL asks for and which params it
+//! carries, or why it is refused. Pure functions of the URL; the server applies the decision.
+//!
+//! `/` and `/ws` serve the default plugin, `/ws/NAME` serves plugin NAME; `?params=<JSON>`
+//! (percent-encoded) sets the params at once.
+
+use std::sync::Arc;
+
+use crate::protocol::validate_params;
+use crate::registry::PluginRegistry;
+
+/// Where an accepted connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The plugin serving it.
+    pub plugin: Arc<str>,
+    /// Its params, if the URL carried them (validated).
+    pub params: Option<String>,
+}
+
+/// Why a handshake is refused: an HTTP status and a reason sent as the response body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status} {reason}")]
+pub struct Refusal {
+    /// The HTTP status code.
+    pub status: u16,
+    /// Why, in one line.
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(status: u16, reason: impl Into<String>) -> Self {
+        Refusal { status, reason: reason.into() }
+    }
+}
+
+/// Routes a request for `path` and `query`.
+pub fn route(
+    path: &str,
+    query: Option<&str>,
+    default_plugin: &str,
+    registry: &PluginRegistry,
+    max_params_bytes: usize,
+) -> Result<Route, Refusal> {
+    let name = match path.trim_end_matches('/') {
+        "" | "/ws" => default_plugin,
+        other => other
+            .strip_prefix("/ws/")
+            .filter(|name| !name.contains('/'))
+            .ok_or_else(|| Refusal::new(404, format!("no such path `{path}`: connect to /ws/PLUGIN or /")))?,
+    };
+    let Some(version) = registry.get(name) else {
+        return Err(Refusal::new(404, format!("unknown plugin `{name}`")));
+    };
+    let params = match query {
+        None => None,
+        Some(query) => params_from_query(query, max_params_bytes)?,
+    };
+    Ok(Route { plugin: version.name.clone(), params })
+}
+
+/// The `params` value of a query string, validated.
+fn params_from_query(query: &str, max_params_bytes: usize) -> Result<Option<String>, Refusal> {
+    let Some((_, value)) = form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == "params") else {
+        return Ok(None);
+    };
+    validate_params(&value, max_params_bytes).map_err(|err| Refusal::new(400, format!("invalid ?params=: {err}")))?;
+    Ok(Some(value.into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_decoded_and_validated() {
+        let params = params_from_query("a=1&params=%7B%22symbol%22%3A%22AAPL%22%7D", 4096).unwrap();
+        assert_eq!(params.as_deref(), Some(r#"{"symbol":"AAPL"}"#));
+        assert_eq!(params_from_query("a=1", 4096), Ok(None));
+        let refusal = params_from_query("params=%5B1%5D", 4096).unwrap_err();
+        assert_eq!(refusal.status, 400);
+        assert!(refusal.reason.contains("JSON object"), "{}", refusal.reason);
+    }
+}

@@ -1,0 +1,32 @@
+//! # wasmpush
+//!
+//! A WebSocket push engine whose business logic is a hot-swappable WebAssembly plugin. Every
+//! connection carries a params JSON object; every tick the engine calls the connection's plugin
+//! with `(context, params)` and pushes what it returns. See `ARCHITECTURE.md` for the design.
+//!
+//! ## Layout
+//! - `cli`: the command line ([`Cli`]); the only module that knows clap.
+//! - [`config`]: every setting, with defaults and validation.
+//! - `server`: the accept loop and graceful shutdown; [`run`] is the entry point.
+//! - `handshake`: which plugin and params a request URL asks for, or why it is refused.
+//! - `connection`: one client socket: reads params, writes queued frames.
+//! - `outbound`: the bounded, conflating queue between a shard and a connection.
+//! - `shard`: the worker threads that own connection state and run the plugins every tick.
+//! - `registry`: the plugin versions served, loaded from files and swapped atomically.
+//! - `plugin`: the wasmtime host — the only module that knows wasmtime.
+//! - [`protocol`]: error frames, error codes and params validation.
+
+mod cli;
+pub mod config;
+mod connection;
+mod handshake;
+mod outbound;
+mod plugin;
+pub mod protocol;
+mod registry;
+mod server;
+mod shard;
+
+pub use cli::Cli;
+pub use config::Config;
+pub use server::{ServerError, run};

@@ -1,0 +1,284 @@
+//! [`PluginHost`]: the shared wasmtime engine and linker, and the compilation of plugin files
+//! into validated [`PluginVersion`]s. Compiling is slow (milliseconds to seconds): callers run
+//! it on a blocking thread, never on a worker or the async runtime.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::instance::PluginInstance;
+
+/// Bindings generated from the WIT contract.
+#[allow(missing_docs, clippy::all)]
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../guest-sdk/wit",
+        world: "push-plugin",
+    });
+}
+
+use bindings::wasmpush::plugin::host::Level;
+
+/// How often the epoch advances; the granularity of call deadlines.
+pub(crate) const EPOCH_PERIOD: Duration = Duration::from_millis(5);
+
+/// Limits applied to every instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxLimits {
+    /// Linear memory one instance may grow to, in bytes.
+    pub memory_bytes: usize,
+    /// Time one call may run.
+    pub call_timeout: Duration,
+    /// Extra time per connection a batch carries.
+    pub per_call_budget: Duration,
+}
+
+/// Why a plugin file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not a valid WebAssembly component.
+    #[error("not a valid WebAssembly component: {0:#}")]
+    Compile(wasmtime::Error),
+    /// The component does not implement the `wasmpush:plugin/push-plugin` world.
+    #[error("does not implement the wasmpush:plugin@0.1.0 contract: {0:#}")]
+    Contract(wasmtime::Error),
+    /// The component trapped or failed while being instantiated.
+    #[error("failed to instantiate: {0}")]
+    Instantiate(super::PluginFault),
+}
+
+/// The shared compilation engine, linker and epoch clock.
+pub struct PluginHost {
+    /// Compiles components; its epoch drives call deadlines.
+    engine: Engine,
+    /// Links WASI (granting nothing) and the `host` interface.
+    linker: Linker<HostState>,
+    /// Limits for every instance.
+    limits: SandboxLimits,
+    /// Stops the epoch thread when the host is dropped.
+    epoch_stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+impl PluginHost {
+    /// A host with these limits; starts the thread that advances the epoch.
+    pub fn new(limits: SandboxLimits) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.concurrency_support(false);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::PushPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        let epoch_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_clock(engine.clone(), epoch_stop.clone())?;
+        Ok(PluginHost { engine, linker, limits, epoch_stop })
+    }
+
+    /// Compiles `bytes` as plugin `name`, checks it implements the contract and instantiates it
+    /// once, so a version that is returned is known to start.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<PluginVersion>, LoadError> {
+        let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(LoadError::Contract)?;
+        let pre = bindings::PushPluginPre::new(pre).map_err(LoadError::Contract)?;
+        let version = Arc::new(PluginVersion {
+            name: Arc::from(name),
+            hash: content_hash(bytes),
+            size: bytes.len(),
+            loaded_at: SystemTime::now(),
+            pre,
+            engine: self.engine.clone(),
+            limits: self.limits,
+        });
+        PluginInstance::new(&version).map_err(LoadError::Instantiate)?;
+        Ok(version)
+    }
+}
+
+impl Drop for PluginHost {
+    fn drop(&mut self) {
+        self.epoch_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_PERIOD`] until `stop` is set.
+fn spawn_epoch_clock(engine: Engine, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("wasmpush-epoch".to_owned()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(EPOCH_PERIOD);
+            engine.increment_epoch();
+        }
+    })?;
+    Ok(())
+}
+
+/// The version id of a plugin file: the SHA-256 of its bytes, in hex.
+pub fn content_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// One loaded build of a plugin: compiled, checked against the contract, immutable.
+pub struct PluginVersion {
+    /// The plugin's name: its file name without `.wasm`.
+    pub name: Arc<str>,
+    /// SHA-256 of the file, in hex: the version id.
+    pub hash: String,
+    /// Size of the file in bytes.
+    pub size: usize,
+    /// When this version was loaded.
+    pub loaded_at: SystemTime,
+    /// The component, linked and type-checked, ready to instantiate.
+    pub(super) pre: bindings::PushPluginPre<HostState>,
+    /// The engine it was compiled by.
+    pub(super) engine: Engine,
+    /// Limits for its instances.
+    pub(super) limits: SandboxLimits,
+}
+
+impl std::fmt::Debug for PluginVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginVersion")
+            .field("name", &self.name)
+            .field("hash", &self.hash)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginVersion {
+    /// The first 12 hex digits of the hash, for logs.
+    pub fn short_hash(&self) -> &str {
+        &self.hash[..12]
+    }
+
+    /// A store for a new instance of this version.
+    pub(super) fn new_store(&self) -> Store<HostState> {
+        let wasi =
+            WasiCtx::builder().stdout(LogPipe::new(self.name.clone())).stderr(LogPipe::new(self.name.clone())).build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory_bytes)
+            .instances(16)
+            .tables(16)
+            .memories(4)
+            .table_elements(100_000)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState { plugin: self.name.clone(), wasi, table: ResourceTable::new(), limits };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store
+    }
+}
+
+/// The data of one instance's store.
+pub(crate) struct HostState {
+    /// The plugin's name, for log lines.
+    plugin: Arc<str>,
+    /// A WASI context that grants nothing.
+    wasi: WasiCtx,
+    /// WASI's resources.
+    table: ResourceTable,
+    /// Memory and table caps.
+    limits: StoreLimits,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Longest guest log line kept; the rest is cut.
+const MAX_LOG_LINE: usize = 4096;
+
+impl bindings::wasmpush::plugin::host::Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        log_line(&self.plugin, level, &message);
+    }
+}
+
+impl bindings::wasmpush::plugin::types::Host for HostState {}
+
+/// Writes one guest log line to the engine's log, under target `plugin`.
+fn log_line(plugin: &str, level: Level, message: &str) {
+    let message = truncate(message, MAX_LOG_LINE);
+    match level {
+        Level::Trace => tracing::trace!(target: "plugin", plugin, "{message}"),
+        Level::Debug => tracing::debug!(target: "plugin", plugin, "{message}"),
+        Level::Info => tracing::info!(target: "plugin", plugin, "{message}"),
+        Level::Warn => tracing::warn!(target: "plugin", plugin, "{message}"),
+        Level::Error => tracing::error!(target: "plugin", plugin, "{message}"),
+    }
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A guest's standard output or error: each write is logged at level info.
+#[derive(Clone)]
+struct LogPipe {
+    /// The plugin's name.
+    plugin: Arc<str>,
+}
+
+impl LogPipe {
+    fn new(plugin: Arc<str>) -> Self {
+        LogPipe { plugin }
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for LogPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for LogPipe {
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(tokio::io::sink())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::Pollable for LogPipe {
+    async fn ready(&mut self) {}
+}
+
+impl wasmtime_wasi::p2::OutputStream for LogPipe {
+    fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+        let text = String::from_utf8_lossy(&bytes);
+        log_line(&self.plugin, Level::Info, text.trim_end());
+        Ok(())
+    }
+
+    fn flush(&mut self) -> wasmtime_wasi::p2::StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
+        Ok(MAX_LOG_LINE)
+    }
+}

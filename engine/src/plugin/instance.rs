@@ -1,0 +1,89 @@
+//! [`PluginInstance`]: one live instance of a [`PluginVersion`] in its own store, and the batch
+//! call with its deadline. A fault leaves the instance unusable; the caller drops it and builds
+//! a new one (the engine holds all per-connection state, so nothing is lost).
+
+use std::sync::Arc;
+
+use wasmtime::Store;
+
+use super::host::{EPOCH_PERIOD, HostState, PluginVersion, bindings};
+use super::{Call, Outcome};
+
+/// Why a plugin call produced no usable result. Each kind has its own metric and log line; none
+/// is a business error (those are [`Outcome::Error`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginFault {
+    /// The call ran past its deadline and was interrupted.
+    #[error("timed out")]
+    Timeout,
+    /// The instance tried to grow its memory past its cap.
+    #[error("exceeded its memory limit")]
+    MemoryLimit,
+    /// The guest trapped (a panic, an unreachable, an out-of-bounds access…).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The guest broke the contract (e.g. returned the wrong number of outcomes).
+    #[error("broke the contract: {0}")]
+    Contract(String),
+}
+
+/// A live instance. Not shared: each worker owns its own.
+pub struct PluginInstance {
+    /// The version it was built from.
+    version: Arc<PluginVersion>,
+    /// Its store; dropped with it, which frees its memory.
+    store: Store<HostState>,
+    /// Its exports.
+    bindings: bindings::PushPlugin,
+}
+
+impl std::fmt::Debug for PluginInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginInstance").field("version", &self.version).finish_non_exhaustive()
+    }
+}
+
+impl PluginInstance {
+    /// Instantiates `version` in a fresh store, running its start function under the deadline.
+    pub fn new(version: &Arc<PluginVersion>) -> Result<Self, PluginFault> {
+        let mut store = version.new_store();
+        store.set_epoch_deadline(deadline_ticks(version.limits.call_timeout));
+        let bindings = version.pre.instantiate(&mut store).map_err(classify)?;
+        Ok(PluginInstance { version: version.clone(), store, bindings })
+    }
+
+    /// The version this instance runs.
+    pub fn version(&self) -> &Arc<PluginVersion> {
+        &self.version
+    }
+
+    /// Runs one batch: one outcome per call, in order. On a fault the instance must be dropped.
+    pub fn run(&mut self, now_ms: u64, calls: &[Call], closed: &[u64]) -> Result<Vec<Outcome>, PluginFault> {
+        let limits = self.version.limits;
+        let budget = limits.call_timeout + limits.per_call_budget * calls.len() as u32;
+        self.store.set_epoch_deadline(deadline_ticks(budget));
+        let outcomes = self.bindings.call_run(&mut self.store, now_ms, calls, closed).map_err(classify)?;
+        if outcomes.len() != calls.len() {
+            return Err(PluginFault::Contract(format!(
+                "returned {} outcomes for {} calls",
+                outcomes.len(),
+                calls.len()
+            )));
+        }
+        Ok(outcomes)
+    }
+}
+
+/// Epoch ticks covering `duration`, at least one.
+fn deadline_ticks(duration: std::time::Duration) -> u64 {
+    (duration.as_micros() / EPOCH_PERIOD.as_micros()).max(1) as u64 + 1
+}
+
+/// Sorts a wasmtime error into a fault kind.
+fn classify(err: wasmtime::Error) -> PluginFault {
+    match err.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => PluginFault::Timeout,
+        _ if format!("{err:#}").contains("forcing trap when growing memory") => PluginFault::MemoryLimit,
+        _ => PluginFault::Trap(format!("{err:#}")),
+    }
+}

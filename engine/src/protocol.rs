@@ -1,0 +1,179 @@
+//! What a client sees besides plugin payloads: the error frames and their codes, and the
+//! validation of the params a client sends. `docs/protocol.md` is the reference for clients;
+//! this module is its single implementation.
+
+/// An error frame: `{"code":CODE,"msg":"…","data":[]}`. Code 0 is a plugin's business error
+/// (the seed's format); every other code is the engine's.
+pub fn error_frame(code: u16, message: &str) -> String {
+    let message = serde_json::to_string(message).expect("a string always serializes");
+    format!("{{\"code\":{code},\"msg\":{message},\"data\":[]}}")
+}
+
+/// Code of an error a plugin returned.
+pub const PLUGIN_ERROR: u16 = 0;
+
+/// Why the engine rejected something a client sent, or could not serve it. Each reason has its
+/// own code, listed in `docs/protocol.md`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The params text is not JSON.
+    #[error("params are not valid JSON: {0}")]
+    InvalidJson(String),
+    /// The params are JSON but not an object.
+    #[error("params must be a JSON object, not {0}")]
+    NotAnObject(&'static str),
+    /// The params are larger than allowed.
+    #[error("params are {size} bytes, more than the limit of {limit}")]
+    TooLarge {
+        /// Size of what was sent.
+        size: usize,
+        /// `max_params_bytes`.
+        limit: usize,
+    },
+    /// A binary frame: params are JSON text.
+    #[error("binary frames are not supported: send params as a JSON text frame")]
+    BinaryFrame,
+    /// The plugin trapped while serving this connection.
+    #[error("plugin `{0}` failed")]
+    PluginFailed(String),
+    /// The plugin ran out of time while serving this connection.
+    #[error("plugin `{0}` timed out")]
+    PluginTimedOut(String),
+    /// The plugin pushed more than `max_payload_bytes`.
+    #[error("plugin `{plugin}` produced {size} bytes, more than the limit of {limit}")]
+    PayloadTooLarge {
+        /// The plugin.
+        plugin: String,
+        /// Size of the payload.
+        size: usize,
+        /// `max_payload_bytes`.
+        limit: usize,
+    },
+    /// The connection's plugin is not loaded (it was removed).
+    #[error("plugin `{0}` is not loaded")]
+    PluginUnavailable(String),
+}
+
+impl ClientError {
+    /// The code sent in the error frame.
+    pub fn code(&self) -> u16 {
+        match self {
+            ClientError::InvalidJson(_) => 4001,
+            ClientError::NotAnObject(_) => 4002,
+            ClientError::TooLarge { .. } => 4003,
+            ClientError::BinaryFrame => 4004,
+            ClientError::PluginFailed(_) => 5001,
+            ClientError::PluginTimedOut(_) => 5002,
+            ClientError::PayloadTooLarge { .. } => 5003,
+            ClientError::PluginUnavailable(_) => 5004,
+        }
+    }
+
+    /// The error frame for this error.
+    pub fn frame(&self) -> String {
+        error_frame(self.code(), &self.to_string())
+    }
+}
+
+/// Checks that `text` is a JSON object of at most `limit` bytes; returns it unchanged, so the
+/// plugin sees exactly what the client sent.
+pub fn validate_params(text: &str, limit: usize) -> Result<(), ClientError> {
+    if text.len() > limit {
+        return Err(ClientError::TooLarge { size: text.len(), limit });
+    }
+    // serde_json refuses nesting deeper than 128 levels, so a hostile text cannot exhaust the
+    // stack, and `IgnoredAny` keeps nothing: validation costs no allocation per value.
+    let kind = serde_json::from_str::<JsonKind>(text).map_err(|err| ClientError::InvalidJson(err.to_string()))?;
+    match kind {
+        JsonKind::Object => Ok(()),
+        JsonKind::Other(name) => Err(ClientError::NotAnObject(name)),
+    }
+}
+
+/// The kind of a JSON value, read without keeping the value.
+enum JsonKind {
+    Object,
+    Other(&'static str),
+}
+
+impl<'de> serde::Deserialize<'de> for JsonKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(JsonKindVisitor)
+    }
+}
+
+/// Visits one JSON value and reports its kind.
+struct JsonKindVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JsonKindVisitor {
+    type Value = JsonKind;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonKind, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        Ok(JsonKind::Object)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<JsonKind, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(JsonKind::Other("an array"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<JsonKind, E> {
+        Ok(JsonKind::Other("a boolean"))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<JsonKind, E> {
+        Ok(JsonKind::Other("a number"))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<JsonKind, E> {
+        Ok(JsonKind::Other("a number"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<JsonKind, E> {
+        Ok(JsonKind::Other("a number"))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<JsonKind, E> {
+        Ok(JsonKind::Other("a string"))
+    }
+
+    fn visit_unit<E>(self) -> Result<JsonKind, E> {
+        Ok(JsonKind::Other("null"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_pass_unchanged() {
+        assert_eq!(validate_params(r#"{"symbol":"AAPL","n":[1,{"a":null}]}"#, 4096), Ok(()));
+    }
+
+    #[test]
+    fn each_bad_input_has_its_own_code() {
+        let cases = [("{", 4001), ("[1,2]", 4002), ("\"x\"", 4002), ("null", 4002), ("{} x", 4001)];
+        for (text, code) in cases {
+            assert_eq!(validate_params(text, 4096).unwrap_err().code(), code, "{text}");
+        }
+        let big = format!("{{\"a\":\"{}\"}}", "x".repeat(5000));
+        assert_eq!(validate_params(&big, 4096).unwrap_err().code(), 4003);
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(validate_params(&deep, usize::MAX).unwrap_err().code(), 4001);
+    }
+
+    #[test]
+    fn error_frames_escape_their_message() {
+        assert_eq!(error_frame(0, "say \"hi\""), r#"{"code":0,"msg":"say \"hi\"","data":[]}"#);
+    }
+}

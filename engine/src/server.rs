@@ -1,0 +1,201 @@
+//! The server: loads the plugins, starts the shards, accepts connections until `shutdown`
+//! resolves, then closes every connection with 1001 "going away" and waits for them (up to
+//! `drain_secs`). It is given its listener and its shutdown signal, so tests run it on port 0.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError};
+use crate::connection::{self, ConnectionSettings};
+use crate::handshake::{self, Refusal, Route};
+use crate::plugin::{PluginHost, SandboxLimits};
+use crate::registry::PluginRegistry;
+use crate::shard::{ShardSettings, Shards};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The plugin host could not be built.
+    #[error("cannot start the plugin host: {0:#}")]
+    PluginHost(anyhow::Error),
+    /// The plugins directory could not be read.
+    #[error("cannot read plugins directory {path}: {source}")]
+    PluginsDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A worker thread could not be started.
+    #[error("cannot start worker threads: {0}")]
+    Workers(std::io::Error),
+}
+
+/// How long connections get to close after shutdown begins.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// What every connection task shares.
+struct Shared {
+    /// The validated configuration.
+    config: Config,
+    /// The plugins served.
+    registry: Arc<PluginRegistry>,
+    /// The workers, by connection id.
+    shards: Shards,
+    /// What each connection needs to know.
+    connection: ConnectionSettings,
+    /// WebSocket limits.
+    websocket: WebSocketConfig,
+    /// Source of connection ids; never reused while the engine runs.
+    next_conn_id: AtomicU64,
+}
+
+/// Runs the engine on `listener` until `shutdown` resolves.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    config.validate()?;
+    let registry = Arc::new(load_plugins(&config).await?);
+    let settings = ShardSettings { tick: config.tick(), max_payload_bytes: config.max_payload_bytes };
+    let shards = Shards::spawn(config.worker_count(), settings, registry.clone()).map_err(ServerError::Workers)?;
+    let shared = Arc::new(Shared {
+        connection: ConnectionSettings {
+            max_params_bytes: config.max_params_bytes,
+            write_timeout: Duration::from_secs(config.write_timeout_secs),
+        },
+        websocket: WebSocketConfig::default()
+            .max_message_size(Some(config.max_message_bytes))
+            .max_frame_size(Some(config.max_message_bytes)),
+        registry,
+        shards,
+        next_conn_id: AtomicU64::new(1),
+        config,
+    });
+    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tracing::info!(listen = ?listener.local_addr().ok(), workers = shared.config.worker_count(), "serving");
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let permit = slots.clone().try_acquire_owned().ok();
+                    tasks.spawn(accept(stream, permit, shared.clone(), cancel.clone()));
+                }
+                Err(err) => {
+                    // Typically out of file descriptors: back off instead of spinning.
+                    tracing::error!(cause = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+
+    drop(listener);
+    tracing::info!(connections = tasks.len(), "shutting down: closing connections");
+    cancel.cancel();
+    tasks.close();
+    if tokio::time::timeout(DRAIN_TIME, tasks.wait()).await.is_err() {
+        tracing::warn!(left = tasks.len(), "drain time over; dropping remaining connections");
+    }
+    if let Ok(shared) = Arc::try_unwrap(shared) {
+        let _ = tokio::task::spawn_blocking(move || shared.shards.join()).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Builds the plugin host and loads every plugin in the plugins directory; a plugin that fails to
+/// load is logged and skipped.
+async fn load_plugins(config: &Config) -> Result<PluginRegistry, ServerError> {
+    let limits = SandboxLimits {
+        memory_bytes: config.plugin_memory_mib << 20,
+        call_timeout: Duration::from_millis(config.plugin_timeout_ms),
+        per_call_budget: Duration::from_micros(config.plugin_call_budget_us),
+    };
+    let dir = config.plugins_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let host = PluginHost::new(limits).map_err(ServerError::PluginHost)?;
+        let registry = PluginRegistry::new(host);
+        let failures =
+            registry.rescan(&dir).map_err(|source| ServerError::PluginsDir { path: dir.clone(), source })?;
+        for failure in failures {
+            tracing::error!(cause = %failure, "plugin not loaded");
+        }
+        for version in registry.snapshot().values() {
+            tracing::info!(plugin = %version.name, version = version.short_hash(), bytes = version.size, "plugin loaded");
+        }
+        Ok(registry)
+    })
+    .await
+    .expect("plugin loading does not panic")
+}
+
+/// Completes the handshake of one TCP connection and serves it.
+async fn accept(
+    stream: TcpStream,
+    permit: Option<OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut routed = None;
+    let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+        if permit.is_none() {
+            return Err(refuse(&Refusal { status: 503, reason: "server is at its connection limit".to_owned() }));
+        }
+        let config = &shared.config;
+        let uri = request.uri();
+        match handshake::route(
+            uri.path(),
+            uri.query(),
+            &config.default_plugin,
+            &shared.registry,
+            config.max_params_bytes,
+        ) {
+            Ok(route) => {
+                routed = Some(route);
+                Ok(response)
+            }
+            Err(refusal) => Err(refuse(&refusal)),
+        }
+    };
+    let handshake_timeout = Duration::from_secs(shared.config.handshake_timeout_secs);
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(shared.websocket));
+    let ws = match tokio::time::timeout(handshake_timeout, handshake).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(err)) => {
+            tracing::debug!(cause = %err, "handshake refused or failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("handshake timed out");
+            return;
+        }
+    };
+    let Some(route): Option<Route> = routed else { return };
+    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let shard = shared.shards.sender(conn_id);
+    connection::serve(ws, conn_id, route, shard, shared.connection.clone(), cancel).await;
+}
+
+/// The HTTP response refusing a handshake.
+fn refuse(refusal: &Refusal) -> ErrorResponse {
+    let mut response = http::Response::new(Some(format!("{}\n", refusal.reason)));
+    *response.status_mut() = http::StatusCode::from_u16(refusal.status).unwrap_or(http::StatusCode::BAD_REQUEST);
+    response
+}

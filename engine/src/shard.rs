@@ -1,0 +1,483 @@
+//! Shards: the worker threads that run plugins. Connections are spread over the shards by id;
+//! a shard owns its connections' state (params, push counter, park state, outbound queue) and
+//! is the only one to touch it, so the hot path takes no shared lock. Connection tasks talk to
+//! their shard through a bounded channel of [`ShardCommand`]s.
+//!
+//! Each shard ticks every `tick_ms`: one batch call per plugin carrying every due connection.
+//! An overrun skips ticks, it never piles them up. Plugin calls block the shard's own thread,
+//! never the async runtime. The shard notices a newly published plugin version at its next batch
+//! and builds a fresh instance for it; connection state is untouched by the swap.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use flume::RecvTimeoutError;
+
+use crate::outbound::{Outbound, OutboundQueue};
+use crate::plugin::{Call, Outcome, PluginFault, PluginInstance, PluginVersion, Trigger};
+use crate::protocol::{ClientError, PLUGIN_ERROR, error_frame};
+use crate::registry::PluginRegistry;
+
+/// Commands a shard's channel holds at most; a connection task sending to a full channel waits,
+/// which stops it reading from its socket until the shard catches up.
+const COMMAND_CAPACITY: usize = 4096;
+
+/// Commands a shard handles before it runs the pushes they made due.
+const COMMANDS_PER_ROUND: usize = 1024;
+
+/// Closed connection ids a plugin slot keeps for its instance before it drops the instance
+/// instead (a new instance has nothing to forget).
+const MAX_PENDING_CLOSED: usize = 4096;
+
+/// A message from a connection task to its shard.
+#[derive(Debug)]
+pub enum ShardCommand {
+    /// A connection was accepted.
+    Open {
+        /// Its id.
+        conn_id: u64,
+        /// The plugin serving it.
+        plugin: Arc<str>,
+        /// Where its frames go.
+        outbound: Arc<OutboundQueue>,
+        /// Its params, if the URL carried them (validated).
+        params: Option<String>,
+    },
+    /// The client sent new, validated params.
+    Params {
+        /// The connection.
+        conn_id: u64,
+        /// The params JSON object.
+        params: String,
+    },
+    /// The connection closed.
+    Close {
+        /// The connection.
+        conn_id: u64,
+    },
+}
+
+/// What a shard needs to know.
+#[derive(Debug, Clone)]
+pub struct ShardSettings {
+    /// Interval between two pushes to a connection.
+    pub tick: Duration,
+    /// Largest payload a plugin may push.
+    pub max_payload_bytes: usize,
+}
+
+/// The shards, and how to reach the one that owns a connection.
+#[derive(Debug)]
+pub struct Shards {
+    /// One sender per shard, indexed by shard number.
+    senders: Vec<flume::Sender<ShardCommand>>,
+    /// The worker threads; they exit when every sender is dropped.
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Shards {
+    /// Starts `count` worker threads.
+    pub fn spawn(count: usize, settings: ShardSettings, registry: Arc<PluginRegistry>) -> std::io::Result<Shards> {
+        let mut senders = Vec::with_capacity(count);
+        let mut threads = Vec::with_capacity(count);
+        for index in 0..count {
+            let (sender, receiver) = flume::bounded(COMMAND_CAPACITY);
+            let shard = Shard::new(settings.clone(), registry.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("wasmpush-shard-{index}"))
+                .spawn(move || shard.run(receiver))?;
+            senders.push(sender);
+            threads.push(thread);
+        }
+        Ok(Shards { senders, threads })
+    }
+
+    /// The channel of the shard that owns connection `conn_id`.
+    pub fn sender(&self, conn_id: u64) -> flume::Sender<ShardCommand> {
+        self.senders[(conn_id % self.senders.len() as u64) as usize].clone()
+    }
+
+    /// Closes the channels and waits for the worker threads to finish.
+    pub fn join(self) {
+        drop(self.senders);
+        for thread in self.threads {
+            if thread.join().is_err() {
+                tracing::error!("a shard thread panicked");
+            }
+        }
+    }
+}
+
+/// One worker's state.
+struct Shard {
+    /// Tick interval and limits.
+    settings: ShardSettings,
+    /// Where plugin versions are published.
+    registry: Arc<PluginRegistry>,
+    /// Per plugin: its instance and its connections.
+    slots: HashMap<Arc<str>, PluginSlot>,
+    /// The plugin of each connection, to find its slot.
+    plugin_of: HashMap<u64, Arc<str>>,
+    /// Source of instance generations: each new instance gets the next one.
+    generations: u64,
+}
+
+/// One plugin's instance and connections within a shard.
+struct PluginSlot {
+    /// The plugin's name.
+    name: Arc<str>,
+    /// The live instance, built lazily from the served version; `None` after a fault or a swap.
+    instance: Option<PluginInstance>,
+    /// The generation of `instance`; a connection whose `params_seen` differs is sent its params.
+    generation: u64,
+    /// The connections served by this plugin.
+    conns: HashMap<u64, Conn>,
+    /// Connections that closed since the instance's last batch.
+    closed: Vec<u64>,
+    /// Connections due for an immediate push (new params), in arrival order.
+    due_now: Vec<(u64, Trigger)>,
+    /// Whether the plugin was missing at the last batch (its connections were parked).
+    unavailable: bool,
+}
+
+/// One connection's state, owned by its shard.
+struct Conn {
+    /// Where its frames go.
+    outbound: Arc<OutboundQueue>,
+    /// The params JSON object; `None` until the client sends one (no pushes until then).
+    params: Option<Arc<str>>,
+    /// Data pushes made so far; the next push has `seq = pushes + 1`.
+    pushes: u64,
+    /// Why the connection gets no ticks, if it does not.
+    parked: Option<Park>,
+    /// The instance generation that has seen the current params; 0 when none has.
+    params_seen: u64,
+}
+
+/// Why a connection is parked. New params un-park it; a redeploy un-parks `Unavailable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Park {
+    /// The plugin returned an error (or a fault hit this connection).
+    Error,
+    /// The plugin was removed.
+    Unavailable,
+}
+
+impl Shard {
+    fn new(settings: ShardSettings, registry: Arc<PluginRegistry>) -> Self {
+        Shard { settings, registry, slots: HashMap::new(), plugin_of: HashMap::new(), generations: 0 }
+    }
+
+    /// The worker loop: commands as they come, a batch per plugin every tick.
+    fn run(mut self, commands: flume::Receiver<ShardCommand>) {
+        let tick = self.settings.tick;
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            match commands.recv_deadline(next_tick) {
+                Ok(command) => {
+                    self.handle(command);
+                    for command in commands.try_iter().take(COMMANDS_PER_ROUND) {
+                        self.handle(command);
+                    }
+                    self.push_due_now();
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.tick();
+                    next_tick += tick;
+                    let now = Instant::now();
+                    if next_tick <= now {
+                        let behind = (now - next_tick).as_nanos() / tick.as_nanos() + 1;
+                        tracing::warn!(skipped = behind as u64, "shard overran its tick");
+                        next_tick += tick * behind as u32;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn handle(&mut self, command: ShardCommand) {
+        match command {
+            ShardCommand::Open { conn_id, plugin, outbound, params } => {
+                let slot = self.slots.entry(plugin.clone()).or_insert_with(|| PluginSlot::new(plugin.clone()));
+                let has_params = params.is_some();
+                slot.conns.insert(
+                    conn_id,
+                    Conn { outbound, params: params.map(Arc::from), pushes: 0, parked: None, params_seen: 0 },
+                );
+                if has_params {
+                    slot.due_now.push((conn_id, Trigger::Open));
+                }
+                self.plugin_of.insert(conn_id, plugin);
+            }
+            ShardCommand::Params { conn_id, params } => {
+                let Some(slot) = self.plugin_of.get(&conn_id).and_then(|p| self.slots.get_mut(p)) else { return };
+                if let Some(conn) = slot.conns.get_mut(&conn_id) {
+                    conn.params = Some(Arc::from(params));
+                    conn.params_seen = 0;
+                    conn.parked = None;
+                    slot.due_now.push((conn_id, Trigger::Message));
+                }
+            }
+            ShardCommand::Close { conn_id } => {
+                let Some(plugin) = self.plugin_of.remove(&conn_id) else { return };
+                if let Some(slot) = self.slots.get_mut(&plugin) {
+                    slot.close(conn_id);
+                    if slot.conns.is_empty() {
+                        self.slots.remove(&plugin);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pushes to the connections whose params just arrived.
+    fn push_due_now(&mut self) {
+        let now_ms = unix_ms();
+        for slot in self.slots.values_mut() {
+            if slot.due_now.is_empty() {
+                continue;
+            }
+            let mut due = std::mem::take(&mut slot.due_now);
+            // A connection that sent params twice in one round is pushed once, for its latest.
+            let mut seen = std::collections::HashSet::with_capacity(due.len());
+            due.retain(|(conn_id, _)| seen.insert(*conn_id));
+            slot.run(&due, now_ms, &self.settings, &self.registry, &mut self.generations);
+        }
+    }
+
+    /// The regular tick: one batch per plugin with every connection that has params and is not
+    /// parked.
+    fn tick(&mut self) {
+        self.push_due_now();
+        let now_ms = unix_ms();
+        for slot in self.slots.values_mut() {
+            let due: Vec<(u64, Trigger)> = slot
+                .conns
+                .iter()
+                .filter(|(_, conn)| conn.params.is_some() && conn.parked.is_none())
+                .map(|(conn_id, _)| (*conn_id, Trigger::Tick))
+                .collect();
+            slot.run(&due, now_ms, &self.settings, &self.registry, &mut self.generations);
+        }
+    }
+}
+
+impl PluginSlot {
+    fn new(name: Arc<str>) -> Self {
+        PluginSlot {
+            name,
+            instance: None,
+            generation: 0,
+            conns: HashMap::new(),
+            closed: Vec::new(),
+            due_now: Vec::new(),
+            unavailable: false,
+        }
+    }
+
+    fn close(&mut self, conn_id: u64) {
+        self.conns.remove(&conn_id);
+        if self.instance.is_some() {
+            self.closed.push(conn_id);
+            if self.closed.len() > MAX_PENDING_CLOSED {
+                self.drop_instance();
+            }
+        }
+    }
+
+    fn drop_instance(&mut self) {
+        self.instance = None;
+        self.closed.clear();
+    }
+
+    /// The version to run now, after following the registry: a new version drops the old
+    /// instance; a removed plugin parks its connections; a returning one un-parks them.
+    fn sync_version(&mut self, registry: &PluginRegistry) -> Option<Arc<PluginVersion>> {
+        let served = registry.get(&self.name);
+        match &served {
+            None => self.drop_instance(),
+            Some(version) => {
+                if self.instance.as_ref().is_some_and(|instance| !Arc::ptr_eq(instance.version(), version)) {
+                    tracing::info!(plugin = %self.name, version = version.short_hash(), "switching to new version");
+                    self.drop_instance();
+                }
+                if self.unavailable {
+                    self.unavailable = false;
+                    for conn in self.conns.values_mut() {
+                        if conn.parked == Some(Park::Unavailable) {
+                            conn.parked = None;
+                        }
+                    }
+                }
+            }
+        }
+        served
+    }
+
+    /// Runs one batch for `due`, then delivers each outcome to its connection. A fault replays
+    /// the calls one by one on fresh instances, so only the connection that caused it gets the
+    /// error.
+    fn run(
+        &mut self,
+        due: &[(u64, Trigger)],
+        now_ms: u64,
+        settings: &ShardSettings,
+        registry: &PluginRegistry,
+        generations: &mut u64,
+    ) {
+        let Some(version) = self.sync_version(registry) else {
+            self.park_unavailable(due);
+            return;
+        };
+        let due: Vec<(u64, Trigger)> = due
+            .iter()
+            .filter(|(conn_id, _)| self.conns.get(conn_id).is_some_and(|c| c.params.is_some() && c.parked.is_none()))
+            .copied()
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        match self.call(&version, &due, now_ms, generations) {
+            Ok(outcomes) => {
+                for ((conn_id, _), outcome) in due.iter().zip(outcomes) {
+                    self.deliver(*conn_id, outcome, settings);
+                }
+            }
+            Err(fault) => {
+                tracing::warn!(plugin = %self.name, calls = due.len(), %fault, "batch failed; replaying calls one by one");
+                self.replay(&version, &due, now_ms, settings, generations, fault);
+            }
+        }
+    }
+
+    /// Calls the plugin once with `due`, building an instance first if there is none.
+    fn call(
+        &mut self,
+        version: &Arc<PluginVersion>,
+        due: &[(u64, Trigger)],
+        now_ms: u64,
+        generations: &mut u64,
+    ) -> Result<Vec<Outcome>, PluginFault> {
+        if self.instance.is_none() {
+            self.instance = Some(PluginInstance::new(version)?);
+            *generations += 1;
+            self.generation = *generations;
+            self.closed.clear();
+        }
+        let generation = self.generation;
+        let calls: Vec<Call> = due
+            .iter()
+            .map(|&(conn_id, trigger)| {
+                let conn = &self.conns[&conn_id];
+                Call {
+                    conn_id,
+                    seq: conn.pushes + 1,
+                    trigger,
+                    params: (conn.params_seen != generation).then(|| conn.params.as_deref().unwrap_or("{}").to_owned()),
+                }
+            })
+            .collect();
+        let instance = self.instance.as_mut().expect("built above");
+        match instance.run(now_ms, &calls, &self.closed) {
+            Ok(outcomes) => {
+                self.closed.clear();
+                for (conn_id, _) in due {
+                    if let Some(conn) = self.conns.get_mut(conn_id) {
+                        conn.params_seen = generation;
+                    }
+                }
+                Ok(outcomes)
+            }
+            Err(fault) => {
+                self.drop_instance();
+                Err(fault)
+            }
+        }
+    }
+
+    /// After a failed batch: runs each call alone, so the fault lands on its culprit only. The
+    /// replay may take at most one tick interval; connections not reached by then share the
+    /// batch's fault (a plugin that faults on everything must not stall its shard).
+    fn replay(
+        &mut self,
+        version: &Arc<PluginVersion>,
+        due: &[(u64, Trigger)],
+        now_ms: u64,
+        settings: &ShardSettings,
+        generations: &mut u64,
+        batch_fault: PluginFault,
+    ) {
+        let deadline = Instant::now() + settings.tick;
+        for item in due {
+            if Instant::now() >= deadline {
+                self.fault(item.0, &batch_fault);
+                continue;
+            }
+            match self.call(version, std::slice::from_ref(item), now_ms, generations) {
+                Ok(mut outcomes) => self.deliver(item.0, outcomes.remove(0), settings),
+                Err(fault) => self.fault(item.0, &fault),
+            }
+        }
+    }
+
+    /// Sends a plugin's outcome to its connection.
+    fn deliver(&mut self, conn_id: u64, outcome: Outcome, settings: &ShardSettings) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else { return };
+        match outcome {
+            Outcome::Push(payload) if payload.len() > settings.max_payload_bytes => {
+                let error = ClientError::PayloadTooLarge {
+                    plugin: self.name.to_string(),
+                    size: payload.len(),
+                    limit: settings.max_payload_bytes,
+                };
+                tracing::warn!(plugin = %self.name, conn_id, size = payload.len(), "payload over the limit");
+                conn.park(Park::Error, error.frame());
+            }
+            Outcome::Push(payload) => {
+                conn.pushes += 1;
+                conn.outbound.push(Outbound::Data(payload));
+            }
+            Outcome::Skip => {}
+            Outcome::Error(message) => conn.park(Park::Error, error_frame(PLUGIN_ERROR, &message)),
+        }
+    }
+
+    /// Parks a connection a fault hit, with its error frame.
+    fn fault(&mut self, conn_id: u64, fault: &PluginFault) {
+        tracing::warn!(plugin = %self.name, conn_id, %fault, "plugin call failed");
+        let error = match fault {
+            PluginFault::Timeout => ClientError::PluginTimedOut(self.name.to_string()),
+            _ => ClientError::PluginFailed(self.name.to_string()),
+        };
+        if let Some(conn) = self.conns.get_mut(&conn_id) {
+            conn.park(Park::Error, error.frame());
+        }
+    }
+
+    /// The plugin is gone: each due connection gets one error frame and is parked until the
+    /// plugin is deployed again.
+    fn park_unavailable(&mut self, due: &[(u64, Trigger)]) {
+        self.unavailable = true;
+        let frame = ClientError::PluginUnavailable(self.name.to_string()).frame();
+        for (conn_id, _) in due {
+            if let Some(conn) = self.conns.get_mut(conn_id).filter(|c| c.params.is_some() && c.parked.is_none()) {
+                conn.park(Park::Unavailable, frame.clone());
+            }
+        }
+    }
+}
+
+impl Conn {
+    fn park(&mut self, why: Park, frame: String) {
+        self.parked = Some(why);
+        self.outbound.push(Outbound::Error(frame));
+    }
+}
+
+/// Wall-clock time in milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
