@@ -1,0 +1,64 @@
+//! Every kind of bad client input gets an engine error frame with its own non-zero code; the
+//! params stay as they were and the socket stays open.
+
+use wasmpush_tests::Client;
+
+use crate::util::{SOON, encode, engine, normalise_ts};
+
+/// Reads frames until an error frame arrives; returns (code, message).
+async fn next_error(client: &mut Client) -> (u64, String) {
+    loop {
+        let frame = client.next_text(SOON).await;
+        let value: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        if let Some(code) = value.get("code") {
+            assert_eq!(value["data"], serde_json::json!([]), "{frame}");
+            return (code.as_u64().unwrap(), value["msg"].as_str().unwrap().to_owned());
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_params_are_refused_with_a_clear_error_and_change_nothing() {
+    let engine = engine().await;
+    let params = encode(r#"{"symbol":"AAPL","nonce":1}"#);
+    let mut client = Client::connect(&engine.url(&format!("/ws/quote?params={params}"))).await;
+    client.next_text(SOON).await;
+
+    let too_big = format!(r#"{{"symbol":"{}"}}"#, "x".repeat(4100));
+    let cases: [(&str, u64, &str); 6] = [
+        ("{\"symbol\":", 4001, "not valid JSON"),
+        ("not json", 4001, "not valid JSON"),
+        ("[1,2,3]", 4002, "must be a JSON object, not an array"),
+        ("\"AAPL\"", 4002, "must be a JSON object, not a string"),
+        ("null", 4002, "must be a JSON object, not null"),
+        (&too_big, 4003, "more than the limit of 4096"),
+    ];
+    for (input, code, message) in cases {
+        client.send_text(input).await;
+        let (got_code, got_message) = next_error(&mut client).await;
+        assert_eq!(got_code, code, "{input:.40}");
+        assert!(got_message.contains(message), "{input:.40}: {got_message}");
+    }
+    client.send_binary(br#"{"symbol":"MSFT"}"#).await;
+    let (code, message) = next_error(&mut client).await;
+    assert_eq!(code, 4004);
+    assert!(message.contains("binary frames are not supported"), "{message}");
+
+    // Params unchanged and the socket open: the next ticks still quote AAPL with nonce 1.
+    for _ in 0..2 {
+        let frame = normalise_ts(&client.next_text(SOON).await);
+        assert!(frame.starts_with(r#"{"symbol":"AAPL","#) && frame.ends_with(r#""nonce":1}"#), "{frame}");
+    }
+}
+
+#[tokio::test]
+async fn exactly_the_limit_is_accepted() {
+    let engine = engine().await;
+    let mut client = Client::connect(&engine.url("/ws/quote")).await;
+    let padding = 4096 - r#"{"symbol":"B","pad":""}"#.len();
+    let params = format!(r#"{{"symbol":"B","pad":"{}"}}"#, "x".repeat(padding));
+    assert_eq!(params.len(), 4096);
+    client.send_text(&params).await;
+    let frame = client.next_text(SOON).await;
+    assert!(frame.starts_with(r#"{"symbol":"B","seq":1,"#), "{frame}");
+}

@@ -1,0 +1,47 @@
+//! Pushes arrive every tick, for one connection and for a thousand at once.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use wasmpush_tests::Client;
+
+use crate::util::{SOON, TICK, encode, engine, seq_of};
+
+#[tokio::test]
+async fn pushes_arrive_every_tick() {
+    let engine = engine().await;
+    let mut client = Client::connect(&engine.url(&format!("/ws/quote?params={}", encode(r#"{"symbol":"a"}"#)))).await;
+    client.next_text(SOON).await;
+    // 3 s at 200 ms is 15 ticks; allow for scheduling noise, not for a missing or doubled tick.
+    let frames = client.texts_during(Duration::from_secs(3)).await;
+    assert!((13..=17).contains(&frames.len()), "{} frames in 3 s", frames.len());
+    let seqs: Vec<u64> = frames.iter().map(|f| seq_of(f)).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "seq must go up by one per frame: {seqs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_connections_each_receive_ticks() {
+    const CONNECTIONS: usize = 1000;
+    let engine = engine().await;
+    // Each client starts counting at its own first frame, so connecting the others does not
+    // pile frames up in its socket before it reads.
+    let counts = join_all((0..CONNECTIONS).map(|i| {
+        let url = engine.url(&format!("/ws/quote?params={}", encode(&format!(r#"{{"symbol":"SYM{i}"}}"#))));
+        tokio::spawn(async move {
+            let mut client = Client::connect(&url).await;
+            let first = client.next_text(SOON).await;
+            assert!(first.contains(&format!("\"symbol\":\"SYM{i}\"")), "{first}");
+            // Two seconds is ten ticks.
+            let frames = client.texts_during(TICK * 10).await;
+            let seqs: Vec<u64> = frames.iter().map(|f| seq_of(f)).collect();
+            (frames.len(), seqs)
+        })
+    }))
+    .await;
+    for (i, result) in counts.into_iter().enumerate() {
+        let (count, seqs) = result.expect("client task");
+        assert!((8..=12).contains(&count), "connection {i} got {count} frames in ten ticks");
+        let expected: Vec<u64> = (2..2 + count as u64).collect();
+        assert_eq!(seqs, expected, "connection {i}: a frame was lost or doubled");
+    }
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: a real engine on port 0, real WebSocket clients, real plugins compiled from
+//! source by the build script.
+
+mod bad_input;
+mod cadence;
+mod routing;
+mod session;
+mod util;

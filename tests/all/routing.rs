@@ -1,0 +1,64 @@
+//! URLs: plugins by path, the default plugin, refusals with a clear reason.
+
+use tokio_tungstenite::tungstenite::Error as WsError;
+use wasmpush_tests::Client;
+
+use crate::util::{SOON, encode, engine};
+
+/// Connects to `path` expecting a refusal; returns the HTTP status and body.
+async fn refused(engine: &wasmpush_tests::TestEngine, path: &str) -> (u16, String) {
+    match Client::try_connect(&engine.url(path)).await {
+        Err(WsError::Http(response)) => {
+            let body = response.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            (response.status().as_u16(), body)
+        }
+        Err(other) => panic!("{path}: expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("{path}: expected a refusal, the handshake succeeded"),
+    }
+}
+
+#[tokio::test]
+async fn unknown_plugins_and_paths_are_refused_with_404() {
+    let engine = engine().await;
+    let (status, body) = refused(&engine, "/ws/nosuch").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("unknown plugin `nosuch`"), "{body}");
+    let (status, body) = refused(&engine, "/elsewhere").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("no such path"), "{body}");
+}
+
+#[tokio::test]
+async fn bad_url_params_are_refused_with_400() {
+    let engine = engine().await;
+    let (status, body) = refused(&engine, &format!("/ws/quote?params={}", encode("[1]"))).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("must be a JSON object"), "{body}");
+    let (status, body) = refused(&engine, &format!("/ws/quote?params={}", encode("{oops"))).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("not valid JSON"), "{body}");
+}
+
+#[tokio::test]
+async fn two_plugins_are_served_side_by_side() {
+    let engine = engine().await;
+    let mut quote = Client::connect(&engine.url(&format!("/?params={}", encode(r#"{"symbol":"AAPL"}"#)))).await;
+    let mut clock =
+        Client::connect(&engine.url(&format!("/ws/clock?params={}", encode(r#"{"offset_minutes":60}"#)))).await;
+    for _ in 0..3 {
+        let q: serde_json::Value = serde_json::from_str(&quote.next_text(SOON).await).unwrap();
+        assert_eq!(q["symbol"], "AAPL");
+        let c: serde_json::Value = serde_json::from_str(&clock.next_text(SOON).await).unwrap();
+        assert!(c["local_ms"].as_i64().is_some(), "{c}");
+    }
+    // A business error of one plugin does not touch the other.
+    clock.send_text(r#"{"offset_minutes":5000}"#).await;
+    loop {
+        let frame = clock.next_text(SOON).await;
+        if frame.starts_with(r#"{"code""#) {
+            assert_eq!(frame, r#"{"code":0,"msg":"offset_minutes 5000 is out of range","data":[]}"#);
+            break;
+        }
+    }
+    assert!(quote.next_text(SOON).await.contains("AAPL"));
+}

@@ -1,0 +1,43 @@
+//! Helpers shared by the end-to-end tests.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use wasmpush_tests::{TestEngine, artifacts};
+
+/// The tick interval of the default configuration.
+pub const TICK: Duration = Duration::from_millis(200);
+
+/// Generous time for a frame that should come "at once" or at the next tick.
+pub const SOON: Duration = Duration::from_secs(3);
+
+/// An engine serving `quote` and `clock` with the default configuration.
+pub async fn engine() -> TestEngine {
+    TestEngine::start(&[("quote", artifacts::QUOTE), ("clock", artifacts::CLOCK)], |_| {}).await
+}
+
+/// `text` percent-encoded for a query string.
+pub fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Replaces the `"ts":N` of a quote frame with the reference's fixed `1700000000000`, after
+/// checking N is the current time (within a minute); returns the normalised frame.
+pub fn normalise_ts(frame: &str) -> String {
+    let start = frame.find("\"ts\":").unwrap_or_else(|| panic!("no ts in {frame}")) + 5;
+    let end = start + frame[start..].find(|c: char| !c.is_ascii_digit()).unwrap();
+    let ts: u64 = frame[start..end].parse().unwrap();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(ts.abs_diff(now) < 60_000, "ts {ts} is not the current time {now}");
+    format!("{}1700000000000{}", &frame[..start], &frame[end..])
+}
+
+/// The `seq` of a data frame.
+pub fn seq_of(frame: &str) -> u64 {
+    let value: serde_json::Value = serde_json::from_str(frame).unwrap_or_else(|e| panic!("{e}: {frame}"));
+    value["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {frame}"))
+}

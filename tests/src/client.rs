@@ -1,0 +1,94 @@
+//! [`Client`]: a real WebSocket client for tests, reading frames with timeouts so no test hangs.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+/// What the server sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// A text frame.
+    Text(String),
+    /// A close frame, with its code and reason.
+    Close(Option<(u16, String)>),
+    /// The connection ended without a close frame.
+    Gone,
+}
+
+/// A connected client.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    /// Connects; panics with the server's answer if the handshake is refused.
+    pub async fn connect(url: &str) -> Client {
+        match Self::try_connect(url).await {
+            Ok(client) => client,
+            Err(err) => panic!("connecting to {url} failed: {err}"),
+        }
+    }
+
+    /// Connects, or returns the handshake error (whose response carries the refusal).
+    pub async fn try_connect(url: &str) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = connect_async(url).await?;
+        Ok(Client { ws })
+    }
+
+    /// Sends a text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send text");
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, bytes: &[u8]) {
+        self.ws.send(Message::binary(bytes.to_vec())).await.expect("send binary");
+    }
+
+    /// The next frame, or `None` if none arrives within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Frame> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            return Some(match next {
+                Some(Ok(Message::Text(text))) => Frame::Text(text.to_string()),
+                Some(Ok(Message::Close(frame))) => {
+                    Frame::Close(frame.map(|CloseFrame { code, reason }| (u16::from(code), reason.to_string())))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => Frame::Gone,
+            });
+        }
+    }
+
+    /// The next text frame; panics if something else or nothing arrives within `wait`.
+    pub async fn next_text(&mut self, wait: Duration) -> String {
+        match self.next_within(wait).await {
+            Some(Frame::Text(text)) => text,
+            other => panic!("expected a text frame within {wait:?}, got {other:?}"),
+        }
+    }
+
+    /// The text frames received within `window`; panics on a close.
+    pub async fn texts_during(&mut self, window: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + window;
+        let mut texts = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                None => return texts,
+                Some(Frame::Text(text)) => texts.push(text),
+                Some(other) => panic!("connection ended during the window: {other:?}"),
+            }
+        }
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
