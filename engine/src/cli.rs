@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 
 use crate::config::Config;
 
@@ -35,6 +37,9 @@ struct StartArgs {
     /// Address to listen on [default: 0.0.0.0:9503].
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Address of the admin endpoint [default: 127.0.0.1:9504].
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
     /// Directory of NAME.wasm plugins [default: runtime/plugins].
     #[arg(long, value_name = "DIR")]
     plugins_dir: Option<PathBuf>,
@@ -58,6 +63,9 @@ impl StartArgs {
         };
         if let Some(listen) = self.listen {
             config.listen = listen;
+        }
+        if let Some(admin) = self.admin {
+            config.admin = admin;
         }
         if let Some(dir) = self.plugins_dir {
             config.plugins_dir = dir;
@@ -89,18 +97,34 @@ impl Cli {
 fn start(config: Config) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen)
+        let websocket = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        crate::run(config, listener, shutdown_signal()).await?;
+        let admin = tokio::net::TcpListener::bind(config.admin)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin)", config.admin))?;
+        let listeners = crate::Listeners { websocket, admin: Some(admin) };
+        crate::run(config, listeners, shutdown_signal(), reload_signal()?).await?;
         Ok(ExitCode::SUCCESS)
     })
 }
 
+/// A rescan request for every SIGHUP.
+fn reload_signal() -> anyhow::Result<mpsc::Receiver<()>> {
+    let mut hangup = signal(SignalKind::hangup()).context("cannot install a SIGHUP handler")?;
+    let (requests, received) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            // A rescan already queued covers this signal too.
+            let _ = requests.try_send(());
+        }
+    });
+    Ok(received)
+}
+
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler cannot fail");
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}

@@ -14,8 +14,13 @@ use serde::Deserialize;
 pub struct Config {
     /// Address the WebSocket server listens on.
     pub listen: SocketAddr,
+    /// Address of the admin endpoint (`/status`, `/healthz`); keep it on loopback.
+    pub admin: SocketAddr,
     /// Directory holding the plugins, one `NAME.wasm` each.
     pub plugins_dir: PathBuf,
+    /// Whether to watch `plugins_dir` for changes. Without it (e.g. on a network file system that
+    /// delivers no events) plugins change only on `wasmpush reload` / SIGHUP.
+    pub watch_plugins: bool,
     /// Plugin served at `/` (and at any path that names no plugin).
     pub default_plugin: String,
     /// Interval between two pushes to a connection, in milliseconds.
@@ -47,7 +52,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 9503)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9504)),
             plugins_dir: PathBuf::from("runtime/plugins"),
+            watch_plugins: true,
             default_plugin: "quote".to_owned(),
             tick_ms: 200,
             workers: 0,

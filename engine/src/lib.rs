@@ -13,9 +13,13 @@
 //! - `outbound`: the bounded, conflating queue between a shard and a connection.
 //! - `shard`: the worker threads that own connection state and run the plugins every tick.
 //! - `registry`: the plugin versions served, loaded from files and swapped atomically.
+//! - `watcher`: reports changed plugin files; knows nothing about wasmtime.
+//! - `reload`: the actor that turns file changes and rescan requests into registry updates.
+//! - `stats`: the running counters; `admin`: the `/status` and `/healthz` endpoint.
 //! - `plugin`: the wasmtime host — the only module that knows wasmtime.
 //! - [`protocol`]: error frames, error codes and params validation.
 
+mod admin;
 mod cli;
 pub mod config;
 mod connection;
@@ -24,9 +28,12 @@ mod outbound;
 mod plugin;
 pub mod protocol;
 mod registry;
+mod reload;
 mod server;
 mod shard;
+mod stats;
+mod watcher;
 
 pub use cli::Cli;
 pub use config::Config;
-pub use server::{ServerError, run};
+pub use server::{Listeners, ServerError, run};

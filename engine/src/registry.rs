@@ -117,10 +117,11 @@ impl PluginRegistry {
             path: path.to_owned(),
             source,
         })?;
-        if let Some(current) = self.get(plugin) {
-            if current.size == bytes.len() && current.hash == crate::plugin::content_hash(&bytes) {
-                return Ok(Loaded::Unchanged(current));
-            }
+        if let Some(current) = self.get(plugin)
+            && current.size == bytes.len()
+            && current.hash == crate::plugin::content_hash(&bytes)
+        {
+            return Ok(Loaded::Unchanged(current));
         }
         let version = self
             .host

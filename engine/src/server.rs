@@ -4,23 +4,27 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, ConnectionSettings};
 use crate::handshake::{self, Refusal, Route};
 use crate::plugin::{PluginHost, SandboxLimits};
 use crate::registry::PluginRegistry;
+use crate::reload::Reloader;
 use crate::shard::{ShardSettings, Shards};
+use crate::stats::EngineStats;
+use crate::watcher::{CHANGE_CAPACITY, PluginWatcher};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,17 @@ pub enum ServerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The plugins directory cannot be watched.
+    #[error("cannot watch plugins directory {path}: {source}")]
+    Watch {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: notify::Error,
+    },
+    /// The listener's address cannot be read.
+    #[error("cannot read the listening address: {0}")]
+    Listener(std::io::Error),
     /// A worker thread could not be started.
     #[error("cannot start worker threads: {0}")]
     Workers(std::io::Error),
@@ -59,15 +74,68 @@ struct Shared {
     connection: ConnectionSettings,
     /// WebSocket limits.
     websocket: WebSocketConfig,
+    /// The counters.
+    stats: Arc<EngineStats>,
     /// Source of connection ids; never reused while the engine runs.
     next_conn_id: AtomicU64,
 }
 
-/// Runs the engine on `listener` until `shutdown` resolves.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+/// The sockets the engine serves on, bound by the caller (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// WebSocket clients.
+    pub websocket: TcpListener,
+    /// The admin endpoint (`/status`, `/healthz`), if any.
+    pub admin: Option<TcpListener>,
+}
+
+/// Runs the engine until `shutdown` resolves. Each message on `reloads` rescans the plugins
+/// directory (what SIGHUP does); file changes in it are picked up by themselves.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    reloads: mpsc::Receiver<()>,
+) -> Result<(), ServerError> {
     config.validate()?;
-    let registry = Arc::new(load_plugins(&config).await?);
-    let settings = ShardSettings { tick: config.tick(), max_payload_bytes: config.max_payload_bytes };
+    let started = std::time::Instant::now();
+    let Listeners { websocket: listener, admin } = listeners;
+    let stats = Arc::new(EngineStats::default());
+    let cancel = CancellationToken::new();
+    let dir = config.plugins_dir.clone();
+    // Watch before the first scan, so a file deployed meanwhile is not missed.
+    let (changes, changed) = mpsc::channel(CHANGE_CAPACITY);
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let _watcher = match config.watch_plugins {
+        true => Some(
+            PluginWatcher::start(&dir, changes, overflowed.clone())
+                .map_err(|source| ServerError::Watch { path: dir.clone(), source })?,
+        ),
+        false => None,
+    };
+    let registry = Arc::new(plugin_registry(&config).await?);
+    let reloader = Reloader::new(registry.clone(), dir);
+    reloader.rescan().await;
+    for version in registry.snapshot().values() {
+        tracing::info!(plugin = %version.name, version = version.short_hash(), bytes = version.size, "serving plugin");
+    }
+    tokio::spawn(reloader.run(changed, overflowed, reloads, cancel.clone()));
+    if let Some(admin) = admin {
+        let state = AdminState {
+            registry: registry.clone(),
+            stats: stats.clone(),
+            listen: listener.local_addr().map_err(ServerError::Listener)?,
+            started,
+        };
+        let shutdown = cancel.clone();
+        tokio::spawn(async move {
+            if let Err(err) = admin::serve(admin, state, shutdown).await {
+                tracing::error!(cause = %err, "admin endpoint failed");
+            }
+        });
+    }
+    let settings =
+        ShardSettings { tick: config.tick(), max_payload_bytes: config.max_payload_bytes, stats: stats.clone() };
     let shards = Shards::spawn(config.worker_count(), settings, registry.clone()).map_err(ServerError::Workers)?;
     let shared = Arc::new(Shared {
         connection: ConnectionSettings {
@@ -80,10 +148,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         registry,
         shards,
         next_conn_id: AtomicU64::new(1),
+        stats,
         config,
     });
     let slots = Arc::new(Semaphore::new(shared.config.max_connections));
-    let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     tracing::info!(listen = ?listener.local_addr().ok(), workers = shared.config.worker_count(), "serving");
 
@@ -119,30 +187,20 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     Ok(())
 }
 
-/// Builds the plugin host and loads every plugin in the plugins directory; a plugin that fails to
-/// load is logged and skipped.
-async fn load_plugins(config: &Config) -> Result<PluginRegistry, ServerError> {
+/// Builds the plugin host and an empty registry; checks the plugins directory is readable.
+async fn plugin_registry(config: &Config) -> Result<PluginRegistry, ServerError> {
     let limits = SandboxLimits {
         memory_bytes: config.plugin_memory_mib << 20,
         call_timeout: Duration::from_millis(config.plugin_timeout_ms),
         per_call_budget: Duration::from_micros(config.plugin_call_budget_us),
     };
     let dir = config.plugins_dir.clone();
-    tokio::task::spawn_blocking(move || {
-        let host = PluginHost::new(limits).map_err(ServerError::PluginHost)?;
-        let registry = PluginRegistry::new(host);
-        let failures =
-            registry.rescan(&dir).map_err(|source| ServerError::PluginsDir { path: dir.clone(), source })?;
-        for failure in failures {
-            tracing::error!(cause = %failure, "plugin not loaded");
-        }
-        for version in registry.snapshot().values() {
-            tracing::info!(plugin = %version.name, version = version.short_hash(), bytes = version.size, "plugin loaded");
-        }
-        Ok(registry)
-    })
-    .await
-    .expect("plugin loading does not panic")
+    std::fs::read_dir(&dir).map_err(|source| ServerError::PluginsDir { path: dir.clone(), source })?;
+    let host = tokio::task::spawn_blocking(move || PluginHost::new(limits))
+        .await
+        .expect("building the plugin host does not panic")
+        .map_err(ServerError::PluginHost)?;
+    Ok(PluginRegistry::new(host))
 }
 
 /// Completes the handshake of one TCP connection and serves it.
@@ -154,6 +212,8 @@ async fn accept(
 ) {
     let _ = stream.set_nodelay(true);
     let mut routed = None;
+    // The callback's signature is tungstenite's; its error is the HTTP response itself.
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
         if permit.is_none() {
             return Err(refuse(&Refusal { status: 503, reason: "server is at its connection limit".to_owned() }));
@@ -190,7 +250,9 @@ async fn accept(
     let Some(route): Option<Route> = routed else { return };
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let shard = shared.shards.sender(conn_id);
+    shared.stats.connection_opened();
     connection::serve(ws, conn_id, route, shard, shared.connection.clone(), cancel).await;
+    shared.stats.connection_closed();
 }
 
 /// The HTTP response refusing a handshake.

@@ -19,6 +19,7 @@ use crate::outbound::{Outbound, OutboundQueue};
 use crate::plugin::{Call, Outcome, PluginFault, PluginInstance, PluginVersion, Trigger};
 use crate::protocol::{ClientError, PLUGIN_ERROR, error_frame};
 use crate::registry::PluginRegistry;
+use crate::stats::EngineStats;
 
 /// Commands a shard's channel holds at most; a connection task sending to a full channel waits,
 /// which stops it reading from its socket until the shard catches up.
@@ -66,6 +67,8 @@ pub struct ShardSettings {
     pub tick: Duration,
     /// Largest payload a plugin may push.
     pub max_payload_bytes: usize,
+    /// Where pushes, errors and faults are counted.
+    pub stats: Arc<EngineStats>,
 }
 
 /// The shards, and how to reach the one that owns a connection.
@@ -413,12 +416,12 @@ impl PluginSlot {
         let deadline = Instant::now() + settings.tick;
         for item in due {
             if Instant::now() >= deadline {
-                self.fault(item.0, &batch_fault);
+                self.fault(item.0, &batch_fault, settings);
                 continue;
             }
             match self.call(version, std::slice::from_ref(item), now_ms, generations) {
                 Ok(mut outcomes) => self.deliver(item.0, outcomes.remove(0), settings),
-                Err(fault) => self.fault(item.0, &fault),
+                Err(fault) => self.fault(item.0, &fault, settings),
             }
         }
     }
@@ -437,16 +440,21 @@ impl PluginSlot {
                 conn.park(Park::Error, error.frame());
             }
             Outcome::Push(payload) => {
+                settings.stats.pushed(1);
                 conn.pushes += 1;
                 conn.outbound.push(Outbound::Data(payload));
             }
             Outcome::Skip => {}
-            Outcome::Error(message) => conn.park(Park::Error, error_frame(PLUGIN_ERROR, &message)),
+            Outcome::Error(message) => {
+                settings.stats.plugin_error();
+                conn.park(Park::Error, error_frame(PLUGIN_ERROR, &message));
+            }
         }
     }
 
     /// Parks a connection a fault hit, with its error frame.
-    fn fault(&mut self, conn_id: u64, fault: &PluginFault) {
+    fn fault(&mut self, conn_id: u64, fault: &PluginFault, settings: &ShardSettings) {
+        settings.stats.plugin_fault();
         tracing::warn!(plugin = %self.name, conn_id, %fault, "plugin call failed");
         let error = match fault {
             PluginFault::Timeout => ClientError::PluginTimedOut(self.name.to_string()),

@@ -1,0 +1,112 @@
+//! The admin HTTP endpoint (default `127.0.0.1:9504`): `GET /status` (JSON) and `GET /healthz`.
+//! Read-only: it reports what the registry and the counters hold and changes nothing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::PluginRegistry;
+use crate::stats::{EngineStats, StatsSnapshot};
+
+/// What the admin endpoint reads.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// The plugins served.
+    pub registry: Arc<PluginRegistry>,
+    /// The counters.
+    pub stats: Arc<EngineStats>,
+    /// Where the WebSocket server listens.
+    pub listen: SocketAddr,
+    /// When the engine started.
+    pub started: Instant,
+}
+
+/// The `/status` document.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// The engine's process id.
+    pub pid: u32,
+    /// Where the WebSocket server listens.
+    pub listen: SocketAddr,
+    /// Seconds since the engine started.
+    pub uptime_secs: u64,
+    /// The counters.
+    #[serde(flatten)]
+    pub stats: StatsSnapshot,
+    /// The plugins served, by name.
+    pub plugins: Vec<PluginStatus>,
+    /// The most recent failed plugin load, if no later load of that plugin succeeded.
+    pub last_reload_error: Option<ReloadErrorStatus>,
+}
+
+/// One served plugin.
+#[derive(Debug, Serialize)]
+pub struct PluginStatus {
+    /// Its name.
+    pub name: String,
+    /// Its version id: the SHA-256 of its file.
+    pub version: String,
+    /// Size of its file in bytes.
+    pub bytes: usize,
+    /// When this version was loaded, in milliseconds since the Unix epoch.
+    pub loaded_at_ms: u64,
+}
+
+/// A failed load.
+#[derive(Debug, Serialize)]
+pub struct ReloadErrorStatus {
+    /// The plugin.
+    pub plugin: String,
+    /// Why.
+    pub reason: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+impl AdminState {
+    /// The status now.
+    pub fn status(&self) -> Status {
+        Status {
+            pid: std::process::id(),
+            listen: self.listen,
+            uptime_secs: self.started.elapsed().as_secs(),
+            stats: self.stats.snapshot(),
+            plugins: self
+                .registry
+                .snapshot()
+                .values()
+                .map(|version| PluginStatus {
+                    name: version.name.to_string(),
+                    version: version.hash.clone(),
+                    bytes: version.size,
+                    loaded_at_ms: unix_ms(version.loaded_at),
+                })
+                .collect(),
+            last_reload_error: self.registry.last_error().map(|failed| ReloadErrorStatus {
+                plugin: failed.plugin,
+                reason: failed.reason,
+                at_ms: unix_ms(failed.at),
+            }),
+        }
+    }
+}
+
+/// Serves the admin endpoint on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) -> std::io::Result<()> {
+    let router = Router::new()
+        .route("/status", get(|State(state): State<AdminState>| async move { Json(state.status()) }))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state);
+    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
