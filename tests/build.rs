@@ -8,7 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Plugins built as they are: (package, constant).
-const PLUGINS: &[(&str, &str)] = &[("quote-plugin", "QUOTE"), ("clock-plugin", "CLOCK")];
+const PLUGINS: &[(&str, &str)] = &[
+    ("quote-plugin", "QUOTE"),
+    ("clock-plugin", "CLOCK"),
+    ("wrong-contract-plugin", "WRONG_CONTRACT"),
+    ("start-trap-plugin", "START_TRAP"),
+];
 
 /// Builds of the `versioned` test plugin: (version baked in, constant).
 const VERSIONED: &[(&str, &str)] = &[("1", "VERSIONED_V1"), ("2", "VERSIONED_V2")];

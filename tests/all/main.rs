@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cadence;
+mod reload;
 mod routing;
 mod session;
 mod util;

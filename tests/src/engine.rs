@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use wasmpush::Config;
 
@@ -12,8 +12,12 @@ use wasmpush::Config;
 pub struct TestEngine {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its admin endpoint listens.
+    pub admin_addr: SocketAddr,
     /// Its plugins directory (deleted on drop).
     plugins: tempfile::TempDir,
+    /// Asks the engine to rescan its plugins directory (what SIGHUP does).
+    reloads: mpsc::Sender<()>,
     /// Resolves the engine's shutdown future.
     shutdown: Option<oneshot::Sender<()>>,
     /// The engine's task.
@@ -30,13 +34,30 @@ impl TestEngine {
         }
         let mut config = Config { plugins_dir: dir.path().to_owned(), ..Config::default() };
         configure(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
-        let addr = listener.local_addr().unwrap();
+        let websocket = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = websocket.local_addr().unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let listeners = wasmpush::Listeners { websocket, admin: Some(admin) };
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(wasmpush::run(config, listener, async move {
+        let (reloads, reload_requests) = mpsc::channel(1);
+        let stopped = async move {
             let _ = stopped.await;
-        }));
-        TestEngine { addr, plugins: dir, shutdown: Some(shutdown), task: Some(task) }
+        };
+        let task = tokio::spawn(wasmpush::run(config, listeners, stopped, reload_requests));
+        let engine = TestEngine { addr, admin_addr, plugins: dir, reloads, shutdown: Some(shutdown), task: Some(task) };
+        engine.wait_until_serving().await;
+        engine
+    }
+
+    /// Waits until the engine answers handshakes: its initial plugin scan is done then.
+    async fn wait_until_serving(&self) {
+        // Any answer, even a refusal, comes from the accept loop, which starts after the scan.
+        let probe = tokio_tungstenite::connect_async(self.url("/ws/readiness-probe"));
+        match tokio::time::timeout(std::time::Duration::from_secs(30), probe).await {
+            Ok(Ok(_)) | Ok(Err(tokio_tungstenite::tungstenite::Error::Http(_))) => {}
+            other => panic!("the engine did not start serving: {other:?}"),
+        }
     }
 
     /// `ws://ADDR` + `path`.
@@ -52,6 +73,25 @@ impl TestEngine {
     /// Where plugin `name` is deployed.
     pub fn plugin_path(&self, name: &str) -> PathBuf {
         self.plugins.path().join(format!("{name}.wasm"))
+    }
+
+    /// `GET /status` from the admin endpoint, parsed.
+    pub async fn status(&self) -> serde_json::Value {
+        let body = crate::http::get(self.admin_addr, "/status").await;
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("status is not JSON ({e}): {body}"))
+    }
+
+    /// Asks the engine to rescan its plugins directory, as SIGHUP does.
+    pub async fn reload(&self) {
+        self.reloads.send(()).await.expect("engine running");
+    }
+
+    /// Deploys `wasm` as plugin `name` the way `just deploy-plugin` does: write `NAME.wasm.tmp`,
+    /// then rename it into place (one atomic replace).
+    pub fn deploy(&self, name: &str, wasm: &str) {
+        let tmp = self.plugins.path().join(format!("{name}.wasm.tmp"));
+        std::fs::copy(wasm, &tmp).expect("write NAME.wasm.tmp");
+        std::fs::rename(&tmp, self.plugin_path(name)).expect("rename into place");
     }
 
     /// Shuts the engine down and returns what `run` returned.

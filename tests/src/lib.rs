@@ -10,6 +10,7 @@ pub mod artifacts {
 
 mod client;
 mod engine;
+pub mod http;
 
 pub use client::{Client, Frame};
 pub use engine::TestEngine;
