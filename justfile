@@ -1,0 +1,48 @@
+# wasmpush: the single entry point. `just` lists the recipes.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+target_dir := env("CARGO_TARGET_DIR", justfile_directory() / "target")
+plugins_dir := "runtime/plugins"
+
+# List the recipes
+default:
+    @just --list
+
+# Install what building needs: the wasm32-wasip2 target
+[group('setup')]
+setup:
+    @rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+# Build the engine and every example plugin, deploy the plugins to runtime/plugins, start the engine
+[group('run')]
+run *ARGS: setup
+    cargo build --release -p wasmpush
+    for dir in plugins/*/; do just deploy-plugin "$(basename "$dir")"; done
+    {{target_dir}}/release/wasmpush start --plugins-dir {{plugins_dir}} {{ARGS}}
+
+# Build plugin NAME (plugins/NAME, package NAME-plugin) for wasm32-wasip2
+[group('plugins')]
+build-plugin NAME: setup
+    cargo build --target wasm32-wasip2 --profile plugin -p {{NAME}}-plugin
+
+# Build plugin NAME and deploy it atomically as DIR/NAME.wasm (write NAME.wasm.tmp, rename into place)
+[group('plugins')]
+deploy-plugin NAME DIR=plugins_dir: (build-plugin NAME)
+    mkdir -p {{DIR}}
+    cp {{target_dir}}/wasm32-wasip2/plugin/{{replace(NAME, "-", "_")}}_plugin.wasm {{DIR}}/{{NAME}}.wasm.tmp
+    mv -f {{DIR}}/{{NAME}}.wasm.tmp {{DIR}}/{{NAME}}.wasm
+    @echo "deployed {{DIR}}/{{NAME}}.wasm"
+
+# Run every test: unit, plugin (native), SDK, doc and end-to-end tests
+[group('check')]
+test: setup
+    cargo test --workspace
+
+# What CI runs: formatting, lints, tests and docs, all warnings denied
+[group('check')]
+ci: setup
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    just test
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
