@@ -15,6 +15,7 @@
 //! - `registry`: the plugin versions served, loaded from files and swapped atomically.
 //! - `watcher`: reports changed plugin files; knows nothing about wasmtime.
 //! - `reload`: the actor that turns file changes and rescan requests into registry updates.
+//! - `pidfile`: how `stop` and `reload` find the engine, and how `start` refuses to run twice.
 //! - `stats`: the running counters; `admin`: the `/status` and `/healthz` endpoint.
 //! - `plugin`: the wasmtime host — the only module that knows wasmtime.
 //! - [`protocol`]: error frames, error codes and params validation.
@@ -25,6 +26,7 @@ pub mod config;
 mod connection;
 mod handshake;
 mod outbound;
+mod pidfile;
 mod plugin;
 pub mod protocol;
 mod registry;
@@ -34,6 +36,6 @@ mod shard;
 mod stats;
 mod watcher;
 
-pub use cli::Cli;
+pub use cli::{Cli, main};
 pub use config::Config;
 pub use server::{Listeners, ServerError, run};
