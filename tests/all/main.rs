@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cadence;
+mod cli;
 mod reload;
 mod routing;
 mod session;

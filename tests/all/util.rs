@@ -15,15 +15,7 @@ pub async fn engine() -> TestEngine {
     TestEngine::start(&[("quote", artifacts::QUOTE), ("clock", artifacts::CLOCK)], |_| {}).await
 }
 
-/// `text` percent-encoded for a query string.
-pub fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+pub use wasmpush_tests::percent_encode as encode;
 
 /// Replaces the `"ts":N` of a quote frame with the reference's fixed `1700000000000`, after
 /// checking N is the current time (within a minute); returns the normalised frame.

@@ -14,3 +14,13 @@ pub mod http;
 
 pub use client::{Client, Frame};
 pub use engine::TestEngine;
+
+/// `text` percent-encoded for a URL query (everything but RFC 3986 unreserved characters).
+pub fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
