@@ -46,3 +46,15 @@ ci: setup
     cargo clippy --workspace --all-targets -- -D warnings
     just test
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+# Build release and run the engine with `quote` under the load generator (default 1,000, 5,000 and 19,000 connections)
+[group('bench')]
+bench +COUNTS="1000 5000 19000": setup
+    cargo build --release -p wasmpush --bin wasmpush -p wasmpush-tests --bin loadgen
+    just build-plugin quote
+    tests/bench.sh {{target_dir}} {{COUNTS}}
+
+# Measure the time from deploying a plugin build to its first frame at a client
+[group('bench')]
+reload-latency SWAPS="30":
+    cargo run --release -p wasmpush-tests --bin reload_latency -- {{SWAPS}}
