@@ -59,6 +59,9 @@ pub enum ServerError {
     Workers(std::io::Error),
 }
 
+/// Bytes a socket reads at once.
+const READ_BUFFER_BYTES: usize = 4096;
+
 /// How long connections get to close after shutdown begins.
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
@@ -142,7 +145,11 @@ pub async fn run(
             max_params_bytes: config.max_params_bytes,
             write_timeout: Duration::from_secs(config.write_timeout_secs),
         },
+        // tungstenite zero-fills `read_buffer_size` bytes before every read (128 KiB by default:
+        // 40% of the engine's CPU at 10,000 connections, and 128 KiB of memory per socket).
+        // Params are at most a few KiB; larger messages still grow the buffer as needed.
         websocket: WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_BYTES)
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes)),
         registry,

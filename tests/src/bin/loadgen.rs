@@ -128,8 +128,18 @@ async fn connect(url: &str, target: SocketAddr, source: IpAddr, i: usize) -> any
     let stream = tokio::time::timeout(Duration::from_secs(30), socket.connect(target)).await??;
     let params = format!(r#"{{"symbol":"SYM{i}","nonce":0}}"#);
     let url = format!("{url}?params={}", wasmpush_tests::percent_encode(&params));
-    let (ws, _) = tokio::time::timeout(Duration::from_secs(30), tokio_tungstenite::client_async(url, stream)).await??;
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio_tungstenite::client_async_with_config(url, stream, Some(client_config())),
+    )
+    .await??;
     Ok(ws)
+}
+
+/// A small read buffer: tungstenite zero-fills the whole buffer before each read, so the default
+/// 128 KiB would make the load generator, not the engine, the bottleneck.
+fn client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096)
 }
 
 /// Reads frames until `end`, sending params updates if asked.
