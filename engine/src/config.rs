@@ -37,6 +37,11 @@ pub struct Config {
     pub handshake_timeout_secs: u64,
     /// Time a socket may stay unwritable before the connection is closed, in seconds.
     pub write_timeout_secs: u64,
+    /// Interval between two server pings, in seconds.
+    pub ping_secs: u64,
+    /// Time without any frame from a client (a pong included) after which it is closed, in
+    /// seconds; at least `ping_secs`.
+    pub idle_timeout_secs: u64,
     /// Time one plugin call may run before it is interrupted, in milliseconds; a batch gets this
     /// plus `plugin_call_budget_us` per connection it carries.
     pub plugin_timeout_ms: u64,
@@ -63,6 +68,8 @@ impl Default for Config {
             max_connections: 100_000,
             handshake_timeout_secs: 10,
             write_timeout_secs: 10,
+            ping_secs: 30,
+            idle_timeout_secs: 90,
             plugin_timeout_ms: 100,
             plugin_call_budget_us: 50,
             plugin_memory_mib: 64,
@@ -126,6 +133,8 @@ impl Config {
         check(self.max_connections >= 1, "max_connections", "must be at least 1")?;
         check(self.handshake_timeout_secs >= 1, "handshake_timeout_secs", "must be at least 1")?;
         check(self.write_timeout_secs >= 1, "write_timeout_secs", "must be at least 1")?;
+        check(self.ping_secs >= 1, "ping_secs", "must be at least 1")?;
+        check(self.idle_timeout_secs >= self.ping_secs, "idle_timeout_secs", "must be at least ping_secs")?;
         check(self.plugin_timeout_ms >= 1, "plugin_timeout_ms", "must be at least 1")?;
         check(self.plugin_memory_mib >= 1, "plugin_memory_mib", "must be at least 1")?;
         check(self.max_payload_bytes >= 1, "max_payload_bytes", "must be at least 1")

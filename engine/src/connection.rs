@@ -1,5 +1,6 @@
 //! One client connection after its handshake: reads the client's frames, validates params and
-//! hands them to the connection's shard; writes the frames the shard queued. It owns the socket
+//! hands them to the connection's shard; writes the frames the shard queued; pings the client and
+//! closes it when it has been silent (no frame, no pong) for the idle timeout. It owns the socket
 //! and nothing else: all push state lives in the shard.
 
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -25,6 +27,10 @@ pub struct ConnectionSettings {
     pub max_params_bytes: usize,
     /// Time a write may take before the client counts as a slow consumer.
     pub write_timeout: Duration,
+    /// Interval between two server pings.
+    pub ping_interval: Duration,
+    /// Time without any frame from the client (a pong included) after which it is closed.
+    pub idle_timeout: Duration,
 }
 
 /// Why a connection ended.
@@ -36,6 +42,8 @@ enum End {
     Shutdown,
     /// The client does not read its frames.
     SlowConsumer,
+    /// The client sent nothing, not even a pong, for `idle_timeout`.
+    Idle,
 }
 
 /// Serves one connection until the client leaves, the engine shuts down, or the client stops
@@ -55,9 +63,12 @@ pub async fn serve<S>(
     if shard.send_async(open).await.is_err() {
         return;
     }
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
     let end = loop {
         tokio::select! {
-            frame = ws.next() => match frame {
+            frame = ws.next() => match frame.inspect(|_| last_heard = Instant::now()) {
                 Some(Ok(Message::Text(text))) => {
                     match validate_params(text.as_str(), settings.max_params_bytes) {
                         Ok(()) => {
@@ -83,6 +94,16 @@ pub async fn serve<S>(
                 }
                 Drained::Overflowed => break End::SlowConsumer,
             },
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() >= settings.idle_timeout {
+                    break End::Idle;
+                }
+                match tokio::time::timeout(settings.write_timeout, ws.send(Message::Ping(Default::default()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break End::Client,
+                    Err(_) => break End::SlowConsumer,
+                }
+            }
             () = shutdown.cancelled() => break End::Shutdown,
         }
     };
@@ -91,6 +112,7 @@ pub async fn serve<S>(
         End::Client => None,
         End::Shutdown => Some((CloseCode::Away, "going away")),
         End::SlowConsumer => Some((CloseCode::Policy, "slow consumer")),
+        End::Idle => Some((CloseCode::Away, "idle timeout")),
     };
     if let Some((code, reason)) = close {
         tracing::debug!(conn_id, ?end, "closing connection");

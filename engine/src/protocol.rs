@@ -30,6 +30,9 @@ pub enum ClientError {
         /// `max_params_bytes`.
         limit: usize,
     },
+    /// The params nest objects and arrays deeper than [`MAX_DEPTH`].
+    #[error("params nest deeper than {MAX_DEPTH} levels")]
+    TooDeep,
     /// A binary frame: params are JSON text.
     #[error("binary frames are not supported: send params as a JSON text frame")]
     BinaryFrame,
@@ -62,6 +65,7 @@ impl ClientError {
             ClientError::NotAnObject(_) => 4002,
             ClientError::TooLarge { .. } => 4003,
             ClientError::BinaryFrame => 4004,
+            ClientError::TooDeep => 4005,
             ClientError::PluginFailed(_) => 5001,
             ClientError::PluginTimedOut(_) => 5002,
             ClientError::PayloadTooLarge { .. } => 5003,
@@ -81,13 +85,40 @@ pub fn validate_params(text: &str, limit: usize) -> Result<(), ClientError> {
     if text.len() > limit {
         return Err(ClientError::TooLarge { size: text.len(), limit });
     }
-    // serde_json refuses nesting deeper than 128 levels, so a hostile text cannot exhaust the
-    // stack, and `IgnoredAny` keeps nothing: validation costs no allocation per value.
+    // Plugins parse params with recursive parsers: refuse deep nesting before anyone parses it.
+    if nesting_depth(text) > MAX_DEPTH {
+        return Err(ClientError::TooDeep);
+    }
+    // `IgnoredAny` keeps nothing: validation costs no allocation per value.
     let kind = serde_json::from_str::<JsonKind>(text).map_err(|err| ClientError::InvalidJson(err.to_string()))?;
     match kind {
         JsonKind::Object => Ok(()),
         JsonKind::Other(name) => Err(ClientError::NotAnObject(name)),
     }
+}
+
+/// Deepest nesting of objects and arrays params may have.
+pub const MAX_DEPTH: usize = 32;
+
+/// The deepest nesting of `[` and `{` in `text`, outside strings; one pass, no allocation.
+fn nesting_depth(text: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for byte in text.bytes() {
+        match (in_string, escaped, byte) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            (false, _, _) => {}
+        }
+    }
+    deepest
 }
 
 /// The kind of a JSON value, read without keeping the value.
@@ -167,9 +198,13 @@ mod tests {
     }
 
     #[test]
-    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    fn deep_nesting_is_refused_before_parsing() {
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
-        assert_eq!(validate_params(&deep, usize::MAX).unwrap_err().code(), 4001);
+        assert_eq!(validate_params(&deep, usize::MAX), Err(ClientError::TooDeep));
+        let at_limit = format!("{}1{}", "{\"a\":".repeat(MAX_DEPTH), "}".repeat(MAX_DEPTH));
+        assert_eq!(validate_params(&at_limit, usize::MAX), Ok(()));
+        let brackets_in_strings = format!("{{\"a\":\"{}\\\"{}\"}}", "[".repeat(100), "{".repeat(100));
+        assert_eq!(validate_params(&brackets_in_strings, usize::MAX), Ok(()));
     }
 
     #[test]

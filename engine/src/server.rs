@@ -144,6 +144,8 @@ pub async fn run(
         connection: ConnectionSettings {
             max_params_bytes: config.max_params_bytes,
             write_timeout: Duration::from_secs(config.write_timeout_secs),
+            ping_interval: Duration::from_secs(config.ping_secs),
+            idle_timeout: Duration::from_secs(config.idle_timeout_secs),
         },
         // tungstenite zero-fills `read_buffer_size` bytes before every read (128 KiB by default:
         // 40% of the engine's CPU at 10,000 connections, and 128 KiB of memory per socket).

@@ -25,13 +25,15 @@ async fn bad_params_are_refused_with_a_clear_error_and_change_nothing() {
     client.next_text(SOON).await;
 
     let too_big = format!(r#"{{"symbol":"{}"}}"#, "x".repeat(4100));
-    let cases: [(&str, u64, &str); 6] = [
+    let too_deep = format!(r#"{{"a":{}1{}}}"#, "[".repeat(40), "]".repeat(40));
+    let cases: [(&str, u64, &str); 7] = [
         ("{\"symbol\":", 4001, "not valid JSON"),
         ("not json", 4001, "not valid JSON"),
         ("[1,2,3]", 4002, "must be a JSON object, not an array"),
         ("\"AAPL\"", 4002, "must be a JSON object, not a string"),
         ("null", 4002, "must be a JSON object, not null"),
         (&too_big, 4003, "more than the limit of 4096"),
+        (&too_deep, 4005, "nest deeper than 32 levels"),
     ];
     for (input, code, message) in cases {
         client.send_text(input).await;

@@ -4,6 +4,7 @@
 mod bad_input;
 mod cadence;
 mod cli;
+mod heartbeat;
 mod reload;
 mod routing;
 mod session;
