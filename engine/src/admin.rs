@@ -1,4 +1,5 @@
-//! The admin HTTP endpoint (default `127.0.0.1:9504`): `GET /status` (JSON) and `GET /healthz`.
+//! The admin HTTP endpoint (default `127.0.0.1:9504`): `GET /status` (JSON), `GET /metrics`
+//! (Prometheus text) and `GET /healthz`.
 //! Read-only: it reports what the registry and the counters hold and changes nothing.
 
 use std::net::SocketAddr;
@@ -6,22 +7,24 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::registry::PluginRegistry;
-use crate::stats::{EngineStats, StatsSnapshot};
 
 /// What the admin endpoint reads.
 #[derive(Debug, Clone)]
 pub struct AdminState {
     /// The plugins served.
     pub registry: Arc<PluginRegistry>,
-    /// The counters.
-    pub stats: Arc<EngineStats>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
     /// Where the WebSocket server listens.
     pub listen: SocketAddr,
     /// When the engine started.
@@ -37,9 +40,14 @@ pub struct Status {
     pub listen: SocketAddr,
     /// Seconds since the engine started.
     pub uptime_secs: u64,
-    /// The counters.
-    #[serde(flatten)]
-    pub stats: StatsSnapshot,
+    /// Connections open now.
+    pub connections: i64,
+    /// Data frames pushed since start.
+    pub pushes: u64,
+    /// Business errors plugins returned since start.
+    pub plugin_errors: u64,
+    /// Plugin calls that trapped, timed out, hit the memory cap or broke the contract.
+    pub plugin_faults: u64,
     /// The plugins served, by name.
     pub plugins: Vec<PluginStatus>,
     /// The most recent failed plugin load, if no later load of that plugin succeeded.
@@ -77,7 +85,10 @@ impl AdminState {
             pid: std::process::id(),
             listen: self.listen,
             uptime_secs: self.started.elapsed().as_secs(),
-            stats: self.stats.snapshot(),
+            connections: self.metrics.connections.get(),
+            pushes: self.metrics.frames_pushed.get(),
+            plugin_errors: self.metrics.calls.error.get(),
+            plugin_faults: self.metrics.calls.faults(),
             plugins: self
                 .registry
                 .snapshot()
@@ -102,9 +113,16 @@ impl AdminState {
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) -> std::io::Result<()> {
     let router = Router::new()
         .route("/status", get(|State(state): State<AdminState>| async move { Json(state.status()) }))
+        .route("/metrics", get(|State(state): State<AdminState>| async move { metrics(&state) }))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state);
     axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+/// The `/metrics` response.
+fn metrics(state: &AdminState) -> impl IntoResponse + use<> {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], state.metrics.encode())
 }
 
 fn unix_ms(time: SystemTime) -> u64 {

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::handshake::Route;
+use crate::metrics::Metrics;
 use crate::outbound::{Drained, Outbound, OutboundQueue};
 use crate::protocol::{ClientError, validate_params};
 use crate::shard::ShardCommand;
@@ -27,6 +28,8 @@ pub struct ConnectionSettings {
     pub max_params_bytes: usize,
     /// Time a write may take before the client counts as a slow consumer.
     pub write_timeout: Duration,
+    /// Where closes are counted.
+    pub metrics: Arc<Metrics>,
     /// Interval between two server pings.
     pub ping_interval: Duration,
     /// Time without any frame from the client (a pong included) after which it is closed.
@@ -108,13 +111,15 @@ pub async fn serve<S>(
         }
     };
     let _ = shard.send_async(ShardCommand::Close { conn_id }).await;
+    let metrics = &settings.metrics;
     let close = match end {
         End::Client => None,
-        End::Shutdown => Some((CloseCode::Away, "going away")),
-        End::SlowConsumer => Some((CloseCode::Policy, "slow consumer")),
-        End::Idle => Some((CloseCode::Away, "idle timeout")),
+        End::Shutdown => Some((CloseCode::Away, "going away", None)),
+        End::SlowConsumer => Some((CloseCode::Policy, "slow consumer", Some(&metrics.slow_consumer_closes))),
+        End::Idle => Some((CloseCode::Away, "idle timeout", Some(&metrics.idle_closes))),
     };
-    if let Some((code, reason)) = close {
+    if let Some((code, reason, counter)) = close {
+        counter.map(|counter| counter.inc());
         tracing::debug!(conn_id, ?end, "closing connection");
         let frame = CloseFrame { code, reason: reason.into() };
         let _ = tokio::time::timeout(settings.write_timeout, ws.close(Some(frame))).await;

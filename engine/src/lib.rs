@@ -16,7 +16,7 @@
 //! - `watcher`: reports changed plugin files; knows nothing about wasmtime.
 //! - `reload`: the actor that turns file changes and rescan requests into registry updates.
 //! - `pidfile`: how `stop` and `reload` find the engine, and how `start` refuses to run twice.
-//! - `stats`: the running counters; `admin`: the `/status` and `/healthz` endpoint.
+//! - `metrics`: counters and histograms; `admin`: the `/status`, `/metrics` and `/healthz` endpoint.
 //! - `plugin`: the wasmtime host — the only module that knows wasmtime.
 //! - [`protocol`]: error frames, error codes and params validation.
 
@@ -25,6 +25,7 @@ mod cli;
 pub mod config;
 mod connection;
 mod handshake;
+mod metrics;
 mod outbound;
 mod pidfile;
 mod plugin;
@@ -33,7 +34,6 @@ mod registry;
 mod reload;
 mod server;
 mod shard;
-mod stats;
 mod watcher;
 
 pub use cli::{Cli, main};

@@ -147,23 +147,22 @@ impl PluginRegistry {
     }
 
     /// Brings the registry in line with `dir`: loads every `NAME.wasm` that is new or changed and
-    /// removes plugins whose file is gone. Returns the failures; each was also kept for `status`.
-    pub fn rescan(&self, dir: &Path) -> std::io::Result<Vec<PluginFileError>> {
+    /// removes plugins whose file is gone. Returns what each load did; failures were also kept for
+    /// `status`.
+    pub fn rescan(&self, dir: &Path) -> std::io::Result<Vec<Result<Loaded, PluginFileError>>> {
         let mut present = Vec::new();
-        let mut failures = Vec::new();
+        let mut loads = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
             if path.extension().is_some_and(|ext| ext == "wasm") && path.is_file() {
                 match plugin_name(&path) {
                     Some(name) => present.push(name),
                     None => {
-                        failures.push(PluginFileError::BadName(path));
+                        loads.push(Err(PluginFileError::BadName(path)));
                         continue;
                     }
                 }
-                if let Err(err) = self.load_file(&path) {
-                    failures.push(err);
-                }
+                loads.push(self.load_file(&path));
             }
         }
         let gone: Vec<Arc<str>> =
@@ -171,7 +170,7 @@ impl PluginRegistry {
         for name in gone {
             self.remove(&name);
         }
-        Ok(failures)
+        Ok(loads)
     }
 }
 

@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::{Loaded, PluginRegistry};
+use crate::metrics::Metrics;
+use crate::registry::{Loaded, PluginFileError, PluginRegistry};
 
 /// Quiet time that ends a burst of events.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -29,12 +30,14 @@ pub struct Reloader {
     registry: Arc<PluginRegistry>,
     /// The plugins directory.
     dir: PathBuf,
+    /// Where loads are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Reloader {
     /// A reloader for `dir`.
-    pub fn new(registry: Arc<PluginRegistry>, dir: PathBuf) -> Self {
-        Reloader { registry, dir }
+    pub fn new(registry: Arc<PluginRegistry>, dir: PathBuf, metrics: Arc<Metrics>) -> Self {
+        Reloader { registry, dir, metrics }
     }
 
     /// Runs until `shutdown`: each burst of `changes` is applied once it settles; each message on
@@ -69,7 +72,7 @@ impl Reloader {
             for name in names {
                 let path = this.dir.join(format!("{name}.wasm"));
                 if path.is_file() {
-                    log_load(&name, this.registry.load_file(&path));
+                    this.record(this.registry.load_file(&path));
                 } else if this.registry.remove(&name) {
                     tracing::warn!(plugin = %name, "plugin removed; its connections are parked until it is deployed again");
                 }
@@ -84,11 +87,7 @@ impl Reloader {
         let _ = tokio::task::spawn_blocking(move || {
             tracing::info!(dir = %this.dir.display(), "rescanning plugins");
             match this.registry.rescan(&this.dir) {
-                Ok(failures) => {
-                    for failure in failures {
-                        tracing::error!(cause = %failure, "plugin not loaded; the previous version keeps serving");
-                    }
-                }
+                Ok(loads) => loads.into_iter().for_each(|load| this.record(load)),
                 Err(err) => tracing::error!(dir = %this.dir.display(), cause = %err, "cannot read plugins directory"),
             }
         })
@@ -109,15 +108,22 @@ async fn settle(first: String, changes: &mut mpsc::Receiver<String>) -> BTreeSet
     names
 }
 
-/// Logs what a load did.
-fn log_load(name: &str, result: Result<Loaded, crate::registry::PluginFileError>) {
-    match result {
-        Ok(Loaded::Published(version)) => {
-            tracing::info!(plugin = %name, version = version.short_hash(), bytes = version.size, "plugin loaded")
+impl Reloader {
+    /// Logs and counts what a load did.
+    fn record(&self, result: Result<Loaded, PluginFileError>) {
+        match result {
+            Ok(Loaded::Published(version)) => {
+                self.metrics.reloads_ok.inc();
+                let (plugin, bytes) = (&version.name, version.size);
+                tracing::info!(%plugin, version = version.short_hash(), bytes, "plugin loaded");
+            }
+            Ok(Loaded::Unchanged(version)) => {
+                tracing::debug!(plugin = %version.name, version = version.short_hash(), "plugin file unchanged")
+            }
+            Err(err) => {
+                self.metrics.reloads_failed.inc();
+                tracing::error!(cause = %err, "plugin load failed; the previous version (if any) keeps serving");
+            }
         }
-        Ok(Loaded::Unchanged(version)) => {
-            tracing::debug!(plugin = %name, version = version.short_hash(), "plugin file unchanged")
-        }
-        Err(err) => tracing::error!(cause = %err, "plugin reload failed; the previous version keeps serving"),
     }
 }

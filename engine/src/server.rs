@@ -19,11 +19,11 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, ConnectionSettings};
 use crate::handshake::{self, Refusal, Route};
+use crate::metrics::Metrics;
 use crate::plugin::{PluginHost, SandboxLimits};
 use crate::registry::PluginRegistry;
 use crate::reload::Reloader;
 use crate::shard::{ShardSettings, Shards};
-use crate::stats::EngineStats;
 use crate::watcher::{CHANGE_CAPACITY, PluginWatcher};
 
 /// Why the server could not start.
@@ -77,8 +77,8 @@ struct Shared {
     connection: ConnectionSettings,
     /// WebSocket limits.
     websocket: WebSocketConfig,
-    /// The counters.
-    stats: Arc<EngineStats>,
+    /// The metrics.
+    metrics: Arc<Metrics>,
     /// Source of connection ids; never reused while the engine runs.
     next_conn_id: AtomicU64,
 }
@@ -103,7 +103,7 @@ pub async fn run(
     config.validate()?;
     let started = std::time::Instant::now();
     let Listeners { websocket: listener, admin } = listeners;
-    let stats = Arc::new(EngineStats::default());
+    let metrics = Arc::new(Metrics::default());
     let cancel = CancellationToken::new();
     let dir = config.plugins_dir.clone();
     // Watch before the first scan, so a file deployed meanwhile is not missed.
@@ -117,7 +117,7 @@ pub async fn run(
         false => None,
     };
     let registry = Arc::new(plugin_registry(&config).await?);
-    let reloader = Reloader::new(registry.clone(), dir);
+    let reloader = Reloader::new(registry.clone(), dir, metrics.clone());
     reloader.rescan().await;
     for version in registry.snapshot().values() {
         tracing::info!(plugin = %version.name, version = version.short_hash(), bytes = version.size, "serving plugin");
@@ -126,7 +126,7 @@ pub async fn run(
     if let Some(admin) = admin {
         let state = AdminState {
             registry: registry.clone(),
-            stats: stats.clone(),
+            metrics: metrics.clone(),
             listen: listener.local_addr().map_err(ServerError::Listener)?,
             started,
         };
@@ -138,10 +138,11 @@ pub async fn run(
         });
     }
     let settings =
-        ShardSettings { tick: config.tick(), max_payload_bytes: config.max_payload_bytes, stats: stats.clone() };
+        ShardSettings { tick: config.tick(), max_payload_bytes: config.max_payload_bytes, metrics: metrics.clone() };
     let shards = Shards::spawn(config.worker_count(), settings, registry.clone()).map_err(ServerError::Workers)?;
     let shared = Arc::new(Shared {
         connection: ConnectionSettings {
+            metrics: metrics.clone(),
             max_params_bytes: config.max_params_bytes,
             write_timeout: Duration::from_secs(config.write_timeout_secs),
             ping_interval: Duration::from_secs(config.ping_secs),
@@ -157,7 +158,7 @@ pub async fn run(
         registry,
         shards,
         next_conn_id: AtomicU64::new(1),
-        stats,
+        metrics,
         config,
     });
     let slots = Arc::new(Semaphore::new(shared.config.max_connections));
@@ -248,10 +249,12 @@ async fn accept(
     let ws = match tokio::time::timeout(handshake_timeout, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(err)) => {
+            shared.metrics.handshakes_rejected.inc();
             tracing::debug!(cause = %err, "handshake refused or failed");
             return;
         }
         Err(_) => {
+            shared.metrics.handshakes_rejected.inc();
             tracing::debug!("handshake timed out");
             return;
         }
@@ -259,9 +262,10 @@ async fn accept(
     let Some(route): Option<Route> = routed else { return };
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let shard = shared.shards.sender(conn_id);
-    shared.stats.connection_opened();
+    shared.metrics.handshakes_accepted.inc();
+    shared.metrics.connections.inc();
     connection::serve(ws, conn_id, route, shard, shared.connection.clone(), cancel).await;
-    shared.stats.connection_closed();
+    shared.metrics.connections.dec();
 }
 
 /// The HTTP response refusing a handshake.

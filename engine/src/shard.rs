@@ -15,11 +15,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flume::RecvTimeoutError;
 
+use crate::metrics::Metrics;
 use crate::outbound::{Outbound, OutboundQueue};
 use crate::plugin::{Call, Outcome, PluginFault, PluginInstance, PluginVersion, Trigger};
 use crate::protocol::{ClientError, PLUGIN_ERROR, error_frame};
 use crate::registry::PluginRegistry;
-use crate::stats::EngineStats;
 
 /// Commands a shard's channel holds at most; a connection task sending to a full channel waits,
 /// which stops it reading from its socket until the shard catches up.
@@ -67,8 +67,8 @@ pub struct ShardSettings {
     pub tick: Duration,
     /// Largest payload a plugin may push.
     pub max_payload_bytes: usize,
-    /// Where pushes, errors and faults are counted.
-    pub stats: Arc<EngineStats>,
+    /// Where pushes, outcomes, call durations and tick lateness are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The shards, and how to reach the one that owns a connection.
@@ -187,6 +187,8 @@ impl Shard {
                     self.push_due_now();
                 }
                 Err(RecvTimeoutError::Timeout) => {
+                    let lateness = Instant::now().saturating_duration_since(next_tick);
+                    self.settings.metrics.tick_lateness.observe(lateness.as_secs_f64());
                     self.tick();
                     next_tick += tick;
                     let now = Instant::now();
@@ -343,11 +345,16 @@ impl PluginSlot {
         if due.is_empty() {
             return;
         }
-        match self.call(&version, &due, now_ms, generations) {
+        let started = Instant::now();
+        let result = self.call(&version, &due, now_ms, generations);
+        settings.metrics.call_duration.observe(started.elapsed().as_secs_f64());
+        match result {
             Ok(outcomes) => {
+                let mut tally = Tally::default();
                 for ((conn_id, _), outcome) in due.iter().zip(outcomes) {
-                    self.deliver(*conn_id, outcome, settings);
+                    self.deliver(*conn_id, outcome, settings, &mut tally);
                 }
+                tally.add_to(&settings.metrics);
             }
             Err(fault) => {
                 tracing::warn!(plugin = %self.name, calls = due.len(), %fault, "batch failed; replaying calls one by one");
@@ -414,23 +421,26 @@ impl PluginSlot {
         batch_fault: PluginFault,
     ) {
         let deadline = Instant::now() + settings.tick;
+        let mut tally = Tally::default();
         for item in due {
             if Instant::now() >= deadline {
                 self.fault(item.0, &batch_fault, settings);
                 continue;
             }
             match self.call(version, std::slice::from_ref(item), now_ms, generations) {
-                Ok(mut outcomes) => self.deliver(item.0, outcomes.remove(0), settings),
+                Ok(mut outcomes) => self.deliver(item.0, outcomes.remove(0), settings, &mut tally),
                 Err(fault) => self.fault(item.0, &fault, settings),
             }
         }
+        tally.add_to(&settings.metrics);
     }
 
     /// Sends a plugin's outcome to its connection.
-    fn deliver(&mut self, conn_id: u64, outcome: Outcome, settings: &ShardSettings) {
+    fn deliver(&mut self, conn_id: u64, outcome: Outcome, settings: &ShardSettings, tally: &mut Tally) {
         let Some(conn) = self.conns.get_mut(&conn_id) else { return };
         match outcome {
             Outcome::Push(payload) if payload.len() > settings.max_payload_bytes => {
+                tally.payload_too_large += 1;
                 let error = ClientError::PayloadTooLarge {
                     plugin: self.name.to_string(),
                     size: payload.len(),
@@ -440,13 +450,14 @@ impl PluginSlot {
                 conn.park(Park::Error, error.frame());
             }
             Outcome::Push(payload) => {
-                settings.stats.pushed(1);
+                tally.ok += 1;
+                tally.bytes += payload.len() as u64;
                 conn.pushes += 1;
                 conn.outbound.push(Outbound::Data(payload));
             }
-            Outcome::Skip => {}
+            Outcome::Skip => tally.none += 1,
             Outcome::Error(message) => {
-                settings.stats.plugin_error();
+                tally.error += 1;
                 conn.park(Park::Error, error_frame(PLUGIN_ERROR, &message));
             }
         }
@@ -454,8 +465,14 @@ impl PluginSlot {
 
     /// Parks a connection a fault hit, with its error frame.
     fn fault(&mut self, conn_id: u64, fault: &PluginFault, settings: &ShardSettings) {
-        settings.stats.plugin_fault();
         tracing::warn!(plugin = %self.name, conn_id, %fault, "plugin call failed");
+        let calls = &settings.metrics.calls;
+        match fault {
+            PluginFault::Timeout => calls.timeout.inc(),
+            PluginFault::MemoryLimit => calls.memory_limit.inc(),
+            PluginFault::Trap(_) => calls.trap.inc(),
+            PluginFault::Contract(_) => calls.contract.inc(),
+        };
         let error = match fault {
             PluginFault::Timeout => ClientError::PluginTimedOut(self.name.to_string()),
             _ => ClientError::PluginFailed(self.name.to_string()),
@@ -475,6 +492,29 @@ impl PluginSlot {
                 conn.park(Park::Unavailable, frame.clone());
             }
         }
+    }
+}
+
+/// Outcome counts of one batch, added to the metrics at once (one atomic add per counter per
+/// batch rather than per connection).
+#[derive(Debug, Default)]
+struct Tally {
+    ok: u64,
+    none: u64,
+    error: u64,
+    payload_too_large: u64,
+    bytes: u64,
+}
+
+impl Tally {
+    fn add_to(self, metrics: &Metrics) {
+        let calls = &metrics.calls;
+        calls.ok.inc_by(self.ok);
+        calls.none.inc_by(self.none);
+        calls.error.inc_by(self.error);
+        calls.payload_too_large.inc_by(self.payload_too_large);
+        metrics.frames_pushed.inc_by(self.ok);
+        metrics.bytes_pushed.inc_by(self.bytes);
     }
 }
 

@@ -1,0 +1,154 @@
+//! [`Metrics`]: the engine's counters and histograms, shared by the server, the connections, the
+//! shards and the reloader, exposed by the admin endpoint as Prometheus text (`/metrics`) and
+//! summarised in `/status`. Built on `prometheus-client`; nothing here is global.
+//!
+//! Hot-path counters are plain atomics; shards add a whole batch's counts at once.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a labelled counter: one `(name, value)` pair.
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// Every metric the engine exports.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Holds every metric below, for encoding.
+    registry: Registry,
+    /// Connections open now (handshake completed, not yet closed).
+    pub connections: Gauge,
+    /// Handshakes completed.
+    pub handshakes_accepted: Counter,
+    /// Handshakes refused (404, 400, 503) or failed (timeout, protocol error).
+    pub handshakes_rejected: Counter,
+    /// Data frames pushed.
+    pub frames_pushed: Counter,
+    /// Bytes of data frames pushed.
+    pub bytes_pushed: Counter,
+    /// Plugin calls by outcome.
+    pub calls: CallCounters,
+    /// Duration of one batch call, in seconds.
+    pub call_duration: Histogram,
+    /// How late a shard's tick started, in seconds.
+    pub tick_lateness: Histogram,
+    /// Plugin loads that published a version.
+    pub reloads_ok: Counter,
+    /// Plugin loads that failed (the previous version kept serving).
+    pub reloads_failed: Counter,
+    /// Connections closed because the client did not read.
+    pub slow_consumer_closes: Counter,
+    /// Connections closed because the client was silent past the idle timeout.
+    pub idle_closes: Counter,
+}
+
+/// Plugin calls by outcome: one counter each of `wasmpush_plugin_calls_total{outcome=…}`.
+#[derive(Debug)]
+pub struct CallCounters {
+    /// A payload was pushed.
+    pub ok: Counter,
+    /// The plugin had nothing to push.
+    pub none: Counter,
+    /// The plugin returned a business error.
+    pub error: Counter,
+    /// The call trapped.
+    pub trap: Counter,
+    /// The call ran past its deadline.
+    pub timeout: Counter,
+    /// The instance hit its memory cap.
+    pub memory_limit: Counter,
+    /// The payload was over `max_payload_bytes`.
+    pub payload_too_large: Counter,
+    /// The plugin broke the contract.
+    pub contract: Counter,
+}
+
+impl CallCounters {
+    /// Calls that faulted (trap, timeout, memory, contract).
+    pub fn faults(&self) -> u64 {
+        self.trap.get() + self.timeout.get() + self.memory_limit.get() + self.contract.get()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("wasmpush");
+        let connections = Gauge::default();
+        registry.register("connections", "Connections open now", connections.clone());
+        let handshakes = Family::<Labels, Counter>::default();
+        registry.register("handshakes", "WebSocket handshakes by result", handshakes.clone());
+        let calls = Family::<Labels, Counter>::default();
+        registry.register("plugin_calls", "Plugin calls by outcome", calls.clone());
+        let reloads = Family::<Labels, Counter>::default();
+        registry.register("reloads", "Plugin loads by result", reloads.clone());
+        let closes = Family::<Labels, Counter>::default();
+        registry.register("closes", "Connections the engine closed, by reason", closes.clone());
+        let frames_pushed = Counter::default();
+        registry.register("frames_pushed", "Data frames pushed", frames_pushed.clone());
+        let bytes_pushed = Counter::default();
+        registry.register("bytes_pushed", "Bytes of data frames pushed", bytes_pushed.clone());
+        // 10 µs to ~2.6 s: batch calls range from one connection to tens of thousands.
+        let call_duration = Histogram::new(exponential_buckets(0.000_01, 4.0, 10));
+        registry.register("plugin_call_duration_seconds", "Duration of one batch call", call_duration.clone());
+        // 100 µs to ~1.6 s.
+        let tick_lateness = Histogram::new(exponential_buckets(0.000_1, 2.0, 15));
+        registry.register("tick_lateness_seconds", "How late a shard tick started", tick_lateness.clone());
+
+        let labelled = |family: &Family<Labels, Counter>, key: &'static str, value: &'static str| {
+            family.get_or_create(&vec![(key, value)]).clone()
+        };
+        let outcome = |value| labelled(&calls, "outcome", value);
+        Metrics {
+            connections,
+            handshakes_accepted: labelled(&handshakes, "result", "accepted"),
+            handshakes_rejected: labelled(&handshakes, "result", "rejected"),
+            frames_pushed,
+            bytes_pushed,
+            calls: CallCounters {
+                ok: outcome("ok"),
+                none: outcome("none"),
+                error: outcome("error"),
+                trap: outcome("trap"),
+                timeout: outcome("timeout"),
+                memory_limit: outcome("memory_limit"),
+                payload_too_large: outcome("payload_too_large"),
+                contract: outcome("contract"),
+            },
+            call_duration,
+            tick_lateness,
+            reloads_ok: labelled(&reloads, "result", "ok"),
+            reloads_failed: labelled(&reloads, "result", "failed"),
+            slow_consumer_closes: labelled(&closes, "reason", "slow_consumer"),
+            idle_closes: labelled(&closes, "reason", "idle"),
+            registry,
+        }
+    }
+}
+
+impl Metrics {
+    /// Every metric in the OpenMetrics text format (which Prometheus scrapes).
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_appear_under_their_names_and_labels() {
+        let metrics = Metrics::default();
+        metrics.calls.error.inc();
+        metrics.frames_pushed.inc_by(3);
+        let text = metrics.encode();
+        assert!(text.contains("wasmpush_plugin_calls_total{outcome=\"error\"} 1"), "{text}");
+        assert!(text.contains("wasmpush_frames_pushed_total 3"), "{text}");
+        assert!(text.contains("wasmpush_tick_lateness_seconds_bucket"), "{text}");
+    }
+}
