@@ -13,6 +13,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("clock-plugin", "CLOCK"),
     ("wrong-contract-plugin", "WRONG_CONTRACT"),
     ("start-trap-plugin", "START_TRAP"),
+    ("hostile-plugin", "HOSTILE"),
 ];
 
 /// Builds of the `versioned` test plugin: (version baked in, constant).

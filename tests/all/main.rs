@@ -5,6 +5,7 @@ mod bad_input;
 mod cadence;
 mod cli;
 mod heartbeat;
+mod hostile;
 mod metrics;
 mod reload;
 mod routing;

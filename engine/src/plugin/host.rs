@@ -3,7 +3,7 @@
 //! it on a blocking thread, never on a worker or the async runtime.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -163,8 +163,9 @@ impl PluginVersion {
 
     /// A store for a new instance of this version.
     pub(super) fn new_store(&self) -> Store<HostState> {
-        let wasi =
-            WasiCtx::builder().stdout(LogPipe::new(self.name.clone())).stderr(LogPipe::new(self.name.clone())).build();
+        let log_budget = Arc::new(LogBudget::default());
+        let pipe = LogPipe { plugin: self.name.clone(), budget: log_budget.clone() };
+        let wasi = WasiCtx::builder().stdout(pipe.clone()).stderr(pipe).build();
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
             .instances(16)
@@ -173,7 +174,7 @@ impl PluginVersion {
             .table_elements(100_000)
             .trap_on_grow_failure(true)
             .build();
-        let state = HostState { plugin: self.name.clone(), wasi, table: ResourceTable::new(), limits };
+        let state = HostState { plugin: self.name.clone(), wasi, table: ResourceTable::new(), limits, log_budget };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store
@@ -190,6 +191,44 @@ pub(crate) struct HostState {
     table: ResourceTable,
     /// Memory and table caps.
     limits: StoreLimits,
+    /// Log lines the guest may still write in the current call.
+    pub(super) log_budget: Arc<LogBudget>,
+}
+
+/// Log lines a guest may write per call, beyond which they are dropped (and counted), so a
+/// logging loop cannot flood the engine's log.
+#[derive(Debug)]
+pub(crate) struct LogBudget {
+    /// Lines left in this call.
+    left: AtomicU32,
+    /// Lines dropped in this call.
+    dropped: AtomicU32,
+}
+
+/// Log lines a guest may write in one call (a batch or an instantiation).
+const LOG_LINES_PER_CALL: u32 = 100;
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        LogBudget { left: AtomicU32::new(LOG_LINES_PER_CALL), dropped: AtomicU32::new(0) }
+    }
+}
+
+impl LogBudget {
+    /// Whether one more line may be written.
+    fn take(&self) -> bool {
+        let granted = self.left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok();
+        if !granted {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        granted
+    }
+
+    /// Starts a new call's budget; returns how many lines the previous call had dropped.
+    pub(super) fn refill(&self) -> u32 {
+        self.left.store(LOG_LINES_PER_CALL, Ordering::Relaxed);
+        self.dropped.swap(0, Ordering::Relaxed)
+    }
 }
 
 impl WasiView for HostState {
@@ -203,7 +242,9 @@ const MAX_LOG_LINE: usize = 4096;
 
 impl bindings::wasmpush::plugin::host::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
-        log_line(&self.plugin, level, &message);
+        if self.log_budget.take() {
+            log_line(&self.plugin, level, &message);
+        }
     }
 }
 
@@ -233,17 +274,13 @@ fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// A guest's standard output or error: each write is logged at level info.
+/// A guest's standard output or error: each write is logged at level info, within the budget.
 #[derive(Clone)]
 struct LogPipe {
     /// The plugin's name.
     plugin: Arc<str>,
-}
-
-impl LogPipe {
-    fn new(plugin: Arc<str>) -> Self {
-        LogPipe { plugin }
-    }
+    /// Shared with the store's `log` import.
+    budget: Arc<LogBudget>,
 }
 
 impl wasmtime_wasi::cli::IsTerminal for LogPipe {
@@ -269,8 +306,10 @@ impl wasmtime_wasi::p2::Pollable for LogPipe {
 
 impl wasmtime_wasi::p2::OutputStream for LogPipe {
     fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
-        let text = String::from_utf8_lossy(&bytes);
-        log_line(&self.plugin, Level::Info, text.trim_end());
+        if self.budget.take() {
+            let text = String::from_utf8_lossy(&bytes);
+            log_line(&self.plugin, Level::Info, text.trim_end());
+        }
         Ok(())
     }
 
@@ -280,5 +319,27 @@ impl wasmtime_wasi::p2::OutputStream for LogPipe {
 
     fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
         Ok(MAX_LOG_LINE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_budget_drops_lines_past_the_limit_and_refills_per_call() {
+        let budget = LogBudget::default();
+        assert!((0..LOG_LINES_PER_CALL).all(|_| budget.take()));
+        assert!(!budget.take());
+        assert!(!budget.take());
+        assert_eq!(budget.refill(), 2);
+        assert!(budget.take());
+        assert_eq!(budget.refill(), 0);
+    }
+
+    #[test]
+    fn long_log_lines_are_cut_on_a_character_boundary() {
+        assert_eq!(truncate("aé", 2), "a");
+        assert_eq!(truncate("abc", 5), "abc");
     }
 }

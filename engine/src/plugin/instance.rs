@@ -62,7 +62,13 @@ impl PluginInstance {
         let limits = self.version.limits;
         let budget = limits.call_timeout + limits.per_call_budget * calls.len() as u32;
         self.store.set_epoch_deadline(deadline_ticks(budget));
-        let outcomes = self.bindings.call_run(&mut self.store, now_ms, calls, closed).map_err(classify)?;
+        let result = self.bindings.call_run(&mut self.store, now_ms, calls, closed).map_err(classify);
+        let dropped = self.store.data().log_budget.refill();
+        if dropped > 0 {
+            let plugin = &self.version.name;
+            tracing::warn!(target: "plugin", %plugin, dropped, "log lines over the per-call budget were dropped");
+        }
+        let outcomes = result?;
         if outcomes.len() != calls.len() {
             return Err(PluginFault::Contract(format!(
                 "returned {} outcomes for {} calls",

@@ -1,0 +1,67 @@
+//! Hostile plugin calls — an infinite loop, a memory bomb, a panic, a huge payload, a log flood —
+//! each hurt only their own connection: it gets its error frame, everyone else keeps ticking.
+
+use futures_util::future::join_all;
+use wasmpush_tests::{Client, TestEngine, artifacts};
+
+use crate::util::{SOON, TICK, encode};
+
+/// The error frame `{"code":…,"msg":…}` a connection gets first, skipping data frames.
+async fn first_error(client: &mut Client) -> (u64, String) {
+    loop {
+        let frame = client.next_text(SOON * 3).await;
+        let value: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        if let Some(code) = value.get("code") {
+            return (code.as_u64().unwrap(), value["msg"].as_str().unwrap().to_owned());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_fault_hits_only_its_own_connection() {
+    let engine = TestEngine::start(&[("hostile", artifacts::HOSTILE), ("quote", artifacts::QUOTE)], |config| {
+        config.workers = 1; // everyone shares the shard the hostile calls run on
+        config.max_payload_bytes = 64 * 1024;
+        config.plugin_memory_mib = 32;
+    })
+    .await;
+    let connect = |plugin: &str, params: &str| {
+        let url = engine.url(&format!("/ws/{plugin}?params={}", encode(params)));
+        async move { Client::connect(&url).await }
+    };
+    // Healthy neighbours: on another plugin, and on the hostile plugin itself.
+    let mut neighbours =
+        vec![connect("quote", r#"{"symbol":"AAPL"}"#).await, connect("hostile", r#"{"do":"ok"}"#).await];
+    for neighbour in &mut neighbours {
+        neighbour.next_text(SOON).await;
+    }
+
+    let cases = [
+        ("loop", 5002, "plugin `hostile` timed out"),
+        ("alloc", 5001, "plugin `hostile` failed"),
+        ("panic", 5001, "plugin `hostile` failed"),
+        ("huge", 5003, "produced 1048576 bytes, more than the limit of 65536"),
+    ];
+    let hostile =
+        join_all(cases.iter().map(|(action, ..)| connect("hostile", &format!(r#"{{"do":"{action}"}}"#)))).await;
+    // Meanwhile the neighbours keep ticking: two seconds is ten ticks.
+    let counts = join_all(neighbours.iter_mut().map(|n| n.texts_during(TICK * 10))).await;
+    for (i, frames) in counts.iter().enumerate() {
+        assert!(frames.len() >= 7, "neighbour {i} got only {} frames while faults happened", frames.len());
+    }
+    for (mut client, (action, code, message)) in hostile.into_iter().zip(cases) {
+        let (got_code, got_message) = first_error(&mut client).await;
+        assert_eq!(got_code, code, "{action}: {got_message}");
+        assert!(got_message.contains(message), "{action}: {got_message}");
+        assert_eq!(client.next_within(TICK * 3).await, None, "{action}: parked after its error frame");
+    }
+    let status = engine.status().await;
+    assert!(status["plugin_faults"].as_u64().unwrap() >= 3, "{status}");
+
+    // A log flood is cut to size and costs its connection nothing.
+    let mut flood = connect("hostile", r#"{"do":"log"}"#).await;
+    assert_eq!(flood.next_text(SOON * 5).await, r#"{"seq":1}"#);
+    for neighbour in &mut neighbours {
+        assert!(neighbour.next_within(SOON).await.is_some(), "the neighbours are still served");
+    }
+}

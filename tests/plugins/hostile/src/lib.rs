@@ -1,0 +1,36 @@
+//! Test plugin: does what its params' `do` asks, so one build can stand for every kind of bad
+//! business code. `{"do":"ok"}` (or no `do`) behaves and pushes `{"seq":N}`.
+
+use wasmpush_sdk::{Context, Error, Raw};
+
+#[derive(serde::Deserialize)]
+struct Params {
+    #[serde(default, rename = "do")]
+    action: String,
+}
+
+fn tick(ctx: &Context, params: &Params) -> Result<Option<Raw>, Error> {
+    match params.action.as_str() {
+        "loop" => loop {
+            std::hint::black_box(ctx.seq);
+        },
+        "alloc" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "panic" => panic!("hostile plugin panics"),
+        "huge" => Ok(Some(Raw("x".repeat(1 << 20)))),
+        "log" => {
+            for line in 0..10_000 {
+                wasmpush_sdk::log::warn(format!("log flood line {line} {}", "y".repeat(10_000)));
+            }
+            Ok(Some(Raw(format!("{{\"seq\":{}}}", ctx.seq))))
+        }
+        _ => Ok(Some(Raw(format!("{{\"seq\":{}}}", ctx.seq)))),
+    }
+}
+
+wasmpush_sdk::plugin!(tick);
