@@ -4,7 +4,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::header;
@@ -29,6 +30,8 @@ pub struct AdminState {
     pub listen: SocketAddr,
     /// When the engine started.
     pub started: Instant,
+    /// Data frames pushed in the last whole second, updated every second.
+    pub pushes_per_sec: Arc<AtomicU64>,
 }
 
 /// The `/status` document.
@@ -44,6 +47,8 @@ pub struct Status {
     pub connections: i64,
     /// Data frames pushed since start.
     pub pushes: u64,
+    /// Data frames pushed in the last whole second.
+    pub pushes_per_sec: u64,
     /// Business errors plugins returned since start.
     pub plugin_errors: u64,
     /// Plugin calls that trapped, timed out, hit the memory cap or broke the contract.
@@ -87,6 +92,7 @@ impl AdminState {
             uptime_secs: self.started.elapsed().as_secs(),
             connections: self.metrics.connections.get(),
             pushes: self.metrics.frames_pushed.get(),
+            pushes_per_sec: self.pushes_per_sec.load(Ordering::Relaxed),
             plugin_errors: self.metrics.calls.error.get(),
             plugin_faults: self.metrics.calls.faults(),
             plugins: self
@@ -111,12 +117,29 @@ impl AdminState {
 
 /// Serves the admin endpoint on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) -> std::io::Result<()> {
+    tokio::spawn(sample_push_rate(state.clone(), shutdown.clone()));
     let router = Router::new()
         .route("/status", get(|State(state): State<AdminState>| async move { Json(state.status()) }))
         .route("/metrics", get(|State(state): State<AdminState>| async move { metrics(&state) }))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state);
     axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+/// Keeps `pushes_per_sec` up to date until `shutdown`.
+async fn sample_push_rate(state: AdminState, shutdown: CancellationToken) {
+    let mut every_second = tokio::time::interval(Duration::from_secs(1));
+    let mut previous = state.metrics.frames_pushed.get();
+    loop {
+        tokio::select! {
+            _ = every_second.tick() => {
+                let now = state.metrics.frames_pushed.get();
+                state.pushes_per_sec.store(now - previous, Ordering::Relaxed);
+                previous = now;
+            }
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// The `/metrics` response.

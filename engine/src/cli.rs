@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
+use crate::daemon;
 use crate::pidfile::{self, PidFile, running_pid};
 
 /// wasmpush: a WebSocket push engine whose business logic is a hot-swappable WebAssembly plugin.
@@ -28,8 +29,26 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs the engine in the foreground until SIGINT or SIGTERM (`stop`); SIGHUP rescans plugins.
+    /// Runs the engine (in the foreground, or with --daemon in the background) until SIGINT or
+    /// SIGTERM (`stop`); SIGHUP rescans plugins.
     Start(StartArgs),
+    /// Stops the running engine, then starts it again in the background.
+    Restart(StartArgs),
+    /// Shows whether the engine runs and what it serves; exit code 0 when running, 3 when not.
+    Status {
+        /// Pid file of the running engine.
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_PID_FILE)]
+        pid_file: PathBuf,
+        /// Config file the engine was started with (for its admin address).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Admin address of the engine [default: from --config, else 127.0.0.1:9504].
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+        /// Print the engine's /status JSON as it is.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stops the running engine: SIGTERM, wait for it to exit, SIGKILL after the timeout.
     Stop {
         /// Pid file of the running engine.
@@ -50,9 +69,24 @@ enum Command {
 /// Where `start` writes its pid and `stop`/`reload` read it.
 const DEFAULT_PID_FILE: &str = "runtime/wasmpush.pid";
 
+/// Where a daemon logs.
+const DEFAULT_LOG_FILE: &str = "runtime/wasmpush.log";
+
+/// The LSB exit code of `status` for "not running".
+const NOT_RUNNING: u8 = 3;
+
 /// Settings for `start`; each flag overrides the config file.
 #[derive(Debug, Args)]
 struct StartArgs {
+    /// Run in the background; returns once the engine listens (or fails with its reason).
+    #[arg(long)]
+    daemon: bool,
+    /// Log file of a daemon.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_LOG_FILE)]
+    log_file: PathBuf,
+    /// Seconds `restart` waits for the old engine to exit before SIGKILL.
+    #[arg(long, value_name = "SECS", default_value_t = 15)]
+    stop_timeout: u64,
     /// Pid file to write; `start` refuses to run if it names a live process.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_PID_FILE)]
     pid_file: PathBuf,
@@ -113,6 +147,7 @@ impl StartArgs {
 /// arguments, runs the command and prints the error chain if it fails.
 pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     match Cli::parse().run() {
@@ -128,10 +163,23 @@ impl Cli {
     /// Runs the command; the exit code on success.
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
+            Command::Start(args) if args.daemon => start_daemon(&args),
             Command::Start(args) => {
                 let config = args.config()?;
                 let _pid_file = PidFile::create(&args.pid_file)?;
                 start(config)
+            }
+            Command::Restart(args) => {
+                stop(&args.pid_file, Duration::from_secs(args.stop_timeout))?;
+                start_daemon(&args)
+            }
+            Command::Status { pid_file, config, admin, json } => {
+                let admin = match (admin, config) {
+                    (Some(admin), _) => admin,
+                    (None, Some(path)) => Config::from_file(&path)?.admin,
+                    (None, None) => Config::default().admin,
+                };
+                status(&pid_file, admin, json)
             }
             Command::Stop { pid_file, timeout } => stop(&pid_file, Duration::from_secs(timeout)),
             Command::Reload { pid_file } => {
@@ -142,6 +190,75 @@ impl Cli {
             }
         }
     }
+}
+
+/// Starts the engine in the background and waits until it listens.
+fn start_daemon(args: &StartArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config()?;
+    if let Some(pid) = running_pid(&args.pid_file)? {
+        anyhow::bail!("wasmpush is already running (pid {pid}, pid file {})", args.pid_file.display());
+    }
+    // The child runs `start` in the foreground with the same settings.
+    let mut child_args: Vec<std::ffi::OsString> =
+        vec!["start".into(), "--pid-file".into(), args.pid_file.clone().into()];
+    if let Some(path) = &args.config {
+        child_args.extend(["--config".into(), path.clone().into()]);
+    }
+    child_args.extend(["--listen".into(), config.listen.to_string().into()]);
+    child_args.extend(["--admin".into(), config.admin.to_string().into()]);
+    child_args.extend(["--plugins-dir".into(), config.plugins_dir.clone().into()]);
+    child_args.extend(["--default-plugin".into(), config.default_plugin.clone().into()]);
+    child_args.extend(["--tick-ms".into(), config.tick_ms.to_string().into()]);
+    child_args.extend(["--workers".into(), config.workers.to_string().into()]);
+    let pid = daemon::spawn(&child_args, &args.log_file, &args.pid_file, config.listen)?;
+    println!("wasmpush started (pid {pid}), listening on {}, logging to {}", config.listen, args.log_file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the engine's status; exit code 0 when it runs, 3 when not.
+fn status(pid_file: &Path, admin: SocketAddr, json: bool) -> anyhow::Result<ExitCode> {
+    let Some(pid) = running_pid(pid_file)? else {
+        println!("wasmpush is not running");
+        return Ok(ExitCode::from(NOT_RUNNING));
+    };
+    let body = admin_get(admin, "/status")
+        .with_context(|| format!("wasmpush runs (pid {pid}) but its admin endpoint {admin} does not answer"))?;
+    if json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status: serde_json::Value = serde_json::from_str(&body).context("the admin endpoint sent invalid JSON")?;
+    println!("wasmpush is running (pid {pid})");
+    println!("  listen:         {}", status["listen"].as_str().unwrap_or("?"));
+    println!("  uptime:         {} s", status["uptime_secs"]);
+    println!("  connections:    {}", status["connections"]);
+    println!("  pushes/s:       {} ({} in all)", status["pushes_per_sec"], status["pushes"]);
+    println!("  plugin errors:  {}, faults: {}", status["plugin_errors"], status["plugin_faults"]);
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    for plugin in status["plugins"].as_array().into_iter().flatten() {
+        let version = plugin["version"].as_str().unwrap_or_default();
+        let loaded_ago = now_ms.saturating_sub(plugin["loaded_at_ms"].as_u64().unwrap_or(now_ms)) / 1000;
+        let name = plugin["name"].as_str().unwrap_or("?");
+        println!("  plugin {name}: version {:.12}, {} bytes, loaded {loaded_ago} s ago", version, plugin["bytes"]);
+    }
+    if let Some(error) = status["last_reload_error"].as_object() {
+        let (plugin, reason) = (error["plugin"].as_str().unwrap_or("?"), error["reason"].as_str().unwrap_or("?"));
+        println!("  last reload error: {plugin}: {reason}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `GET path` from the admin endpoint; the body of a 200 response.
+fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("not an HTTP response")?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{}", head.lines().next().unwrap_or_default());
+    Ok(body.to_owned())
 }
 
 /// Stops the engine named in `pid_file`; SIGKILL only for that pid, only after `timeout`.

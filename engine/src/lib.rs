@@ -15,6 +15,7 @@
 //! - `registry`: the plugin versions served, loaded from files and swapped atomically.
 //! - `watcher`: reports changed plugin files; knows nothing about wasmtime.
 //! - `reload`: the actor that turns file changes and rescan requests into registry updates.
+//! - `daemon`: `start --daemon`: a detached child, and the wait until it listens.
 //! - `pidfile`: how `stop` and `reload` find the engine, and how `start` refuses to run twice.
 //! - `metrics`: counters and histograms; `admin`: the `/status`, `/metrics` and `/healthz` endpoint.
 //! - `plugin`: the wasmtime host — the only module that knows wasmtime.
@@ -24,6 +25,7 @@ mod admin;
 mod cli;
 pub mod config;
 mod connection;
+mod daemon;
 mod handshake;
 mod metrics;
 mod outbound;

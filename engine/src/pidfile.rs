@@ -78,9 +78,16 @@ pub fn running_pid(path: &Path) -> Result<Option<Pid>, PidFileError> {
     Ok(is_alive(pid).then_some(pid))
 }
 
-/// Whether process `pid` exists.
+/// Whether process `pid` exists and has not exited (a zombie, which its parent has not reaped
+/// yet, counts as exited).
 pub fn is_alive(pid: Pid) -> bool {
-    !matches!(kill(pid, None), Err(Errno::ESRCH))
+    if matches!(kill(pid, None), Err(Errno::ESRCH)) {
+        return false;
+    }
+    // /proc/PID/stat is "PID (COMM) STATE …"; COMM may contain spaces and parentheses.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    state != Some('Z')
 }
 
 /// Sends `signal` to `pid`.

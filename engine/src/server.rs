@@ -106,6 +106,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let cancel = CancellationToken::new();
     let dir = config.plugins_dir.clone();
+    std::fs::read_dir(&dir).map_err(|source| ServerError::PluginsDir { path: dir.clone(), source })?;
     // Watch before the first scan, so a file deployed meanwhile is not missed.
     let (changes, changed) = mpsc::channel(CHANGE_CAPACITY);
     let overflowed = Arc::new(AtomicBool::new(false));
@@ -129,6 +130,7 @@ pub async fn run(
             metrics: metrics.clone(),
             listen: listener.local_addr().map_err(ServerError::Listener)?,
             started,
+            pushes_per_sec: Default::default(),
         };
         let shutdown = cancel.clone();
         tokio::spawn(async move {
@@ -197,15 +199,13 @@ pub async fn run(
     Ok(())
 }
 
-/// Builds the plugin host and an empty registry; checks the plugins directory is readable.
+/// Builds the plugin host and an empty registry.
 async fn plugin_registry(config: &Config) -> Result<PluginRegistry, ServerError> {
     let limits = SandboxLimits {
         memory_bytes: config.plugin_memory_mib << 20,
         call_timeout: Duration::from_millis(config.plugin_timeout_ms),
         per_call_budget: Duration::from_micros(config.plugin_call_budget_us),
     };
-    let dir = config.plugins_dir.clone();
-    std::fs::read_dir(&dir).map_err(|source| ServerError::PluginsDir { path: dir.clone(), source })?;
     let host = tokio::task::spawn_blocking(move || PluginHost::new(limits))
         .await
         .expect("building the plugin host does not panic")

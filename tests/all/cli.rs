@@ -108,3 +108,114 @@ async fn stop_and_reload_see_through_a_stale_pid_file() {
     assert!(!reload.status.success());
     assert!(text(&reload.stderr).contains("not running"), "{}", text(&reload.stderr));
 }
+
+/// A config file for `plugins` on two free ports; returns (config path, WebSocket port).
+fn write_config(dir: &Path, plugins: &Path) -> (std::path::PathBuf, u16) {
+    let port = free_port();
+    let config = dir.join("wasmpush.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{}\"\nplugins_dir = {:?}\n",
+        free_port(),
+        plugins.display().to_string()
+    );
+    std::fs::write(&config, text).unwrap();
+    (config, port)
+}
+
+#[tokio::test]
+async fn a_daemon_starts_reports_status_reloads_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(artifacts::QUOTE, plugins.join("quote.wasm")).unwrap();
+    let (config, port) = write_config(dir.path(), &plugins);
+    let config = config.to_str().unwrap();
+    let pid_file = dir.path().join("run/wasmpush.pid");
+    let log_file = dir.path().join("run/wasmpush.log");
+    let (pid, log) = (pid_file.to_str().unwrap(), log_file.to_str().unwrap());
+
+    let start = wasmpush(&["start", "--daemon", "--config", config, "--pid-file", pid, "--log-file", log]);
+    assert!(start.status.success(), "{}", text(&start.stderr));
+    assert!(text(&start.stdout).contains("started"), "{}", text(&start.stdout));
+    // `start` returned only once the engine listens: a client connects at the first try.
+    let mut client = Client::connect(&format!("ws://127.0.0.1:{port}/ws/quote?params={}", encode("{}"))).await;
+    assert!(client.next_text(SOON).await.contains("NONE"));
+
+    let status = wasmpush(&["status", "--config", config, "--pid-file", pid]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
+    let report = text(&status.stdout);
+    assert!(report.contains("is running") && report.contains("plugin quote: version"), "{report}");
+    let json = wasmpush(&["status", "--config", config, "--pid-file", pid, "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["connections"], 1, "{json}");
+
+    let second = wasmpush(&["start", "--daemon", "--config", config, "--pid-file", pid, "--log-file", log]);
+    assert!(!second.status.success());
+    assert!(text(&second.stderr).contains("already running"), "{}", text(&second.stderr));
+
+    let reload = wasmpush(&["reload", "--pid-file", pid]);
+    assert!(reload.status.success());
+    assert!(client.next_text(SOON).await.contains("NONE"), "reload keeps clients connected");
+
+    let stop = wasmpush(&["stop", "--pid-file", pid]);
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+    let close = loop {
+        match client.next_within(SOON).await {
+            Some(Frame::Text(_)) => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(close, Some(Frame::Close(Some((1001, "going away".to_owned())))));
+    let status = wasmpush(&["status", "--config", config, "--pid-file", pid]);
+    assert_eq!(status.status.code(), Some(3), "status of a stopped engine is 3 (LSB)");
+    assert!(!pid_file.exists(), "the pid file is removed");
+    assert!(std::fs::read_to_string(&log_file).unwrap().contains("serving"), "the daemon logs to its file");
+}
+
+#[tokio::test]
+async fn start_failures_are_reported_with_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let (config, port) = write_config(dir.path(), &plugins);
+    let pid = dir.path().join("wasmpush.pid");
+    let log = dir.path().join("wasmpush.log");
+    let start = |config: &Path| {
+        wasmpush(&[
+            "start",
+            "--daemon",
+            "--config",
+            config.to_str().unwrap(),
+            "--pid-file",
+            pid.to_str().unwrap(),
+            "--log-file",
+            log.to_str().unwrap(),
+        ])
+    };
+
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let busy = start(&config);
+    assert!(!busy.status.success());
+    assert!(text(&busy.stderr).contains(&format!("cannot listen on 127.0.0.1:{port}")), "{}", text(&busy.stderr));
+
+    let bad_key = dir.path().join("bad.toml");
+    std::fs::write(&bad_key, "tick_ms = 200\nticks_ms = 100\n").unwrap();
+    let refused = start(&bad_key);
+    assert!(!refused.status.success());
+    assert!(text(&refused.stderr).contains("ticks_ms"), "{}", text(&refused.stderr));
+
+    let bad_value = dir.path().join("bad-value.toml");
+    std::fs::write(&bad_value, "tick_ms = 1\n").unwrap();
+    let refused = start(&bad_value);
+    assert!(text(&refused.stderr).contains("invalid setting `tick_ms`"), "{}", text(&refused.stderr));
+
+    let missing_dir = dir.path().join("missing.toml");
+    std::fs::write(&missing_dir, "plugins_dir = \"/nonexistent/plugins\"\n").unwrap();
+    let refused = start(&missing_dir);
+    assert!(
+        text(&refused.stderr).contains("cannot read plugins directory /nonexistent/plugins"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(!pid.exists(), "a failed start leaves no pid file");
+}

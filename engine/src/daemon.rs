@@ -1,0 +1,76 @@
+//! `start --daemon`: runs the engine as a detached child (its own process group, no terminal,
+//! output to the log file) and returns only once it listens — or fails with the reason the child
+//! logged. The child is this same program running `start` in the foreground.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::pidfile::running_pid;
+
+/// How long a daemon may take to start listening (loading plugins compiles them).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts `args` (this program's `start` arguments without `--daemon`) in the background and
+/// waits until the engine accepts connections on `listen`. Returns the child's pid.
+pub fn spawn(args: &[std::ffi::OsString], log_file: &Path, pid_file: &Path, listen: SocketAddr) -> anyhow::Result<u32> {
+    if let Some(dir) = log_file.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_file)
+        .with_context(|| format!("cannot open log file {}", log_file.display()))?;
+    let log_len = log.metadata().map_or(0, |m| m.len());
+    let program = std::env::current_exe().context("cannot find this program")?;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("cannot start the engine process")?;
+    let pid = child.id();
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the engine exited during start ({status}):\n{}", log_since(log_file, log_len));
+        }
+        let pid_written = running_pid(pid_file).ok().flatten().is_some_and(|p| p.as_raw() as u32 == pid);
+        if pid_written && TcpStream::connect_timeout(&reachable(listen), Duration::from_millis(200)).is_ok() {
+            return Ok(pid);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the engine (pid {pid}) did not listen on {listen} within {START_TIMEOUT:?}; see {}",
+                log_file.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The address to probe for a listener bound to `listen` (an unspecified address means loopback).
+fn reachable(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => SocketAddr::from(([127, 0, 0, 1], listen.port())),
+        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port())),
+        _ => listen,
+    }
+}
+
+/// The lines the log file gained after `offset` bytes (the child's own account of its failure).
+fn log_since(log_file: &Path, offset: u64) -> String {
+    let Ok(file) = std::fs::File::open(log_file) else { return String::new() };
+    let mut reader = BufReader::new(file);
+    let _ = std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(offset));
+    reader.lines().map_while(Result::ok).collect::<Vec<_>>().join("\n")
+}
