@@ -16,6 +16,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::Config;
 use crate::daemon;
 use crate::pidfile::{self, PidFile, running_pid};
+use crate::server::Reload;
 
 /// wasmpush: a WebSocket push engine whose business logic is a hot-swappable WebAssembly plugin.
 #[derive(Debug, Parser)]
@@ -76,7 +77,7 @@ const DEFAULT_LOG_FILE: &str = "runtime/wasmpush.log";
 const NOT_RUNNING: u8 = 3;
 
 /// Settings for `start`; each flag overrides the config file.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 struct StartArgs {
     /// Run in the background; returns once the engine listens (or fails with its reason).
     #[arg(long)]
@@ -114,6 +115,25 @@ struct StartArgs {
 }
 
 impl StartArgs {
+    /// The arguments of `start` in the foreground with the same flags (the daemon's child). Only
+    /// the flags given are passed, so a reload re-reads the config file for the others.
+    fn foreground_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec!["start".into(), "--pid-file".into(), self.pid_file.clone().into()];
+        let mut flag = |name: &str, value: Option<std::ffi::OsString>| {
+            if let Some(value) = value {
+                args.extend([name.into(), value]);
+            }
+        };
+        flag("--config", self.config.clone().map(Into::into));
+        flag("--listen", self.listen.map(|v| v.to_string().into()));
+        flag("--admin", self.admin.map(|v| v.to_string().into()));
+        flag("--plugins-dir", self.plugins_dir.clone().map(Into::into));
+        flag("--default-plugin", self.default_plugin.clone().map(Into::into));
+        flag("--tick-ms", self.tick_ms.map(|v| v.to_string().into()));
+        flag("--workers", self.workers.map(|v| v.to_string().into()));
+        args
+    }
+
     /// The config file's settings (or the defaults) with the flags applied, validated.
     fn config(&self) -> anyhow::Result<Config> {
         let mut config = match &self.config {
@@ -166,8 +186,8 @@ impl Cli {
             Command::Start(args) if args.daemon => start_daemon(&args),
             Command::Start(args) => {
                 let config = args.config()?;
-                let _pid_file = PidFile::create(&args.pid_file)?;
-                start(config)
+                refuse_if_running(&args.pid_file)?;
+                start(config, args)
             }
             Command::Restart(args) => {
                 stop(&args.pid_file, Duration::from_secs(args.stop_timeout))?;
@@ -192,25 +212,19 @@ impl Cli {
     }
 }
 
+/// Fails if the pid file names a live process.
+fn refuse_if_running(pid_file: &Path) -> anyhow::Result<()> {
+    match running_pid(pid_file)? {
+        Some(pid) => anyhow::bail!("wasmpush is already running (pid {pid}, pid file {})", pid_file.display()),
+        None => Ok(()),
+    }
+}
+
 /// Starts the engine in the background and waits until it listens.
 fn start_daemon(args: &StartArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
-    if let Some(pid) = running_pid(&args.pid_file)? {
-        anyhow::bail!("wasmpush is already running (pid {pid}, pid file {})", args.pid_file.display());
-    }
-    // The child runs `start` in the foreground with the same settings.
-    let mut child_args: Vec<std::ffi::OsString> =
-        vec!["start".into(), "--pid-file".into(), args.pid_file.clone().into()];
-    if let Some(path) = &args.config {
-        child_args.extend(["--config".into(), path.clone().into()]);
-    }
-    child_args.extend(["--listen".into(), config.listen.to_string().into()]);
-    child_args.extend(["--admin".into(), config.admin.to_string().into()]);
-    child_args.extend(["--plugins-dir".into(), config.plugins_dir.clone().into()]);
-    child_args.extend(["--default-plugin".into(), config.default_plugin.clone().into()]);
-    child_args.extend(["--tick-ms".into(), config.tick_ms.to_string().into()]);
-    child_args.extend(["--workers".into(), config.workers.to_string().into()]);
-    let pid = daemon::spawn(&child_args, &args.log_file, &args.pid_file, config.listen)?;
+    refuse_if_running(&args.pid_file)?;
+    let pid = daemon::spawn(&args.foreground_args(), &args.log_file, &args.pid_file, config.listen)?;
     println!("wasmpush started (pid {pid}), listening on {}, logging to {}", config.listen, args.log_file.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -281,8 +295,8 @@ fn stop(pid_file: &Path, timeout: Duration) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the engine in the foreground.
-fn start(config: Config) -> anyhow::Result<ExitCode> {
+/// Runs the engine in the foreground; `args` are re-read on SIGHUP.
+fn start(config: Config, args: StartArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let websocket = tokio::net::TcpListener::bind(config.listen)
@@ -292,19 +306,30 @@ fn start(config: Config) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {} (admin)", config.admin))?;
         let listeners = crate::Listeners { websocket, admin: Some(admin) };
-        crate::run(config, listeners, shutdown_signal(), reload_signal()?).await?;
+        // Written once the ports are bound: a daemon's parent takes the pid file as a sign of life.
+        let _pid_file = PidFile::create(&args.pid_file)?;
+        crate::run(config, listeners, shutdown_signal(), reload_signal(args)?).await?;
         Ok(ExitCode::SUCCESS)
     })
 }
 
-/// A rescan request for every SIGHUP.
-fn reload_signal() -> anyhow::Result<mpsc::Receiver<()>> {
+/// A reload request for every SIGHUP, carrying the configuration re-read from `args` when the
+/// engine was started from a file.
+fn reload_signal(args: StartArgs) -> anyhow::Result<mpsc::Receiver<Reload>> {
     let mut hangup = signal(SignalKind::hangup()).context("cannot install a SIGHUP handler")?;
     let (requests, received) = mpsc::channel(1);
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            // A rescan already queued covers this signal too.
-            let _ = requests.try_send(());
+            let config = match &args.config {
+                None => None,
+                Some(_) => args
+                    .config()
+                    .inspect_err(|err| tracing::error!(cause = %format!("{err:#}"), "cannot re-read the configuration"))
+                    .ok(),
+            };
+            if requests.send(Reload { config }).await.is_err() {
+                return;
+            }
         }
     });
     Ok(received)

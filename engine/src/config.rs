@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -146,11 +145,6 @@ impl Config {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         }
-    }
-
-    /// The tick interval.
-    pub fn tick(&self) -> Duration {
-        Duration::from_millis(self.tick_ms)
     }
 }
 

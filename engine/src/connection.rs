@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::handshake::Route;
+use crate::live::LiveSettings;
 use crate::metrics::Metrics;
 use crate::outbound::{Drained, Outbound, OutboundQueue};
 use crate::protocol::{ClientError, validate_params};
@@ -24,8 +25,8 @@ use crate::shard::ShardCommand;
 /// What a connection needs to know.
 #[derive(Debug, Clone)]
 pub struct ConnectionSettings {
-    /// Largest params object accepted.
-    pub max_params_bytes: usize,
+    /// The params limit, as `wasmpush reload` last set it.
+    pub live: Arc<LiveSettings>,
     /// Time a write may take before the client counts as a slow consumer.
     pub write_timeout: Duration,
     /// Where closes are counted.
@@ -73,7 +74,7 @@ pub async fn serve<S>(
         tokio::select! {
             frame = ws.next() => match frame.inspect(|_| last_heard = Instant::now()) {
                 Some(Ok(Message::Text(text))) => {
-                    match validate_params(text.as_str(), settings.max_params_bytes) {
+                    match validate_params(text.as_str(), settings.live.max_params_bytes()) {
                         Ok(()) => {
                             let command = ShardCommand::Params { conn_id, params: text.as_str().to_owned() };
                             if shard.send_async(command).await.is_err() {

@@ -10,6 +10,7 @@
 //! - `server`: the accept loop and graceful shutdown; [`run`] is the entry point.
 //! - `handshake`: which plugin and params a request URL asks for, or why it is refused.
 //! - `connection`: one client socket: reads params, writes queued frames.
+//! - `live`: the settings `wasmpush reload` changes without a restart.
 //! - `outbound`: the bounded, conflating queue between a shard and a connection.
 //! - `shard`: the worker threads that own connection state and run the plugins every tick.
 //! - `registry`: the plugin versions served, loaded from files and swapped atomically.
@@ -27,6 +28,7 @@ pub mod config;
 mod connection;
 mod daemon;
 mod handshake;
+mod live;
 mod metrics;
 mod outbound;
 mod pidfile;
@@ -40,4 +42,4 @@ mod watcher;
 
 pub use cli::{Cli, main};
 pub use config::Config;
-pub use server::{Listeners, ServerError, run};
+pub use server::{Listeners, Reload, ServerError, run};

@@ -19,6 +19,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, ConnectionSettings};
 use crate::handshake::{self, Refusal, Route};
+use crate::live::LiveSettings;
 use crate::metrics::Metrics;
 use crate::plugin::{PluginHost, SandboxLimits};
 use crate::registry::PluginRegistry;
@@ -92,15 +93,24 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
 }
 
-/// Runs the engine until `shutdown` resolves. Each message on `reloads` rescans the plugins
-/// directory (what SIGHUP does); file changes in it are picked up by themselves.
+/// A reload request (what SIGHUP does): rescan the plugins directory and, if a configuration is
+/// given, take over its live settings (tick interval and size limits).
+#[derive(Debug, Clone, Default)]
+pub struct Reload {
+    /// The configuration as it reads now, if the engine was started from a file.
+    pub config: Option<Config>,
+}
+
+/// Runs the engine until `shutdown` resolves. Each message on `reloads` is a [`Reload`]; file
+/// changes in the plugins directory are picked up by themselves.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
-    reloads: mpsc::Receiver<()>,
+    reloads: mpsc::Receiver<Reload>,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    let live = Arc::new(LiveSettings::new(&config));
     let started = std::time::Instant::now();
     let Listeners { websocket: listener, admin } = listeners;
     let metrics = Arc::new(Metrics::default());
@@ -123,7 +133,9 @@ pub async fn run(
     for version in registry.snapshot().values() {
         tracing::info!(plugin = %version.name, version = version.short_hash(), bytes = version.size, "serving plugin");
     }
-    tokio::spawn(reloader.run(changed, overflowed, reloads, cancel.clone()));
+    let (rescans, rescan_requests) = mpsc::channel(1);
+    tokio::spawn(apply_reloads(reloads, config.clone(), live.clone(), rescans));
+    tokio::spawn(reloader.run(changed, overflowed, rescan_requests, cancel.clone()));
     if let Some(admin) = admin {
         let state = AdminState {
             registry: registry.clone(),
@@ -139,13 +151,12 @@ pub async fn run(
             }
         });
     }
-    let settings =
-        ShardSettings { tick: config.tick(), max_payload_bytes: config.max_payload_bytes, metrics: metrics.clone() };
+    let settings = ShardSettings { live: live.clone(), metrics: metrics.clone() };
     let shards = Shards::spawn(config.worker_count(), settings, registry.clone()).map_err(ServerError::Workers)?;
     let shared = Arc::new(Shared {
         connection: ConnectionSettings {
             metrics: metrics.clone(),
-            max_params_bytes: config.max_params_bytes,
+            live: live.clone(),
             write_timeout: Duration::from_secs(config.write_timeout_secs),
             ping_interval: Duration::from_secs(config.ping_secs),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
@@ -199,6 +210,35 @@ pub async fn run(
     Ok(())
 }
 
+/// Applies each reload request: takes over the live settings of a new configuration (naming the
+/// changed settings that need a restart), then asks the reloader to rescan the plugins.
+async fn apply_reloads(
+    mut reloads: mpsc::Receiver<Reload>,
+    running: Config,
+    live: Arc<LiveSettings>,
+    rescans: mpsc::Sender<()>,
+) {
+    while let Some(Reload { config }) = reloads.recv().await {
+        if let Some(config) = config {
+            match config.validate() {
+                Ok(()) => {
+                    live.apply(&config);
+                    let (tick_ms, max_params_bytes, max_payload_bytes) =
+                        (config.tick_ms, config.max_params_bytes, config.max_payload_bytes);
+                    tracing::info!(tick_ms, max_params_bytes, max_payload_bytes, "live settings applied");
+                    let pending = running.restart_only_changes(&config);
+                    if !pending.is_empty() {
+                        tracing::warn!(settings = ?pending, "changed settings take effect only after a restart");
+                    }
+                }
+                Err(err) => tracing::error!(cause = %err, "new configuration rejected; keeping the running one"),
+            }
+        }
+        // A rescan already queued covers this request too.
+        let _ = rescans.try_send(());
+    }
+}
+
 /// Builds the plugin host and an empty registry.
 async fn plugin_registry(config: &Config) -> Result<PluginRegistry, ServerError> {
     let limits = SandboxLimits {
@@ -235,7 +275,7 @@ async fn accept(
             uri.query(),
             &config.default_plugin,
             &shared.registry,
-            config.max_params_bytes,
+            shared.connection.live.max_params_bytes(),
         ) {
             Ok(route) => {
                 routed = Some(route);

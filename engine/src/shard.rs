@@ -11,10 +11,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use flume::RecvTimeoutError;
 
+use crate::live::LiveSettings;
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, OutboundQueue};
 use crate::plugin::{Call, Outcome, PluginFault, PluginInstance, PluginVersion, Trigger};
@@ -63,10 +64,8 @@ pub enum ShardCommand {
 /// What a shard needs to know.
 #[derive(Debug, Clone)]
 pub struct ShardSettings {
-    /// Interval between two pushes to a connection.
-    pub tick: Duration,
-    /// Largest payload a plugin may push.
-    pub max_payload_bytes: usize,
+    /// The tick interval and the payload limit, as `wasmpush reload` last set them.
+    pub live: Arc<LiveSettings>,
     /// Where pushes, outcomes, call durations and tick lateness are counted.
     pub metrics: Arc<Metrics>,
 }
@@ -175,8 +174,7 @@ impl Shard {
 
     /// The worker loop: commands as they come, a batch per plugin every tick.
     fn run(mut self, commands: flume::Receiver<ShardCommand>) {
-        let tick = self.settings.tick;
-        let mut next_tick = Instant::now() + tick;
+        let mut next_tick = Instant::now() + self.settings.live.tick();
         loop {
             match commands.recv_deadline(next_tick) {
                 Ok(command) => {
@@ -190,6 +188,8 @@ impl Shard {
                     let lateness = Instant::now().saturating_duration_since(next_tick);
                     self.settings.metrics.tick_lateness.observe(lateness.as_secs_f64());
                     self.tick();
+                    // Read every tick: `wasmpush reload` may have changed it.
+                    let tick = self.settings.live.tick();
                     next_tick += tick;
                     let now = Instant::now();
                     if next_tick <= now {
@@ -420,7 +420,7 @@ impl PluginSlot {
         generations: &mut u64,
         batch_fault: PluginFault,
     ) {
-        let deadline = Instant::now() + settings.tick;
+        let deadline = Instant::now() + settings.live.tick();
         let mut tally = Tally::default();
         for item in due {
             if Instant::now() >= deadline {
@@ -439,12 +439,12 @@ impl PluginSlot {
     fn deliver(&mut self, conn_id: u64, outcome: Outcome, settings: &ShardSettings, tally: &mut Tally) {
         let Some(conn) = self.conns.get_mut(&conn_id) else { return };
         match outcome {
-            Outcome::Push(payload) if payload.len() > settings.max_payload_bytes => {
+            Outcome::Push(payload) if payload.len() > settings.live.max_payload_bytes() => {
                 tally.payload_too_large += 1;
                 let error = ClientError::PayloadTooLarge {
                     plugin: self.name.to_string(),
                     size: payload.len(),
-                    limit: settings.max_payload_bytes,
+                    limit: settings.live.max_payload_bytes(),
                 };
                 tracing::warn!(plugin = %self.name, conn_id, size = payload.len(), "payload over the limit");
                 conn.park(Park::Error, error.frame());

@@ -31,6 +31,16 @@ async fn connect_eventually(url: &str, limit: Duration) -> Client {
     }
 }
 
+/// What ends a connection, skipping the text frames before it.
+async fn closing_frame(client: &mut Client) -> Option<Frame> {
+    loop {
+        match client.next_within(SOON).await {
+            Some(Frame::Text(_)) => continue,
+            other => return other,
+        }
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -83,13 +93,7 @@ async fn the_binary_refuses_a_second_start_reloads_on_request_and_stops_graceful
     let stop = wasmpush(&["stop", "--pid-file", pid_arg]);
     assert!(stop.status.success(), "{}", text(&stop.stderr));
     for client in [&mut client, &mut clock] {
-        let close = loop {
-            match client.next_within(SOON).await {
-                Some(Frame::Text(_)) => continue,
-                other => break other,
-            }
-        };
-        assert_eq!(close, Some(Frame::Close(Some((1001, "going away".to_owned())))));
+        assert_eq!(closing_frame(client).await, Some(Frame::Close(Some((1001, "going away".to_owned())))));
     }
     assert!(engine.wait().unwrap().success(), "the engine exits cleanly on stop");
     assert!(!Path::new(&pid_file).exists(), "the pid file is removed");
@@ -153,19 +157,29 @@ async fn a_daemon_starts_reports_status_reloads_and_stops() {
     assert!(!second.status.success());
     assert!(text(&second.stderr).contains("already running"), "{}", text(&second.stderr));
 
+    // `reload` re-reads the config file and takes over the live settings, such as the tick.
+    let slow = client.texts_during(Duration::from_secs(2)).await.len();
+    assert!((8..=12).contains(&slow), "{slow} frames in 2 s at 200 ms");
+    let faster = std::fs::read_to_string(config).unwrap() + "tick_ms = 50\n";
+    std::fs::write(config, faster).unwrap();
     let reload = wasmpush(&["reload", "--pid-file", pid]);
     assert!(reload.status.success());
-    assert!(client.next_text(SOON).await.contains("NONE"), "reload keeps clients connected");
+    client.texts_during(Duration::from_millis(500)).await;
+    let fast = client.texts_during(Duration::from_secs(2)).await.len();
+    assert!((30..=50).contains(&fast), "{fast} frames in 2 s after reloading tick_ms = 50");
+
+    // `restart`: a new process (clients told 1001), serving again once the command returns.
+    let old_pid = std::fs::read_to_string(&pid_file).unwrap();
+    let restart = wasmpush(&["restart", "--config", config, "--pid-file", pid, "--log-file", log]);
+    assert!(restart.status.success(), "{}", text(&restart.stderr));
+    assert_eq!(closing_frame(&mut client).await, Some(Frame::Close(Some((1001, "going away".to_owned())))));
+    assert_ne!(std::fs::read_to_string(&pid_file).unwrap(), old_pid);
+    let mut client = Client::connect(&format!("ws://127.0.0.1:{port}/ws/quote?params={}", encode("{}"))).await;
+    assert!(client.next_text(SOON).await.contains("NONE"));
 
     let stop = wasmpush(&["stop", "--pid-file", pid]);
     assert!(stop.status.success(), "{}", text(&stop.stderr));
-    let close = loop {
-        match client.next_within(SOON).await {
-            Some(Frame::Text(_)) => continue,
-            other => break other,
-        }
-    };
-    assert_eq!(close, Some(Frame::Close(Some((1001, "going away".to_owned())))));
+    assert_eq!(closing_frame(&mut client).await, Some(Frame::Close(Some((1001, "going away".to_owned())))));
     let status = wasmpush(&["status", "--config", config, "--pid-file", pid]);
     assert_eq!(status.status.code(), Some(3), "status of a stopped engine is 3 (LSB)");
     assert!(!pid_file.exists(), "the pid file is removed");

@@ -17,7 +17,7 @@ pub struct TestEngine {
     /// Its plugins directory (deleted on drop).
     plugins: tempfile::TempDir,
     /// Asks the engine to rescan its plugins directory (what SIGHUP does).
-    reloads: mpsc::Sender<()>,
+    reloads: mpsc::Sender<wasmpush::Reload>,
     /// Resolves the engine's shutdown future.
     shutdown: Option<oneshot::Sender<()>>,
     /// The engine's task.
@@ -83,7 +83,7 @@ impl TestEngine {
 
     /// Asks the engine to rescan its plugins directory, as SIGHUP does.
     pub async fn reload(&self) {
-        self.reloads.send(()).await.expect("engine running");
+        self.reloads.send(wasmpush::Reload::default()).await.expect("engine running");
     }
 
     /// Deploys `wasm` as plugin `name` the way `just deploy-plugin` does: write `NAME.wasm.tmp`,
