@@ -32,6 +32,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Connections served at once; the handshake of one more is refused with HTTP 503.
     pub max_connections: usize,
+    /// Connections served at once from one client address; 0 for no limit. Over it the handshake
+    /// is refused with HTTP 503.
+    pub max_connections_per_ip: usize,
     /// Time a client has to complete its WebSocket handshake, in seconds.
     pub handshake_timeout_secs: u64,
     /// Time a socket may stay unwritable before the connection is closed, in seconds.
@@ -65,6 +68,7 @@ impl Default for Config {
             max_params_bytes: 4096,
             max_message_bytes: 64 * 1024,
             max_connections: 100_000,
+            max_connections_per_ip: 0,
             handshake_timeout_secs: 10,
             write_timeout_secs: 10,
             ping_secs: 30,

@@ -8,6 +8,7 @@
 //! - `cli`: the command line ([`Cli`]); the only module that knows clap.
 //! - [`config`]: every setting, with defaults and validation.
 //! - `server`: the accept loop and graceful shutdown; [`run`] is the entry point.
+//! - `admission`: `max_connections` and `max_connections_per_ip`, decided before the handshake.
 //! - `handshake`: which plugin and params a request URL asks for, or why it is refused.
 //! - `connection`: one client socket: reads params, writes queued frames.
 //! - `live`: the settings `wasmpush reload` changes without a restart.
@@ -23,6 +24,7 @@
 //! - [`protocol`]: error frames, error codes and params validation.
 
 mod admin;
+mod admission;
 mod cli;
 pub mod config;
 mod connection;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
+use crate::admission::{Admission, Admitted, Refused};
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, ConnectionSettings};
 use crate::handshake::{self, Refusal, Route};
@@ -174,7 +175,7 @@ pub async fn run(
         metrics,
         config,
     });
-    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let admission = Admission::new(shared.config.max_connections, shared.config.max_connections_per_ip);
     let tasks = TaskTracker::new();
     tracing::info!(listen = ?listener.local_addr().ok(), workers = shared.config.worker_count(), "serving");
 
@@ -182,9 +183,9 @@ pub async fn run(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let permit = slots.clone().try_acquire_owned().ok();
-                    tasks.spawn(accept(stream, permit, shared.clone(), cancel.clone()));
+                Ok((stream, peer)) => {
+                    let admitted = admission.admit(peer.ip());
+                    tasks.spawn(accept(stream, admitted, shared.clone(), cancel.clone()));
                 }
                 Err(err) => {
                     // Typically out of file descriptors: back off instead of spinning.
@@ -256,7 +257,7 @@ async fn plugin_registry(config: &Config) -> Result<PluginRegistry, ServerError>
 /// Completes the handshake of one TCP connection and serves it.
 async fn accept(
     stream: TcpStream,
-    permit: Option<OwnedSemaphorePermit>,
+    admitted: Result<Admitted, Refused>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
@@ -265,8 +266,8 @@ async fn accept(
     // The callback's signature is tungstenite's; its error is the HTTP response itself.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
-        if permit.is_none() {
-            return Err(refuse(&Refusal { status: 503, reason: "server is at its connection limit".to_owned() }));
+        if let Err(refused) = &admitted {
+            return Err(refuse(&Refusal { status: 503, reason: refused.to_string() }));
         }
         let config = &shared.config;
         let uri = request.uri();

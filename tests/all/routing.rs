@@ -62,3 +62,40 @@ async fn two_plugins_are_served_side_by_side() {
     }
     assert!(quote.next_text(SOON).await.contains("AAPL"));
 }
+
+/// Connects, retrying a refusal for a moment (the readiness probe's place may not be free yet).
+async fn connect_when_admitted(url: &str) -> Client {
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        match Client::try_connect(url).await {
+            Ok(client) => return client,
+            Err(err) if std::time::Instant::now() > deadline => panic!("never admitted: {err}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn over_the_connection_limits_the_handshake_is_refused_with_503() {
+    let engine = wasmpush_tests::TestEngine::start(&[("quote", wasmpush_tests::artifacts::QUOTE)], |config| {
+        config.max_connections = 2;
+    })
+    .await;
+    let url = engine.url(&format!("/ws/quote?params={}", encode("{}")));
+    let mut first = connect_when_admitted(&url).await;
+    let _second = connect_when_admitted(&url).await;
+    let (status, body) = refused(&engine, "/ws/quote").await;
+    assert_eq!((status, body.trim()), (503, "server is at its connection limit"));
+    assert!(first.next_text(SOON).await.contains("NONE"), "admitted connections are served");
+    first.close().await;
+    let mut third = connect_when_admitted(&url).await;
+    assert!(third.next_text(SOON).await.contains("NONE"), "a freed place is given to the next client");
+
+    let engine = wasmpush_tests::TestEngine::start(&[("quote", wasmpush_tests::artifacts::QUOTE)], |config| {
+        config.max_connections_per_ip = 1;
+    })
+    .await;
+    let _only = connect_when_admitted(&engine.url("/ws/quote")).await;
+    let (status, body) = refused(&engine, "/ws/quote").await;
+    assert_eq!((status, body.trim()), (503, "too many connections from your address"));
+}
