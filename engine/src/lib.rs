@@ -12,6 +12,7 @@
 //! - `handshake`: which plugin and params a request URL asks for, or why it is refused.
 //! - `connection`: one client socket: reads params, writes queued frames.
 //! - `live`: the settings `wasmpush reload` changes without a restart.
+//! - `plain_http`: non-WebSocket requests on the WebSocket port: the demo page, HTTP errors.
 //! - `outbound`: the bounded, conflating queue between a shard and a connection.
 //! - `shard`: the worker threads that own connection state and run the plugins every tick.
 //! - `registry`: the plugin versions served, loaded from files and swapped atomically.
@@ -34,6 +35,7 @@ mod live;
 mod metrics;
 mod outbound;
 mod pidfile;
+mod plain_http;
 mod plugin;
 pub mod protocol;
 mod registry;

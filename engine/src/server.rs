@@ -22,6 +22,7 @@ use crate::connection::{self, ConnectionSettings};
 use crate::handshake::{self, Refusal, Route};
 use crate::live::LiveSettings;
 use crate::metrics::Metrics;
+use crate::plain_http;
 use crate::plugin::{PluginHost, SandboxLimits};
 use crate::registry::PluginRegistry;
 use crate::reload::Reloader;
@@ -262,6 +263,16 @@ async fn accept(
     cancel: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(shared.config.handshake_timeout_secs);
+    match plain_http::peek(&stream, deadline - tokio::time::Instant::now()).await {
+        Some(plain_http::Request::Upgrade) => {}
+        Some(request) => return plain_http::respond(stream, &request).await,
+        None => {
+            shared.metrics.handshakes_rejected.inc();
+            tracing::debug!("no complete request before the handshake timeout");
+            return;
+        }
+    }
     let mut routed = None;
     // The callback's signature is tungstenite's; its error is the HTTP response itself.
     #[allow(clippy::result_large_err)]
@@ -285,9 +296,8 @@ async fn accept(
             Err(refusal) => Err(refuse(&refusal)),
         }
     };
-    let handshake_timeout = Duration::from_secs(shared.config.handshake_timeout_secs);
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(shared.websocket));
-    let ws = match tokio::time::timeout(handshake_timeout, handshake).await {
+    let ws = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(err)) => {
             shared.metrics.handshakes_rejected.inc();

@@ -99,3 +99,41 @@ async fn over_the_connection_limits_the_handshake_is_refused_with_503() {
     let (status, body) = refused(&engine, "/ws/quote").await;
     assert_eq!((status, body.trim()), (503, "too many connections from your address"));
 }
+
+#[tokio::test]
+async fn plain_http_gets_the_demo_page_or_a_clear_error_and_websockets_still_work() {
+    let engine = engine().await;
+    let page = wasmpush_tests::http::get(engine.addr, "/").await;
+    assert!(page.contains("<title>wasmpush demo</title>") && page.contains("new WebSocket"), "{page}");
+
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (status, body) = wasmpush_tests::http::exchange(engine.addr, &request("/ws/quote")).await;
+    assert_eq!(status, 426, "{body}");
+    assert!(body.contains("is a WebSocket endpoint"), "{body}");
+    let (status, body) = wasmpush_tests::http::exchange(engine.addr, &request("/favicon.ico")).await;
+    assert_eq!((status, body.contains("no such path")), (404, true), "{body}");
+    let (status, _) = wasmpush_tests::http::exchange(engine.addr, "NOT HTTP AT ALL\r\n\r\n").await;
+    assert_eq!(status, 400);
+
+    let mut client = Client::connect(&engine.url(&format!("/?params={}", encode("{}")))).await;
+    assert!(client.next_text(SOON).await.contains("NONE"), "an upgrade on / is still a WebSocket");
+}
+
+#[tokio::test]
+async fn a_client_that_never_completes_its_handshake_is_dropped() {
+    let engine = wasmpush_tests::TestEngine::start(&[("quote", wasmpush_tests::artifacts::QUOTE)], |config| {
+        config.handshake_timeout_secs = 1;
+    })
+    .await;
+    let mut stalled = tokio::net::TcpStream::connect(engine.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, b"GET /ws/quote HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(SOON, tokio::io::AsyncReadExt::read_to_end(&mut stalled, &mut rest)).await;
+    // Closed within the timeout: an orderly close, or a reset (the unread request is discarded).
+    let closed = match &read {
+        Ok(Ok(0)) => true,
+        Ok(Err(err)) => err.kind() == std::io::ErrorKind::ConnectionReset,
+        _ => false,
+    };
+    assert!(closed, "the engine closes a stalled handshake: {read:?}");
+}
