@@ -70,6 +70,9 @@ pub async fn serve<S>(
     let mut heartbeat = tokio::time::interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // Created once: a fresh `cancelled()` per loop turn would lock the token's shared node each time.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     let end = loop {
         tokio::select! {
             frame = ws.next() => match frame.inspect(|_| last_heard = Instant::now()) {
@@ -108,7 +111,7 @@ pub async fn serve<S>(
                     Err(_) => break End::SlowConsumer,
                 }
             }
-            () = shutdown.cancelled() => break End::Shutdown,
+            () = &mut cancelled => break End::Shutdown,
         }
     };
     let _ = shard.send_async(ShardCommand::Close { conn_id }).await;
