@@ -10,4 +10,5 @@ mod metrics;
 mod reload;
 mod routing;
 mod session;
+mod slow_consumers;
 mod util;

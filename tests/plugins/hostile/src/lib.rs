@@ -1,5 +1,5 @@
 //! Test plugin: does what its params' `do` asks, so one build can stand for every kind of bad
-//! business code. `{"do":"ok"}` (or no `do`) behaves and pushes `{"seq":N}`.
+//! business code (`big` is a legal 32 KiB payload, for slow-consumer tests). `{"do":"ok"}` (or no `do`) behaves and pushes `{"seq":N}`.
 
 use wasmpush_sdk::{Context, Error, Raw};
 
@@ -23,6 +23,7 @@ fn tick(ctx: &Context, params: &Params) -> Result<Option<Raw>, Error> {
         }
         "panic" => panic!("hostile plugin panics"),
         "huge" => Ok(Some(Raw("x".repeat(1 << 20)))),
+        "big" => Ok(Some(Raw(format!("{{\"seq\":{},\"pad\":\"{}\"}}", ctx.seq, "x".repeat(32 * 1024))))),
         "log" => {
             for line in 0..10_000 {
                 wasmpush_sdk::log::warn(format!("log flood line {line} {}", "y".repeat(10_000)));
