@@ -48,20 +48,8 @@ fn text(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn the_binary_refuses_a_second_start_reloads_on_request_and_stops_gracefully() {
     let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    std::fs::copy(artifacts::QUOTE, plugins.join("quote.wasm")).unwrap();
-    let port = free_port();
-    let config = dir.path().join("wasmpush.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{}\"\nplugins_dir = {:?}\nwatch_plugins = false\n",
-            free_port(),
-            plugins.display().to_string()
-        ),
-    )
-    .unwrap();
+    let plugins = plugins_dir_with_quote(dir.path());
+    let (config, port) = write_config(dir.path(), &plugins, "watch_plugins = false\n");
     let pid_file = dir.path().join("wasmpush.pid");
     // A stale pid file from a crashed run (no process has this pid) must not stop `start`.
     std::fs::write(&pid_file, "2147483000\n").unwrap();
@@ -113,12 +101,21 @@ async fn stop_and_reload_see_through_a_stale_pid_file() {
     assert!(text(&reload.stderr).contains("not running"), "{}", text(&reload.stderr));
 }
 
-/// A config file for `plugins` on two free ports; returns (config path, WebSocket port).
-fn write_config(dir: &Path, plugins: &Path) -> (std::path::PathBuf, u16) {
+/// `DIR/plugins` holding `quote`.
+fn plugins_dir_with_quote(dir: &Path) -> std::path::PathBuf {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(artifacts::QUOTE, plugins.join("quote.wasm")).unwrap();
+    plugins
+}
+
+/// A config file for `plugins` on two free ports, plus `extra` lines; returns (config path,
+/// WebSocket port).
+fn write_config(dir: &Path, plugins: &Path, extra: &str) -> (std::path::PathBuf, u16) {
     let port = free_port();
     let config = dir.join("wasmpush.toml");
     let text = format!(
-        "listen = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{}\"\nplugins_dir = {:?}\n",
+        "listen = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{}\"\nplugins_dir = {:?}\n{extra}",
         free_port(),
         plugins.display().to_string()
     );
@@ -129,10 +126,8 @@ fn write_config(dir: &Path, plugins: &Path) -> (std::path::PathBuf, u16) {
 #[tokio::test]
 async fn a_daemon_starts_reports_status_reloads_and_stops() {
     let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    std::fs::copy(artifacts::QUOTE, plugins.join("quote.wasm")).unwrap();
-    let (config, port) = write_config(dir.path(), &plugins);
+    let plugins = plugins_dir_with_quote(dir.path());
+    let (config, port) = write_config(dir.path(), &plugins, "");
     let config = config.to_str().unwrap();
     let pid_file = dir.path().join("run/wasmpush.pid");
     let log_file = dir.path().join("run/wasmpush.log");
@@ -191,7 +186,7 @@ async fn start_failures_are_reported_with_their_reason() {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
-    let (config, port) = write_config(dir.path(), &plugins);
+    let (config, port) = write_config(dir.path(), &plugins, "");
     let pid = dir.path().join("wasmpush.pid");
     let log = dir.path().join("wasmpush.log");
     let start = |config: &Path| {
