@@ -35,6 +35,9 @@ pub struct Config {
     /// Connections served at once from one client address; 0 for no limit. Over it the handshake
     /// is refused with HTTP 503.
     pub max_connections_per_ip: usize,
+    /// Messages (params updates) a client may send per second, and at once; over it they are
+    /// dropped (error 4006), and a client that keeps going is closed (1008).
+    pub max_messages_per_sec: u32,
     /// Time a client has to complete its WebSocket handshake, in seconds.
     pub handshake_timeout_secs: u64,
     /// Time a socket may stay unwritable before the connection is closed, in seconds.
@@ -69,6 +72,7 @@ impl Default for Config {
             max_message_bytes: 64 * 1024,
             max_connections: 100_000,
             max_connections_per_ip: 0,
+            max_messages_per_sec: 20,
             handshake_timeout_secs: 10,
             write_timeout_secs: 10,
             ping_secs: 30,
@@ -134,6 +138,7 @@ impl Config {
             "must be at least max_params_bytes",
         )?;
         check(self.max_connections >= 1, "max_connections", "must be at least 1")?;
+        check(self.max_messages_per_sec >= 1, "max_messages_per_sec", "must be at least 1")?;
         check(self.handshake_timeout_secs >= 1, "handshake_timeout_secs", "must be at least 1")?;
         check(self.write_timeout_secs >= 1, "write_timeout_secs", "must be at least 1")?;
         check(self.ping_secs >= 1, "ping_secs", "must be at least 1")?;

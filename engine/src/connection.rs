@@ -20,6 +20,7 @@ use crate::live::LiveSettings;
 use crate::metrics::Metrics;
 use crate::outbound::{Drained, Outbound, OutboundQueue};
 use crate::protocol::{ClientError, validate_params};
+use crate::rate_limit::{MessageBudget, Verdict};
 use crate::shard::ShardCommand;
 
 /// What a connection needs to know.
@@ -31,6 +32,8 @@ pub struct ConnectionSettings {
     pub write_timeout: Duration,
     /// Where closes are counted.
     pub metrics: Arc<Metrics>,
+    /// Messages a client may send per second (and at once).
+    pub max_messages_per_sec: u32,
     /// Interval between two server pings.
     pub ping_interval: Duration,
     /// Time without any frame from the client (a pong included) after which it is closed.
@@ -48,6 +51,8 @@ enum End {
     SlowConsumer,
     /// The client sent nothing, not even a pong, for `idle_timeout`.
     Idle,
+    /// The client kept sending over its message rate.
+    Flood,
 }
 
 /// Serves one connection until the client leaves, the engine shuts down, or the client stops
@@ -70,24 +75,37 @@ pub async fn serve<S>(
     let mut heartbeat = tokio::time::interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let mut budget = MessageBudget::new(settings.max_messages_per_sec, std::time::Instant::now());
     // Created once: a fresh `cancelled()` per loop turn would lock the token's shared node each time.
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
     let end = loop {
         tokio::select! {
             frame = ws.next() => match frame.inspect(|_| last_heard = Instant::now()) {
-                Some(Ok(Message::Text(text))) => {
-                    match validate_params(text.as_str(), settings.live.max_params_bytes()) {
-                        Ok(()) => {
-                            let command = ShardCommand::Params { conn_id, params: text.as_str().to_owned() };
-                            if shard.send_async(command).await.is_err() {
-                                break End::Shutdown;
-                            }
+                Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => match budget.take(std::time::Instant::now()) {
+                    Verdict::Flood => break End::Flood,
+                    Verdict::Refused { first } => {
+                        if first {
+                            let per_sec = settings.max_messages_per_sec;
+                            outbound.push(Outbound::Error(ClientError::TooFast { per_sec }.frame()));
                         }
-                        Err(err) => outbound.push(Outbound::Error(err.frame())),
                     }
-                }
-                Some(Ok(Message::Binary(_))) => outbound.push(Outbound::Error(ClientError::BinaryFrame.frame())),
+                    Verdict::Allowed => {
+                        let Message::Text(text) = message else {
+                            outbound.push(Outbound::Error(ClientError::BinaryFrame.frame()));
+                            continue;
+                        };
+                        match validate_params(text.as_str(), settings.live.max_params_bytes()) {
+                            Ok(()) => {
+                                let command = ShardCommand::Params { conn_id, params: text.as_str().to_owned() };
+                                if shard.send_async(command).await.is_err() {
+                                    break End::Shutdown;
+                                }
+                            }
+                            Err(err) => outbound.push(Outbound::Error(err.frame())),
+                        }
+                    }
+                },
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break End::Client,
                 Some(Ok(_)) => {} // ping, pong: tungstenite answers pings itself
             },
@@ -121,6 +139,7 @@ pub async fn serve<S>(
         End::Shutdown => Some((CloseCode::Away, "going away", None)),
         End::SlowConsumer => Some((CloseCode::Policy, "slow consumer", Some(&metrics.slow_consumer_closes))),
         End::Idle => Some((CloseCode::Away, "idle timeout", Some(&metrics.idle_closes))),
+        End::Flood => Some((CloseCode::Policy, "message flood", Some(&metrics.flood_closes))),
     };
     if let Some((code, reason, counter)) = close {
         counter.map(|counter| counter.inc());

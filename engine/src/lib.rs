@@ -13,6 +13,7 @@
 //! - `connection`: one client socket: reads params, writes queued frames.
 //! - `live`: the settings `wasmpush reload` changes without a restart.
 //! - `plain_http`: non-WebSocket requests on the WebSocket port: the demo page, HTTP errors.
+//! - `rate_limit`: the per-connection budget on client messages.
 //! - `outbound`: the bounded, conflating queue between a shard and a connection.
 //! - `shard`: the worker threads that own connection state and run the plugins every tick.
 //! - `registry`: the plugin versions served, loaded from files and swapped atomically.
@@ -38,6 +39,7 @@ mod pidfile;
 mod plain_http;
 mod plugin;
 pub mod protocol;
+mod rate_limit;
 mod registry;
 mod reload;
 mod server;

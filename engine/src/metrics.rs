@@ -43,6 +43,8 @@ pub struct Metrics {
     pub slow_consumer_closes: Counter,
     /// Connections closed because the client was silent past the idle timeout.
     pub idle_closes: Counter,
+    /// Connections closed because the client kept sending over its message rate.
+    pub flood_closes: Counter,
 }
 
 /// Plugin calls by outcome: one counter each of `wasmpush_plugin_calls_total{outcome=…}`.
@@ -123,6 +125,7 @@ impl Default for Metrics {
             reloads_failed: labelled(&reloads, "result", "failed"),
             slow_consumer_closes: labelled(&closes, "reason", "slow_consumer"),
             idle_closes: labelled(&closes, "reason", "idle"),
+            flood_closes: labelled(&closes, "reason", "flood"),
             registry,
         }
     }

@@ -33,6 +33,12 @@ pub enum ClientError {
     /// The params nest objects and arrays deeper than [`MAX_DEPTH`].
     #[error("params nest deeper than {MAX_DEPTH} levels")]
     TooDeep,
+    /// The client sends messages faster than `max_messages_per_sec`.
+    #[error("sending too fast: at most {per_sec} messages per second; messages over it are dropped")]
+    TooFast {
+        /// `max_messages_per_sec`.
+        per_sec: u32,
+    },
     /// A binary frame: params are JSON text.
     #[error("binary frames are not supported: send params as a JSON text frame")]
     BinaryFrame,
@@ -66,6 +72,7 @@ impl ClientError {
             ClientError::TooLarge { .. } => 4003,
             ClientError::BinaryFrame => 4004,
             ClientError::TooDeep => 4005,
+            ClientError::TooFast { .. } => 4006,
             ClientError::PluginFailed(_) => 5001,
             ClientError::PluginTimedOut(_) => 5002,
             ClientError::PayloadTooLarge { .. } => 5003,

@@ -159,6 +159,7 @@ pub async fn run(
         connection: ConnectionSettings {
             metrics: metrics.clone(),
             live: live.clone(),
+            max_messages_per_sec: config.max_messages_per_sec,
             write_timeout: Duration::from_secs(config.write_timeout_secs),
             ping_interval: Duration::from_secs(config.ping_secs),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),

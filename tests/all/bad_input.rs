@@ -1,7 +1,7 @@
 //! Every kind of bad client input gets an engine error frame with its own non-zero code; the
 //! params stay as they were and the socket stays open.
 
-use wasmpush_tests::Client;
+use wasmpush_tests::{Client, Frame};
 
 use crate::util::{SOON, encode, engine, normalise_ts};
 
@@ -63,4 +63,34 @@ async fn exactly_the_limit_is_accepted() {
     client.send_text(&params).await;
     let frame = client.next_text(SOON).await;
     assert!(frame.starts_with(r#"{"symbol":"B","seq":1,"#), "{frame}");
+}
+
+#[tokio::test]
+async fn a_message_flood_is_refused_once_then_closed_while_others_are_served() {
+    let engine = engine().await;
+    let url = engine.url(&format!("/ws/quote?params={}", encode("{}")));
+    let mut neighbour = Client::connect(&url).await;
+    let mut flooder = Client::connect(&url).await;
+    flooder.next_text(SOON).await;
+    // The default budget is 20 messages per second with a burst of 20: 20 pass, the next 20 are
+    // refused, and the 20th refusal in a row closes the connection.
+    for i in 0..40 {
+        flooder.send_text(&format!(r#"{{"symbol":"S{i}"}}"#)).await;
+    }
+    let mut errors = Vec::new();
+    let end = loop {
+        match flooder.next_within(SOON).await {
+            Some(Frame::Text(text)) if text.starts_with(r#"{"code""#) => errors.push(text),
+            Some(Frame::Text(_)) => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(
+        errors,
+        vec![
+            r#"{"code":4006,"msg":"sending too fast: at most 20 messages per second; messages over it are dropped","data":[]}"#
+        ]
+    );
+    assert_eq!(end, Some(Frame::Close(Some((1008, "message flood".to_owned())))));
+    assert!(neighbour.next_text(SOON).await.contains("NONE"), "the neighbour is still served");
 }
