@@ -219,3 +219,65 @@ mod tests {
         assert_eq!(error_frame(0, "say \"hi\""), r#"{"code":0,"msg":"say \"hi\"","data":[]}"#);
     }
 }
+
+/// Property tests over the params path: whatever a client sends, validation answers (no panic, no
+/// hang) with an engine code, and accepts exactly the objects within the limits.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+
+    /// Arbitrary JSON values, nested up to about `depth` levels.
+    fn json(depth: u32) -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(depth, 256, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,6}", inner, 0..4)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// How deep `value` nests arrays and objects.
+    fn depth(value: &Value) -> usize {
+        match value {
+            Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+            Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_text_gets_an_answer_with_an_engine_code(text in ".{0,600}") {
+            if let Err(err) = validate_params(&text, 512) {
+                prop_assert!((4001..=4005).contains(&err.code()), "{err:?}");
+            }
+        }
+
+        #[test]
+        fn json_like_noise_gets_an_answer(text in r#"[\[\]{}":,0-9a-z\\ ]{0,300}"#) {
+            if let Err(err) = validate_params(&text, 4096) {
+                prop_assert!((4001..=4005).contains(&err.code()), "{err:?}");
+            }
+        }
+
+        #[test]
+        fn exactly_the_objects_within_the_limits_are_accepted(value in json(40), limit in 2usize..4096) {
+            let text = value.to_string();
+            let fits = value.is_object() && text.len() <= limit && depth(&value) <= MAX_DEPTH;
+            prop_assert_eq!(validate_params(&text, limit).is_ok(), fits, "{}", text);
+        }
+    }
+}
