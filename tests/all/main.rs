@@ -7,6 +7,7 @@ mod cli;
 mod heartbeat;
 mod hostile;
 mod metrics;
+mod raw_frames;
 mod reload;
 mod routing;
 mod session;

@@ -87,6 +87,13 @@ impl Client {
         }
     }
 
+    /// Writes `bytes` straight to the socket, bypassing the WebSocket framing (for hostile-input
+    /// tests); ignores a socket the server already closed.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.ws.get_mut().write_all(bytes).await;
+    }
+
     /// Closes the connection politely.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;

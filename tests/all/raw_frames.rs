@@ -1,0 +1,70 @@
+//! Hostile WebSocket framing, written byte by byte after a real handshake: invalid UTF-8, a frame
+//! header announcing a gigabyte, a fragmented message that never ends. Each ends only its own
+//! connection, without the engine buffering what was announced.
+
+use std::time::{Duration, Instant};
+
+use wasmpush_tests::{Client, Frame, TestEngine};
+
+use crate::util::{SOON, encode, engine};
+
+/// A masked client frame (mask 0, so the payload is sent as is).
+fn frame(fin: bool, opcode: u8, payload: &[u8], announced_len: Option<u64>) -> Vec<u8> {
+    let mut bytes = vec![if fin { 0x80 } else { 0 } | opcode];
+    let len = announced_len.unwrap_or(payload.len() as u64);
+    match len {
+        0..=125 => bytes.push(0x80 | len as u8),
+        126..=0xFFFF => {
+            bytes.push(0x80 | 126);
+            bytes.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            bytes.push(0x80 | 127);
+            bytes.extend_from_slice(&len.to_be_bytes());
+        }
+    }
+    bytes.extend_from_slice(&[0, 0, 0, 0]);
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// Waits until the engine counts `n` open connections.
+async fn wait_for_connections(engine: &TestEngine, n: u64) {
+    let deadline = Instant::now() + SOON;
+    while engine.status().await["connections"] != n {
+        assert!(Instant::now() < deadline, "connections never went to {n}: {}", engine.status().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn malformed_framing_ends_only_its_own_connection() {
+    let engine = engine().await;
+    let url = engine.url(&format!("/ws/quote?params={}", encode("{}")));
+    let mut neighbour = Client::connect(&url).await;
+    let fragment = vec![b'x'; 1000];
+    let mut flood = frame(false, 0x1, &fragment, None);
+    for _ in 0..100 {
+        flood.extend(frame(false, 0x0, &fragment, None));
+    }
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("invalid UTF-8 in a text frame", frame(true, 0x1, &[0xff, 0xfe, 0xfd], None)),
+        ("a header announcing 1 GiB", frame(true, 0x1, b"{}", Some(1 << 30))),
+        ("100 KB of fragments that never finish", flood),
+    ];
+    for (what, bytes) in cases {
+        let mut client = Client::connect(&url).await;
+        client.next_text(SOON).await;
+        wait_for_connections(&engine, 2).await;
+        client.send_raw(&bytes).await;
+        let end = loop {
+            match client.next_within(SOON).await {
+                Some(Frame::Text(_)) => continue,
+                other => break other,
+            }
+        };
+        assert!(matches!(end, Some(Frame::Close(_)) | Some(Frame::Gone)), "{what}: {end:?}");
+        wait_for_connections(&engine, 1).await;
+        assert!(neighbour.next_text(SOON).await.contains("NONE"), "{what}: the neighbour is still served");
+    }
+}
