@@ -21,6 +21,7 @@ async fn first_error(client: &mut Client) -> (u64, String) {
 async fn each_fault_hits_only_its_own_connection() {
     let engine = TestEngine::start(&[("hostile", artifacts::HOSTILE), ("quote", artifacts::QUOTE)], |config| {
         config.workers = 1; // everyone shares the shard the hostile calls run on
+        config.plugin_timeout_ms = 200;
         config.max_payload_bytes = 64 * 1024;
         config.plugin_memory_mib = 32;
     })

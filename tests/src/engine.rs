@@ -32,7 +32,9 @@ impl TestEngine {
         for (name, path) in plugins {
             std::fs::copy(path, dir.path().join(format!("{name}.wasm"))).expect("copy plugin");
         }
-        let mut config = Config { plugins_dir: dir.path().to_owned(), ..Config::default() };
+        // A generous plugin deadline: on a loaded CI machine a descheduled shard thread must not
+        // turn into a plugin timeout. Tests of timeouts set their own.
+        let mut config = Config { plugins_dir: dir.path().to_owned(), plugin_timeout_ms: 2000, ..Config::default() };
         configure(&mut config);
         let websocket = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
