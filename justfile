@@ -37,7 +37,9 @@ deploy-plugin NAME DIR=plugins_dir: (build-plugin NAME)
 # Run every test: unit, plugin (native), SDK, doc and end-to-end tests
 [group('check')]
 test: setup
-    cargo test --workspace
+    # At most four tests at once: the end-to-end tests run real engines on a 2-core machine, and
+    # timing assertions should not compete with the load tests.
+    cargo test --workspace -- --test-threads 4
 
 # What CI runs: formatting, lints, tests and docs, all warnings denied
 [group('check')]

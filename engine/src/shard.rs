@@ -358,7 +358,7 @@ impl PluginSlot {
             }
             Err(fault) => {
                 tracing::warn!(plugin = %self.name, calls = due.len(), %fault, "batch failed; replaying calls one by one");
-                self.replay(&version, &due, now_ms, settings, generations, fault);
+                self.replay(&version, &due, now_ms, settings, generations);
             }
         }
     }
@@ -409,8 +409,9 @@ impl PluginSlot {
     }
 
     /// After a failed batch: runs each call alone, so the fault lands on its culprit only. The
-    /// replay may take at most one tick interval; connections not reached by then share the
-    /// batch's fault (a plugin that faults on everything must not stall its shard).
+    /// replay may take at most one tick interval (a plugin that faults on everything must not
+    /// stall its shard); connections not reached by then are not blamed, they skip this push and
+    /// are called at the next tick, by which time the culprits found so far are parked.
     fn replay(
         &mut self,
         version: &Arc<PluginVersion>,
@@ -418,14 +419,14 @@ impl PluginSlot {
         now_ms: u64,
         settings: &ShardSettings,
         generations: &mut u64,
-        batch_fault: PluginFault,
     ) {
         let deadline = Instant::now() + settings.live.tick();
         let mut tally = Tally::default();
-        for item in due {
+        for (done, item) in due.iter().enumerate() {
             if Instant::now() >= deadline {
-                self.fault(item.0, &batch_fault, settings);
-                continue;
+                let deferred = due.len() - done;
+                tracing::warn!(plugin = %self.name, deferred, "replay ran out of time; the rest retry next tick");
+                break;
             }
             match self.call(version, std::slice::from_ref(item), now_ms, generations) {
                 Ok(mut outcomes) => self.deliver(item.0, outcomes.remove(0), settings, &mut tally),
