@@ -54,6 +54,10 @@ pub struct Config {
     pub plugin_call_budget_us: u64,
     /// Linear memory one plugin instance may grow to, in MiB.
     pub plugin_memory_mib: usize,
+    /// Core instances, tables and memories one plugin instance may create (each).
+    pub plugin_max_instances: usize,
+    /// Elements one plugin table may grow to.
+    pub plugin_max_table_elements: usize,
     /// Largest payload a plugin may push, in bytes; a larger one is an error for its connection.
     pub max_payload_bytes: usize,
 }
@@ -80,6 +84,8 @@ impl Default for Config {
             plugin_timeout_ms: 100,
             plugin_call_budget_us: 50,
             plugin_memory_mib: 64,
+            plugin_max_instances: 16,
+            plugin_max_table_elements: 100_000,
             max_payload_bytes: 64 * 1024,
         }
     }
@@ -145,6 +151,8 @@ impl Config {
         check(self.idle_timeout_secs >= self.ping_secs, "idle_timeout_secs", "must be at least ping_secs")?;
         check(self.plugin_timeout_ms >= 1, "plugin_timeout_ms", "must be at least 1")?;
         check(self.plugin_memory_mib >= 1, "plugin_memory_mib", "must be at least 1")?;
+        check(self.plugin_max_instances >= 1, "plugin_max_instances", "must be at least 1")?;
+        check(self.plugin_max_table_elements >= 1, "plugin_max_table_elements", "must be at least 1")?;
         check(self.max_payload_bytes >= 1, "max_payload_bytes", "must be at least 1")
     }
 

@@ -75,6 +75,8 @@ impl Config {
             plugin_timeout_ms,
             plugin_call_budget_us,
             plugin_memory_mib,
+            plugin_max_instances,
+            plugin_max_table_elements,
             max_payload_bytes: _,
         } = self;
         [
@@ -95,6 +97,8 @@ impl Config {
             ("plugin_timeout_ms", *plugin_timeout_ms != other.plugin_timeout_ms),
             ("plugin_call_budget_us", *plugin_call_budget_us != other.plugin_call_budget_us),
             ("plugin_memory_mib", *plugin_memory_mib != other.plugin_memory_mib),
+            ("plugin_max_instances", *plugin_max_instances != other.plugin_max_instances),
+            ("plugin_max_table_elements", *plugin_max_table_elements != other.plugin_max_table_elements),
         ]
         .into_iter()
         .filter(|(_, changed)| *changed)

@@ -248,6 +248,8 @@ async fn plugin_registry(config: &Config) -> Result<PluginRegistry, ServerError>
         memory_bytes: config.plugin_memory_mib << 20,
         call_timeout: Duration::from_millis(config.plugin_timeout_ms),
         per_call_budget: Duration::from_micros(config.plugin_call_budget_us),
+        max_instances: config.plugin_max_instances,
+        max_table_elements: config.plugin_max_table_elements,
     };
     let host = tokio::task::spawn_blocking(move || PluginHost::new(limits))
         .await

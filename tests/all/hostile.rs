@@ -66,3 +66,13 @@ async fn each_fault_hits_only_its_own_connection() {
         assert!(neighbour.next_within(SOON).await.is_some(), "the neighbours are still served");
     }
 }
+
+#[tokio::test]
+async fn instance_limits_are_enforced_when_a_plugin_is_loaded() {
+    // A wasip2 component creates several core instances: a limit of one refuses it at load time.
+    let engine = TestEngine::start(&[("quote", artifacts::QUOTE)], |config| config.plugin_max_instances = 1).await;
+    let status = engine.status().await;
+    assert_eq!(status["plugins"], serde_json::json!([]), "{status}");
+    let reason = status["last_reload_error"]["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains("failed to instantiate") && reason.contains("instance"), "{status}");
+}

@@ -36,6 +36,10 @@ pub struct SandboxLimits {
     pub call_timeout: Duration,
     /// Extra time per connection a batch carries.
     pub per_call_budget: Duration,
+    /// Core instances, tables and memories one plugin instance may create (each, at most).
+    pub max_instances: usize,
+    /// Elements one table may grow to.
+    pub max_table_elements: usize,
 }
 
 /// Why a plugin file could not be loaded.
@@ -168,10 +172,10 @@ impl PluginVersion {
         let wasi = WasiCtx::builder().stdout(pipe.clone()).stderr(pipe).build();
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
-            .instances(16)
-            .tables(16)
-            .memories(4)
-            .table_elements(100_000)
+            .instances(self.limits.max_instances)
+            .tables(self.limits.max_instances)
+            .memories(self.limits.max_instances)
+            .table_elements(self.limits.max_table_elements)
             .trap_on_grow_failure(true)
             .build();
         let state = HostState { plugin: self.name.clone(), wasi, table: ResourceTable::new(), limits, log_budget };
