@@ -3,19 +3,7 @@
 
 use wasmpush_tests::{Client, Frame};
 
-use crate::util::{SOON, encode, engine, normalise_ts};
-
-/// Reads frames until an error frame arrives; returns (code, message).
-async fn next_error(client: &mut Client) -> (u64, String) {
-    loop {
-        let frame = client.next_text(SOON).await;
-        let value: serde_json::Value = serde_json::from_str(&frame).unwrap();
-        if let Some(code) = value.get("code") {
-            assert_eq!(value["data"], serde_json::json!([]), "{frame}");
-            return (code.as_u64().unwrap(), value["msg"].as_str().unwrap().to_owned());
-        }
-    }
-}
+use crate::util::{SOON, encode, engine, error_parts, normalise_ts};
 
 #[tokio::test]
 async fn bad_params_are_refused_with_a_clear_error_and_change_nothing() {
@@ -37,12 +25,12 @@ async fn bad_params_are_refused_with_a_clear_error_and_change_nothing() {
     ];
     for (input, code, message) in cases {
         client.send_text(input).await;
-        let (got_code, got_message) = next_error(&mut client).await;
+        let (got_code, got_message) = error_parts(&client.next_error_frame(SOON).await);
         assert_eq!(got_code, code, "{input:.40}");
         assert!(got_message.contains(message), "{input:.40}: {got_message}");
     }
     client.send_binary(br#"{"symbol":"MSFT"}"#).await;
-    let (code, message) = next_error(&mut client).await;
+    let (code, message) = error_parts(&client.next_error_frame(SOON).await);
     assert_eq!(code, 4004);
     assert!(message.contains("binary frames are not supported"), "{message}");
 

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmpush_tests::{Client, Frame, artifacts};
 
@@ -17,28 +17,6 @@ fn free_port() -> u16 {
 
 fn wasmpush(args: &[&str]) -> Output {
     Command::new(BINARY).args(args).output().expect("run wasmpush")
-}
-
-/// Connects to `url`, retrying until `limit`.
-async fn connect_eventually(url: &str, limit: Duration) -> Client {
-    let deadline = Instant::now() + limit;
-    loop {
-        match Client::try_connect(url).await {
-            Ok(client) => return client,
-            Err(err) if Instant::now() > deadline => panic!("{url} never served: {err}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
-/// What ends a connection, skipping the text frames before it.
-async fn closing_frame(client: &mut Client) -> Option<Frame> {
-    loop {
-        match client.next_within(SOON).await {
-            Some(Frame::Text(_)) => continue,
-            other => return other,
-        }
-    }
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -62,7 +40,7 @@ async fn the_binary_refuses_a_second_start_reloads_on_request_and_stops_graceful
         .unwrap();
 
     let url = |path: &str| format!("ws://127.0.0.1:{port}{path}");
-    let mut client = connect_eventually(&url(&format!("/ws/quote?params={}", encode("{}"))), SOON * 10).await;
+    let mut client = Client::connect_retrying(&url(&format!("/ws/quote?params={}", encode("{}"))), SOON * 10).await;
     assert!(client.next_text(SOON).await.contains("NONE"));
     assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), engine.id().to_string());
 
@@ -74,14 +52,14 @@ async fn the_binary_refuses_a_second_start_reloads_on_request_and_stops_graceful
     std::fs::copy(artifacts::CLOCK, plugins.join("clock.wasm")).unwrap();
     let reload = wasmpush(&["reload", "--pid-file", pid_arg]);
     assert!(reload.status.success(), "{}", text(&reload.stderr));
-    let mut clock = connect_eventually(&url(&format!("/ws/clock?params={}", encode("{}"))), SOON * 10).await;
+    let mut clock = Client::connect_retrying(&url(&format!("/ws/clock?params={}", encode("{}"))), SOON * 10).await;
     assert!(clock.next_text(SOON).await.contains("local_ms"));
     assert!(client.next_text(SOON).await.contains("NONE"), "reload kept the other connection ticking");
 
     let stop = wasmpush(&["stop", "--pid-file", pid_arg]);
     assert!(stop.status.success(), "{}", text(&stop.stderr));
     for client in [&mut client, &mut clock] {
-        assert_eq!(closing_frame(client).await, Some(Frame::Close(Some((1001, "going away".to_owned())))));
+        assert_eq!(client.closing_frame(SOON).await, Some(Frame::Close(Some((1001, "going away".to_owned())))));
     }
     assert!(engine.wait().unwrap().success(), "the engine exits cleanly on stop");
     assert!(!Path::new(&pid_file).exists(), "the pid file is removed");
@@ -167,14 +145,14 @@ async fn a_daemon_starts_reports_status_reloads_and_stops() {
     let old_pid = std::fs::read_to_string(&pid_file).unwrap();
     let restart = wasmpush(&["restart", "--config", config, "--pid-file", pid, "--log-file", log]);
     assert!(restart.status.success(), "{}", text(&restart.stderr));
-    assert_eq!(closing_frame(&mut client).await, Some(Frame::Close(Some((1001, "going away".to_owned())))));
+    assert_eq!(client.closing_frame(SOON).await, Some(Frame::Close(Some((1001, "going away".to_owned())))));
     assert_ne!(std::fs::read_to_string(&pid_file).unwrap(), old_pid);
     let mut client = Client::connect(&format!("ws://127.0.0.1:{port}/ws/quote?params={}", encode("{}"))).await;
     assert!(client.next_text(SOON).await.contains("NONE"));
 
     let stop = wasmpush(&["stop", "--pid-file", pid]);
     assert!(stop.status.success(), "{}", text(&stop.stderr));
-    assert_eq!(closing_frame(&mut client).await, Some(Frame::Close(Some((1001, "going away".to_owned())))));
+    assert_eq!(client.closing_frame(SOON).await, Some(Frame::Close(Some((1001, "going away".to_owned())))));
     let status = wasmpush(&["status", "--config", config, "--pid-file", pid]);
     assert_eq!(status.status.code(), Some(3), "status of a stopped engine is 3 (LSB)");
     assert!(!pid_file.exists(), "the pid file is removed");

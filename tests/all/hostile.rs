@@ -4,18 +4,7 @@
 use futures_util::future::join_all;
 use wasmpush_tests::{Client, TestEngine, artifacts};
 
-use crate::util::{SOON, TICK, encode};
-
-/// The error frame `{"code":…,"msg":…}` a connection gets first, skipping data frames.
-async fn first_error(client: &mut Client) -> (u64, String) {
-    loop {
-        let frame = client.next_text(SOON * 3).await;
-        let value: serde_json::Value = serde_json::from_str(&frame).unwrap();
-        if let Some(code) = value.get("code") {
-            return (code.as_u64().unwrap(), value["msg"].as_str().unwrap().to_owned());
-        }
-    }
-}
+use crate::util::{SOON, TICK, encode, error_parts};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_fault_hits_only_its_own_connection() {
@@ -51,7 +40,7 @@ async fn each_fault_hits_only_its_own_connection() {
         assert!(frames.len() >= 7, "neighbour {i} got only {} frames while faults happened", frames.len());
     }
     for (mut client, (action, code, message)) in hostile.into_iter().zip(cases) {
-        let (got_code, got_message) = first_error(&mut client).await;
+        let (got_code, got_message) = error_parts(&client.next_error_frame(SOON * 3).await);
         assert_eq!(got_code, code, "{action}: {got_message}");
         assert!(got_message.contains(message), "{action}: {got_message}");
         assert_eq!(client.next_within(TICK * 3).await, None, "{action}: parked after its error frame");

@@ -57,12 +57,7 @@ async fn malformed_framing_ends_only_its_own_connection() {
         client.next_text(SOON).await;
         wait_for_connections(&engine, 2).await;
         client.send_raw(&bytes).await;
-        let end = loop {
-            match client.next_within(SOON).await {
-                Some(Frame::Text(_)) => continue,
-                other => break other,
-            }
-        };
+        let end = client.closing_frame(SOON).await;
         assert!(matches!(end, Some(Frame::Close(_)) | Some(Frame::Gone)), "{what}: {end:?}");
         wait_for_connections(&engine, 1).await;
         assert!(neighbour.next_text(SOON).await.contains("NONE"), "{what}: the neighbour is still served");

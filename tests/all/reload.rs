@@ -108,12 +108,7 @@ async fn removing_a_plugin_parks_its_connections_and_redeploying_resumes_them() 
     let mut quote = Client::connect(&engine.url(&format!("/ws/quote?params={}", encode("{}")))).await;
     let before = seq_of(&client.next_text(SOON).await);
     std::fs::remove_file(engine.plugin_path("versioned")).unwrap();
-    let error = loop {
-        let frame = client.next_text(SOON).await;
-        if frame.starts_with(r#"{"code""#) {
-            break frame;
-        }
-    };
+    let error = client.next_error_frame(SOON).await;
     assert_eq!(error, r#"{"code":5004,"msg":"plugin `versioned` is not loaded","data":[]}"#);
     assert_eq!(client.next_within(TICK * 4).await, None, "a parked connection gets nothing, and stays open");
     assert!(quote.next_text(SOON).await.contains("NONE"), "other plugins keep serving");
@@ -133,14 +128,7 @@ async fn without_a_watcher_a_reload_request_picks_up_changes() {
     assert!(Client::try_connect(&url).await.is_err(), "nothing watches the directory, so clock is not served yet");
 
     engine.reload().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut client = loop {
-        match Client::try_connect(&url).await {
-            Ok(client) => break client,
-            Err(err) if Instant::now() > deadline => panic!("clock never became available: {err}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let mut client = Client::connect_retrying(&url, Duration::from_secs(10)).await;
     assert!(client.next_text(SOON).await.contains("local_ms"));
 }
 

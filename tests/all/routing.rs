@@ -53,26 +53,9 @@ async fn two_plugins_are_served_side_by_side() {
     }
     // A business error of one plugin does not touch the other.
     clock.send_text(r#"{"offset_minutes":5000}"#).await;
-    loop {
-        let frame = clock.next_text(SOON).await;
-        if frame.starts_with(r#"{"code""#) {
-            assert_eq!(frame, r#"{"code":0,"msg":"offset_minutes 5000 is out of range","data":[]}"#);
-            break;
-        }
-    }
+    let error = clock.next_error_frame(SOON).await;
+    assert_eq!(error, r#"{"code":0,"msg":"offset_minutes 5000 is out of range","data":[]}"#);
     assert!(quote.next_text(SOON).await.contains("AAPL"));
-}
-
-/// Connects, retrying a refusal for a moment (the readiness probe's place may not be free yet).
-async fn connect_when_admitted(url: &str) -> Client {
-    let deadline = std::time::Instant::now() + SOON;
-    loop {
-        match Client::try_connect(url).await {
-            Ok(client) => return client,
-            Err(err) if std::time::Instant::now() > deadline => panic!("never admitted: {err}"),
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-        }
-    }
 }
 
 #[tokio::test]
@@ -82,20 +65,20 @@ async fn over_the_connection_limits_the_handshake_is_refused_with_503() {
     })
     .await;
     let url = engine.url(&format!("/ws/quote?params={}", encode("{}")));
-    let mut first = connect_when_admitted(&url).await;
-    let _second = connect_when_admitted(&url).await;
+    let mut first = Client::connect_retrying(&url, SOON).await;
+    let _second = Client::connect_retrying(&url, SOON).await;
     let (status, body) = refused(&engine, "/ws/quote").await;
     assert_eq!((status, body.trim()), (503, "server is at its connection limit"));
     assert!(first.next_text(SOON).await.contains("NONE"), "admitted connections are served");
     first.close().await;
-    let mut third = connect_when_admitted(&url).await;
+    let mut third = Client::connect_retrying(&url, SOON).await;
     assert!(third.next_text(SOON).await.contains("NONE"), "a freed place is given to the next client");
 
     let engine = wasmpush_tests::TestEngine::start(&[("quote", wasmpush_tests::artifacts::QUOTE)], |config| {
         config.max_connections_per_ip = 1;
     })
     .await;
-    let _only = connect_when_admitted(&engine.url("/ws/quote")).await;
+    let _only = Client::connect_retrying(&engine.url("/ws/quote"), SOON).await;
     let (status, body) = refused(&engine, "/ws/quote").await;
     assert_eq!((status, body.trim()), (503, "too many connections from your address"));
 }

@@ -47,7 +47,7 @@ async fn reference_session_frame_by_frame() {
 
     // FAIL again: one more error frame, parked again; then `{}` (symbol NONE, nonce null).
     client.send_text(r#"{"symbol":"FAIL"}"#).await;
-    let error = skip_data(&mut client).await;
+    let error = client.next_error_frame(SOON).await;
     assert_eq!(error, r#"{"code":0,"msg":"symbol FAIL is not tradable","data":[]}"#);
     assert_eq!(client.texts_during(TICK * 3).await, Vec::<String>::new());
     client.send_text("{}").await;
@@ -62,16 +62,6 @@ async fn send_and_read(client: &mut Client, params: &str) -> String {
     client.send_text(params).await;
     let frame = client.next_text(SOON).await;
     normalise_ts(&frame)
-}
-
-/// Skips data frames that raced an update and returns the first error frame.
-async fn skip_data(client: &mut Client) -> String {
-    loop {
-        let frame = client.next_text(SOON).await;
-        if frame.starts_with(r#"{"code""#) {
-            return frame;
-        }
-    }
 }
 
 /// The price for a symbol hashing to `base` (mod 10000) at `seq`.

@@ -28,6 +28,13 @@ pub fn normalise_ts(frame: &str) -> String {
     format!("{}1700000000000{}", &frame[..start], &frame[end..])
 }
 
+/// The code and message of an engine or plugin error frame, checking its `data` is `[]`.
+pub fn error_parts(frame: &str) -> (u64, String) {
+    let value: serde_json::Value = serde_json::from_str(frame).unwrap_or_else(|e| panic!("{e}: {frame}"));
+    assert_eq!(value["data"], serde_json::json!([]), "{frame}");
+    (value["code"].as_u64().unwrap(), value["msg"].as_str().unwrap().to_owned())
+}
+
 /// The `seq` of a data frame.
 pub fn seq_of(frame: &str) -> u64 {
     let value: serde_json::Value = serde_json::from_str(frame).unwrap_or_else(|e| panic!("{e}: {frame}"));

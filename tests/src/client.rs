@@ -39,6 +39,19 @@ impl Client {
         Ok(Client { ws })
     }
 
+    /// Connects, retrying for up to `within` while the handshake is refused or fails (an engine
+    /// still starting, a plugin not yet loaded, a place not yet freed).
+    pub async fn connect_retrying(url: &str, within: Duration) -> Client {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match Self::try_connect(url).await {
+                Ok(client) => return client,
+                Err(err) if tokio::time::Instant::now() > deadline => panic!("{url} never served: {err}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
     /// Sends a text frame.
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.expect("send text");
@@ -70,6 +83,28 @@ impl Client {
         match self.next_within(wait).await {
             Some(Frame::Text(text)) => text,
             other => panic!("expected a text frame within {wait:?}, got {other:?}"),
+        }
+    }
+
+    /// The next error frame (`{"code":…}`), skipping data frames; each frame must come within
+    /// `wait`.
+    pub async fn next_error_frame(&mut self, wait: Duration) -> String {
+        loop {
+            let frame = self.next_text(wait).await;
+            if frame.starts_with(r#"{"code""#) {
+                return frame;
+            }
+        }
+    }
+
+    /// What ends the connection (a close frame, or the socket ending), skipping text frames;
+    /// `None` if nothing comes within `wait` of the previous frame.
+    pub async fn closing_frame(&mut self, wait: Duration) -> Option<Frame> {
+        loop {
+            match self.next_within(wait).await {
+                Some(Frame::Text(_)) => continue,
+                other => return other,
+            }
         }
     }
 
