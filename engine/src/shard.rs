@@ -156,6 +156,10 @@ struct Conn {
     parked: Option<Park>,
     /// The instance generation that has seen the current params; 0 when none has.
     params_seen: u64,
+    /// When new params last made the connection due at once; a tick less than half an interval
+    /// later skips it (the two pushes would land together and the outbound queue would replace
+    /// the first with the second).
+    pushed_at_once: Option<Instant>,
 }
 
 /// Why a connection is parked. New params un-park it; a redeploy un-parks `Unavailable`.
@@ -210,7 +214,14 @@ impl Shard {
                 let has_params = params.is_some();
                 slot.conns.insert(
                     conn_id,
-                    Conn { outbound, params: params.map(Arc::from), pushes: 0, parked: None, params_seen: 0 },
+                    Conn {
+                        outbound,
+                        params: params.map(Arc::from),
+                        pushes: 0,
+                        parked: None,
+                        params_seen: 0,
+                        pushed_at_once: has_params.then(Instant::now),
+                    },
                 );
                 if has_params {
                     slot.due_now.push((conn_id, Trigger::Open));
@@ -223,6 +234,7 @@ impl Shard {
                     conn.params = Some(Arc::from(params));
                     conn.params_seen = 0;
                     conn.parked = None;
+                    conn.pushed_at_once = Some(Instant::now());
                     slot.due_now.push((conn_id, Trigger::Message));
                 }
             }
@@ -253,16 +265,18 @@ impl Shard {
         }
     }
 
-    /// The regular tick: one batch per plugin with every connection that has params and is not
-    /// parked.
+    /// The regular tick: one batch per plugin with every connection that has params, is not
+    /// parked, and was not just pushed at once for new params (its next tick follows soon enough).
     fn tick(&mut self) {
         self.push_due_now();
         let now_ms = unix_ms();
+        let recent = Instant::now().checked_sub(self.settings.live.tick() / 2);
         for slot in self.slots.values_mut() {
             let due: Vec<(u64, Trigger)> = slot
                 .conns
                 .iter()
                 .filter(|(_, conn)| conn.params.is_some() && conn.parked.is_none())
+                .filter(|(_, conn)| !matches!((conn.pushed_at_once, recent), (Some(at), Some(recent)) if at > recent))
                 .map(|(conn_id, _)| (*conn_id, Trigger::Tick))
                 .collect();
             slot.run(&due, now_ms, &self.settings, &self.registry, &mut self.generations);
