@@ -6,14 +6,7 @@ use std::time::Duration;
 
 use wasmpush_tests::{Client, Frame, artifacts};
 
-use crate::util::{SOON, encode};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_wasmpush-under-test");
-
-/// A free loopback port (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::util::{BINARY, SOON, encode, write_config};
 
 fn wasmpush(args: &[&str]) -> Output {
     Command::new(BINARY).args(args).output().expect("run wasmpush")
@@ -27,7 +20,7 @@ fn text(bytes: &[u8]) -> String {
 async fn the_binary_refuses_a_second_start_reloads_on_request_and_stops_gracefully() {
     let dir = tempfile::tempdir().unwrap();
     let plugins = plugins_dir_with_quote(dir.path());
-    let (config, port) = write_config(dir.path(), &plugins, "watch_plugins = false\n");
+    let (config, port, _) = write_config(dir.path(), &plugins, "watch_plugins = false\n");
     let pid_file = dir.path().join("wasmpush.pid");
     // A stale pid file from a crashed run (no process has this pid) must not stop `start`.
     std::fs::write(&pid_file, "2147483000\n").unwrap();
@@ -87,25 +80,11 @@ fn plugins_dir_with_quote(dir: &Path) -> std::path::PathBuf {
     plugins
 }
 
-/// A config file for `plugins` on two free ports, plus `extra` lines; returns (config path,
-/// WebSocket port).
-fn write_config(dir: &Path, plugins: &Path, extra: &str) -> (std::path::PathBuf, u16) {
-    let port = free_port();
-    let config = dir.join("wasmpush.toml");
-    let text = format!(
-        "listen = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{}\"\nplugins_dir = {:?}\n{extra}",
-        free_port(),
-        plugins.display().to_string()
-    );
-    std::fs::write(&config, text).unwrap();
-    (config, port)
-}
-
 #[tokio::test]
 async fn a_daemon_starts_reports_status_reloads_and_stops() {
     let dir = tempfile::tempdir().unwrap();
     let plugins = plugins_dir_with_quote(dir.path());
-    let (config, port) = write_config(dir.path(), &plugins, "");
+    let (config, port, _) = write_config(dir.path(), &plugins, "");
     let config = config.to_str().unwrap();
     let pid_file = dir.path().join("run/wasmpush.pid");
     let log_file = dir.path().join("run/wasmpush.log");
@@ -164,7 +143,7 @@ async fn start_failures_are_reported_with_their_reason() {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
-    let (config, port) = write_config(dir.path(), &plugins, "");
+    let (config, port, _) = write_config(dir.path(), &plugins, "");
     let pid = dir.path().join("wasmpush.pid");
     let log = dir.path().join("wasmpush.log");
     let start = |config: &Path| {

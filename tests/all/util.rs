@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wasmpush_tests::{TestEngine, artifacts};
@@ -39,4 +40,25 @@ pub fn error_parts(frame: &str) -> (u64, String) {
 pub fn seq_of(frame: &str) -> u64 {
     let value: serde_json::Value = serde_json::from_str(frame).unwrap_or_else(|e| panic!("{e}: {frame}"));
     value["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {frame}"))
+}
+
+/// The real `wasmpush` binary, built by this crate.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_wasmpush-under-test");
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A config file for `plugins` on two free ports, plus `extra` lines; returns (config path,
+/// WebSocket port, admin port).
+pub fn write_config(dir: &Path, plugins: &Path, extra: &str) -> (PathBuf, u16, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.join("wasmpush.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\nplugins_dir = {:?}\n{extra}",
+        plugins.display().to_string()
+    );
+    std::fs::write(&config, text).unwrap();
+    (config, port, admin)
 }
