@@ -21,6 +21,24 @@ run *ARGS: setup
     for dir in plugins/*/; do just deploy-plugin "$(basename "$dir")"; done
     {{target_dir}}/release/wasmpush start --plugins-dir {{plugins_dir}} {{ARGS}}
 
+# Create plugins/NAME from templates/plugin: a working plugin with native tests, ready to deploy
+[group('plugins')]
+[positional-arguments]
+new-plugin NAME DIR="plugins":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    name="$1" dest="$2/$1"
+    if [[ ! "$name" =~ ^[a-z][a-z0-9_-]{0,62}$ ]]; then
+        echo "error: plugin name \`$name\`: use lowercase letters, digits, \`-\` and \`_\`, starting with a letter" >&2
+        exit 2
+    fi
+    if [[ -e "$dest" ]]; then echo "error: $dest already exists" >&2; exit 1; fi
+    mkdir -p "$dest/src"
+    for file in Cargo.toml src/lib.rs; do
+        sed "s/__NAME__/$name/g" "templates/plugin/$file" > "$dest/$file"
+    done
+    echo "created $dest: test it with \`cargo test -p $name-plugin\`, ship it with \`just deploy-plugin $name\`"
+
 # Build plugin NAME (plugins/NAME, package NAME-plugin) for wasm32-wasip2
 [group('plugins')]
 build-plugin NAME: setup

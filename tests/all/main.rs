@@ -12,4 +12,5 @@ mod reload;
 mod routing;
 mod session;
 mod slow_consumers;
+mod template;
 mod util;
