@@ -1,5 +1,6 @@
 //! Test support for wasmpush: plugins built from source ([`artifacts`]), a real engine on port 0
-//! ([`TestEngine`]) and a WebSocket client that reads frames with timeouts ([`Client`]).
+//! ([`TestEngine`]), a WebSocket client that reads frames with timeouts ([`Client`]) and headless
+//! Chromium for the demo page ([`Browser`]).
 //!
 //! The end-to-end tests live in `tests/all/`; the load generator in `src/bin/`.
 
@@ -8,10 +9,12 @@ pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 }
 
+mod browser;
 mod client;
 mod engine;
 pub mod http;
 
+pub use browser::Browser;
 pub use client::{Client, Frame};
 pub use engine::TestEngine;
 
