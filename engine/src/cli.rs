@@ -173,10 +173,22 @@ pub fn main() -> ExitCode {
     match Cli::parse().run() {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("wasmpush: {err:#}");
+            eprintln!("wasmpush: {}", describe(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, leaving out a cause its parent's message already quotes.
+fn describe(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
 }
 
 impl Cli {
@@ -324,7 +336,7 @@ fn reload_signal(args: StartArgs) -> anyhow::Result<mpsc::Receiver<Reload>> {
                 None => None,
                 Some(_) => args
                     .config()
-                    .inspect_err(|err| tracing::error!(cause = %format!("{err:#}"), "cannot re-read the configuration"))
+                    .inspect_err(|err| tracing::error!(cause = %describe(err), "cannot re-read the configuration"))
                     .ok(),
             };
             if requests.send(Reload { config }).await.is_err() {
@@ -341,5 +353,29 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_its_parent_already_quotes_is_not_repeated() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let quoted = anyhow::Error::new(io()).context(format!("cannot read x.toml: {}", io()));
+        assert_eq!(describe(&quoted), "cannot read x.toml: no such file");
+        let unquoted = anyhow::Error::new(io()).context("cannot start");
+        assert_eq!(describe(&unquoted), "cannot start: no such file");
+    }
+
+    #[test]
+    fn the_shipped_systemd_unit_runs_start_in_the_foreground_with_valid_flags() {
+        let unit = include_str!("../../deploy/wasmpush.service");
+        let exec_start = unit.lines().find_map(|line| line.strip_prefix("ExecStart=")).expect("ExecStart");
+        let cli = Cli::try_parse_from(exec_start.split_whitespace()).unwrap_or_else(|err| panic!("{err}"));
+        let Command::Start(args) = cli.command else { panic!("ExecStart must run `start`: {exec_start}") };
+        assert!(!args.daemon, "under systemd the engine runs in the foreground");
+        assert!(args.config.is_some(), "the unit names its config file");
     }
 }

@@ -8,6 +8,7 @@ mod demo_page;
 mod heartbeat;
 mod hostile;
 mod metrics;
+mod nginx;
 mod raw_frames;
 mod reload;
 mod routing;
