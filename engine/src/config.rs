@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Every setting of the engine, with its default. See `docs/operations.md` for the reference.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address the WebSocket server listens on.
@@ -185,6 +185,17 @@ mod tests {
     fn the_example_file_holds_exactly_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wasmpush.toml");
         assert_eq!(Config::from_file(&path).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn every_setting_is_in_the_example_file_and_the_operations_reference() {
+        let settings = toml::Table::try_from(Config::default()).unwrap();
+        let example: toml::Table = toml::from_str(include_str!("../../wasmpush.toml")).unwrap();
+        let reference = include_str!("../../docs/operations.md");
+        for key in settings.keys() {
+            assert!(example.contains_key(key), "`{key}` is missing from wasmpush.toml");
+            assert!(reference.contains(&format!("| `{key}` |")), "`{key}` is missing from docs/operations.md");
+        }
     }
 
     #[test]

@@ -4,6 +4,19 @@
 use crate::bindings::wasmpush::plugin::types::Trigger as WitTrigger;
 
 /// Why a connection is due for a call.
+///
+/// ```
+/// use wasmpush_sdk::{Context, Error, Trigger};
+///
+/// // Push only when the client sends params (or connects with them), never on ticks.
+/// fn on_change(ctx: &Context, params: &serde_json::Value) -> Result<Option<String>, Error> {
+///     Ok((ctx.trigger != Trigger::Tick).then(|| params.to_string()))
+/// }
+///
+/// let params = serde_json::json!({"a": 1});
+/// assert_eq!(on_change(&Context::new(1, 1, Trigger::Open, 0), &params).unwrap().as_deref(), Some(r#"{"a":1}"#));
+/// assert_eq!(on_change(&Context::new(1, 2, Trigger::Tick, 0), &params).unwrap(), None);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     /// The connection opened with params in its URL.

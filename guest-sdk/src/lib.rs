@@ -87,6 +87,22 @@ pub mod __private {
 /// wasmpush_sdk::plugin!(tick);
 /// # fn main() {}
 /// ```
+///
+/// The lean path, for authors who want strings rather than types: take the params as the text
+/// the client sent ([`serde_json::value::RawValue`], never parsed into a tree) and return [`Raw`]
+/// text.
+///
+/// ```
+/// use serde_json::value::RawValue;
+/// use wasmpush_sdk::{Context, Error, Raw};
+///
+/// fn tick(ctx: &Context, params: &Box<RawValue>) -> Result<Option<Raw>, Error> {
+///     Ok(Some(Raw(format!(r#"{{"seq":{},"params":{}}}"#, ctx.seq, params.get()))))
+/// }
+///
+/// wasmpush_sdk::plugin!(tick);
+/// # fn main() {}
+/// ```
 #[macro_export]
 macro_rules! plugin {
     ($tick:path) => {

@@ -6,8 +6,24 @@ use crate::Error;
 ///
 /// Every `serde::Serialize` type is one (written as compact JSON); [`Raw`] is one whose text is
 /// sent as is.
+///
+/// ```
+/// use wasmpush_sdk::Payload;
+///
+/// #[derive(serde::Serialize)]
+/// struct Quote { symbol: &'static str, price: f64 }
+///
+/// let frame = Quote { symbol: "AAPL", price: 49.6 }.into_frame().unwrap();
+/// assert_eq!(frame, r#"{"symbol":"AAPL","price":49.6}"#);
+/// ```
 pub trait Payload {
     /// The frame text.
+    ///
+    /// ```
+    /// use wasmpush_sdk::Payload;
+    ///
+    /// assert_eq!(vec![1, 2, 3].into_frame().unwrap(), "[1,2,3]");
+    /// ```
     fn into_frame(self) -> Result<String, Error>;
 }
 

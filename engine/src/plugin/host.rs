@@ -189,7 +189,8 @@ impl PluginVersion {
 pub(crate) struct HostState {
     /// The plugin's name, for log lines.
     plugin: Arc<str>,
-    /// A WASI context that grants nothing.
+    /// A WASI context with no files, network, environment or arguments (clocks and random
+    /// numbers are WASI's defaults); stdout and stderr go to the log.
     wasi: WasiCtx,
     /// WASI's resources.
     table: ResourceTable,
