@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -18,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::handshake::Route;
 use crate::live::LiveSettings;
 use crate::metrics::Metrics;
-use crate::outbound::{Drained, Outbound, OutboundQueue};
+use crate::outbound::{Outbound, OutboundQueue, SharedSocket, Waiting};
 use crate::protocol::{ClientError, validate_params};
 use crate::rate_limit::{MessageBudget, Verdict};
 use crate::shard::ShardCommand;
@@ -57,17 +56,19 @@ enum End {
 
 /// Serves one connection until the client leaves, the engine shuts down, or the client stops
 /// reading. Always tells the shard the connection closed.
-pub async fn serve<S>(
-    mut ws: WebSocketStream<S>,
+///
+/// The shard writes pushes to the socket itself (see [`OutboundQueue`]); this task only writes
+/// what the socket did not take at once, so it wakes for client frames, heartbeats and a full
+/// socket, not for every push.
+pub async fn serve(
+    mut ws: WebSocketStream<SharedSocket>,
+    outbound: Arc<OutboundQueue>,
     conn_id: u64,
     route: Route,
     shard: flume::Sender<ShardCommand>,
     settings: ConnectionSettings,
     shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let outbound = Arc::new(OutboundQueue::new());
+) {
     let open = ShardCommand::Open { conn_id, plugin: route.plugin, outbound: outbound.clone(), params: route.params };
     if shard.send_async(open).await.is_err() {
         return;
@@ -109,15 +110,13 @@ pub async fn serve<S>(
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break End::Client,
                 Some(Ok(_)) => {} // ping, pong: tungstenite answers pings itself
             },
-            drained = outbound.next() => match drained {
-                Drained::Frames(frames) => {
-                    match tokio::time::timeout(settings.write_timeout, write_all(&mut ws, frames)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => break End::Client,
-                        Err(_) => break End::SlowConsumer,
-                    }
-                }
-                Drained::Overflowed => break End::SlowConsumer,
+            waiting = outbound.wait() => match waiting {
+                Waiting::Bytes => match tokio::time::timeout(settings.write_timeout, outbound.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break End::Client,
+                    Err(_) => break End::SlowConsumer,
+                },
+                Waiting::Overflowed => break End::SlowConsumer,
             },
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() >= settings.idle_timeout {
@@ -132,6 +131,7 @@ pub async fn serve<S>(
             () = &mut cancelled => break End::Shutdown,
         }
     };
+    outbound.close();
     let _ = shard.send_async(ShardCommand::Close { conn_id }).await;
     let metrics = &settings.metrics;
     let close = match end {
@@ -146,20 +146,8 @@ pub async fn serve<S>(
         tracing::debug!(conn_id, ?end, "closing connection");
         let frame = CloseFrame { code, reason: reason.into() };
         let _ = tokio::time::timeout(settings.write_timeout, ws.close(Some(frame))).await;
+    } else if end == End::Client {
+        // The WebSocket layer may have queued its answer to the client's close frame.
+        let _ = tokio::time::timeout(settings.write_timeout, outbound.flush()).await;
     }
-}
-
-/// Writes frames in order and flushes once.
-async fn write_all<S>(
-    ws: &mut WebSocketStream<S>,
-    frames: Vec<Outbound>,
-) -> Result<(), tokio_tungstenite::tungstenite::Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    for frame in frames {
-        let (Outbound::Data(text) | Outbound::Error(text)) = frame;
-        ws.feed(Message::text(text)).await?;
-    }
-    ws.flush().await
 }

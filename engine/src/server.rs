@@ -22,6 +22,7 @@ use crate::connection::{self, ConnectionSettings};
 use crate::handshake::{self, Refusal, Route};
 use crate::live::LiveSettings;
 use crate::metrics::Metrics;
+use crate::outbound::SharedSocket;
 use crate::plain_http;
 use crate::plugin::{PluginHost, SandboxLimits};
 use crate::registry::PluginRegistry;
@@ -299,12 +300,15 @@ async fn accept(
             Err(refusal) => Err(refuse(&refusal)),
         }
     };
-    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(shared.websocket));
+    let (socket, outbound) = SharedSocket::new(stream);
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(socket, callback, Some(shared.websocket));
     let ws = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(err)) => {
             shared.metrics.handshakes_rejected.inc();
             tracing::debug!(cause = %err, "handshake refused or failed");
+            // Deliver the refusal (404, 400, 503 with its reason) before the socket closes.
+            let _ = tokio::time::timeout_at(deadline, outbound.flush()).await;
             return;
         }
         Err(_) => {
@@ -318,7 +322,7 @@ async fn accept(
     let shard = shared.shards.sender(conn_id);
     shared.metrics.handshakes_accepted.inc();
     shared.metrics.connections.inc();
-    connection::serve(ws, conn_id, route, shard, shared.connection.clone(), cancel).await;
+    connection::serve(ws, outbound, conn_id, route, shard, shared.connection.clone(), cancel).await;
     shared.metrics.connections.dec();
 }
 
