@@ -29,6 +29,12 @@ const COMMAND_CAPACITY: usize = 4096;
 /// Commands a shard handles before it runs the pushes they made due.
 const COMMANDS_PER_ROUND: usize = 1024;
 
+/// Phases a tick interval is divided into. Each connection belongs to one phase and is ticked
+/// once per interval, in its phase's slot: a shard's work is spread over the interval in small
+/// batches instead of one burst, so new params never wait behind a whole tick's worth of calls
+/// and the socket writes leave evenly.
+const PHASES: u32 = 10;
+
 /// Closed connection ids a plugin slot keeps for its instance before it drops the instance
 /// instead (a new instance has nothing to forget).
 const MAX_PENDING_CLOSED: usize = 4096;
@@ -124,6 +130,8 @@ struct Shard {
     plugin_of: HashMap<u64, Arc<str>>,
     /// Source of instance generations: each new instance gets the next one.
     generations: u64,
+    /// The phase the next opened connection joins (round robin).
+    next_phase: u32,
 }
 
 /// One plugin's instance and connections within a shard.
@@ -146,6 +154,8 @@ struct PluginSlot {
 
 /// One connection's state, owned by its shard.
 struct Conn {
+    /// The slot of the tick interval in which it is ticked (`0..PHASES`).
+    phase: u32,
     /// Where its frames go.
     outbound: Arc<OutboundQueue>,
     /// The params JSON object; `None` until the client sends one (no pushes until then).
@@ -156,10 +166,6 @@ struct Conn {
     parked: Option<Park>,
     /// The instance generation that has seen the current params; 0 when none has.
     params_seen: u64,
-    /// When new params last made the connection due at once; a tick less than half an interval
-    /// later skips it (the two pushes would land together and the outbound queue would replace
-    /// the first with the second).
-    pushed_at_once: Option<Instant>,
 }
 
 /// Why a connection is parked. New params un-park it; a redeploy un-parks `Unavailable`.
@@ -173,12 +179,17 @@ enum Park {
 
 impl Shard {
     fn new(settings: ShardSettings, registry: Arc<PluginRegistry>) -> Self {
-        Shard { settings, registry, slots: HashMap::new(), plugin_of: HashMap::new(), generations: 0 }
+        Shard { settings, registry, slots: HashMap::new(), plugin_of: HashMap::new(), generations: 0, next_phase: 0 }
     }
 
-    /// The worker loop: commands as they come, a batch per plugin every tick.
+    /// The worker loop: commands as they come, and every `tick / PHASES` a batch per plugin with
+    /// the connections of the phase whose turn it is.
+    ///
+    /// A late phase runs at once rather than being skipped, and no debt carries over to the next,
+    /// so under overload every connection slows down alike instead of some missing ticks.
     fn run(mut self, commands: flume::Receiver<ShardCommand>) {
-        let mut next_tick = Instant::now() + self.settings.live.tick();
+        let mut next_tick = Instant::now() + self.settings.live.tick() / PHASES;
+        let mut phase = 0;
         loop {
             match commands.recv_deadline(next_tick) {
                 Ok(command) => {
@@ -191,16 +202,16 @@ impl Shard {
                 Err(RecvTimeoutError::Timeout) => {
                     let lateness = Instant::now().saturating_duration_since(next_tick);
                     self.settings.metrics.tick_lateness.observe(lateness.as_secs_f64());
-                    self.tick();
-                    // Read every tick: `wasmpush reload` may have changed it.
+                    // Read every time: `wasmpush reload` may have changed it.
                     let tick = self.settings.live.tick();
-                    next_tick += tick;
-                    let now = Instant::now();
-                    if next_tick <= now {
-                        let behind = (now - next_tick).as_nanos() / tick.as_nanos() + 1;
-                        tracing::warn!(skipped = behind as u64, "shard overran its tick");
-                        next_tick += tick * behind as u32;
+                    if lateness > tick {
+                        tracing::warn!(late_ms = lateness.as_millis() as u64, "shard is a whole tick behind");
                     }
+                    self.tick(phase);
+                    phase = (phase + 1) % PHASES;
+                    // A late phase does not make the next one run early: under overload the
+                    // phases run back to back and every connection slows down alike.
+                    next_tick = (next_tick + tick / PHASES).max(Instant::now());
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -212,16 +223,11 @@ impl Shard {
             ShardCommand::Open { conn_id, plugin, outbound, params } => {
                 let slot = self.slots.entry(plugin.clone()).or_insert_with(|| PluginSlot::new(plugin.clone()));
                 let has_params = params.is_some();
+                let phase = self.next_phase;
+                self.next_phase = (self.next_phase + 1) % PHASES;
                 slot.conns.insert(
                     conn_id,
-                    Conn {
-                        outbound,
-                        params: params.map(Arc::from),
-                        pushes: 0,
-                        parked: None,
-                        params_seen: 0,
-                        pushed_at_once: has_params.then(Instant::now),
-                    },
+                    Conn { phase, outbound, params: params.map(Arc::from), pushes: 0, parked: None, params_seen: 0 },
                 );
                 if has_params {
                     slot.due_now.push((conn_id, Trigger::Open));
@@ -234,7 +240,6 @@ impl Shard {
                     conn.params = Some(Arc::from(params));
                     conn.params_seen = 0;
                     conn.parked = None;
-                    conn.pushed_at_once = Some(Instant::now());
                     slot.due_now.push((conn_id, Trigger::Message));
                 }
             }
@@ -265,18 +270,16 @@ impl Shard {
         }
     }
 
-    /// The regular tick: one batch per plugin with every connection that has params, is not
-    /// parked, and was not just pushed at once for new params (its next tick follows soon enough).
-    fn tick(&mut self) {
+    /// The regular tick of one phase: one batch per plugin with every connection of the phase
+    /// that has params and is not parked.
+    fn tick(&mut self, phase: u32) {
         self.push_due_now();
         let now_ms = unix_ms();
-        let recent = Instant::now().checked_sub(self.settings.live.tick() / 2);
         for slot in self.slots.values_mut() {
             let due: Vec<(u64, Trigger)> = slot
                 .conns
                 .iter()
-                .filter(|(_, conn)| conn.params.is_some() && conn.parked.is_none())
-                .filter(|(_, conn)| !matches!((conn.pushed_at_once, recent), (Some(at), Some(recent)) if at > recent))
+                .filter(|(_, conn)| conn.phase == phase && conn.params.is_some() && conn.parked.is_none())
                 .map(|(conn_id, _)| (*conn_id, Trigger::Tick))
                 .collect();
             slot.run(&due, now_ms, &self.settings, &self.registry, &mut self.generations);
