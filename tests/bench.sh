@@ -30,7 +30,7 @@ for n in "${counts[@]}"; do
   sources=127.0.0.1
   for i in $(seq 2 $(( n / 15000 + 1 ))); do sources="$sources,127.0.0.$i"; done
   before=$(cpu_ticks)
-  "$loadgen" --url ws://127.0.0.1:19503/ws/quote --connections "$n" --seconds 20 --warmup 3 \
+  /usr/bin/time -f '%U %S' -o "$work/loadgen.time" "$loadgen" --url ws://127.0.0.1:19503/ws/quote --connections "$n" --seconds 20 --warmup 3 \
     --update-every 1 --sources "$sources" --json > "$work/run.txt"
   after=$(cpu_ticks)
   json=$(tail -n 1 "$work/run.txt")
@@ -40,6 +40,7 @@ for n in "${counts[@]}"; do
   head -n -1 "$work/run.txt"
   awk -v t=$(( after - before )) -v clk="$clk" -v p="$pushes" \
     'BEGIN { printf "| engine_cpu_s (whole run) | %.2f |\n| engine_cpu_s_per_100k_pushes (measured window only counts pushes) | %.3f |\n", t/clk, (t/clk) / (p/100000) }'
+  awk '{ printf "| loadgen_cpu_s (whole run, same cores) | %.2f |\n", $1 + $2 }' "$work/loadgen.time"
   sleep 2
 done
 echo

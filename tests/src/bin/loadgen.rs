@@ -147,11 +147,14 @@ async fn measure(mut ws: Socket, settings: &Settings, measure_from: Instant, end
     let mut report = ConnectionReport::default();
     let mut last_frame: Option<Instant> = None;
     let update_every = Duration::from_secs(settings.update_every_secs.max(1));
-    let mut next_update = (settings.update_every_secs > 0).then(|| measure_from + update_every);
+    let first_update = (settings.update_every_secs > 0).then(|| measure_from + update_every);
     let mut nonce = 0u64;
     let mut pending_update: Option<(u64, Instant)> = None;
+    // One timer for the connection's life, reset only when the next wake-up changes: a fresh
+    // timer per frame would cost the load generator more than reading the frame.
+    let wake = tokio::time::sleep_until(first_update.map_or(end, |at| at.min(end)).into());
+    tokio::pin!(wake);
     loop {
-        let wake = next_update.map_or(end, |at| at.min(end));
         tokio::select! {
             frame = ws.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
@@ -176,7 +179,7 @@ async fn measure(mut ws: Socket, settings: &Settings, measure_from: Instant, end
                     return report;
                 }
             },
-            () = tokio::time::sleep_until(wake.into()) => {
+            () = &mut wake => {
                 let now = Instant::now();
                 if now >= end {
                     let _ = ws.close(None).await;
@@ -189,7 +192,7 @@ async fn measure(mut ws: Socket, settings: &Settings, measure_from: Instant, end
                     return report;
                 }
                 pending_update = Some((nonce, now));
-                next_update = Some(now + update_every);
+                wake.as_mut().reset((now + update_every).min(end).into());
             }
         }
     }
