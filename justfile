@@ -67,12 +67,18 @@ ci: setup
     just test
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
-# Build release and run the engine with `quote` under the load generator (default 1,000, 5,000 and 19,000 connections)
+# Idle memory, then the release engine with `quote` under the load generator (default 1,000, 5,000 and 19,000 connections), then the plugin host against native
 [group('bench')]
 bench +COUNTS="1000 5000 19000": setup
     cargo build --release -p wasmpush --bin wasmpush -p wasmpush-tests --bin loadgen
     just build-plugin quote
     tests/bench.sh {{target_dir}} {{COUNTS}}
+    just bench-host
+
+# The plugin host's cost per connection per tick for `quote` (batches of 1,000) against the same function run natively
+[group('bench')]
+bench-host: setup
+    cargo bench -p wasmpush-tests --bench plugin_host
 
 # Measure the time from deploying a plugin build to its first frame at a client
 [group('bench')]

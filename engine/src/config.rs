@@ -4,8 +4,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::plugin::SandboxLimits;
 
 /// Every setting of the engine, with its default. See `docs/operations.md` for the reference.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -154,6 +157,17 @@ impl Config {
         check(self.plugin_max_instances >= 1, "plugin_max_instances", "must be at least 1")?;
         check(self.plugin_max_table_elements >= 1, "plugin_max_table_elements", "must be at least 1")?;
         check(self.max_payload_bytes >= 1, "max_payload_bytes", "must be at least 1")
+    }
+
+    /// The limits every plugin instance runs under.
+    pub fn sandbox_limits(&self) -> SandboxLimits {
+        SandboxLimits {
+            memory_bytes: self.plugin_memory_mib << 20,
+            call_timeout: Duration::from_millis(self.plugin_timeout_ms),
+            per_call_budget: Duration::from_micros(self.plugin_call_budget_us),
+            max_instances: self.plugin_max_instances,
+            max_table_elements: self.plugin_max_table_elements,
+        }
     }
 
     /// The number of worker threads: `workers`, or the CPU count when it is 0.

@@ -14,7 +14,7 @@
 //! - `live`: the settings `wasmpush reload` changes without a restart.
 //! - `plain_http`: non-WebSocket requests on the WebSocket port: the demo page, HTTP errors.
 //! - `rate_limit`: the per-connection budget on client messages.
-//! - `outbound`: the bounded, conflating queue between a shard and a connection.
+//! - `outbound`: a socket's way out: shards write pushes straight to it; what waits conflates.
 //! - `shard`: the worker threads that own connection state and run the plugins every tick.
 //! - `registry`: the plugin versions served, loaded from files and swapped atomically.
 //! - `watcher`: reports changed plugin files; knows nothing about wasmtime.
@@ -22,7 +22,8 @@
 //! - `daemon`: `start --daemon`: a detached child, and the wait until it listens.
 //! - `pidfile`: how `stop` and `reload` find the engine, and how `start` refuses to run twice.
 //! - `metrics`: counters and histograms; `admin`: the `/status`, `/metrics` and `/healthz` endpoint.
-//! - `plugin`: the wasmtime host — the only module that knows wasmtime.
+//! - [`plugin`]: the wasmtime host — the only module that knows wasmtime; public so it can be
+//!   benchmarked and embedded on its own.
 //! - [`protocol`]: error frames, error codes and params validation.
 
 mod admin;
@@ -37,7 +38,7 @@ mod metrics;
 mod outbound;
 mod pidfile;
 mod plain_http;
-mod plugin;
+pub mod plugin;
 pub mod protocol;
 mod rate_limit;
 mod registry;

@@ -24,7 +24,7 @@ use crate::live::LiveSettings;
 use crate::metrics::Metrics;
 use crate::outbound::SharedSocket;
 use crate::plain_http;
-use crate::plugin::{PluginHost, SandboxLimits};
+use crate::plugin::PluginHost;
 use crate::registry::PluginRegistry;
 use crate::reload::Reloader;
 use crate::shard::{ShardSettings, Shards};
@@ -245,13 +245,7 @@ async fn apply_reloads(
 
 /// Builds the plugin host and an empty registry.
 async fn plugin_registry(config: &Config) -> Result<PluginRegistry, ServerError> {
-    let limits = SandboxLimits {
-        memory_bytes: config.plugin_memory_mib << 20,
-        call_timeout: Duration::from_millis(config.plugin_timeout_ms),
-        per_call_budget: Duration::from_micros(config.plugin_call_budget_us),
-        max_instances: config.plugin_max_instances,
-        max_table_elements: config.plugin_max_table_elements,
-    };
+    let limits = config.sandbox_limits();
     let host = tokio::task::spawn_blocking(move || PluginHost::new(limits))
         .await
         .expect("building the plugin host does not panic")

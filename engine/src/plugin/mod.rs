@@ -6,9 +6,9 @@
 //! in its own `Store` (a store never frees instances), so throwing one away after a fault frees
 //! everything it held. Faults are classified ([`PluginFault`]) and never panic the engine.
 //!
-//! Sandbox: WASI is linked because the `wasm32-wasip2` target imports it, but grants nothing —
-//! no preopened directory, no socket address, no environment, no arguments; standard output and
-//! error go to the log. Each call has an epoch deadline; each instance a memory cap.
+//! Sandbox: WASI is linked because the `wasm32-wasip2` target imports it, but grants no
+//! preopened directory, no socket address, no environment and no arguments (WASI's clocks and
+//! random numbers stay available); standard output and error go to the log. Each call has an epoch deadline; each instance a memory cap.
 
 mod host;
 mod instance;

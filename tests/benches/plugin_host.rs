@@ -1,0 +1,117 @@
+//! The plugin host's cost per connection per tick for `quote`, against the same function run
+//! natively: `just bench-host` (`cargo bench -p wasmpush-tests --bench plugin_host`).
+//!
+//! - **native**: `quote_plugin::tick` on already-parsed params, producing each frame's text.
+//! - **host, cached params**: one `run` batch of 1,000 due connections through wasmtime, as a
+//!   shard makes it every tick: params cached in the instance, every frame copied out to the host.
+//! - **host, params every call**: the same batch re-sending (and the guest re-parsing) every
+//!   connection's params, the naive contract, for scale.
+//!
+//! Samples of the three alternate, so load on the machine affects all alike; the table gives the
+//! median and the fastest sample per connection and the ratios of the medians to native.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use wasmpush::Config;
+use wasmpush::plugin::{Call, Outcome, PluginHost, PluginInstance, Trigger};
+use wasmpush_sdk::{Context, Payload};
+use wasmpush_tests::artifacts;
+
+/// Connections in one batch.
+const BATCH: usize = 1000;
+/// Samples per variant.
+const SAMPLES: usize = 41;
+/// Time one sample runs for, at least.
+const SAMPLE_TIME: Duration = Duration::from_millis(40);
+/// The batch's time, fixed so every variant formats the same frames.
+const NOW_MS: u64 = 1_700_000_000_000;
+
+fn main() {
+    let params: Vec<String> = (0..BATCH).map(|i| format!(r#"{{"symbol":"SYM{i}","nonce":{i}}}"#)).collect();
+    let calls = |with_params: bool| -> Vec<Call> {
+        let call = |(i, params): (usize, &String)| Call {
+            conn_id: i as u64,
+            seq: 7,
+            trigger: Trigger::Tick,
+            params: with_params.then(|| params.clone()),
+        };
+        params.iter().enumerate().map(call).collect()
+    };
+    let (fresh, cached) = (calls(true), calls(false));
+
+    let host = PluginHost::new(Config::default().sandbox_limits()).expect("plugin host");
+    let version = host.load("quote", &std::fs::read(artifacts::QUOTE).expect("quote.wasm")).expect("load quote");
+    let mut instance = PluginInstance::new(&version).expect("instantiate quote");
+    let mut naive = PluginInstance::new(&version).expect("instantiate quote");
+    // The first batch carries the params; from then on the instance has them, as in the engine.
+    let expected = instance.run(NOW_MS, &fresh, &[]).expect("first batch");
+
+    let parsed: Vec<quote_plugin::Params> = params.iter().map(|p| serde_json::from_str(p).unwrap()).collect();
+    let native = || -> Vec<String> {
+        let frame = |(i, params): (usize, &quote_plugin::Params)| {
+            let ctx = Context::new(i as u64, 7, wasmpush_sdk::Trigger::Tick, NOW_MS);
+            quote_plugin::tick(&ctx, params).unwrap().unwrap().into_frame().unwrap()
+        };
+        parsed.iter().enumerate().map(frame).collect()
+    };
+    // The three produce the same frames, so they do the same work.
+    let native_frames = native();
+    assert_eq!(pushed(expected), native_frames, "the host and the native function disagree");
+    assert_eq!(pushed(naive.run(NOW_MS, &fresh, &[]).unwrap()), native_frames);
+
+    let mut variants: [Variant; 3] = [
+        ("native (parsed params)", Vec::new(), Box::new(|| drop(black_box(native())))),
+        (
+            "host, cached params",
+            Vec::new(),
+            Box::new(|| drop(black_box(instance.run(NOW_MS, black_box(&cached), &[]).unwrap()))),
+        ),
+        (
+            "host, params every call",
+            Vec::new(),
+            Box::new(|| drop(black_box(naive.run(NOW_MS, black_box(&fresh), &[]).unwrap()))),
+        ),
+    ];
+    for _ in 0..SAMPLES {
+        for (_, samples, run) in &mut variants {
+            samples.push(sample_ns_per_connection(run));
+        }
+    }
+
+    let median = |samples: &mut Vec<f64>| {
+        samples.sort_by(f64::total_cmp);
+        samples[samples.len() / 2]
+    };
+    let baseline = median(&mut variants[0].1);
+    println!("quote, batches of {BATCH} connections, {SAMPLES} samples each (alternating)\n");
+    println!("| variant | median ns/connection | fastest ns/connection | median vs native |");
+    println!("|---|---|---|---|");
+    for (name, samples, _) in &mut variants {
+        let median = median(samples);
+        println!("| {name} | {median:.0} | {:.0} | {:.2}x |", samples[0], median / baseline);
+    }
+}
+
+/// A variant under measurement: its name, its samples (ns per connection) and one batch of it.
+type Variant<'a> = (&'static str, Vec<f64>, Box<dyn FnMut() + 'a>);
+
+/// The frame texts of a batch that pushed on every connection.
+fn pushed(outcomes: Vec<Outcome>) -> Vec<String> {
+    let text = |outcome| match outcome {
+        Outcome::Push(text) => text,
+        other => panic!("expected a push, got {other:?}"),
+    };
+    outcomes.into_iter().map(text).collect()
+}
+
+/// Runs `batch` for at least [`SAMPLE_TIME`] and returns its time per connection.
+fn sample_ns_per_connection(batch: &mut dyn FnMut()) -> f64 {
+    let started = Instant::now();
+    let mut batches = 0u32;
+    while started.elapsed() < SAMPLE_TIME {
+        batch();
+        batches += 1;
+    }
+    started.elapsed().as_nanos() as f64 / f64::from(batches) / BATCH as f64
+}
