@@ -26,9 +26,40 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$engine_pid/status"; }
 baseline_rss=$(rss_kib)
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); engine baseline RSS ${baseline_rss} KiB"
 
+# Client source addresses for a run of N connections: one per 15,000 (an address's ephemeral
+# port range), and fresh ones for every run (127.RUN.0.x), so no run waits for the ports the
+# previous one left in TIME_WAIT.
+sources_for() {
+  local count=$1 run=$2 sources=""
+  for i in $(seq 1 $(( count / 15000 + 1 ))); do sources="$sources${sources:+,}127.$run.0.$i"; done
+  echo "$sources"
+}
+connections() { curl -sf http://127.0.0.1:19504/status | sed -E 's/.*"connections":([0-9]+).*/\1/'; }
+
+# Idle memory first, on the fresh engine: the largest count, connected without params.
+idle=${counts[-1]}
+idle_sources=$(sources_for "$idle" 1)
+"$loadgen" --url ws://127.0.0.1:19503/ws/quote --connections "$idle" --seconds 15 --warmup 0 --idle \
+  --sources "$idle_sources" > /dev/null &
+loadgen_pid=$!
+for _ in $(seq 150); do
+  [[ "$(connections)" == "$idle" ]] && break
+  sleep 0.1
+done
+sleep 1
+idle_rss=$(rss_kib)
+held=$(connections)
+wait "$loadgen_pid"
+echo
+echo "## $held idle connections (no params)"
+awk -v r="$idle_rss" -v b="$baseline_rss" -v n="$held" \
+  'BEGIN { printf "| engine RSS | %d KiB |\n| above baseline | %d KiB |\n| per idle connection | %.1f KB |\n", r, r - b, (r - b) * 1.024 / n }'
+sleep 2
+
+run=1
 for n in "${counts[@]}"; do
-  sources=127.0.0.1
-  for i in $(seq 2 $(( n / 15000 + 1 ))); do sources="$sources,127.0.0.$i"; done
+  run=$(( run + 1 ))
+  sources=$(sources_for "$n" "$run")
   before=$(cpu_ticks)
   /usr/bin/time -f '%U %S' -o "$work/loadgen.time" "$loadgen" --url ws://127.0.0.1:19503/ws/quote --connections "$n" --seconds 20 --warmup 3 \
     --update-every 1 --sources "$sources" --json > "$work/run.txt"

@@ -2,10 +2,14 @@
 //! prints a table (and, with `--json`, one JSON line).
 //!
 //! Each connection sends `{"symbol":"SYM<i>","nonce":0}` as its URL params; with
-//! `--update-every S` it sends new params with the next nonce every S seconds and measures the
-//! time until the first frame carrying that nonce. Gaps are measured between consecutive frames
+//! `--update-every S` it sends new params with the next nonce every S seconds (the connections'
+//! updates evenly spread over the interval) and measures the time until the first frame carrying
+//! that nonce. Gaps are measured between consecutive frames
 //! of one connection, after the warm-up. Connections come from `--sources` addresses in turn, so
 //! more than one address's port range can be used.
+//!
+//! With `--idle` the connections send no params at all (so nothing is pushed to them) and just
+//! stay open for `--seconds`: what `just bench` measures idle memory with.
 //!
 //! Usage: `loadgen --url ws://127.0.0.1:9503/ws/quote --connections 1000 --seconds 20`
 
@@ -31,6 +35,7 @@ struct Settings {
     tick_ms: u64,
     sources: Vec<IpAddr>,
     json: bool,
+    idle: bool,
 }
 
 /// What one connection saw after the warm-up.
@@ -52,6 +57,7 @@ fn parse_args() -> anyhow::Result<Settings> {
         tick_ms: 200,
         sources: vec![IpAddr::from([127, 0, 0, 1])],
         json: false,
+        idle: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -65,6 +71,7 @@ fn parse_args() -> anyhow::Result<Settings> {
             "--tick-ms" => settings.tick_ms = value()?.parse()?,
             "--sources" => settings.sources = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--json" => settings.json = true,
+            "--idle" => settings.idle = true,
             other => bail!("unknown argument {other}; see the doc comment of tests/src/bin/loadgen.rs"),
         }
     }
@@ -95,10 +102,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             tokio::spawn(async move {
                 let source = settings.sources[i % settings.sources.len()];
                 let permit = connecting.acquire_owned().await.ok();
-                match connect(&settings.url, target, source, i).await {
+                match connect(&settings, target, source, i).await {
                     Ok(ws) => {
                         drop(permit);
-                        Some(measure(ws, &settings, measure_from, end).await)
+                        Some(measure(ws, &settings, i, measure_from, end).await)
                     }
                     Err(err) => {
                         if failed.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -122,12 +129,16 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-async fn connect(url: &str, target: SocketAddr, source: IpAddr, i: usize) -> anyhow::Result<Socket> {
+async fn connect(settings: &Settings, target: SocketAddr, source: IpAddr, i: usize) -> anyhow::Result<Socket> {
     let socket = if target.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.bind(SocketAddr::new(source, 0))?;
     let stream = tokio::time::timeout(Duration::from_secs(30), socket.connect(target)).await??;
-    let params = format!(r#"{{"symbol":"SYM{i}","nonce":0}}"#);
-    let url = format!("{url}?params={}", wasmpush_tests::percent_encode(&params));
+    let url = if settings.idle {
+        settings.url.clone()
+    } else {
+        let params = format!(r#"{{"symbol":"SYM{i}","nonce":0}}"#);
+        format!("{}?params={}", settings.url, wasmpush_tests::percent_encode(&params))
+    };
     let (ws, _) = tokio::time::timeout(
         Duration::from_secs(30),
         tokio_tungstenite::client_async_with_config(url, stream, Some(client_config())),
@@ -143,11 +154,21 @@ fn client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig 
 }
 
 /// Reads frames until `end`, sending params updates if asked.
-async fn measure(mut ws: Socket, settings: &Settings, measure_from: Instant, end: Instant) -> ConnectionReport {
+///
+/// Connection `i` of N sends its first update `i / N` of the update interval after the warm-up,
+/// so updates arrive evenly spread, as from independent clients, not as one burst per interval.
+async fn measure(
+    mut ws: Socket,
+    settings: &Settings,
+    i: usize,
+    measure_from: Instant,
+    end: Instant,
+) -> ConnectionReport {
     let mut report = ConnectionReport::default();
     let mut last_frame: Option<Instant> = None;
     let update_every = Duration::from_secs(settings.update_every_secs.max(1));
-    let first_update = (settings.update_every_secs > 0).then(|| measure_from + update_every);
+    let spread = update_every.mul_f64(i as f64 / settings.connections as f64);
+    let first_update = (settings.update_every_secs > 0 && !settings.idle).then(|| measure_from + spread);
     let mut nonce = 0u64;
     let mut pending_update: Option<(u64, Instant)> = None;
     // One timer for the connection's life, reset only when the next wake-up changes: a fresh
