@@ -4,9 +4,9 @@
 //! Each connection sends `{"symbol":"SYM<i>","nonce":0}` as its URL params; with
 //! `--update-every S` it sends new params with the next nonce every S seconds (the connections'
 //! updates evenly spread over the interval) and measures the time until the first frame carrying
-//! that nonce. Gaps are measured between consecutive frames
-//! of one connection, after the warm-up. Connections come from `--sources` addresses in turn, so
-//! more than one address's port range can be used.
+//! that nonce. Gaps are measured between consecutive frames of one connection, once every
+//! connection is established and the warm-up has passed. Connections come from `--sources`
+//! addresses in turn, so more than one address's port range can be used.
 //!
 //! With `--idle` the connections send no params at all (so nothing is pushed to them) and just
 //! stay open for `--seconds`: what `just bench` measures idle memory with.
@@ -92,21 +92,17 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let failed = Arc::new(AtomicU64::new(0));
     let connecting = Arc::new(Semaphore::new(256));
     let start = Instant::now();
-    let measure_from = start + Duration::from_secs(settings.warmup_secs);
-    let end = measure_from + Duration::from_secs(settings.seconds);
-    let tasks: Vec<_> = (0..settings.connections)
+    // Connect every client first, then measure: the handshakes' load stays out of the window.
+    let connects: Vec<_> = (0..settings.connections)
         .map(|i| {
             let settings = settings.clone();
             let failed = failed.clone();
             let connecting = connecting.clone();
             tokio::spawn(async move {
                 let source = settings.sources[i % settings.sources.len()];
-                let permit = connecting.acquire_owned().await.ok();
+                let _permit = connecting.acquire_owned().await.ok();
                 match connect(&settings, target, source, i).await {
-                    Ok(ws) => {
-                        drop(permit);
-                        Some(measure(ws, &settings, i, measure_from, end).await)
-                    }
+                    Ok(ws) => Some((i, ws)),
                     Err(err) => {
                         if failed.fetch_add(1, Ordering::Relaxed) == 0 {
                             eprintln!("loadgen: connection {i} failed: {err:#}");
@@ -117,13 +113,25 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             })
         })
         .collect();
-    let mut reports = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        if let Some(report) = task.await? {
-            reports.push(report);
-        }
+    let mut sockets = Vec::with_capacity(connects.len());
+    for connect in connects {
+        sockets.extend(connect.await?);
     }
-    print_summary(&settings, &reports, failed.load(Ordering::Relaxed));
+    let connect_secs = start.elapsed().as_secs_f64();
+    let measure_from = Instant::now() + Duration::from_secs(settings.warmup_secs);
+    let end = measure_from + Duration::from_secs(settings.seconds);
+    let measures: Vec<_> = sockets
+        .into_iter()
+        .map(|(i, ws)| {
+            let settings = settings.clone();
+            tokio::spawn(async move { measure(ws, &settings, i, measure_from, end).await })
+        })
+        .collect();
+    let mut reports = Vec::with_capacity(measures.len());
+    for measure in measures {
+        reports.push(measure.await?);
+    }
+    print_summary(&settings, &reports, failed.load(Ordering::Relaxed), connect_secs);
     Ok(())
 }
 
@@ -234,7 +242,7 @@ fn quantile_ms(sorted: &[u32], q: f64) -> f64 {
     f64::from(sorted[index]) / 1000.0
 }
 
-fn print_summary(settings: &Settings, reports: &[ConnectionReport], failed: u64) {
+fn print_summary(settings: &Settings, reports: &[ConnectionReport], failed: u64, connect_secs: f64) {
     let frames: u64 = reports.iter().map(|r| r.frames).sum();
     let dropped = reports.iter().filter(|r| r.dropped).count();
     let mut gaps: Vec<u32> = reports.iter().flat_map(|r| r.gaps_us.iter().copied()).collect();
@@ -249,6 +257,7 @@ fn print_summary(settings: &Settings, reports: &[ConnectionReport], failed: u64)
         "connections": settings.connections,
         "established": reports.len(),
         "failed": failed,
+        "connect_secs": (connect_secs * 10.0).round() / 10.0,
         "dropped": dropped,
         "seconds": settings.seconds,
         "pushes": frames,
