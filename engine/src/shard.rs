@@ -33,7 +33,7 @@ const COMMANDS_PER_ROUND: usize = 1024;
 /// once per interval, in its phase's slot: a shard's work is spread over the interval in small
 /// batches instead of one burst, so new params never wait behind a whole tick's worth of calls
 /// and the socket writes leave evenly.
-const PHASES: u32 = 10;
+const PHASES: u32 = 20;
 
 /// Closed connection ids a plugin slot keeps for its instance before it drops the instance
 /// instead (a new instance has nothing to forget).
