@@ -63,6 +63,9 @@ pub struct Config {
     pub plugin_max_table_elements: usize,
     /// Largest payload a plugin may push, in bytes; a larger one is an error for its connection.
     pub max_payload_bytes: usize,
+    /// Seconds after which a connection parked for an error (code 0, 5001–5003) is called again,
+    /// and its error frame sent again if the error persists; 0 keeps it parked until new params.
+    pub error_reset_secs: u64,
 }
 
 impl Default for Config {
@@ -90,6 +93,7 @@ impl Default for Config {
             plugin_max_instances: 16,
             plugin_max_table_elements: 100_000,
             max_payload_bytes: 64 * 1024,
+            error_reset_secs: 0,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! [`LiveSettings`]: the settings a running engine takes over on `wasmpush reload` (SIGHUP)
-//! without a restart — the tick interval and the size limits. Relaxed atomics: each reader sees
+//! without a restart — the tick interval, the size limits and the error reset. Relaxed atomics: each reader sees
 //! the old or the new value, and either is valid.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -16,6 +16,8 @@ pub struct LiveSettings {
     max_params_bytes: AtomicUsize,
     /// `max_payload_bytes`.
     max_payload_bytes: AtomicUsize,
+    /// `error_reset_secs`; 0 for never.
+    error_reset_secs: AtomicU64,
 }
 
 impl LiveSettings {
@@ -25,6 +27,7 @@ impl LiveSettings {
             tick_ms: AtomicU64::new(config.tick_ms),
             max_params_bytes: AtomicUsize::new(config.max_params_bytes),
             max_payload_bytes: AtomicUsize::new(config.max_payload_bytes),
+            error_reset_secs: AtomicU64::new(config.error_reset_secs),
         }
     }
 
@@ -33,6 +36,7 @@ impl LiveSettings {
         self.tick_ms.store(config.tick_ms, Ordering::Relaxed);
         self.max_params_bytes.store(config.max_params_bytes, Ordering::Relaxed);
         self.max_payload_bytes.store(config.max_payload_bytes, Ordering::Relaxed);
+        self.error_reset_secs.store(config.error_reset_secs, Ordering::Relaxed);
     }
 
     /// The interval between two pushes to a connection.
@@ -48,6 +52,15 @@ impl LiveSettings {
     /// The largest payload a plugin may push.
     pub fn max_payload_bytes(&self) -> usize {
         self.max_payload_bytes.load(Ordering::Relaxed)
+    }
+
+    /// How long a connection parked for an error stays parked before it is retried; `None` for
+    /// until new params.
+    pub fn error_reset(&self) -> Option<Duration> {
+        match self.error_reset_secs.load(Ordering::Relaxed) {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        }
     }
 }
 
@@ -78,6 +91,7 @@ impl Config {
             plugin_max_instances,
             plugin_max_table_elements,
             max_payload_bytes: _,
+            error_reset_secs: _,
         } = self;
         [
             ("listen", *listen != other.listen),

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flume::RecvTimeoutError;
 
@@ -168,13 +168,24 @@ struct Conn {
     params_seen: u64,
 }
 
-/// Why a connection is parked. New params un-park it; a redeploy un-parks `Unavailable`.
+/// Why a connection is parked. New params un-park it; a redeploy un-parks `Unavailable`;
+/// `error_reset_secs`, when set, retries an `Error` after that long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Park {
-    /// The plugin returned an error (or a fault hit this connection).
-    Error,
+    /// The plugin returned an error (or a fault hit this connection), at `since`.
+    Error {
+        /// When the error frame was sent.
+        since: Instant,
+    },
     /// The plugin was removed.
     Unavailable,
+}
+
+impl Park {
+    /// Parked for an error, from now.
+    fn error() -> Park {
+        Park::Error { since: Instant::now() }
+    }
 }
 
 impl Shard {
@@ -271,15 +282,17 @@ impl Shard {
     }
 
     /// The regular tick of one phase: one batch per plugin with every connection of the phase
-    /// that has params and is not parked.
+    /// that is due (has params, and is not parked or its error park has expired).
     fn tick(&mut self, phase: u32) {
         self.push_due_now();
         let now_ms = unix_ms();
+        let error_reset = self.settings.live.error_reset();
+        let now = Instant::now();
         for slot in self.slots.values_mut() {
             let due: Vec<(u64, Trigger)> = slot
                 .conns
                 .iter()
-                .filter(|(_, conn)| conn.phase == phase && conn.params.is_some() && conn.parked.is_none())
+                .filter(|(_, conn)| conn.phase == phase && conn.is_due(error_reset, now))
                 .map(|(conn_id, _)| (*conn_id, Trigger::Tick))
                 .collect();
             slot.run(&due, now_ms, &self.settings, &self.registry, &mut self.generations);
@@ -354,9 +367,10 @@ impl PluginSlot {
             self.park_unavailable(due);
             return;
         };
+        let (error_reset, now) = (settings.live.error_reset(), Instant::now());
         let due: Vec<(u64, Trigger)> = due
             .iter()
-            .filter(|(conn_id, _)| self.conns.get(conn_id).is_some_and(|c| c.params.is_some() && c.parked.is_none()))
+            .filter(|(conn_id, _)| self.conns.get(conn_id).is_some_and(|c| c.is_due(error_reset, now)))
             .copied()
             .collect();
         if due.is_empty() {
@@ -465,18 +479,22 @@ impl PluginSlot {
                     limit: settings.live.max_payload_bytes(),
                 };
                 tracing::warn!(plugin = %self.name, conn_id, size = payload.len(), "payload over the limit");
-                conn.park(Park::Error, error.frame());
+                conn.park(Park::error(), error.frame());
             }
             Outcome::Push(payload) => {
                 tally.ok += 1;
                 tally.bytes += payload.len() as u64;
                 conn.pushes += 1;
+                conn.parked = None;
                 conn.outbound.push(Outbound::Data(payload));
             }
-            Outcome::Skip => tally.none += 1,
+            Outcome::Skip => {
+                tally.none += 1;
+                conn.parked = None;
+            }
             Outcome::Error(message) => {
                 tally.error += 1;
-                conn.park(Park::Error, error_frame(PLUGIN_ERROR, &message));
+                conn.park(Park::error(), error_frame(PLUGIN_ERROR, &message));
             }
         }
     }
@@ -496,7 +514,7 @@ impl PluginSlot {
             _ => ClientError::PluginFailed(self.name.to_string()),
         };
         if let Some(conn) = self.conns.get_mut(&conn_id) {
-            conn.park(Park::Error, error.frame());
+            conn.park(Park::error(), error.frame());
         }
     }
 
@@ -537,6 +555,17 @@ impl Tally {
 }
 
 impl Conn {
+    /// Whether the connection gets a call: it has params and is not parked, or was parked for an
+    /// error at least `error_reset` ago (then the call retries it).
+    fn is_due(&self, error_reset: Option<Duration>, now: Instant) -> bool {
+        self.params.is_some()
+            && match self.parked {
+                None => true,
+                Some(Park::Error { since }) => error_reset.is_some_and(|reset| now.duration_since(since) >= reset),
+                Some(Park::Unavailable) => false,
+            }
+    }
+
     fn park(&mut self, why: Park, frame: String) {
         self.parked = Some(why);
         self.outbound.push(Outbound::Error(frame));

@@ -65,3 +65,18 @@ async fn instance_limits_are_enforced_when_a_plugin_is_loaded() {
     let reason = status["last_reload_error"]["reason"].as_str().unwrap_or_default().to_owned();
     assert!(reason.contains("failed to instantiate") && reason.contains("instance"), "{status}");
 }
+
+#[tokio::test]
+async fn with_error_reset_a_faulting_connection_is_retried_once_per_period() {
+    let engine = TestEngine::start(&[("hostile", artifacts::HOSTILE)], |config| config.error_reset_secs = 1).await;
+    let url = engine.url(&format!("/ws/hostile?params={}", encode(r#"{"do":"panic"}"#)));
+    let mut client = Client::connect(&url).await;
+    assert_eq!(error_parts(&client.next_text(SOON).await).0, 5001);
+    let first = std::time::Instant::now();
+    assert_eq!(error_parts(&client.next_text(SOON).await).0, 5001, "retried after the reset, and failed again");
+    assert!(first.elapsed() >= std::time::Duration::from_millis(900), "retried after {:?}", first.elapsed());
+    // A fixed call resumes the connection.
+    client.send_text(r#"{"do":"ok"}"#).await;
+    let frame = client.next_text(SOON).await;
+    assert!(!frame.starts_with(r#"{"code":"#), "{frame}");
+}

@@ -102,3 +102,23 @@ async fn fail_in_the_url_params_sends_the_error_once() {
     let frame = normalise_ts(&client.next_text(SOON).await);
     assert_eq!(frame, quote("AAPL", 1, &aapl_price(1), "null"), "no data push happened before, so seq is 1");
 }
+
+#[tokio::test]
+async fn with_error_reset_a_parked_connection_is_retried_and_its_error_repeats_once_per_period() {
+    let plugins = [("quote", wasmpush_tests::artifacts::QUOTE)];
+    let engine = wasmpush_tests::TestEngine::start(&plugins, |config| config.error_reset_secs = 1).await;
+    let params = encode(r#"{"symbol":"FAIL"}"#);
+    let mut client = Client::connect(&engine.url(&format!("/ws/quote?params={params}"))).await;
+    let error = r#"{"code":0,"msg":"symbol FAIL is not tradable","data":[]}"#;
+    assert_eq!(client.next_text(SOON).await, error);
+    let first = std::time::Instant::now();
+    // Parked for the reset period: nothing, then the retried call fails again: one more frame.
+    assert_eq!(client.next_text(SOON).await, error);
+    let period = first.elapsed();
+    assert!(period >= std::time::Duration::from_millis(900), "repeated after {period:?}, before the reset");
+    // New params still un-park at once, and the connection ticks again.
+    client.send_text(r#"{"symbol":"AAPL"}"#).await;
+    let frame = normalise_ts(&client.next_text(SOON).await);
+    assert_eq!(frame, quote("AAPL", 1, &aapl_price(1), "null"));
+    assert_eq!(seq_of(&client.next_text(SOON).await), 2);
+}
