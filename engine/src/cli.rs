@@ -112,13 +112,17 @@ struct StartArgs {
     /// Worker threads running plugins; 0 = one per CPU [default: 0].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// Set by `--daemon` for its child: start a new session, without a controlling terminal.
+    #[arg(long, hide = true)]
+    detached: bool,
 }
 
 impl StartArgs {
     /// The arguments of `start` in the foreground with the same flags (the daemon's child). Only
     /// the flags given are passed, so a reload re-reads the config file for the others.
     fn foreground_args(&self) -> Vec<std::ffi::OsString> {
-        let mut args: Vec<std::ffi::OsString> = vec!["start".into(), "--pid-file".into(), self.pid_file.clone().into()];
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["start".into(), "--detached".into(), "--pid-file".into(), self.pid_file.clone().into()];
         let mut flag = |name: &str, value: Option<std::ffi::OsString>| {
             if let Some(value) = value {
                 args.extend([name.into(), value]);
@@ -197,6 +201,9 @@ impl Cli {
         match self.command {
             Command::Start(args) if args.daemon => start_daemon(&args),
             Command::Start(args) => {
+                if args.detached {
+                    daemon::detach();
+                }
                 let config = args.config()?;
                 refuse_if_running(&args.pid_file)?;
                 start(config, args)

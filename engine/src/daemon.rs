@@ -1,11 +1,10 @@
-//! `start --daemon`: runs the engine as a detached child (its own process group, no terminal,
+//! `start --daemon`: runs the engine as a detached child (its own session, no terminal,
 //! output to the log file) and returns only once it listens — or fails with the reason the child
 //! logged. The child is this same program running `start` in the foreground.
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +16,17 @@ use crate::pidfile::running_pid;
 /// How long a daemon may take to start listening (loading plugins compiles them).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Starts `args` (this program's `start` arguments without `--daemon`) in the background and
+/// In the daemon's child: leaves the caller's session and process group, so the child has no
+/// controlling terminal and no job-control signal of the shell that ran `start --daemon` reaches
+/// it. A failure is logged and the engine runs on (it is already detached from the terminal's
+/// I/O).
+pub fn detach() {
+    if let Err(err) = nix::unistd::setsid() {
+        tracing::warn!(cause = %err, "cannot start a new session; running in the caller's");
+    }
+}
+
+/// Starts `args` (this program's `start` arguments without `--daemon`, with `--detached`) in the background and
 /// waits until the engine accepts connections on `listen`. Returns the child's pid.
 pub fn spawn(args: &[std::ffi::OsString], log_file: &Path, pid_file: &Path, listen: SocketAddr) -> anyhow::Result<u32> {
     if let Some(dir) = log_file.parent().filter(|dir| !dir.as_os_str().is_empty()) {
@@ -35,7 +44,6 @@ pub fn spawn(args: &[std::ffi::OsString], log_file: &Path, pid_file: &Path, list
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .process_group(0)
         .spawn()
         .context("cannot start the engine process")?;
     let pid = child.id();

@@ -104,6 +104,12 @@ async fn a_daemon_starts_reports_status_reloads_and_stops() {
     let json = wasmpush(&["status", "--config", config, "--pid-file", pid, "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(json["connections"], 1, "{json}");
+    // The daemon leads its own session: no controlling terminal, out of the caller's job control.
+    let daemon_pid = json["pid"].as_u64().unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{daemon_pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    assert_eq!(fields[3], daemon_pid.to_string(), "session id of the daemon: {stat}");
+    assert_eq!(fields[4], "0", "the daemon has no controlling terminal: {stat}");
 
     let second = wasmpush(&["start", "--daemon", "--config", config, "--pid-file", pid, "--log-file", log]);
     assert!(!second.status.success());
