@@ -28,6 +28,7 @@ async fn each_fault_hits_only_its_own_connection() {
 
     let cases = [
         ("loop", 5002, "plugin `hostile` timed out"),
+        ("sleep", 5001, "plugin `hostile` failed"),
         ("alloc", 5001, "plugin `hostile` failed"),
         ("panic", 5001, "plugin `hostile` failed"),
         ("huge", 5003, "produced 1048576 bytes, more than the limit of 65536"),

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::instance::PluginInstance;
@@ -83,6 +84,7 @@ impl PluginHost {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        deny_blocking(&mut linker)?;
         bindings::PushPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         let epoch_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_clock(engine.clone(), epoch_stop.clone())?;
@@ -113,6 +115,29 @@ impl Drop for PluginHost {
     fn drop(&mut self) {
         self.epoch_stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// The WASI interface whose functions wait: `wasi:io/poll`, as `add_to_linker_sync` defines it.
+const WASI_POLL: &str = "wasi:io/poll@0.2.12";
+
+/// Replaces WASI's waiting functions (`pollable.block`, `poll`; `std::thread::sleep` is one) with
+/// ones that trap. A plugin call runs on a shard thread serving thousands of connections, and an
+/// epoch deadline interrupts only WebAssembly code, never a host call: a plugin that slept would
+/// stall every connection of its shard for as long as it liked.
+fn deny_blocking(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+    fn refused() -> wasmtime::Error {
+        wasmtime::Error::msg("plugins may not block or sleep (wasi:io/poll is refused)")
+    }
+    linker.allow_shadowing(true);
+    let mut poll = linker.instance(WASI_POLL)?;
+    poll.func_wrap("[method]pollable.block", |_, (_,): (Resource<DynPollable>,)| -> wasmtime::Result<()> {
+        Err(refused())
+    })?;
+    poll.func_wrap("poll", |_, (_,): (Vec<Resource<DynPollable>>,)| -> wasmtime::Result<(Vec<u32>,)> {
+        Err(refused())
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// Advances the engine's epoch every [`EPOCH_PERIOD`] until `stop` is set.

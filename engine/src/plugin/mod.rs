@@ -8,7 +8,8 @@
 //!
 //! Sandbox: WASI is linked because the `wasm32-wasip2` target imports it, but grants no
 //! preopened directory, no socket address, no environment and no arguments (WASI's clocks and
-//! random numbers stay available); standard output and error go to the log. Each call has an epoch deadline; each instance a memory cap.
+//! random numbers stay available); standard output and error go to the log; waiting on WASI
+//! (`poll`, `pollable.block`, so also sleeping) traps. Each call has an epoch deadline; each instance a memory cap.
 
 mod host;
 mod instance;

@@ -22,6 +22,11 @@ fn tick(ctx: &Context, params: &Params) -> Result<Option<Raw>, Error> {
             }
         }
         "panic" => panic!("hostile plugin panics"),
+        "sleep" => {
+            // Blocks in a WASI host call, where no epoch check can interrupt it.
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            Ok(Some(Raw(format!("{{\"seq\":{},\"slept\":true}}", ctx.seq))))
+        }
         "huge" => Ok(Some(Raw("x".repeat(1 << 20)))),
         "big" => Ok(Some(Raw(format!("{{\"seq\":{},\"pad\":\"{}\"}}", ctx.seq, "x".repeat(32 * 1024))))),
         "log" => {
