@@ -50,8 +50,8 @@ pub struct Config {
     /// Time without any frame from a client (a pong included) after which it is closed, in
     /// seconds; at least `ping_secs`.
     pub idle_timeout_secs: u64,
-    /// Time one plugin call may run before it is interrupted, in milliseconds; a batch gets this
-    /// plus `plugin_call_budget_us` per connection it carries.
+    /// CPU time one plugin call may use before it is interrupted, in milliseconds; a batch gets
+    /// this plus `plugin_call_budget_us` per connection it carries.
     pub plugin_timeout_ms: u64,
     /// Extra time a batch gets per connection it carries, in microseconds.
     pub plugin_call_budget_us: u64,

@@ -8,10 +8,11 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::deadline::{CallDeadline, thread_cpu_time};
 use super::instance::PluginInstance;
 
 /// Bindings generated from the WIT contract.
@@ -33,9 +34,9 @@ pub(crate) const EPOCH_PERIOD: Duration = Duration::from_millis(5);
 pub struct SandboxLimits {
     /// Linear memory one instance may grow to, in bytes.
     pub memory_bytes: usize,
-    /// Time one call may run.
+    /// CPU time one call may use (see `deadline.rs`).
     pub call_timeout: Duration,
-    /// Extra time per connection a batch carries.
+    /// Extra CPU time per connection a batch carries.
     pub per_call_budget: Duration,
     /// Core instances, tables and memories one plugin instance may create (each, at most).
     pub max_instances: usize,
@@ -203,9 +204,22 @@ impl PluginVersion {
             .table_elements(self.limits.max_table_elements)
             .trap_on_grow_failure(true)
             .build();
-        let state = HostState { plugin: self.name.clone(), wasi, table: ResourceTable::new(), limits, log_budget };
+        let state = HostState {
+            plugin: self.name.clone(),
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            log_budget,
+            deadline: None,
+        };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_callback(|store| {
+            Ok(match store.data().deadline {
+                Some(deadline) => deadline.on_epoch_deadline(thread_cpu_time()),
+                None => UpdateDeadline::Interrupt,
+            })
+        });
         store
     }
 }
@@ -223,6 +237,8 @@ pub(crate) struct HostState {
     limits: StoreLimits,
     /// Log lines the guest may still write in the current call.
     pub(super) log_budget: Arc<LogBudget>,
+    /// The time limit of the call in progress, in the shard thread's CPU time.
+    pub(super) deadline: Option<CallDeadline>,
 }
 
 /// Log lines a guest may write per call, beyond which they are dropped (and counted), so a

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use wasmtime::Store;
 
-use super::host::{EPOCH_PERIOD, HostState, PluginVersion, bindings};
+use super::deadline::{self, CallDeadline};
+use super::host::{HostState, PluginVersion, bindings};
 use super::{Call, Outcome};
 
 /// Why a plugin call produced no usable result. Each kind has its own metric and log line; none
@@ -47,7 +48,9 @@ impl PluginInstance {
     /// Instantiates `version` in a fresh store, running its start function under the deadline.
     pub fn new(version: &Arc<PluginVersion>) -> Result<Self, PluginFault> {
         let mut store = version.new_store();
-        store.set_epoch_deadline(deadline_ticks(version.limits.call_timeout));
+        let timeout = version.limits.call_timeout;
+        store.data_mut().deadline = Some(CallDeadline::starting_now(timeout));
+        store.set_epoch_deadline(deadline::ticks(timeout));
         let bindings = version.pre.instantiate(&mut store).map_err(classify)?;
         Ok(PluginInstance { version: version.clone(), store, bindings })
     }
@@ -61,7 +64,8 @@ impl PluginInstance {
     pub fn run(&mut self, now_ms: u64, calls: &[Call], closed: &[u64]) -> Result<Vec<Outcome>, PluginFault> {
         let limits = self.version.limits;
         let budget = limits.call_timeout + limits.per_call_budget * calls.len() as u32;
-        self.store.set_epoch_deadline(deadline_ticks(budget));
+        self.store.data_mut().deadline = Some(CallDeadline::starting_now(budget));
+        self.store.set_epoch_deadline(deadline::ticks(budget));
         let result = self.bindings.call_run(&mut self.store, now_ms, calls, closed).map_err(classify);
         let dropped = self.store.data().log_budget.refill();
         if dropped > 0 {
@@ -78,11 +82,6 @@ impl PluginInstance {
         }
         Ok(outcomes)
     }
-}
-
-/// Epoch ticks covering `duration`, at least one.
-fn deadline_ticks(duration: std::time::Duration) -> u64 {
-    (duration.as_micros() / EPOCH_PERIOD.as_micros()).max(1) as u64 + 1
 }
 
 /// Sorts a wasmtime error into a fault kind.

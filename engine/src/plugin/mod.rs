@@ -11,6 +11,7 @@
 //! random numbers stay available); standard output and error go to the log; waiting on WASI
 //! (`poll`, `pollable.block`, so also sleeping) traps. Each call has an epoch deadline; each instance a memory cap.
 
+mod deadline;
 mod host;
 mod instance;
 
