@@ -52,9 +52,23 @@ deploy-plugin NAME DIR=plugins_dir: (build-plugin NAME)
     mv -f {{DIR}}/{{NAME}}.wasm.tmp {{DIR}}/{{NAME}}.wasm
     @echo "deployed {{DIR}}/{{NAME}}.wasm"
 
+# Install the real peers two end-to-end tests drive when missing: Debian's chromium and nginx
+[group('setup')]
+setup-test-peers:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=()
+    [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+    [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    ((${#missing[@]})) || exit 0
+    sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y --no-install-recommends "${missing[@]}" ||
+        { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends "${missing[@]}"; }
+
 # Run every test: unit, plugin (native), SDK, doc and end-to-end tests
 [group('check')]
-test: setup
+test: setup setup-test-peers
     # At most four tests at once: the end-to-end tests run real engines on a 2-core machine, and
     # timing assertions should not compete with the load tests.
     cargo test --workspace -- --test-threads 4
