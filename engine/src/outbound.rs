@@ -10,8 +10,8 @@
 //! Waiting data payloads conflate: a payload queued behind another unsent payload replaces it, so
 //! a slow client gets the latest data rather than a backlog. Error frames and the WebSocket
 //! layer's own bytes (handshake response, pongs, pings, close) never conflate and keep their order.
-//! At most [`CAPACITY`] plugin frames wait; one more marks the queue overflowed and the connection
-//! is closed as a slow consumer. Pushing never blocks its producer: it takes a short,
+//! At most [`CAPACITY`] plugin frames and [`PROTOCOL_CAPACITY`] bytes of the WebSocket layer's own
+//! wait; more marks the queue overflowed and the connection is closed as a slow consumer. Pushing never blocks its producer: it takes a short,
 //! per-connection lock (held for at most one non-blocking `write`).
 
 use std::collections::VecDeque;
@@ -30,6 +30,11 @@ use tokio::sync::Notify;
 /// payload between two error frames, so only a client that stops reading while errors pile up
 /// fills it.
 pub const CAPACITY: usize = 16;
+
+/// The most bytes of the WebSocket layer's own frames (pongs, mostly) that may wait. A client that
+/// sends pings but reads nothing fills it and is closed as a slow consumer rather than growing the
+/// queue.
+pub const PROTOCOL_CAPACITY: usize = 64 * 1024;
 
 /// A frame for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,14 +189,21 @@ impl OutboundQueue {
         self.ready.notify_one();
     }
 
-    /// Sends bytes the WebSocket layer wrote; they are never dropped, replaced or refused.
+    /// Sends bytes the WebSocket layer wrote; they are never replaced, and dropped only when more
+    /// than [`PROTOCOL_CAPACITY`] wait (the queue then overflows: the client reads nothing).
     fn push_protocol(&self, bytes: &[u8]) {
         let frame = WireFrame { kind: Kind::Protocol, header: Header::default(), body: bytes.to_vec() };
         let mut state = self.lock();
         if state.waiting.is_empty() {
             return self.write_now(&mut state, frame);
         }
-        state.waiting.push_back(frame);
+        let protocol_bytes: usize =
+            state.waiting.iter().filter(|waiting| waiting.kind == Kind::Protocol).map(|w| w.body.len()).sum();
+        if protocol_bytes + bytes.len() > PROTOCOL_CAPACITY {
+            state.overflowed = true;
+        } else {
+            state.waiting.push_back(frame);
+        }
         drop(state);
         self.ready.notify_one();
     }
@@ -400,6 +412,20 @@ mod tests {
         let big = "b".repeat(256 * 1024);
         for _ in 0..=CAPACITY + 64 {
             outbound.push(Outbound::Error(big.clone()));
+        }
+        assert_eq!(outbound.wait().await, Waiting::Overflowed);
+    }
+
+    #[tokio::test]
+    async fn pongs_to_a_client_that_reads_nothing_overflow_the_queue() {
+        let (_socket, outbound, _client) = pair().await;
+        let big = "b".repeat(256 * 1024);
+        while outbound.lock().waiting.is_empty() {
+            outbound.push(Outbound::Error(big.clone()));
+        }
+        let pong = [0x8a, 125].into_iter().chain([0; 125]).collect::<Vec<u8>>();
+        for _ in 0..PROTOCOL_CAPACITY / pong.len() + 1 {
+            outbound.push_protocol(&pong);
         }
         assert_eq!(outbound.wait().await, Waiting::Overflowed);
     }
