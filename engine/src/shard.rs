@@ -201,6 +201,7 @@ impl Shard {
     fn run(mut self, commands: flume::Receiver<ShardCommand>) {
         let mut next_tick = Instant::now() + self.settings.live.tick() / PHASES;
         let mut phase = 0;
+        let mut behind = OverrunLog::default();
         loop {
             match commands.recv_deadline(next_tick) {
                 Ok(command) => {
@@ -216,7 +217,7 @@ impl Shard {
                     // Read every time: `wasmpush reload` may have changed it.
                     let tick = self.settings.live.tick();
                     if lateness > tick {
-                        tracing::warn!(late_ms = lateness.as_millis() as u64, "shard is a whole tick behind");
+                        behind.record(lateness);
                     }
                     self.tick(phase);
                     phase = (phase + 1) % PHASES;
@@ -572,7 +573,59 @@ impl Conn {
     }
 }
 
+/// How often an overloaded shard says so in the log.
+const OVERRUN_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Logs that a shard runs a whole tick behind at most once per [`OVERRUN_LOG_INTERVAL`], with how
+/// many late phases and the worst lateness since the last line: under sustained overload every
+/// phase is late, and one line per phase would flood the log.
+#[derive(Debug, Default)]
+struct OverrunLog {
+    /// When the last line was written.
+    logged_at: Option<Instant>,
+    /// Late phases since then.
+    late: u64,
+    /// The worst lateness since then.
+    worst: Duration,
+}
+
+impl OverrunLog {
+    /// Counts one phase that started `lateness` late; returns whether a line was written.
+    fn record(&mut self, lateness: Duration) -> bool {
+        self.late += 1;
+        self.worst = self.worst.max(lateness);
+        let now = Instant::now();
+        if self.logged_at.is_some_and(|at| now.duration_since(at) < OVERRUN_LOG_INTERVAL) {
+            return false;
+        }
+        tracing::warn!(
+            late_phases = self.late,
+            worst_ms = self.worst.as_millis() as u64,
+            "shard is a whole tick behind"
+        );
+        *self = OverrunLog { logged_at: Some(now), late: 0, worst: Duration::ZERO };
+        true
+    }
+}
+
 /// Wall-clock time in milliseconds since the Unix epoch.
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_overrun_is_logged_once_per_interval_with_what_happened_since() {
+        let mut log = OverrunLog::default();
+        assert!(log.record(Duration::from_millis(250)), "the first overrun is logged at once");
+        assert!(!log.record(Duration::from_millis(400)));
+        assert!(!log.record(Duration::from_millis(300)));
+        assert_eq!((log.late, log.worst), (2, Duration::from_millis(400)), "counted until the next line");
+        log.logged_at = Some(Instant::now() - OVERRUN_LOG_INTERVAL);
+        assert!(log.record(Duration::from_millis(210)));
+        assert_eq!((log.late, log.worst), (0, Duration::ZERO));
+    }
 }
