@@ -349,6 +349,21 @@ mod tests {
         bytes
     }
 
+    /// An error frame large enough that a few fill a loopback socket.
+    fn big() -> String {
+        "b".repeat(256 * 1024)
+    }
+
+    /// Pushes big error frames until one stays (partly) queued; returns how many were pushed.
+    fn fill_socket(outbound: &OutboundQueue) -> usize {
+        let mut pushed = 0;
+        while outbound.lock().waiting.is_empty() {
+            outbound.push(Outbound::Error(big()));
+            pushed += 1;
+        }
+        pushed
+    }
+
     /// The frame tungstenite itself would write.
     fn tungstenite_frame(text: &str) -> Vec<u8> {
         let mut bytes = Vec::new();
@@ -378,13 +393,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_socket_queues_conflates_data_keeps_errors_then_flushes_in_order() {
         let (_socket, outbound, mut client) = pair().await;
-        // Fill the socket until a frame stays (partly) queued.
-        let big = "b".repeat(256 * 1024);
-        let mut sent = 0;
-        while outbound.lock().waiting.is_empty() {
-            outbound.push(Outbound::Error(big.clone()));
-            sent += 1;
-        }
+        let sent = fill_socket(&outbound);
         outbound.push(Outbound::Data("1".into()));
         outbound.push(Outbound::Data("2".into()));
         outbound.push(Outbound::Error("e".into()));
@@ -392,7 +401,7 @@ mod tests {
         outbound.push(Outbound::Data("4".into()));
         assert_eq!(outbound.wait().await, Waiting::Bytes);
         let reader = tokio::spawn(async move {
-            let big_frame = tungstenite_frame(&"b".repeat(256 * 1024));
+            let big_frame = tungstenite_frame(&big());
             for _ in 0..sent {
                 assert_eq!(read(&mut client, big_frame.len()).await, big_frame);
             }
@@ -409,9 +418,8 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_does_not_read_overflows_the_queue() {
         let (_socket, outbound, _client) = pair().await;
-        let big = "b".repeat(256 * 1024);
         for _ in 0..=CAPACITY + 64 {
-            outbound.push(Outbound::Error(big.clone()));
+            outbound.push(Outbound::Error(big()));
         }
         assert_eq!(outbound.wait().await, Waiting::Overflowed);
     }
@@ -419,10 +427,7 @@ mod tests {
     #[tokio::test]
     async fn pongs_to_a_client_that_reads_nothing_overflow_the_queue() {
         let (_socket, outbound, _client) = pair().await;
-        let big = "b".repeat(256 * 1024);
-        while outbound.lock().waiting.is_empty() {
-            outbound.push(Outbound::Error(big.clone()));
-        }
+        fill_socket(&outbound);
         let pong = [0x8a, 125].into_iter().chain([0; 125]).collect::<Vec<u8>>();
         for _ in 0..PROTOCOL_CAPACITY / pong.len() + 1 {
             outbound.push_protocol(&pong);

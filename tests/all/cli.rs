@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use wasmpush_tests::{Client, Frame, artifacts};
+use wasmpush_tests::{Client, Frame, KillOnDrop, artifacts};
 
 use crate::util::{BINARY, SOON, encode, write_config};
 
@@ -25,12 +25,15 @@ async fn the_binary_refuses_a_second_start_reloads_on_request_and_stops_graceful
     // A stale pid file from a crashed run (no process has this pid) must not stop `start`.
     std::fs::write(&pid_file, "2147483000\n").unwrap();
     let pid_arg = pid_file.to_str().unwrap();
-    let mut engine = Command::new(BINARY)
-        .args(["start", "--config", config.to_str().unwrap(), "--pid-file", pid_arg])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Killed if the test fails before `stop` ends it.
+    let mut engine = KillOnDrop(
+        Command::new(BINARY)
+            .args(["start", "--config", config.to_str().unwrap(), "--pid-file", pid_arg])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
 
     let url = |path: &str| format!("ws://127.0.0.1:{port}{path}");
     let mut client = Client::connect_retrying(&url(&format!("/ws/quote?params={}", encode("{}"))), SOON * 10).await;

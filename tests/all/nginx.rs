@@ -2,28 +2,18 @@
 //! upgrades with `?params=`, pushes, params updates and the demo page all pass through.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use wasmpush_tests::{Client, http};
+use wasmpush_tests::{Client, KillOnDrop, http};
 
 use crate::util::{self, SOON, encode, free_port};
 
 /// The shipped site config.
 const SITE: &str = include_str!("../../deploy/nginx.conf");
 
-/// nginx, killed on drop.
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts nginx in the foreground with `site` inside `http { }`, everything it writes in `dir`.
-fn start_nginx(dir: &Path, site: &str) -> Nginx {
+fn start_nginx(dir: &Path, site: &str) -> KillOnDrop {
     let dir = dir.display();
     let config = format!(
         "daemon off;\nmaster_process off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\nevents {{}}\n\
@@ -38,8 +28,8 @@ fn start_nginx(dir: &Path, site: &str) -> Nginx {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .unwrap_or_else(|err| panic!("cannot start nginx (install Debian's `nginx`; .ci/run does): {err}"));
-    Nginx(child)
+        .unwrap_or_else(|err| panic!("cannot start nginx (install Debian's `nginx`; `just test` does): {err}"));
+    KillOnDrop(child)
 }
 
 #[tokio::test(flavor = "multi_thread")]

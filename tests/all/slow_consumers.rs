@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use wasmpush_tests::{Client, artifacts, http};
+use wasmpush_tests::{Client, KillOnDrop, artifacts, http};
 
 use crate::util::{BINARY, SOON, TICK, encode, write_config};
 
@@ -51,12 +51,14 @@ async fn clients_that_never_read_are_closed_and_cost_bounded_memory() {
     std::fs::copy(artifacts::QUOTE, plugins.join("quote.wasm")).unwrap();
     let (config, port, admin) = write_config(dir.path(), &plugins, "write_timeout_secs = 1\n");
     let pid_file = dir.path().join("wasmpush.pid");
-    let mut engine = Command::new(BINARY)
-        .args(["start", "--config", config.to_str().unwrap(), "--pid-file", pid_file.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let engine = KillOnDrop(
+        Command::new(BINARY)
+            .args(["start", "--config", config.to_str().unwrap(), "--pid-file", pid_file.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let (addr, admin) = (SocketAddr::from(([127, 0, 0, 1], port)), SocketAddr::from(([127, 0, 0, 1], admin)));
 
     let url = format!("ws://{addr}/ws/quote?params={}", encode("{}"));
@@ -89,6 +91,4 @@ async fn clients_that_never_read_are_closed_and_cost_bounded_memory() {
     let closes = format!("wasmpush_closes_total{{reason=\"slow_consumer\"}} {NON_READERS}");
     assert!(metrics.contains(&closes), "{metrics}");
     drop(stalled);
-    engine.kill().unwrap();
-    engine.wait().unwrap();
 }

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+use crate::KillOnDrop;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -25,7 +27,8 @@ fn chromium() -> PathBuf {
 
 /// A headless Chromium showing one page; killed on drop.
 pub struct Browser {
-    process: Child,
+    /// Chromium itself; declared first so it is killed before its profile is deleted.
+    _process: KillOnDrop,
     /// The browser's profile directory (deleted on drop), holding its log.
     profile: tempfile::TempDir,
     devtools: DevTools,
@@ -38,37 +41,41 @@ impl Browser {
     pub async fn open(url: &str) -> Browser {
         let profile = tempfile::tempdir().expect("temp dir");
         let log = std::fs::File::create(profile.path().join(LOG)).expect("log file");
-        let mut process = Command::new(chromium())
-            // As root, without a display, and with no network beyond loopback.
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(url)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|err| {
-                panic!("cannot start {} (install Debian's `chromium`; .ci/run does): {err}", chromium().display())
-            });
+        let mut process = KillOnDrop(
+            Command::new(chromium())
+                // As root, without a display, and with no network beyond loopback.
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--remote-debugging-port=0",
+                ])
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .arg(url)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|err| {
+                    panic!(
+                        "cannot start {} (install Debian's `chromium`; `just test` does): {err}",
+                        chromium().display()
+                    )
+                }),
+        );
         match attach(&mut process, profile.path(), url).await {
             Ok((devtools, session)) => {
-                let mut browser = Browser { process, profile, devtools, session };
+                let mut browser = Browser { _process: process, profile, devtools, session };
                 let loaded = format!("location.href.startsWith({url:?}) && document.readyState === 'complete'");
                 browser.wait_for(&loaded, STARTUP, "[location.href, document.readyState]").await;
                 browser
             }
             Err(problem) => {
-                let _ = process.kill();
-                let _ = process.wait();
+                drop(process);
                 let log = std::fs::read_to_string(profile.path().join(LOG)).unwrap_or_default();
                 panic!("{problem}; chromium's log:\n{log}");
             }
@@ -106,13 +113,6 @@ impl Browser {
     /// What Chromium wrote to standard error so far.
     fn log(&self) -> String {
         std::fs::read_to_string(self.profile.path().join(LOG)).unwrap_or_default()
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
     }
 }
 

@@ -10,11 +10,13 @@ pub mod artifacts {
 }
 
 mod browser;
+mod child;
 mod client;
 mod engine;
 pub mod http;
 
 pub use browser::Browser;
+pub use child::KillOnDrop;
 pub use client::{Client, Frame};
 pub use engine::TestEngine;
 
