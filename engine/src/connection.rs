@@ -88,12 +88,12 @@ pub async fn serve(
                     Verdict::Refused { first } => {
                         if first {
                             let per_sec = settings.max_messages_per_sec;
-                            outbound.push(Outbound::Error(ClientError::TooFast { per_sec }.frame()));
+                            outbound.push(Outbound::Error(&ClientError::TooFast { per_sec }.frame()));
                         }
                     }
                     Verdict::Allowed => {
                         let Message::Text(text) = message else {
-                            outbound.push(Outbound::Error(ClientError::BinaryFrame.frame()));
+                            outbound.push(Outbound::Error(&ClientError::BinaryFrame.frame()));
                             continue;
                         };
                         match validate_params(text.as_str(), settings.live.max_params_bytes()) {
@@ -103,7 +103,7 @@ pub async fn serve(
                                     break End::Shutdown;
                                 }
                             }
-                            Err(err) => outbound.push(Outbound::Error(err.frame())),
+                            Err(err) => outbound.push(Outbound::Error(&err.frame())),
                         }
                     }
                 },

@@ -18,7 +18,7 @@ use flume::RecvTimeoutError;
 use crate::live::LiveSettings;
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, OutboundQueue};
-use crate::plugin::{Call, Outcome, PluginFault, PluginInstance, PluginVersion, Trigger};
+use crate::plugin::{Call, Outcome, Outcomes, PluginFault, PluginInstance, PluginVersion, Trigger};
 use crate::protocol::{ClientError, PLUGIN_ERROR, error_frame};
 use crate::registry::PluginRegistry;
 
@@ -383,8 +383,11 @@ impl PluginSlot {
         match result {
             Ok(outcomes) => {
                 let mut tally = Tally::default();
-                for ((conn_id, _), outcome) in due.iter().zip(outcomes) {
-                    self.deliver(*conn_id, outcome, settings, &mut tally);
+                for ((conn_id, _), outcome) in due.iter().zip(outcomes.iter()) {
+                    match outcome {
+                        Ok(outcome) => self.deliver(*conn_id, outcome, settings, &mut tally),
+                        Err(fault) => self.fault(*conn_id, &fault, settings),
+                    }
                 }
                 tally.add_to(&settings.metrics);
             }
@@ -402,7 +405,7 @@ impl PluginSlot {
         due: &[(u64, Trigger)],
         now_ms: u64,
         generations: &mut u64,
-    ) -> Result<Vec<Outcome>, PluginFault> {
+    ) -> Result<Outcomes, PluginFault> {
         if self.instance.is_none() {
             self.instance = Some(PluginInstance::new(version)?);
             *generations += 1;
@@ -460,8 +463,9 @@ impl PluginSlot {
                 tracing::warn!(plugin = %self.name, deferred, "replay ran out of time; the rest retry next tick");
                 break;
             }
-            match self.call(version, std::slice::from_ref(item), now_ms, generations) {
-                Ok(mut outcomes) => self.deliver(item.0, outcomes.remove(0), settings, &mut tally),
+            let result = self.call(version, std::slice::from_ref(item), now_ms, generations);
+            match result.as_ref().map_err(Clone::clone).and_then(|outcomes| outcomes.get(0)) {
+                Ok(outcome) => self.deliver(item.0, outcome, settings, &mut tally),
                 Err(fault) => self.fault(item.0, &fault, settings),
             }
         }
@@ -469,7 +473,7 @@ impl PluginSlot {
     }
 
     /// Sends a plugin's outcome to its connection.
-    fn deliver(&mut self, conn_id: u64, outcome: Outcome, settings: &ShardSettings, tally: &mut Tally) {
+    fn deliver(&mut self, conn_id: u64, outcome: Outcome<'_>, settings: &ShardSettings, tally: &mut Tally) {
         let Some(conn) = self.conns.get_mut(&conn_id) else { return };
         match outcome {
             Outcome::Push(payload) if payload.len() > settings.live.max_payload_bytes() => {
@@ -480,7 +484,7 @@ impl PluginSlot {
                     limit: settings.live.max_payload_bytes(),
                 };
                 tracing::warn!(plugin = %self.name, conn_id, size = payload.len(), "payload over the limit");
-                conn.park(Park::error(), error.frame());
+                conn.park(Park::error(), &error.frame());
             }
             Outcome::Push(payload) => {
                 tally.ok += 1;
@@ -495,7 +499,7 @@ impl PluginSlot {
             }
             Outcome::Error(message) => {
                 tally.error += 1;
-                conn.park(Park::error(), error_frame(PLUGIN_ERROR, &message));
+                conn.park(Park::error(), &error_frame(PLUGIN_ERROR, message));
             }
         }
     }
@@ -515,7 +519,7 @@ impl PluginSlot {
             _ => ClientError::PluginFailed(self.name.to_string()),
         };
         if let Some(conn) = self.conns.get_mut(&conn_id) {
-            conn.park(Park::error(), error.frame());
+            conn.park(Park::error(), &error.frame());
         }
     }
 
@@ -526,7 +530,7 @@ impl PluginSlot {
         let frame = ClientError::PluginUnavailable(self.name.to_string()).frame();
         for (conn_id, _) in due {
             if let Some(conn) = self.conns.get_mut(conn_id).filter(|c| c.params.is_some() && c.parked.is_none()) {
-                conn.park(Park::Unavailable, frame.clone());
+                conn.park(Park::Unavailable, &frame);
             }
         }
     }
@@ -567,7 +571,7 @@ impl Conn {
             }
     }
 
-    fn park(&mut self, why: Park, frame: String) {
+    fn park(&mut self, why: Park, frame: &str) {
         self.parked = Some(why);
         self.outbound.push(Outbound::Error(frame));
     }

@@ -114,7 +114,7 @@ macro_rules! plugin {
                 now_ms: u64,
                 calls: ::std::vec::Vec<$crate::bindings::Call>,
                 closed: ::std::vec::Vec<u64>,
-            ) -> ::std::vec::Vec<$crate::bindings::Outcome> {
+            ) -> $crate::bindings::Outcomes {
                 $crate::__private::run_batch(now_ms, calls, closed, $tick)
             }
         }

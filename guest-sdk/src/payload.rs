@@ -17,19 +17,39 @@ use crate::Error;
 /// assert_eq!(frame, r#"{"symbol":"AAPL","price":49.6}"#);
 /// ```
 pub trait Payload {
-    /// The frame text.
+    /// Appends the frame text to `frame`, the buffer a whole batch's texts are written into.
+    /// What it appends must be UTF-8 (the engine refuses a frame that is not: that call fails
+    /// with a contract error); on an error it may leave a partial text, which is discarded.
+    ///
+    /// ```
+    /// use wasmpush_sdk::Payload;
+    ///
+    /// let mut frame = Vec::new();
+    /// vec![1, 2, 3].write_frame(&mut frame).unwrap();
+    /// assert_eq!(frame, b"[1,2,3]");
+    /// ```
+    fn write_frame(self, frame: &mut Vec<u8>) -> Result<(), Error>;
+
+    /// The frame text on its own, as the engine would send it.
     ///
     /// ```
     /// use wasmpush_sdk::Payload;
     ///
     /// assert_eq!(vec![1, 2, 3].into_frame().unwrap(), "[1,2,3]");
     /// ```
-    fn into_frame(self) -> Result<String, Error>;
+    fn into_frame(self) -> Result<String, Error>
+    where
+        Self: Sized,
+    {
+        let mut frame = Vec::new();
+        self.write_frame(&mut frame)?;
+        String::from_utf8(frame).map_err(|err| Error::msg(format!("the frame is not UTF-8: {err}")))
+    }
 }
 
 impl<T: serde::Serialize> Payload for T {
-    fn into_frame(self) -> Result<String, Error> {
-        serde_json::to_string(&self).map_err(Error::from)
+    fn write_frame(self, frame: &mut Vec<u8>) -> Result<(), Error> {
+        serde_json::to_writer(frame, &self).map_err(Error::from)
     }
 }
 
@@ -45,6 +65,11 @@ impl<T: serde::Serialize> Payload for T {
 pub struct Raw(pub String);
 
 impl Payload for Raw {
+    fn write_frame(self, frame: &mut Vec<u8>) -> Result<(), Error> {
+        frame.extend_from_slice(self.0.as_bytes());
+        Ok(())
+    }
+
     fn into_frame(self) -> Result<String, Error> {
         Ok(self.0)
     }

@@ -3,7 +3,8 @@
 //!
 //! - **native**: `quote_plugin::tick` on already-parsed params, producing each frame's text.
 //! - **host, cached params**: one `run` batch of 1,000 due connections through wasmtime, as a
-//!   shard makes it every tick: params cached in the instance, every frame copied out to the host.
+//!   shard makes it every tick: params cached in the instance, the batch's frames copied out to
+//!   the host and each one checked and read as the shard reads it before writing it.
 //! - **host, params every call**: the same batch re-sending (and the guest re-parsing) every
 //!   connection's params, the naive contract, for scale.
 //!
@@ -14,7 +15,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use wasmpush::Config;
-use wasmpush::plugin::{Call, Outcome, PluginHost, PluginInstance, Trigger};
+use wasmpush::plugin::{Call, Outcome, Outcomes, PluginHost, PluginInstance, Trigger};
 use wasmpush_sdk::{Context, Payload};
 use wasmpush_tests::artifacts;
 
@@ -65,12 +66,12 @@ fn main() {
         (
             "host, cached params",
             Vec::new(),
-            Box::new(|| drop(black_box(instance.run(NOW_MS, black_box(&cached), &[]).unwrap()))),
+            Box::new(|| read_all(instance.run(NOW_MS, black_box(&cached), &[]).unwrap())),
         ),
         (
             "host, params every call",
             Vec::new(),
-            Box::new(|| drop(black_box(naive.run(NOW_MS, black_box(&fresh), &[]).unwrap()))),
+            Box::new(|| read_all(naive.run(NOW_MS, black_box(&fresh), &[]).unwrap())),
         ),
     ];
     for _ in 0..SAMPLES {
@@ -97,12 +98,19 @@ fn main() {
 type Variant<'a> = (&'static str, Vec<f64>, Box<dyn FnMut() + 'a>);
 
 /// The frame texts of a batch that pushed on every connection.
-fn pushed(outcomes: Vec<Outcome>) -> Vec<String> {
+fn pushed(outcomes: Outcomes) -> Vec<String> {
     let text = |outcome| match outcome {
-        Outcome::Push(text) => text,
+        Ok(Outcome::Push(text)) => text.to_owned(),
         other => panic!("expected a push, got {other:?}"),
     };
-    outcomes.into_iter().map(text).collect()
+    outcomes.iter().map(text).collect()
+}
+
+/// Reads every outcome of a batch as the shard does (each text checked to be UTF-8).
+fn read_all(outcomes: Outcomes) {
+    for outcome in outcomes.iter() {
+        black_box(outcome.unwrap());
+    }
 }
 
 /// Runs `batch` for at least [`SAMPLE_TIME`] and returns its time per connection.

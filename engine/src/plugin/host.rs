@@ -26,6 +26,9 @@ pub(crate) mod bindings {
 
 use bindings::wasmpush::plugin::host::Level;
 
+/// The WIT package (and version) of the contract plugins must implement.
+pub const CONTRACT: &str = "wasmpush:plugin@0.2.0";
+
 /// How often the epoch advances; the granularity of call deadlines.
 pub(crate) const EPOCH_PERIOD: Duration = Duration::from_millis(5);
 
@@ -51,7 +54,7 @@ pub enum LoadError {
     #[error("not a valid WebAssembly component: {0:#}")]
     Compile(wasmtime::Error),
     /// The component does not implement the `wasmpush:plugin/push-plugin` world.
-    #[error("does not implement the wasmpush:plugin@0.1.0 contract: {0:#}")]
+    #[error("does not implement the {CONTRACT} contract: {0:#}")]
     Contract(wasmtime::Error),
     /// The component trapped or failed while being instantiated.
     #[error("failed to instantiate: {0}")]
@@ -371,6 +374,12 @@ impl wasmtime_wasi::p2::OutputStream for LogPipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_contract_named_in_load_errors_is_the_wit_package() {
+        let wit = include_str!("../../../guest-sdk/wit/plugin.wit");
+        assert!(wit.contains(&format!("package {CONTRACT};")), "update CONTRACT to the package in plugin.wit");
+    }
 
     #[test]
     fn the_log_budget_drops_lines_past_the_limit_and_refills_per_call() {

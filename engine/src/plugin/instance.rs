@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use wasmtime::Store;
 
+use super::Call;
 use super::deadline::{self, CallDeadline};
 use super::host::{HostState, PluginVersion, bindings};
-use super::{Call, Outcome};
+use super::outcomes::Outcomes;
 
 /// Why a plugin call produced no usable result. Each kind has its own metric and log line; none
-/// is a business error (those are [`Outcome::Error`]).
+/// is a business error (those are [`Outcome::Error`](super::Outcome::Error)).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PluginFault {
     /// The call ran past its deadline and was interrupted.
@@ -23,7 +24,8 @@ pub enum PluginFault {
     /// The guest trapped (a panic, an unreachable, an out-of-bounds access…).
     #[error("trapped: {0}")]
     Trap(String),
-    /// The guest broke the contract (e.g. returned the wrong number of outcomes).
+    /// The guest broke the contract (e.g. returned the wrong number of outcomes, or a text that
+    /// is not UTF-8).
     #[error("broke the contract: {0}")]
     Contract(String),
 }
@@ -61,7 +63,7 @@ impl PluginInstance {
     }
 
     /// Runs one batch: one outcome per call, in order. On a fault the instance must be dropped.
-    pub fn run(&mut self, now_ms: u64, calls: &[Call], closed: &[u64]) -> Result<Vec<Outcome>, PluginFault> {
+    pub fn run(&mut self, now_ms: u64, calls: &[Call], closed: &[u64]) -> Result<Outcomes, PluginFault> {
         let limits = self.version.limits;
         let budget = limits.call_timeout + limits.per_call_budget * calls.len() as u32;
         self.store.data_mut().deadline = Some(CallDeadline::starting_now(budget));
@@ -72,15 +74,7 @@ impl PluginInstance {
             let plugin = &self.version.name;
             tracing::warn!(target: "plugin", %plugin, dropped, "log lines over the per-call budget were dropped");
         }
-        let outcomes = result?;
-        if outcomes.len() != calls.len() {
-            return Err(PluginFault::Contract(format!(
-                "returned {} outcomes for {} calls",
-                outcomes.len(),
-                calls.len()
-            )));
-        }
-        Ok(outcomes)
+        Outcomes::check(result?, calls.len())
     }
 }
 

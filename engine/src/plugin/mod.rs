@@ -14,9 +14,11 @@
 mod deadline;
 mod host;
 mod instance;
+mod outcomes;
 
 pub use host::{LoadError, PluginHost, PluginVersion, SandboxLimits, content_hash};
 pub use instance::{PluginFault, PluginInstance};
+pub use outcomes::{Outcome, Outcomes};
 
 /// Types of the batch call, generated from the WIT contract.
-pub use host::bindings::wasmpush::plugin::types::{Call, Outcome, Trigger};
+pub use host::bindings::wasmpush::plugin::types::{Call, Trigger};

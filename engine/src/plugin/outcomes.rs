@@ -1,0 +1,127 @@
+//! [`Outcomes`]: a batch's results as the guest packed them (a kind and an end offset per call,
+//! every text in one buffer), checked against the contract before the engine reads them, and
+//! [`Outcome`], one call's result borrowed from them.
+//!
+//! One buffer per batch instead of one string per call: the host copies one list out of the
+//! guest rather than allocating, validating and freeing a string per push, and a push's text
+//! goes from that buffer straight to the socket.
+
+use super::PluginFault;
+use super::host::bindings::wasmpush::plugin::types::{self, Outcome as Kind};
+
+/// What one call produced, borrowed from its batch's [`Outcomes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// Send this text frame to the client.
+    Push(&'a str),
+    /// Nothing to send this time.
+    Skip,
+    /// A business error: sent to the client once, then the connection is parked.
+    Error(&'a str),
+}
+
+/// The checked results of one batch: exactly one per call, each text within the buffer.
+#[derive(Debug)]
+pub struct Outcomes {
+    kinds: Vec<Kind>,
+    ends: Vec<u32>,
+    text: Vec<u8>,
+}
+
+impl Outcomes {
+    /// Checks what the guest returned for a batch of `calls` calls: one kind and one end per
+    /// call, ends that never decrease and stay within the text. A batch that breaks this is a
+    /// contract fault as a whole; a text that is not UTF-8 fails only its own call (see
+    /// [`Self::get`]).
+    pub(super) fn check(raw: types::Outcomes, calls: usize) -> Result<Outcomes, PluginFault> {
+        let types::Outcomes { kinds, ends, text } = raw;
+        if kinds.len() != calls || ends.len() != calls {
+            return Err(PluginFault::Contract(format!(
+                "returned {} outcomes and {} text ends for {calls} calls",
+                kinds.len(),
+                ends.len()
+            )));
+        }
+        let mut start = 0;
+        for &end in &ends {
+            if end < start || end as usize > text.len() {
+                return Err(PluginFault::Contract(format!(
+                    "text end {end} is outside {start}..={} of its text buffer",
+                    text.len()
+                )));
+            }
+            start = end;
+        }
+        Ok(Outcomes { kinds, ends, text })
+    }
+
+    /// How many outcomes there are: one per call.
+    pub fn len(&self) -> usize {
+        self.kinds.len()
+    }
+
+    /// Whether the batch had no calls.
+    pub fn is_empty(&self) -> bool {
+        self.kinds.is_empty()
+    }
+
+    /// Call `index`'s outcome; a contract fault if its text is not UTF-8.
+    ///
+    /// # Panics
+    /// If `index` is not below [`Self::len`].
+    pub fn get(&self, index: usize) -> Result<Outcome<'_>, PluginFault> {
+        let start = index.checked_sub(1).map_or(0, |previous| self.ends[previous] as usize);
+        let bytes = &self.text[start..self.ends[index] as usize];
+        let text = std::str::from_utf8(bytes)
+            .map_err(|err| PluginFault::Contract(format!("the text of call {index} is not UTF-8: {err}")))?;
+        Ok(match self.kinds[index] {
+            Kind::Push => Outcome::Push(text),
+            Kind::Skip => Outcome::Skip,
+            Kind::Error => Outcome::Error(text),
+        })
+    }
+
+    /// Every call's outcome, in call order.
+    pub fn iter(&self) -> impl Iterator<Item = Result<Outcome<'_>, PluginFault>> {
+        (0..self.len()).map(|index| self.get(index))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(kinds: &[Kind], ends: &[u32], text: &[u8]) -> types::Outcomes {
+        types::Outcomes { kinds: kinds.to_vec(), ends: ends.to_vec(), text: text.to_vec() }
+    }
+
+    #[test]
+    fn texts_are_cut_at_their_ends() {
+        let outcomes =
+            Outcomes::check(raw(&[Kind::Push, Kind::Skip, Kind::Error], &[5, 5, 9], b"helloboom"), 3).unwrap();
+        let read: Vec<_> = outcomes.iter().map(Result::unwrap).collect();
+        assert_eq!(read, [Outcome::Push("hello"), Outcome::Skip, Outcome::Error("boom")]);
+    }
+
+    #[test]
+    fn a_count_other_than_the_calls_is_a_contract_fault() {
+        let err = Outcomes::check(raw(&[Kind::Skip], &[0], b""), 2).unwrap_err();
+        assert_eq!(err, PluginFault::Contract("returned 1 outcomes and 1 text ends for 2 calls".into()));
+        assert!(Outcomes::check(raw(&[Kind::Skip, Kind::Skip], &[0], b""), 2).is_err());
+    }
+
+    #[test]
+    fn ends_outside_the_text_or_going_back_are_contract_faults() {
+        let past_the_end = Outcomes::check(raw(&[Kind::Push], &[4], b"abc"), 1).unwrap_err();
+        assert_eq!(past_the_end, PluginFault::Contract("text end 4 is outside 0..=3 of its text buffer".into()));
+        let backwards = Outcomes::check(raw(&[Kind::Push, Kind::Push], &[2, 1], b"abc"), 2).unwrap_err();
+        assert_eq!(backwards, PluginFault::Contract("text end 1 is outside 2..=3 of its text buffer".into()));
+    }
+
+    #[test]
+    fn a_text_that_is_not_utf8_fails_only_its_call() {
+        let outcomes = Outcomes::check(raw(&[Kind::Push, Kind::Push], &[2, 4], b"ok\xff\xfe"), 2).unwrap();
+        assert_eq!(outcomes.get(0), Ok(Outcome::Push("ok")));
+        assert!(matches!(outcomes.get(1), Err(PluginFault::Contract(msg)) if msg.contains("not UTF-8")));
+    }
+}
