@@ -18,7 +18,7 @@ use flume::RecvTimeoutError;
 use crate::live::LiveSettings;
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, OutboundQueue};
-use crate::plugin::{Call, Outcome, Outcomes, PluginFault, PluginInstance, PluginVersion, Trigger};
+use crate::plugin::{Calls, Outcome, Outcomes, PluginFault, PluginInstance, PluginVersion, Trigger};
 use crate::protocol::{ClientError, PLUGIN_ERROR, error_frame};
 use crate::registry::PluginRegistry;
 
@@ -413,18 +413,12 @@ impl PluginSlot {
             self.closed.clear();
         }
         let generation = self.generation;
-        let calls: Vec<Call> = due
-            .iter()
-            .map(|&(conn_id, trigger)| {
-                let conn = &self.conns[&conn_id];
-                Call {
-                    conn_id,
-                    seq: conn.pushes + 1,
-                    trigger,
-                    params: (conn.params_seen != generation).then(|| conn.params.as_deref().unwrap_or("{}").to_owned()),
-                }
-            })
-            .collect();
+        let mut calls = Calls::with_capacity(due.len());
+        for &(conn_id, trigger) in due {
+            let conn = &self.conns[&conn_id];
+            let params = (conn.params_seen != generation).then(|| conn.params.as_deref().unwrap_or("{}"));
+            calls.push(conn_id, conn.pushes + 1, trigger, params);
+        }
         let instance = self.instance.as_mut().expect("built above");
         match instance.run(now_ms, &calls, &self.closed) {
             Ok(outcomes) => {

@@ -18,14 +18,17 @@ use std::hash::{BuildHasherDefault, Hasher};
 use serde::de::DeserializeOwned;
 
 use crate::bindings::wasmpush::plugin::types::Outcome;
-use crate::bindings::{Call, Outcomes};
+use crate::bindings::{Calls, Outcomes};
 use crate::{Context, Payload};
 
+/// Parsed params (or why they did not parse) by connection id, for the plugin's params type `P`.
+type ParamsCache<P> = HashMap<u64, Result<P, String>, BuildHasherDefault<ConnIdHasher>>;
+
 thread_local! {
-    /// Parsed params by connection id. Each value is a `Result<P, String>` for the plugin's one
-    /// params type `P`; it is boxed as `Any` because a static cannot be generic.
-    static PARAMS: RefCell<HashMap<u64, Box<dyn Any>, BuildHasherDefault<ConnIdHasher>>> =
-        RefCell::new(HashMap::default());
+    /// The plugin's [`ParamsCache`]. A static cannot be generic, so the cache is stored as `Any`
+    /// and downcast once per batch (a plugin has one params type, so the downcast always
+    /// succeeds).
+    static PARAMS: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
 
     /// The text length of the previous batch: the next buffer starts that large.
     static TEXT_HINT: Cell<usize> = const { Cell::new(0) };
@@ -54,37 +57,44 @@ impl Hasher for ConnIdHasher {
 }
 
 /// Runs `tick` for every call of a batch and returns the outcomes in the order of `calls`.
-pub fn run_batch<P, R, E, F>(now_ms: u64, calls: Vec<Call>, closed: Vec<u64>, tick: F) -> Outcomes
+pub fn run_batch<P, R, E, F>(now_ms: u64, calls: Calls, closed: Vec<u64>, tick: F) -> Outcomes
 where
     P: DeserializeOwned + 'static,
     R: Payload,
     E: Display,
     F: Fn(&Context, &P) -> Result<Option<R>, E>,
 {
+    let mut cache = PARAMS
+        .take()
+        .and_then(|cache| cache.downcast::<ParamsCache<P>>().ok())
+        .unwrap_or_else(|| Box::new(ParamsCache::<P>::default()));
+    for conn_id in closed {
+        cache.remove(&conn_id);
+    }
+    let count = calls.conn_ids.len();
     let mut out = Outcomes {
-        kinds: Vec::with_capacity(calls.len()),
-        ends: Vec::with_capacity(calls.len()),
+        kinds: Vec::with_capacity(count),
+        ends: Vec::with_capacity(count),
         text: Vec::with_capacity(TEXT_HINT.get()),
     };
-    PARAMS.with_borrow_mut(|cache| {
-        for conn_id in closed {
-            cache.remove(&conn_id);
-        }
-        for call in calls {
-            if let Some(text) = call.params {
-                cache.insert(call.conn_id, Box::new(parse_params::<P>(&text)));
+    let mut new_params = calls.params.into_iter().peekable();
+    let columns = calls.conn_ids.into_iter().zip(calls.seqs).zip(calls.triggers);
+    for (index, ((conn_id, seq), trigger)) in columns.enumerate() {
+        while let Some(params) = new_params.next_if(|params| params.index as usize <= index) {
+            if params.index as usize == index {
+                cache.insert(conn_id, parse_params::<P>(&params.json));
             }
-            let ctx = Context::new(call.conn_id, call.seq, call.trigger.into(), now_ms);
-            let params = cache.get(&call.conn_id).and_then(|entry| entry.downcast_ref::<Result<P, String>>());
-            let kind = match params {
-                None => write_error(&mut out.text, "no params were sent for this connection"),
-                Some(Err(reason)) => write_error(&mut out.text, reason),
-                Some(Ok(params)) => write_outcome(&mut out.text, tick(&ctx, params)),
-            };
-            out.kinds.push(kind);
-            out.ends.push(u32::try_from(out.text.len()).unwrap_or(u32::MAX));
         }
-    });
+        let ctx = Context::new(conn_id, seq, trigger.into(), now_ms);
+        let kind = match cache.get(&conn_id) {
+            None => write_error(&mut out.text, "no params were sent for this connection"),
+            Some(Err(reason)) => write_error(&mut out.text, reason),
+            Some(Ok(params)) => write_outcome(&mut out.text, tick(&ctx, params)),
+        };
+        out.kinds.push(kind);
+        out.ends.push(u32::try_from(out.text.len()).unwrap_or(u32::MAX));
+    }
+    PARAMS.set(Some(cache));
     TEXT_HINT.set(out.text.len());
     out
 }
@@ -131,16 +141,28 @@ pub(crate) fn parse_params<P: DeserializeOwned>(text: &str) -> Result<P, String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::wasmpush::plugin::types::Trigger;
+    use crate::bindings::wasmpush::plugin::types::{NewParams, Trigger};
 
     #[derive(serde::Deserialize)]
     struct Params {
-        #[allow(dead_code)]
         limit: u32,
     }
 
-    fn call(conn_id: u64, params: Option<&str>) -> Call {
-        Call { conn_id, seq: 1, trigger: Trigger::Tick, params: params.map(str::to_owned) }
+    /// A batch of calls with `seq` 1, each with its params if it has any.
+    fn calls(calls: &[(u64, Option<&str>)]) -> Calls {
+        let params = calls.iter().enumerate().filter_map(|(index, (_, params))| {
+            params.map(|json| NewParams { index: index as u32, json: json.to_owned() })
+        });
+        Calls {
+            conn_ids: calls.iter().map(|(conn_id, _)| *conn_id).collect(),
+            seqs: vec![1; calls.len()],
+            triggers: vec![Trigger::Tick; calls.len()],
+            params: params.collect(),
+        }
+    }
+
+    fn call(conn_id: u64, params: Option<&str>) -> Calls {
+        calls(&[(conn_id, params)])
     }
 
     fn seq_tick(ctx: &Context, _: &Params) -> Result<Option<u64>, crate::Error> {
@@ -157,17 +179,31 @@ mod tests {
 
     #[test]
     fn params_are_kept_until_the_connection_closes() {
-        let first = run_batch(0, vec![call(1, Some(r#"{"limit":1}"#))], vec![], seq_tick);
+        let first = run_batch(0, call(1, Some(r#"{"limit":1}"#)), vec![], seq_tick);
         assert_eq!(texts(&first), [(Outcome::Push, "1")]);
-        let cached = run_batch(0, vec![call(1, None)], vec![], seq_tick);
+        let cached = run_batch(0, call(1, None), vec![], seq_tick);
         assert_eq!(texts(&cached), [(Outcome::Push, "1")]);
-        let forgotten = run_batch(0, vec![call(1, None)], vec![1], seq_tick);
+        let forgotten = run_batch(0, call(1, None), vec![1], seq_tick);
         assert_eq!(texts(&forgotten), [(Outcome::Error, "no params were sent for this connection")]);
     }
 
     #[test]
+    fn params_apply_to_their_call_only_and_stray_indexes_are_ignored() {
+        fn limit(_: &Context, params: &Params) -> Result<Option<u32>, crate::Error> {
+            Ok(Some(params.limit))
+        }
+        run_batch(0, calls(&[(21, Some(r#"{"limit":1}"#)), (22, Some(r#"{"limit":2}"#))]), vec![], limit);
+        let mut batch = calls(&[(21, None), (22, Some(r#"{"limit":5}"#)), (23, None)]);
+        batch.params.push(NewParams { index: 7, json: r#"{"limit":9}"#.to_owned() });
+        let out = run_batch(0, batch, vec![], limit);
+        let expected =
+            [(Outcome::Push, "1"), (Outcome::Push, "5"), (Outcome::Error, "no params were sent for this connection")];
+        assert_eq!(texts(&out), expected);
+    }
+
+    #[test]
     fn a_mismatched_field_is_named_in_the_error() {
-        let out = run_batch(0, vec![call(2, Some(r#"{"limit":"x"}"#))], vec![], seq_tick);
+        let out = run_batch(0, call(2, Some(r#"{"limit":"x"}"#)), vec![], seq_tick);
         match &texts(&out)[..] {
             [(Outcome::Error, msg)] => assert!(msg.starts_with("invalid params: limit: invalid type"), "{msg}"),
             other => panic!("expected an error, got {other:?}"),
@@ -183,15 +219,15 @@ mod tests {
                 _ => Err(format!("error {}", ctx.conn_id)),
             }
         }
-        let calls = (0..6).map(|id| call(id, Some(r#"{"limit":1}"#))).collect();
-        let out = run_batch(0, calls, vec![], parity);
+        let batch: Vec<_> = (10..16).map(|id| (id, Some(r#"{"limit":1}"#))).collect();
+        let out = run_batch(0, calls(&batch), vec![], parity);
         let expected = [
-            (Outcome::Push, "\"push 0\""),
             (Outcome::Skip, ""),
-            (Outcome::Error, "error 2"),
-            (Outcome::Push, "\"push 3\""),
+            (Outcome::Error, "error 11"),
+            (Outcome::Push, "\"push 12\""),
             (Outcome::Skip, ""),
-            (Outcome::Error, "error 5"),
+            (Outcome::Error, "error 14"),
+            (Outcome::Push, "\"push 15\""),
         ];
         assert_eq!(texts(&out), expected);
     }

@@ -15,7 +15,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use wasmpush::Config;
-use wasmpush::plugin::{Call, Outcome, Outcomes, PluginHost, PluginInstance, Trigger};
+use wasmpush::plugin::{Calls, Outcome, Outcomes, PluginHost, PluginInstance, Trigger};
 use wasmpush_sdk::{Context, Payload};
 use wasmpush_tests::artifacts;
 
@@ -30,14 +30,12 @@ const NOW_MS: u64 = 1_700_000_000_000;
 
 fn main() {
     let params: Vec<String> = (0..BATCH).map(|i| format!(r#"{{"symbol":"SYM{i}","nonce":{i}}}"#)).collect();
-    let calls = |with_params: bool| -> Vec<Call> {
-        let call = |(i, params): (usize, &String)| Call {
-            conn_id: i as u64,
-            seq: 7,
-            trigger: Trigger::Tick,
-            params: with_params.then(|| params.clone()),
-        };
-        params.iter().enumerate().map(call).collect()
+    let calls = |with_params: bool| -> Calls {
+        let mut calls = Calls::with_capacity(BATCH);
+        for (i, params) in params.iter().enumerate() {
+            calls.push(i as u64, 7, Trigger::Tick, with_params.then_some(params.as_str()));
+        }
+        calls
     };
     let (fresh, cached) = (calls(true), calls(false));
 

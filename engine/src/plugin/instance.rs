@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use wasmtime::Store;
 
-use super::Call;
+use super::Calls;
 use super::deadline::{self, CallDeadline};
 use super::host::{HostState, PluginVersion, bindings};
 use super::outcomes::Outcomes;
@@ -63,7 +63,7 @@ impl PluginInstance {
     }
 
     /// Runs one batch: one outcome per call, in order. On a fault the instance must be dropped.
-    pub fn run(&mut self, now_ms: u64, calls: &[Call], closed: &[u64]) -> Result<Outcomes, PluginFault> {
+    pub fn run(&mut self, now_ms: u64, calls: &Calls, closed: &[u64]) -> Result<Outcomes, PluginFault> {
         let limits = self.version.limits;
         let budget = limits.call_timeout + limits.per_call_budget * calls.len() as u32;
         self.store.data_mut().deadline = Some(CallDeadline::starting_now(budget));

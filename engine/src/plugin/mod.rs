@@ -11,6 +11,7 @@
 //! random numbers stay available); standard output and error go to the log; waiting on WASI
 //! (`poll`, `pollable.block`, so also sleeping) traps. Each call has an epoch deadline; each instance a memory cap.
 
+mod calls;
 mod deadline;
 mod host;
 mod instance;
@@ -21,4 +22,4 @@ pub use instance::{PluginFault, PluginInstance};
 pub use outcomes::{Outcome, Outcomes};
 
 /// Types of the batch call, generated from the WIT contract.
-pub use host::bindings::wasmpush::plugin::types::{Call, Trigger};
+pub use host::bindings::wasmpush::plugin::types::{Calls, Trigger};
