@@ -10,10 +10,12 @@ target_dir=$1; shift
 read -r -a counts <<< "${*:-1000 5000 19000}"
 engine="$target_dir/release/wasmpush"
 loadgen="$target_dir/release/loadgen"
+floor="$target_dir/release/push_floor"
 url=ws://127.0.0.1:19503/ws/quote
 work=$(mktemp -d)
 engine_pid=""
-trap '[[ -n "$engine_pid" ]] && kill "$engine_pid" 2>/dev/null; rm -rf "$work"' EXIT
+server_pid=""
+trap '[[ -n "$engine_pid" ]] && kill "$engine_pid" 2>/dev/null; [[ -n "$server_pid" ]] && kill "$server_pid" 2>/dev/null; rm -rf "$work"' EXIT
 mkdir -p "$work/plugins"
 cp "$target_dir/wasm32-wasip2/plugin/quote_plugin.wasm" "$work/plugins/quote.wasm"
 ulimit -n "$(ulimit -Hn)"
@@ -99,3 +101,47 @@ for n in "${counts[@]}"; do
   echo "| engine_rss_kib (mid-run; baseline $baseline_rss) | $active_rss |"
   echo "| rss_per_connection_kb (above baseline) | $(per_connection_kb "$active_rss" "$baseline_rss" "$n") |"
 done
+
+# Pushes only, at the largest count: CPU per 100,000 pushes of SERVER (engine or push_floor, whose
+# pid is in server_pid) over one load generator run without params updates, as a table row.
+# $1: name, $2: url, $3: command printing the server's push count so far.
+pushes_only_row() {
+  local name=$1 url=$2 count=$3 before pushes_before after
+  run=$(( run + 1 ))
+  before=$(awk '{print $14 + $15}' "/proc/$server_pid/stat")
+  pushes_before=$($count)
+  "$loadgen" --url "$url" --connections "$n" --seconds 20 --warmup 3 --sources "$(sources_for "$n" "$run")" \
+    --json > "$work/run.txt"
+  after=$(awk '{print $14 + $15}' "/proc/$server_pid/stat")
+  local pushes=$(( $($count) - pushes_before ))
+  local json gap missed
+  json=$(tail -n 1 "$work/run.txt")
+  gap=$(sed -E 's/.*"gap_p99_ms":([0-9.]+).*/\1/' <<< "$json")
+  missed=$(sed -E 's/.*"missed_ticks":([0-9]+).*/\1/' <<< "$json")
+  awk -v name="$name" -v t=$(( after - before )) -v clk="$clk" -v p="$pushes" -v gap="$gap" -v missed="$missed" \
+    'BEGIN { printf "| %s | %.2f | %d | %.3f | %s | %s |\n", name, t/clk, p, (t/clk) / (p/100000), gap, missed }'
+}
+
+floor_pushes() { tail -n 1 "$work/floor.out" | awk '{print $2}'; }
+
+n=${counts[-1]}
+echo
+echo "## $n connections, pushes only (no params updates): the engine against push_floor"
+echo "| server | cpu_s (whole run) | pushes | cpu_s_per_100k_pushes | gap_p99_ms | missed_ticks |"
+echo "|---|---|---|---|---|---|"
+sleep 2
+start_engine
+server_pid=$engine_pid
+pushes_only_row "wasmpush + quote" "$url" "status_field pushes"
+stop_engine
+sleep 2
+"$floor" --listen 127.0.0.1:19505 > "$work/floor.out" 2> "$work/floor.log" &
+server_pid=$!
+for _ in $(seq 50); do
+  [[ -n "$(floor_pushes)" ]] && break
+  sleep 0.1
+done
+pushes_only_row "push_floor (bare sends)" ws://127.0.0.1:19505/ws/quote floor_pushes
+kill "$server_pid"
+wait "$server_pid" 2>/dev/null || true
+server_pid=""
