@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// Phases a tick is spread over, as in the engine.
 const PHASES: usize = 20;
 
-/// Frames sent so far; printed to standard output once a second (`pushes N`).
+/// Frames sent whole so far; printed to standard output once a second (`pushes N`).
 static PUSHES: AtomicU64 = AtomicU64::new(0);
 
 /// One connection, shared by its reading task and the pushing thread.
@@ -52,8 +52,10 @@ impl Conn {
         // A final text frame, unmasked; quote-sized bodies are far below 64 KiB.
         let [high, low] = (body.len() as u16).to_be_bytes();
         let header: &[u8] = if body.len() < 126 { &[0x81, low] } else { &[0x81, 126, high, low] };
-        let _ = SockRef::from(&*self.socket).send_vectored(&[IoSlice::new(header), IoSlice::new(body.as_bytes())]);
-        PUSHES.fetch_add(1, Ordering::Relaxed);
+        let frame = [IoSlice::new(header), IoSlice::new(body.as_bytes())];
+        if SockRef::from(&*self.socket).send_vectored(&frame).is_ok_and(|sent| sent == header.len() + body.len()) {
+            PUSHES.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
