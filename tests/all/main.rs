@@ -4,6 +4,7 @@
 mod bad_input;
 mod cadence;
 mod cli;
+mod cpu_deadline;
 mod demo_page;
 mod heartbeat;
 mod hostile;

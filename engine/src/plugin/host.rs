@@ -69,8 +69,8 @@ pub struct PluginHost {
     linker: Linker<HostState>,
     /// Limits for every instance.
     limits: SandboxLimits,
-    /// Stops the epoch thread when the host is dropped.
-    epoch_stop: Arc<AtomicBool>,
+    /// Advances the epoch; shared with every version loaded.
+    epoch_clock: Arc<EpochClock>,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -90,9 +90,8 @@ impl PluginHost {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         deny_blocking(&mut linker)?;
         bindings::PushPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-        let epoch_stop = Arc::new(AtomicBool::new(false));
-        spawn_epoch_clock(engine.clone(), epoch_stop.clone())?;
-        Ok(PluginHost { engine, linker, limits, epoch_stop })
+        let epoch_clock = Arc::new(EpochClock::start(engine.clone())?);
+        Ok(PluginHost { engine, linker, limits, epoch_clock })
     }
 
     /// Compiles `bytes` as plugin `name`, checks it implements the contract and instantiates it
@@ -109,15 +108,10 @@ impl PluginHost {
             pre,
             engine: self.engine.clone(),
             limits: self.limits,
+            _epoch_clock: self.epoch_clock.clone(),
         });
         PluginInstance::new(&version).map_err(LoadError::Instantiate)?;
         Ok(version)
-    }
-}
-
-impl Drop for PluginHost {
-    fn drop(&mut self) {
-        self.epoch_stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -144,15 +138,32 @@ fn deny_blocking(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Advances the engine's epoch every [`EPOCH_PERIOD`] until `stop` is set.
-fn spawn_epoch_clock(engine: Engine, stop: Arc<AtomicBool>) -> std::io::Result<()> {
-    std::thread::Builder::new().name("wasmpush-epoch".to_owned()).spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(EPOCH_PERIOD);
-            engine.increment_epoch();
-        }
-    })?;
-    Ok(())
+/// The thread that advances an engine's epoch every [`EPOCH_PERIOD`], which is what makes call
+/// deadlines fire. The host and every version it loaded share it, so it runs as long as any of
+/// them lives: a version kept after its host is dropped still has its calls interrupted.
+struct EpochClock {
+    /// Set when the last holder drops it; the thread then ends.
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochClock {
+    fn start(engine: Engine) -> std::io::Result<EpochClock> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let running = stop.clone();
+        std::thread::Builder::new().name("wasmpush-epoch".to_owned()).spawn(move || {
+            while !running.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_PERIOD);
+                engine.increment_epoch();
+            }
+        })?;
+        Ok(EpochClock { stop })
+    }
+}
+
+impl Drop for EpochClock {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The version id of a plugin file: the SHA-256 of its bytes, in hex.
@@ -176,6 +187,8 @@ pub struct PluginVersion {
     pub(super) engine: Engine,
     /// Limits for its instances.
     pub(super) limits: SandboxLimits,
+    /// Keeps the epoch advancing, so its calls' deadlines fire, for as long as it lives.
+    _epoch_clock: Arc<EpochClock>,
 }
 
 impl std::fmt::Debug for PluginVersion {

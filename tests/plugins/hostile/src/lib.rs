@@ -1,5 +1,6 @@
 //! Test plugin: does what its params' `do` asks, so one build can stand for every kind of bad
-//! business code (`big` is a legal 32 KiB payload, for slow-consumer tests). `{"do":"ok"}` (or no `do`) behaves and pushes `{"seq":N}`.
+//! business code (`big` is a legal 32 KiB payload, for slow-consumer tests; `work` computes
+//! `rounds` hash rounds, a fixed amount of CPU, for deadline tests). `{"do":"ok"}` (or no `do`) behaves and pushes `{"seq":N}`.
 
 use wasmpush_sdk::{Context, Error, Raw};
 
@@ -7,6 +8,9 @@ use wasmpush_sdk::{Context, Error, Raw};
 struct Params {
     #[serde(default, rename = "do")]
     action: String,
+    /// For `work`: how many hash rounds to compute.
+    #[serde(default)]
+    rounds: u64,
 }
 
 fn tick(ctx: &Context, params: &Params) -> Result<Option<Raw>, Error> {
@@ -26,6 +30,13 @@ fn tick(ctx: &Context, params: &Params) -> Result<Option<Raw>, Error> {
             // Blocks in a WASI host call, where no epoch check can interrupt it.
             std::thread::sleep(std::time::Duration::from_secs(30));
             Ok(Some(Raw(format!("{{\"seq\":{},\"slept\":true}}", ctx.seq))))
+        }
+        "work" => {
+            // A fixed amount of CPU work, whatever the wall-clock time it takes.
+            let hash = (0..params.rounds).fold(0xcbf2_9ce4_8422_2325_u64, |hash, round| {
+                std::hint::black_box((hash ^ round).wrapping_mul(0x0000_0100_0000_01b3))
+            });
+            Ok(Some(Raw(format!("{{\"seq\":{},\"hash\":{hash}}}", ctx.seq))))
         }
         "huge" => Ok(Some(Raw("x".repeat(1 << 20)))),
         "big" => Ok(Some(Raw(format!("{{\"seq\":{},\"pad\":\"{}\"}}", ctx.seq, "x".repeat(32 * 1024))))),
