@@ -90,7 +90,8 @@ fn push_forever(phases: &[Mutex<Vec<Arc<Conn>>>], tick: Duration) {
     let phase_length = tick / PHASES as u32;
     let mut next = Instant::now();
     for phase in (0..PHASES).cycle() {
-        next += phase_length;
+        // As in the engine, a late phase carries no debt: the next one does not run early.
+        next = (next + phase_length).max(Instant::now());
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
         let mut conns = phases[phase].lock().unwrap_or_else(|poison| poison.into_inner());
         conns.retain(|conn| !conn.closed.load(Ordering::Relaxed));
@@ -110,12 +111,7 @@ async fn accept_forever(listen: &str, phases: Arc<Vec<Mutex<Vec<Arc<Conn>>>>>) -
         tokio::spawn(async move {
             let socket = Arc::new(socket);
             let Ok(mut ws) = tokio_tungstenite::accept_async(Shared(socket.clone())).await else { return };
-            let conn = Arc::new(Conn {
-                socket,
-                index,
-                seq: AtomicU64::new(0),
-                closed: AtomicBool::new(false),
-            });
+            let conn = Arc::new(Conn { socket, index, seq: AtomicU64::new(0), closed: AtomicBool::new(false) });
             let phase = index as usize % PHASES;
             phases[phase].lock().unwrap_or_else(|poison| poison.into_inner()).push(conn.clone());
             while let Some(Ok(_)) = ws.next().await {}
