@@ -3,7 +3,7 @@
 //!
 //! It accepts WebSocket connections and sends every connection a quote-sized frame every tick,
 //! spread over 20 phases like the engine, with one non-blocking `sendmsg` per frame from one
-//! thread. What clients send is read and ignored. There is no plugin, no params, no queue, no
+//! thread per CPU (the engine's default shard count), each with its share of the connections. What clients send is read and ignored. There is no plugin, no params, no queue, no
 //! metric: with the same load generator run without params updates, the engine's CPU per push
 //! divided by this one's is what wasmpush adds over the bare sends. A frame the socket does not
 //! take is dropped.
@@ -70,11 +70,16 @@ fn main() -> anyhow::Result<()> {
             other => anyhow::bail!("unknown argument {other}; usage: push_floor --listen ADDR [--tick-ms MS]"),
         }
     }
-    let phases: Arc<Vec<Mutex<Vec<Arc<Conn>>>>> = Arc::new((0..PHASES).map(|_| Mutex::default()).collect());
-    let pusher_phases = phases.clone();
-    std::thread::Builder::new()
-        .name("push-floor".into())
-        .spawn(move || push_forever(&pusher_phases, Duration::from_millis(tick_ms)))?;
+    let pushers = std::thread::available_parallelism().map_or(1, usize::from);
+    // Pusher `p` owns slots `p * PHASES ..`, one per phase.
+    let slots: Arc<Vec<Mutex<Vec<Arc<Conn>>>>> = Arc::new((0..pushers * PHASES).map(|_| Mutex::default()).collect());
+    for pusher in 0..pushers {
+        let slots = slots.clone();
+        let tick = Duration::from_millis(tick_ms);
+        std::thread::Builder::new()
+            .name("push-floor".into())
+            .spawn(move || push_forever(&slots[pusher * PHASES..][..PHASES], tick))?;
+    }
     std::thread::Builder::new().name("push-count".into()).spawn(|| {
         loop {
             std::thread::sleep(Duration::from_secs(1));
@@ -82,7 +87,7 @@ fn main() -> anyhow::Result<()> {
         }
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    runtime.block_on(accept_forever(&listen, phases))
+    runtime.block_on(accept_forever(&listen, slots, pushers))
 }
 
 /// Sends every connection a frame per tick, phase by phase; forgets closed connections.
@@ -101,19 +106,21 @@ fn push_forever(phases: &[Mutex<Vec<Arc<Conn>>>], tick: Duration) {
     }
 }
 
-async fn accept_forever(listen: &str, phases: Arc<Vec<Mutex<Vec<Arc<Conn>>>>>) -> anyhow::Result<()> {
+/// Accepts connections and hands each to a pusher (in turn) and a phase (in turn).
+async fn accept_forever(listen: &str, slots: Arc<Vec<Mutex<Vec<Arc<Conn>>>>>, pushers: usize) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await?;
     eprintln!("push_floor listening on {}", listener.local_addr()?);
     for index in 0.. {
         let (socket, _) = listener.accept().await?;
         socket.set_nodelay(true)?;
-        let phases = phases.clone();
+        let slots = slots.clone();
         tokio::spawn(async move {
             let socket = Arc::new(socket);
             let Ok(mut ws) = tokio_tungstenite::accept_async(Shared(socket.clone())).await else { return };
             let conn = Arc::new(Conn { socket, index, seq: AtomicU64::new(0), closed: AtomicBool::new(false) });
-            let phase = index as usize % PHASES;
-            phases[phase].lock().unwrap_or_else(|poison| poison.into_inner()).push(conn.clone());
+            let (pusher, turn) = (index as usize % pushers, index as usize / pushers);
+            let slot = &slots[pusher * PHASES + turn % PHASES];
+            slot.lock().unwrap_or_else(|poison| poison.into_inner()).push(conn.clone());
             while let Some(Ok(_)) = ws.next().await {}
             conn.closed.store(true, Ordering::Relaxed);
         });
