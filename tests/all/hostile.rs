@@ -1,5 +1,5 @@
-//! Hostile plugin calls — an infinite loop, a memory bomb, a panic, a huge payload, a log flood —
-//! each hurt only their own connection: it gets its error frame, everyone else keeps ticking.
+//! Hostile plugin calls — an infinite loop, a memory bomb, a panic, a huge payload, a frame that
+//! is not UTF-8, a log flood — each hurt only their own connection: it gets its error frame, everyone else keeps ticking.
 
 use futures_util::future::join_all;
 use wasmpush_tests::{Client, TestEngine, artifacts};
@@ -32,6 +32,7 @@ async fn each_fault_hits_only_its_own_connection() {
         ("alloc", 5001, "plugin `hostile` failed"),
         ("panic", 5001, "plugin `hostile` failed"),
         ("huge", 5003, "produced 1048576 bytes, more than the limit of 65536"),
+        ("invalid-utf8", 5001, "plugin `hostile` failed"),
     ];
     let hostile =
         join_all(cases.iter().map(|(action, ..)| connect("hostile", &format!(r#"{{"do":"{action}"}}"#)))).await;

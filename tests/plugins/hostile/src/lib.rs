@@ -1,8 +1,9 @@
 //! Test plugin: does what its params' `do` asks, so one build can stand for every kind of bad
 //! business code (`big` is a legal 32 KiB payload, for slow-consumer tests; `work` computes
-//! `rounds` hash rounds, a fixed amount of CPU, for deadline tests). `{"do":"ok"}` (or no `do`) behaves and pushes `{"seq":N}`.
+//! `rounds` hash rounds, a fixed amount of CPU, for deadline tests; `invalid-utf8` returns a frame
+//! that is not UTF-8). `{"do":"ok"}` (or no `do`) behaves and pushes `{"seq":N}`.
 
-use wasmpush_sdk::{Context, Error, Raw};
+use wasmpush_sdk::{Context, Error, Payload, Raw};
 
 #[derive(serde::Deserialize)]
 struct Params {
@@ -13,7 +14,33 @@ struct Params {
     rounds: u64,
 }
 
-fn tick(ctx: &Context, params: &Params) -> Result<Option<Raw>, Error> {
+/// What `hostile` returns: a text, or (for `invalid-utf8`) bytes that are not UTF-8, which only a
+/// hand-written [`Payload`] can produce.
+enum Reply {
+    Text(Raw),
+    NotUtf8,
+}
+
+impl Payload for Reply {
+    fn write_frame(self, frame: &mut Vec<u8>) -> Result<(), Error> {
+        match self {
+            Reply::Text(raw) => raw.write_frame(frame),
+            Reply::NotUtf8 => {
+                frame.extend_from_slice(b"{\"bytes\":\"\xff\xfe\"}");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn tick(ctx: &Context, params: &Params) -> Result<Option<Reply>, Error> {
+    if params.action == "invalid-utf8" {
+        return Ok(Some(Reply::NotUtf8));
+    }
+    text(ctx, params).map(|text| text.map(Reply::Text))
+}
+
+fn text(ctx: &Context, params: &Params) -> Result<Option<Raw>, Error> {
     match params.action.as_str() {
         "loop" => loop {
             std::hint::black_box(ctx.seq);
