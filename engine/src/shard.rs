@@ -194,7 +194,7 @@ impl Shard {
     }
 
     /// The worker loop: commands as they come, and every `tick / PHASES` a batch per plugin with
-    /// the connections of the phase whose turn it is.
+    /// the connections of the phase whose turn it is. A shard without connections only waits.
     ///
     /// A late phase runs at once rather than being skipped, and no debt carries over to the next,
     /// so under overload every connection slows down alike instead of some missing ticks.
@@ -203,7 +203,16 @@ impl Shard {
         let mut phase = 0;
         let mut behind = OverrunLog::default();
         loop {
-            match commands.recv_deadline(next_tick) {
+            let received = if self.slots.is_empty() {
+                // No connection to tick: sleep until a command comes instead of waking every
+                // phase, and count the phases from then (an idle wait is not lateness).
+                let received = commands.recv().map_err(|_| RecvTimeoutError::Disconnected);
+                next_tick = Instant::now() + self.settings.live.tick() / PHASES;
+                received
+            } else {
+                commands.recv_deadline(next_tick)
+            };
+            match received {
                 Ok(command) => {
                     self.handle(command);
                     for command in commands.try_iter().take(COMMANDS_PER_ROUND) {
