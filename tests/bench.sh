@@ -39,7 +39,8 @@ stop_engine() {
   engine_pid=""
 }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$engine_pid/stat"; }
+# CPU ticks (user + system) process $1 has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$engine_pid/status"; }
 status_field() { curl -sf http://127.0.0.1:19504/status | sed -E "s/.*\"$1\":([0-9]+).*/\\1/"; }
 per_connection_kb() { awk -v r="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.1f", (r - b) * 1.024 / n }'; }
@@ -79,14 +80,14 @@ for n in "${counts[@]}"; do
   run=$(( run + 1 ))
   sleep 2
   start_engine
-  before=$(cpu_ticks)
+  before=$(cpu_ticks "$engine_pid")
   pushes_before=$(status_field pushes)
   # Resident memory with every connection open and pushed to, mid-way through the window.
   ( sleep 15; rss_kib > "$work/active.rss" ) &
   sampler=$!
   /usr/bin/time -f '%U %S' -o "$work/loadgen.time" "$loadgen" --url "$url" --connections "$n" --seconds 20 \
     --warmup 3 --update-every 1 --sources "$(sources_for "$n" "$run")" --json > "$work/run.txt"
-  after=$(cpu_ticks)
+  after=$(cpu_ticks "$engine_pid")
   # Every push the engine made in the run (connects and warm-up included), by its own count.
   pushes=$(( $(status_field pushes) - pushes_before ))
   wait "$sampler"
@@ -108,11 +109,11 @@ done
 pushes_only_row() {
   local name=$1 url=$2 count=$3 before pushes_before after
   run=$(( run + 1 ))
-  before=$(awk '{print $14 + $15}' "/proc/$server_pid/stat")
+  before=$(cpu_ticks "$server_pid")
   pushes_before=$($count)
   "$loadgen" --url "$url" --connections "$n" --seconds 20 --warmup 3 --sources "$(sources_for "$n" "$run")" \
     --json > "$work/run.txt"
-  after=$(awk '{print $14 + $15}' "/proc/$server_pid/stat")
+  after=$(cpu_ticks "$server_pid")
   local pushes=$(( $($count) - pushes_before ))
   local json gap missed
   json=$(tail -n 1 "$work/run.txt")

@@ -393,10 +393,7 @@ impl PluginSlot {
             Ok(outcomes) => {
                 let mut tally = Tally::default();
                 for ((conn_id, _), outcome) in due.iter().zip(outcomes.iter()) {
-                    match outcome {
-                        Ok(outcome) => self.deliver(*conn_id, outcome, settings, &mut tally),
-                        Err(fault) => self.fault(*conn_id, &fault, settings),
-                    }
+                    self.settle(*conn_id, outcome, settings, &mut tally);
                 }
                 tally.add_to(&settings.metrics);
             }
@@ -466,13 +463,26 @@ impl PluginSlot {
                 tracing::warn!(plugin = %self.name, deferred, "replay ran out of time; the rest retry next tick");
                 break;
             }
-            let result = self.call(version, std::slice::from_ref(item), now_ms, generations);
-            match result.as_ref().map_err(Clone::clone).and_then(|outcomes| outcomes.get(0)) {
-                Ok(outcome) => self.deliver(item.0, outcome, settings, &mut tally),
+            match self.call(version, std::slice::from_ref(item), now_ms, generations) {
+                Ok(outcomes) => self.settle(item.0, outcomes.get(0), settings, &mut tally),
                 Err(fault) => self.fault(item.0, &fault, settings),
             }
         }
         tally.add_to(&settings.metrics);
+    }
+
+    /// Delivers one call's outcome, or its fault when the outcome broke the contract.
+    fn settle(
+        &mut self,
+        conn_id: u64,
+        outcome: Result<Outcome<'_>, PluginFault>,
+        settings: &ShardSettings,
+        tally: &mut Tally,
+    ) {
+        match outcome {
+            Ok(outcome) => self.deliver(conn_id, outcome, settings, tally),
+            Err(fault) => self.fault(conn_id, &fault, settings),
+        }
     }
 
     /// Sends a plugin's outcome to its connection.
