@@ -56,13 +56,38 @@ impl Hasher for ConnIdHasher {
     }
 }
 
-/// Runs `tick` for every call of a batch and returns the outcomes in the order of `calls`.
-pub fn run_batch<P, R, E, F>(now_ms: u64, calls: Calls, closed: Vec<u64>, tick: F) -> Outcomes
+/// The author's function, for every lifetime of the params it is lent: its payload may borrow
+/// from the connection's cached params (a [`Payload`] holding a `&str` of them) instead of
+/// copying them. Every `fn(&Context, &P) -> Result<Option<R>, E>` is one.
+pub trait TickFn<'a, P: 'a> {
+    /// What the function pushes.
+    type Payload: Payload;
+    /// Its business error.
+    type Error: Display;
+
+    /// Calls the function.
+    fn call(&self, ctx: &Context, params: &'a P) -> Result<Option<Self::Payload>, Self::Error>;
+}
+
+impl<'a, P: 'a, F, R, E> TickFn<'a, P> for F
 where
-    P: DeserializeOwned + 'static,
+    F: Fn(&Context, &'a P) -> Result<Option<R>, E>,
     R: Payload,
     E: Display,
-    F: Fn(&Context, &P) -> Result<Option<R>, E>,
+{
+    type Payload = R;
+    type Error = E;
+
+    fn call(&self, ctx: &Context, params: &'a P) -> Result<Option<R>, E> {
+        self(ctx, params)
+    }
+}
+
+/// Runs `tick` for every call of a batch and returns the outcomes in the order of `calls`.
+pub fn run_batch<P, F>(now_ms: u64, calls: Calls, closed: Vec<u64>, tick: F) -> Outcomes
+where
+    P: DeserializeOwned + 'static,
+    F: for<'a> TickFn<'a, P>,
 {
     let mut cache = PARAMS
         .take()
@@ -89,7 +114,7 @@ where
         let kind = match cache.get(&conn_id) {
             None => write_error(&mut out.text, "no params were sent for this connection"),
             Some(Err(reason)) => write_error(&mut out.text, reason),
-            Some(Ok(params)) => write_outcome(&mut out.text, tick(&ctx, params)),
+            Some(Ok(params)) => write_outcome(&mut out.text, tick.call(&ctx, params)),
         };
         out.kinds.push(kind);
         out.ends.push(u32::try_from(out.text.len()).unwrap_or(u32::MAX));
@@ -230,5 +255,28 @@ mod tests {
             (Outcome::Push, "\"push 15\""),
         ];
         assert_eq!(texts(&out), expected);
+    }
+
+    #[test]
+    fn a_payload_may_borrow_from_the_cached_params() {
+        #[derive(serde::Deserialize)]
+        struct Named {
+            name: String,
+        }
+        /// Writes the params' name without copying it into a `String` of its own.
+        struct Greeting<'a>(&'a str);
+        impl Payload for Greeting<'_> {
+            fn write_frame(self, frame: &mut Vec<u8>) -> Result<(), crate::Error> {
+                frame.extend_from_slice(b"hello ");
+                frame.extend_from_slice(self.0.as_bytes());
+                Ok(())
+            }
+        }
+        fn greet<'a>(_: &Context, params: &'a Named) -> Result<Option<Greeting<'a>>, crate::Error> {
+            Ok(Some(Greeting(&params.name)))
+        }
+        run_batch(0, call(31, Some(r#"{"name":"Ada"}"#)), vec![], greet);
+        let out = run_batch(0, call(31, None), vec![], greet);
+        assert_eq!(texts(&out), [(Outcome::Push, "hello Ada")]);
     }
 }

@@ -79,7 +79,10 @@ pub mod __private {
 
 /// Registers the plugin function: `fn(&Context, &P) -> Result<Option<R>, E>`, where `P` is your
 /// params type (any `serde::de::DeserializeOwned`), `R` any [`Payload`] (every
-/// `serde::Serialize` type, or [`Raw`]) and `E` any error that implements `Display`.
+/// `serde::Serialize` type, [`Raw`], or your own) and `E` any error that implements `Display`.
+/// `R` may borrow from the params (`fn tick<'a>(ctx: &Context, params: &'a P) ->
+/// Result<Option<Quote<'a>>, E>`), so a payload can write the connection's strings into the frame
+/// without copying them first.
 ///
 /// Use it once per plugin crate, at the top level of `src/lib.rs`:
 ///

@@ -5,9 +5,9 @@
 //! hand so every implementation agrees on its digits. Symbol `FAIL` is a business error.
 
 use serde::Deserialize;
-use serde::de::{Deserializer, IgnoredAny};
+use serde::de::{Deserializer, Error as _, IgnoredAny};
 use serde_json::value::RawValue;
-use wasmpush_sdk::{Context, Error, Raw};
+use wasmpush_sdk::{Context, Error, Payload};
 
 /// The connection's params. Everything is optional; unknown keys are ignored.
 #[derive(Debug, Deserialize)]
@@ -16,8 +16,9 @@ pub struct Params {
     /// reads as `NONE`.
     #[serde(default, deserialize_with = "string_or_none")]
     pub symbol: Option<String>,
-    /// The `nonce` value as it was sent, echoed back in every push; `None` when absent or null.
-    #[serde(default)]
+    /// The `nonce` value as it was sent (objects and arrays made compact once, here), echoed back
+    /// in every push; `None` when absent or null.
+    #[serde(default, deserialize_with = "compact_nonce")]
     pub nonce: Option<Box<RawValue>>,
 }
 
@@ -28,28 +29,44 @@ const NO_SYMBOL: &str = "NONE";
 const FAILING_SYMBOL: &str = "FAIL";
 
 /// Builds the frame for one push.
-pub fn tick(ctx: &Context, params: &Params) -> Result<Option<Raw>, Error> {
+pub fn tick<'a>(ctx: &Context, params: &'a Params) -> Result<Option<Quote<'a>>, Error> {
     let symbol = params.symbol.as_deref().unwrap_or(NO_SYMBOL);
     if symbol == FAILING_SYMBOL {
         return Err(Error::msg("symbol FAIL is not tradable"));
     }
     let cents = u64::from(fnv1a32(symbol.as_bytes()) % 10_000) + ctx.seq;
-    let mut frame = String::with_capacity(96 + symbol.len());
-    frame.push_str("{\"symbol\":");
-    frame.push_str(&serde_json::to_string(symbol)?);
-    frame.push_str(&format!(
-        ",\"seq\":{},\"ts\":{},\"price\":{}.{:02},\"nonce\":",
-        ctx.seq,
-        ctx.now_ms,
-        cents / 100,
-        cents % 100
-    ));
-    match &params.nonce {
-        None => frame.push_str("null"),
-        Some(nonce) => frame.push_str(&compact(nonce)?),
+    Ok(Some(Quote { symbol, seq: ctx.seq, ts: ctx.now_ms, cents, nonce: params.nonce.as_deref() }))
+}
+
+/// One push. It borrows the symbol and nonce from the cached params and writes itself straight
+/// into the batch's frame buffer: a push allocates nothing.
+#[derive(Debug)]
+pub struct Quote<'a> {
+    symbol: &'a str,
+    seq: u64,
+    ts: u64,
+    cents: u64,
+    nonce: Option<&'a RawValue>,
+}
+
+impl Payload for Quote<'_> {
+    fn write_frame(self, frame: &mut Vec<u8>) -> Result<(), Error> {
+        let mut digits = itoa::Buffer::new();
+        frame.extend_from_slice(b"{\"symbol\":");
+        serde_json::to_writer(&mut *frame, self.symbol)?;
+        frame.extend_from_slice(b",\"seq\":");
+        frame.extend_from_slice(digits.format(self.seq).as_bytes());
+        frame.extend_from_slice(b",\"ts\":");
+        frame.extend_from_slice(digits.format(self.ts).as_bytes());
+        frame.extend_from_slice(b",\"price\":");
+        frame.extend_from_slice(digits.format(self.cents / 100).as_bytes());
+        let cents = (self.cents % 100) as u8;
+        frame.extend_from_slice(&[b'.', b'0' + cents / 10, b'0' + cents % 10]);
+        frame.extend_from_slice(b",\"nonce\":");
+        frame.extend_from_slice(self.nonce.map_or("null", RawValue::get).as_bytes());
+        frame.push(b'}');
+        Ok(())
     }
-    frame.push('}');
-    Ok(Some(Raw(frame)))
 }
 
 wasmpush_sdk::plugin!(tick);
@@ -59,14 +76,16 @@ pub fn fnv1a32(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811C_9DC5, |hash: u32, &byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193))
 }
 
-/// The nonce as compact JSON: scalars exactly as sent, objects and arrays without whitespace.
-fn compact(nonce: &RawValue) -> Result<String, Error> {
-    let text = nonce.get();
-    if text.starts_with(['{', '[']) {
-        Ok(serde_json::to_string(&serde_json::from_str::<serde_json::Value>(text)?)?)
-    } else {
-        Ok(text.to_owned())
+/// Reads the nonce: scalars exactly as sent, objects and arrays without whitespace.
+fn compact_nonce<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    let Some(nonce) = Option::<Box<RawValue>>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if !nonce.get().starts_with(['{', '[']) {
+        return Ok(Some(nonce));
     }
+    let value: serde_json::Value = serde_json::from_str(nonce.get()).map_err(D::Error::custom)?;
+    serde_json::value::to_raw_value(&value).map(Some).map_err(D::Error::custom)
 }
 
 /// Reads a JSON string as `Some`, and any other JSON value as `None`.
@@ -92,7 +111,7 @@ mod tests {
 
     fn frame(params: &str, seq: u64) -> Result<Option<String>, Error> {
         let params: Params = serde_json::from_str(params).unwrap();
-        Ok(tick(&Context::new(1, seq, Trigger::Tick, TS), &params)?.map(|raw| raw.0))
+        tick(&Context::new(1, seq, Trigger::Tick, TS), &params)?.map(Payload::into_frame).transpose()
     }
 
     #[test]
