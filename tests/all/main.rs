@@ -8,6 +8,7 @@ mod cpu_deadline;
 mod demo_page;
 mod heartbeat;
 mod hostile;
+mod loadgen;
 mod metrics;
 mod nginx;
 mod raw_frames;

@@ -8,10 +8,20 @@
 //! connection is established and the warm-up has passed. Connections come from `--sources`
 //! addresses in turn, so more than one address's port range can be used.
 //!
+//! It must cost far less than the engine it measures, on the same cores: connections are opened
+//! with tokio, then read by a thread per CPU with plain epoll and frames parsed where they were
+//! read (`measure.rs`, `wire.rs`). With tokio-tungstenite the load generator needed about as much
+//! CPU as the engine at 19,000 connections, and a late reader shows up as the engine's lateness.
+//!
 //! With `--idle` the connections send no params at all (so nothing is pushed to them) and just
 //! stay open for `--seconds`: what `just bench` measures idle memory with.
 //!
 //! Usage: `loadgen --url ws://127.0.0.1:9503/ws/quote --connections 1000 --seconds 20`
+//! (`--warmup S`, `--update-every S`, `--tick-ms MS`, `--sources IP,IP`, `--threads N` measuring
+//! threads, one per CPU by default, `--idle`, `--json`)
+
+mod measure;
+mod wire;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -19,10 +29,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
+
+use measure::{Client, ConnectionReport, Plan};
 
 /// Command-line settings.
 #[derive(Debug, Clone)]
@@ -36,15 +46,7 @@ struct Settings {
     sources: Vec<IpAddr>,
     json: bool,
     idle: bool,
-}
-
-/// What one connection saw after the warm-up.
-#[derive(Debug, Default)]
-struct ConnectionReport {
-    frames: u64,
-    gaps_us: Vec<u32>,
-    update_latencies_us: Vec<u32>,
-    dropped: bool,
+    threads: usize,
 }
 
 fn parse_args() -> anyhow::Result<Settings> {
@@ -58,6 +60,7 @@ fn parse_args() -> anyhow::Result<Settings> {
         sources: vec![IpAddr::from([127, 0, 0, 1])],
         json: false,
         idle: false,
+        threads: std::thread::available_parallelism().map_or(1, usize::from),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -72,6 +75,7 @@ fn parse_args() -> anyhow::Result<Settings> {
             "--sources" => settings.sources = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--json" => settings.json = true,
             "--idle" => settings.idle = true,
+            "--threads" => settings.threads = value()?.parse::<usize>()?.max(1),
             other => bail!("unknown argument {other}; see the doc comment of tests/src/bin/loadgen.rs"),
         }
     }
@@ -81,10 +85,24 @@ fn parse_args() -> anyhow::Result<Settings> {
 fn main() -> anyhow::Result<()> {
     let settings = parse_args()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run(settings))
+    let (clients, failed, connect_secs) = runtime.block_on(connect_all(&settings))?;
+    drop(runtime);
+    let measure_from = Instant::now() + Duration::from_secs(settings.warmup_secs);
+    let plan = Plan {
+        measure_from,
+        end: measure_from + Duration::from_secs(settings.seconds),
+        update_every: (settings.update_every_secs > 0 && !settings.idle)
+            .then(|| Duration::from_secs(settings.update_every_secs)),
+        connections: settings.connections,
+    };
+    let reports = measure_all(clients, plan, settings.threads)?;
+    print_summary(&settings, &reports, failed, connect_secs);
+    Ok(())
 }
 
-async fn run(settings: Settings) -> anyhow::Result<()> {
+/// Connects every client first (then measuring starts: the handshakes' load stays out of the
+/// window). Returns the established ones, how many failed and how long it took.
+async fn connect_all(settings: &Settings) -> anyhow::Result<(Vec<Client>, u64, f64)> {
     let target: SocketAddr = {
         let authority = settings.url.trim_start_matches("ws://").split('/').next().unwrap_or_default();
         tokio::net::lookup_host(authority).await?.next().context("cannot resolve the url's host")?
@@ -92,7 +110,6 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let failed = Arc::new(AtomicU64::new(0));
     let connecting = Arc::new(Semaphore::new(256));
     let start = Instant::now();
-    // Connect every client first, then measure: the handshakes' load stays out of the window.
     let connects: Vec<_> = (0..settings.connections)
         .map(|i| {
             let settings = settings.clone();
@@ -102,7 +119,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
                 let source = settings.sources[i % settings.sources.len()];
                 let _permit = connecting.acquire_owned().await.ok();
                 match connect(&settings, target, source, i).await {
-                    Ok(ws) => Some((i, ws)),
+                    Ok(client) => Some(client),
                     Err(err) => {
                         if failed.fetch_add(1, Ordering::Relaxed) == 0 {
                             eprintln!("loadgen: connection {i} failed: {err:#}");
@@ -113,124 +130,43 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             })
         })
         .collect();
-    let mut sockets = Vec::with_capacity(connects.len());
+    let mut clients = Vec::with_capacity(connects.len());
     for connect in connects {
-        sockets.extend(connect.await?);
+        clients.extend(connect.await?);
     }
-    let connect_secs = start.elapsed().as_secs_f64();
-    let measure_from = Instant::now() + Duration::from_secs(settings.warmup_secs);
-    let end = measure_from + Duration::from_secs(settings.seconds);
-    let measures: Vec<_> = sockets
-        .into_iter()
-        .map(|(i, ws)| {
-            let settings = settings.clone();
-            tokio::spawn(async move { measure(ws, &settings, i, measure_from, end).await })
-        })
-        .collect();
-    let mut reports = Vec::with_capacity(measures.len());
-    for measure in measures {
-        reports.push(measure.await?);
-    }
-    print_summary(&settings, &reports, failed.load(Ordering::Relaxed), connect_secs);
-    Ok(())
+    Ok((clients, failed.load(Ordering::Relaxed), start.elapsed().as_secs_f64()))
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-async fn connect(settings: &Settings, target: SocketAddr, source: IpAddr, i: usize) -> anyhow::Result<Socket> {
+/// Opens connection `i` from `source` and hands its socket over, non-blocking, for measuring.
+async fn connect(settings: &Settings, target: SocketAddr, source: IpAddr, i: usize) -> anyhow::Result<Client> {
     let socket = if target.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.bind(SocketAddr::new(source, 0))?;
-    let stream = tokio::time::timeout(Duration::from_secs(30), socket.connect(target)).await??;
-    let url = if settings.idle {
-        settings.url.clone()
+    let mut stream = tokio::time::timeout(Duration::from_secs(30), socket.connect(target)).await??;
+    let rest = settings.url.trim_start_matches("ws://");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if settings.idle {
+        path.to_owned()
     } else {
         let params = format!(r#"{{"symbol":"SYM{i}","nonce":0}}"#);
-        format!("{}?params={}", settings.url, wasmpush_tests::percent_encode(&params))
+        format!("{path}?params={}", wasmpush_tests::percent_encode(&params))
     };
-    let (ws, _) = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio_tungstenite::client_async_with_config(url, stream, Some(client_config())),
-    )
-    .await??;
-    Ok(ws)
+    let read_ahead = tokio::time::timeout(Duration::from_secs(30), wire::handshake(&mut stream, host, &path)).await??;
+    Ok(Client { index: i, stream: stream.into_std()?, read_ahead })
 }
 
-/// A small read buffer: tungstenite zero-fills the whole buffer before each read, so the default
-/// 128 KiB would make the load generator, not the engine, the bottleneck.
-fn client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096)
-}
-
-/// Reads frames until `end`, sending params updates if asked.
-///
-/// Connection `i` of N sends its first update `i / N` of the update interval after the warm-up,
-/// so updates arrive evenly spread, as from independent clients, not as one burst per interval.
-async fn measure(
-    mut ws: Socket,
-    settings: &Settings,
-    i: usize,
-    measure_from: Instant,
-    end: Instant,
-) -> ConnectionReport {
-    let mut report = ConnectionReport::default();
-    let mut last_frame: Option<Instant> = None;
-    let update_every = Duration::from_secs(settings.update_every_secs.max(1));
-    let spread = update_every.mul_f64(i as f64 / settings.connections as f64);
-    let first_update = (settings.update_every_secs > 0 && !settings.idle).then(|| measure_from + spread);
-    let mut nonce = 0u64;
-    let mut pending_update: Option<(u64, Instant)> = None;
-    // One timer for the connection's life, reset only when the next wake-up changes: a fresh
-    // timer per frame would cost the load generator more than reading the frame.
-    let wake = tokio::time::sleep_until(first_update.map_or(end, |at| at.min(end)).into());
-    tokio::pin!(wake);
-    loop {
-        tokio::select! {
-            frame = ws.next() => match frame {
-                Some(Ok(Message::Text(text))) => {
-                    let now = Instant::now();
-                    if now >= measure_from {
-                        report.frames += 1;
-                        if let Some(previous) = last_frame.filter(|p| *p >= measure_from) {
-                            report.gaps_us.push((now - previous).as_micros() as u32);
-                        }
-                    }
-                    last_frame = Some(now);
-                    if let Some((expected, sent)) = pending_update
-                        && nonce_of(text.as_str()) == Some(expected)
-                    {
-                        report.update_latencies_us.push((now - sent).as_micros() as u32);
-                        pending_update = None;
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => {
-                    report.dropped = true;
-                    return report;
-                }
-            },
-            () = &mut wake => {
-                let now = Instant::now();
-                if now >= end {
-                    let _ = ws.close(None).await;
-                    return report;
-                }
-                nonce += 1;
-                let params = format!(r#"{{"symbol":"SYM{}","nonce":{nonce}}}"#, nonce % 100);
-                if ws.send(Message::text(params)).await.is_err() {
-                    report.dropped = true;
-                    return report;
-                }
-                pending_update = Some((nonce, now));
-                wake.as_mut().reset((now + update_every).min(end).into());
-            }
-        }
+/// Measures the clients on `threads` threads, each with its share; the reports of all.
+fn measure_all(clients: Vec<Client>, plan: Plan, threads: usize) -> anyhow::Result<Vec<ConnectionReport>> {
+    let mut shares: Vec<Vec<Client>> = (0..threads).map(|_| Vec::new()).collect();
+    for (n, client) in clients.into_iter().enumerate() {
+        shares[n % threads].push(client);
     }
-}
-
-/// The integer `nonce` of a quote frame.
-fn nonce_of(frame: &str) -> Option<u64> {
-    let at = frame.rfind("\"nonce\":")? + 8;
-    frame[at..].trim_end_matches('}').parse().ok()
+    let handles: Vec<_> =
+        shares.into_iter().map(|share| std::thread::spawn(move || measure::measure(share, plan))).collect();
+    let mut reports = Vec::new();
+    for handle in handles {
+        reports.extend(handle.join().map_err(|_| anyhow::anyhow!("a measuring thread panicked"))??);
+    }
+    Ok(reports)
 }
 
 /// The `q` quantile of sorted values, in milliseconds.
