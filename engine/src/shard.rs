@@ -35,6 +35,10 @@ const COMMANDS_PER_ROUND: usize = 1024;
 /// and the socket writes leave evenly.
 const PHASES: u32 = 20;
 
+/// Calls a phase's work is run in at most, with a round of commands between two chunks: new
+/// params wait behind a chunk of a phase, not behind a whole phase.
+const CHUNK: usize = 128;
+
 /// Closed connection ids a plugin slot keeps for its instance before it drops the instance
 /// instead (a new instance has nothing to forget).
 const MAX_PENDING_CLOSED: usize = 4096;
@@ -147,7 +151,7 @@ struct PluginSlot {
     /// Connections that closed since the instance's last batch.
     closed: Vec<u64>,
     /// Connections due for an immediate push (new params), in arrival order.
-    due_now: Vec<(u64, Trigger)>,
+    due_now: DueCalls,
     /// Whether the plugin was missing at the last batch (its connections were parked).
     unavailable: bool,
 }
@@ -196,19 +200,52 @@ impl Shard {
     /// The worker loop: commands as they come, and every `tick / PHASES` a batch per plugin with
     /// the connections of the phase whose turn it is. A shard without connections only waits.
     ///
-    /// A late phase runs at once rather than being skipped, and no debt carries over to the next,
-    /// so under overload every connection slows down alike instead of some missing ticks.
+    /// Phases keep to a fixed grid: a phase that starts late is followed by the next at its own
+    /// time, or at once if that has passed, so a short stall costs no pushes and no connection's
+    /// cadence drifts. Phases and rounds of commands alternate, so neither a stream of params
+    /// updates nor a shard catching up holds the other back. Behind by more than a whole tick,
+    /// the grid restarts from now: under sustained overload the debt is dropped, phases run back
+    /// to back and every connection slows down alike rather than some missing ticks.
     fn run(mut self, commands: flume::Receiver<ShardCommand>) {
         let mut next_tick = Instant::now() + self.settings.live.tick() / PHASES;
         let mut phase = 0;
         let mut behind = OverrunLog::default();
+        let mut work = PhaseWork::default();
         loop {
+            if work.is_empty() && !self.slots.is_empty() && Instant::now() >= next_tick {
+                let lateness = Instant::now().saturating_duration_since(next_tick);
+                self.settings.metrics.tick_lateness.observe(lateness.as_secs_f64());
+                self.push_due_now();
+                work = self.due_in_phase(phase);
+                phase = (phase + 1) % PHASES;
+                // Read every time: `wasmpush reload` may have changed it.
+                let tick = self.settings.live.tick();
+                next_tick += tick / PHASES;
+                let behind_by = Instant::now().saturating_duration_since(next_tick);
+                if behind_by > tick {
+                    behind.record(behind_by);
+                    next_tick = Instant::now();
+                }
+            }
+            if let Some((plugin, due)) = work.next_chunk()
+                && let Some(slot) = self.slots.get_mut(&plugin)
+            {
+                slot.run(&due, unix_ms(), &self.settings, &self.registry, &mut self.generations);
+            }
+            // A round of commands between two chunks: only what is queued while a phase is
+            // under way, else waiting until the next phase is due.
             let received = if self.slots.is_empty() {
                 // No connection to tick: sleep until a command comes instead of waking every
                 // phase, and count the phases from then (an idle wait is not lateness).
+                work = PhaseWork::default();
                 let received = commands.recv().map_err(|_| RecvTimeoutError::Disconnected);
                 next_tick = Instant::now() + self.settings.live.tick() / PHASES;
                 received
+            } else if !work.is_empty() {
+                commands.try_recv().map_err(|err| match err {
+                    flume::TryRecvError::Empty => RecvTimeoutError::Timeout,
+                    flume::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                })
             } else {
                 commands.recv_deadline(next_tick)
             };
@@ -220,20 +257,7 @@ impl Shard {
                     }
                     self.push_due_now();
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    let lateness = Instant::now().saturating_duration_since(next_tick);
-                    self.settings.metrics.tick_lateness.observe(lateness.as_secs_f64());
-                    // Read every time: `wasmpush reload` may have changed it.
-                    let tick = self.settings.live.tick();
-                    if lateness > tick {
-                        behind.record(lateness);
-                    }
-                    self.tick(phase);
-                    phase = (phase + 1) % PHASES;
-                    // A late phase does not make the next one run early: under overload the
-                    // phases run back to back and every connection slows down alike.
-                    next_tick = (next_tick + tick / PHASES).max(Instant::now());
-                }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
@@ -291,22 +315,45 @@ impl Shard {
         }
     }
 
-    /// The regular tick of one phase: one batch per plugin with every connection of the phase
-    /// that is due (has params, and is not parked or its error park has expired).
-    fn tick(&mut self, phase: u32) {
-        self.push_due_now();
-        let now_ms = unix_ms();
+    /// The regular tick of one phase, by plugin: every connection of the phase that is due (has
+    /// params, and is not parked or its error park has expired).
+    fn due_in_phase(&self, phase: u32) -> PhaseWork {
         let error_reset = self.settings.live.error_reset();
         let now = Instant::now();
-        for slot in self.slots.values_mut() {
-            let due: Vec<(u64, Trigger)> = slot
+        let by_plugin = self.slots.iter().map(|(plugin, slot)| {
+            let due = slot
                 .conns
                 .iter()
                 .filter(|(_, conn)| conn.phase == phase && conn.is_due(error_reset, now))
                 .map(|(conn_id, _)| (*conn_id, Trigger::Tick))
                 .collect();
-            slot.run(&due, now_ms, &self.settings, &self.registry, &mut self.generations);
+            (plugin.clone(), due)
+        });
+        PhaseWork(by_plugin.collect())
+    }
+}
+
+/// Calls for one batch: each connection and what triggered its call.
+type DueCalls = Vec<(u64, Trigger)>;
+
+/// What is left of a phase's tick: the due connections of each plugin, run [`CHUNK`] at a time.
+#[derive(Debug, Default)]
+struct PhaseWork(Vec<(Arc<str>, DueCalls)>);
+
+impl PhaseWork {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The next batch to run: up to [`CHUNK`] due connections of one plugin. A plugin with none
+    /// due still gets its (empty) batch: running it follows the registry, which is how a plugin
+    /// deployed again un-parks the connections its removal parked.
+    fn next_chunk(&mut self) -> Option<(Arc<str>, DueCalls)> {
+        let (plugin, due) = self.0.last_mut()?;
+        if due.len() > CHUNK {
+            return Some((plugin.clone(), due.split_off(due.len() - CHUNK)));
         }
+        self.0.pop()
     }
 }
 
@@ -378,7 +425,7 @@ impl PluginSlot {
             return;
         };
         let (error_reset, now) = (settings.live.error_reset(), Instant::now());
-        let due: Vec<(u64, Trigger)> = due
+        let due: DueCalls = due
             .iter()
             .filter(|(conn_id, _)| self.conns.get(conn_id).is_some_and(|c| c.is_due(error_reset, now)))
             .copied()
@@ -593,34 +640,35 @@ impl Conn {
 /// How often an overloaded shard says so in the log.
 const OVERRUN_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Logs that a shard runs a whole tick behind at most once per [`OVERRUN_LOG_INTERVAL`], with how
-/// many late phases and the worst lateness since the last line: under sustained overload every
-/// phase is late, and one line per phase would flood the log.
+/// Logs that a shard fell a whole tick behind (and dropped that debt) at most once per
+/// [`OVERRUN_LOG_INTERVAL`], with how often and by how much at worst since the last line: under
+/// sustained overload it happens every few phases, and a line each time would flood the log.
 #[derive(Debug, Default)]
 struct OverrunLog {
     /// When the last line was written.
     logged_at: Option<Instant>,
-    /// Late phases since then.
-    late: u64,
-    /// The worst lateness since then.
+    /// Times the shard fell a whole tick behind since then.
+    times: u64,
+    /// The furthest behind it was since then.
     worst: Duration,
 }
 
 impl OverrunLog {
-    /// Counts one phase that started `lateness` late; returns whether a line was written.
-    fn record(&mut self, lateness: Duration) -> bool {
-        self.late += 1;
-        self.worst = self.worst.max(lateness);
+    /// Counts one time the shard was `behind_by` behind its schedule (over a whole tick); returns
+    /// whether a line was written.
+    fn record(&mut self, behind_by: Duration) -> bool {
+        self.times += 1;
+        self.worst = self.worst.max(behind_by);
         let now = Instant::now();
         if self.logged_at.is_some_and(|at| now.duration_since(at) < OVERRUN_LOG_INTERVAL) {
             return false;
         }
         tracing::warn!(
-            late_phases = self.late,
+            times = self.times,
             worst_ms = self.worst.as_millis() as u64,
-            "shard is a whole tick behind"
+            "shard fell a whole tick behind; its phases restart from now"
         );
-        *self = OverrunLog { logged_at: Some(now), late: 0, worst: Duration::ZERO };
+        *self = OverrunLog { logged_at: Some(now), times: 0, worst: Duration::ZERO };
         true
     }
 }
@@ -640,9 +688,35 @@ mod tests {
         assert!(log.record(Duration::from_millis(250)), "the first overrun is logged at once");
         assert!(!log.record(Duration::from_millis(400)));
         assert!(!log.record(Duration::from_millis(300)));
-        assert_eq!((log.late, log.worst), (2, Duration::from_millis(400)), "counted until the next line");
+        assert_eq!((log.times, log.worst), (2, Duration::from_millis(400)), "counted until the next line");
         log.logged_at = Some(Instant::now() - OVERRUN_LOG_INTERVAL);
         assert!(log.record(Duration::from_millis(210)));
-        assert_eq!((log.late, log.worst), (0, Duration::ZERO));
+        assert_eq!((log.times, log.worst), (0, Duration::ZERO));
+    }
+
+    #[test]
+    fn a_phase_runs_in_chunks_that_cover_every_due_connection_once() {
+        let due = |range: std::ops::Range<u64>| range.map(|id| (id, Trigger::Tick)).collect::<Vec<_>>();
+        let mut work = PhaseWork(vec![
+            (Arc::from("a"), due(0..300)),
+            (Arc::from("b"), Vec::new()),
+            (Arc::from("c"), due(300..310)),
+        ]);
+        let (mut seen, mut plugins) = (Vec::new(), Vec::new());
+        while let Some((plugin, chunk)) = work.next_chunk() {
+            assert!(chunk.len() <= CHUNK, "{} calls", chunk.len());
+            let expected = match chunk.first() {
+                Some((id, _)) if *id < 300 => "a",
+                Some(_) => "c",
+                None => "b",
+            };
+            assert_eq!(&*plugin, expected);
+            plugins.push(plugin);
+            seen.extend(chunk.into_iter().map(|(id, _)| id));
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..310).collect::<Vec<_>>());
+        assert!(plugins.iter().any(|p| &**p == "b"), "a plugin with nothing due still gets its batch");
+        assert!(work.is_empty());
     }
 }

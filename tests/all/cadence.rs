@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use wasmpush_tests::Client;
+use wasmpush_tests::{Client, TestEngine, artifacts};
 
+use crate::cpu_work::{hostile_with_timeout, rounds_taking_cpu, work};
 use crate::util::{SOON, TICK, encode, engine, seq_of};
 
 #[tokio::test]
@@ -48,4 +49,26 @@ async fn a_thousand_connections_each_receive_ticks() {
         let skipped = seqs.last().unwrap() - seqs.first().unwrap() + 1 - count as u64;
         assert!(skipped <= 1, "connection {i}: {skipped} pushes superseded: {seqs:?}");
     }
+}
+
+/// A phase that runs late is made up at once: the shard keeps to its schedule, so a neighbour
+/// whose every call takes 60 ms of CPU delays the other connections' pushes but costs them none.
+/// (Had each late phase pushed the schedule back, it would cost them about a quarter.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_neighbour_delays_pushes_but_costs_none() {
+    let rounds = tokio::task::spawn_blocking(|| {
+        rounds_taking_cpu(&hostile_with_timeout(Duration::from_secs(10)), Duration::from_millis(60))
+    })
+    .await
+    .unwrap();
+    let plugins = [("quote", artifacts::QUOTE), ("hostile", artifacts::HOSTILE)];
+    // One shard, so both connections share its schedule; the slow one opens first (phase 0).
+    let engine = TestEngine::start(&plugins, |config| config.workers = 1).await;
+    let mut slow = Client::connect(&engine.url(&format!("/ws/hostile?params={}", encode(&work(rounds))))).await;
+    slow.next_text(SOON).await;
+    let mut client = Client::connect(&engine.url(&format!("/ws/quote?params={}", encode("{}")))).await;
+    client.next_text(SOON).await;
+    // 4 s at 200 ms is 20 ticks; a schedule slipping 60 ms a tick would give about 15.
+    let frames = client.texts_during(Duration::from_secs(4)).await;
+    assert!(frames.len() >= 18, "{} frames in 4 s beside a slow neighbour", frames.len());
 }

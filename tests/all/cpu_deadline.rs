@@ -11,11 +11,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
-use nix::time::{ClockId, clock_gettime};
 use nix::unistd::Pid;
-use wasmpush::Config;
-use wasmpush::plugin::{Calls, Outcome, PluginFault, PluginHost, PluginInstance, PluginVersion, Trigger};
-use wasmpush_tests::artifacts;
+use wasmpush::plugin::PluginFault;
+
+use crate::cpu_work::{call, cpu_time_of, hostile_with_timeout, rounds_taking_cpu, work};
 
 /// Threads that spin beside the calling thread on its CPU.
 const HOGS: usize = 3;
@@ -52,53 +51,6 @@ fn a_call_slowed_by_other_threads_is_not_timed_out_but_a_runaway_call_is() {
     assert!(frame.contains("\"hash\":"), "{frame}");
     assert_eq!(runaway, Err(PluginFault::Timeout), "an endless loop must still be interrupted");
     assert!(runaway_wall >= timeout, "interrupted after {runaway_wall:?}, before its {timeout:?} of CPU");
-}
-
-/// `hostile`, loaded in a plugin host whose calls may use `timeout` of CPU time (and nothing more
-/// per connection).
-fn hostile_with_timeout(timeout: Duration) -> Arc<PluginVersion> {
-    let mut limits = Config::default().sandbox_limits();
-    limits.call_timeout = timeout;
-    limits.per_call_budget = Duration::ZERO;
-    let host = PluginHost::new(limits).expect("plugin host");
-    host.load("hostile", &std::fs::read(artifacts::HOSTILE).unwrap()).expect("load hostile")
-}
-
-/// Params asking `hostile` for `rounds` hash rounds.
-fn work(rounds: u64) -> String {
-    format!(r#"{{"do":"work","rounds":{rounds}}}"#)
-}
-
-/// Calls `hostile` once on a fresh instance with `params`; the pushed frame, or the fault.
-fn call(hostile: &Arc<PluginVersion>, params: &str) -> Result<String, PluginFault> {
-    let mut instance = PluginInstance::new(hostile)?;
-    let mut calls = Calls::with_capacity(1);
-    calls.push(1, 1, Trigger::Open, Some(params));
-    let outcomes = instance.run(0, &calls, &[])?;
-    match outcomes.get(0)? {
-        Outcome::Push(frame) => Ok(frame.to_owned()),
-        other => panic!("expected a push, got {other:?}"),
-    }
-}
-
-/// The calling thread's CPU time spent in `f`.
-fn cpu_time_of<T>(f: impl FnOnce() -> T) -> Duration {
-    let now = || Duration::from(clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).expect("thread CPU clock"));
-    let before = now();
-    f();
-    now() - before
-}
-
-/// Hash rounds that take at least `cpu` of CPU time in `hostile`, found by doubling.
-fn rounds_taking_cpu(hostile: &Arc<PluginVersion>, cpu: Duration) -> u64 {
-    let mut rounds = 1 << 20;
-    for _ in 0..16 {
-        if cpu_time_of(|| call(hostile, &work(rounds)).expect("calibration call")) >= cpu {
-            return rounds;
-        }
-        rounds *= 2;
-    }
-    panic!("{rounds} hash rounds still took less than {cpu:?} of CPU");
 }
 
 /// The lowest-numbered CPU this thread may run on.

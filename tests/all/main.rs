@@ -5,6 +5,7 @@ mod bad_input;
 mod cadence;
 mod cli;
 mod cpu_deadline;
+mod cpu_work;
 mod demo_page;
 mod heartbeat;
 mod hostile;
