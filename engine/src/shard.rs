@@ -200,31 +200,28 @@ impl Shard {
     /// The worker loop: commands as they come, and every `tick / PHASES` a batch per plugin with
     /// the connections of the phase whose turn it is. A shard without connections only waits.
     ///
-    /// Phases keep to a fixed grid: a phase that starts late is followed by the next at its own
-    /// time, or at once if that has passed, so a short stall costs no pushes and no connection's
-    /// cadence drifts. Phases and rounds of commands alternate, so neither a stream of params
-    /// updates nor a shard catching up holds the other back. Behind by more than a whole tick,
-    /// the grid restarts from now: under sustained overload the debt is dropped, phases run back
-    /// to back and every connection slows down alike rather than some missing ticks.
+    /// Phases keep to a fixed grid: after a stall the following phases run at up to twice the
+    /// usual rate until they are back on it, so a stall of a few phases costs no pushes and no
+    /// connection's cadence drifts, and catching up is no burst that delays everything else. A
+    /// phase runs in chunks with a round of commands between two, so params updates wait behind
+    /// a chunk, not a phase. Behind by more than a whole tick, the grid restarts from now: under
+    /// sustained overload the debt is dropped and every connection slows down alike rather than
+    /// some missing ticks.
     fn run(mut self, commands: flume::Receiver<ShardCommand>) {
-        let mut next_tick = Instant::now() + self.settings.live.tick() / PHASES;
+        let mut clock = PhaseClock::starting(Instant::now(), self.settings.live.tick());
         let mut phase = 0;
         let mut behind = OverrunLog::default();
         let mut work = PhaseWork::default();
         loop {
-            if work.is_empty() && !self.slots.is_empty() && Instant::now() >= next_tick {
-                let lateness = Instant::now().saturating_duration_since(next_tick);
-                self.settings.metrics.tick_lateness.observe(lateness.as_secs_f64());
+            if work.is_empty() && !self.slots.is_empty() && Instant::now() >= clock.next_run() {
+                let now = Instant::now();
+                self.settings.metrics.tick_lateness.observe(clock.lateness(now).as_secs_f64());
                 self.push_due_now();
                 work = self.due_in_phase(phase);
                 phase = (phase + 1) % PHASES;
                 // Read every time: `wasmpush reload` may have changed it.
-                let tick = self.settings.live.tick();
-                next_tick += tick / PHASES;
-                let behind_by = Instant::now().saturating_duration_since(next_tick);
-                if behind_by > tick {
+                if let Some(behind_by) = clock.advance(now, self.settings.live.tick()) {
                     behind.record(behind_by);
-                    next_tick = Instant::now();
                 }
             }
             if let Some((plugin, due)) = work.next_chunk()
@@ -239,7 +236,7 @@ impl Shard {
                 // phase, and count the phases from then (an idle wait is not lateness).
                 work = PhaseWork::default();
                 let received = commands.recv().map_err(|_| RecvTimeoutError::Disconnected);
-                next_tick = Instant::now() + self.settings.live.tick() / PHASES;
+                clock = PhaseClock::starting(Instant::now(), self.settings.live.tick());
                 received
             } else if !work.is_empty() {
                 commands.try_recv().map_err(|err| match err {
@@ -247,7 +244,7 @@ impl Shard {
                     flume::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
                 })
             } else {
-                commands.recv_deadline(next_tick)
+                commands.recv_deadline(clock.next_run())
             };
             match received {
                 Ok(command) => {
@@ -637,6 +634,48 @@ impl Conn {
     }
 }
 
+/// When a shard's phases run: on a fixed grid of `tick / PHASES`; after a stall at up to twice
+/// that rate until back on the grid; a whole tick behind, from a grid restarted at that moment.
+#[derive(Debug, Clone, Copy)]
+struct PhaseClock {
+    /// When the next phase is due on the grid.
+    grid: Instant,
+    /// When it runs: `grid`, or later while catching up.
+    next_run: Instant,
+}
+
+impl PhaseClock {
+    /// A grid whose first phase is one phase after `now`.
+    fn starting(now: Instant, tick: Duration) -> Self {
+        let grid = now + tick / PHASES;
+        PhaseClock { grid, next_run: grid }
+    }
+
+    /// When the next phase runs.
+    fn next_run(&self) -> Instant {
+        self.next_run
+    }
+
+    /// How late a phase starting at `now` is against the grid.
+    fn lateness(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.grid)
+    }
+
+    /// Moves on after a phase that started at `now`. Returns how far behind the grid the shard
+    /// was if that was more than a whole tick (the grid then restarts from `now`).
+    fn advance(&mut self, now: Instant, tick: Duration) -> Option<Duration> {
+        let interval = tick / PHASES;
+        self.grid += interval;
+        let behind_by = now.saturating_duration_since(self.grid);
+        let restarted = behind_by > tick;
+        if restarted {
+            self.grid = now;
+        }
+        self.next_run = self.grid.max(now + interval / 2);
+        restarted.then_some(behind_by)
+    }
+}
+
 /// How often an overloaded shard says so in the log.
 const OVERRUN_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -718,5 +757,34 @@ mod tests {
         assert_eq!(seen, (0..310).collect::<Vec<_>>());
         assert!(plugins.iter().any(|p| &**p == "b"), "a plugin with nothing due still gets its batch");
         assert!(work.is_empty());
+    }
+
+    #[test]
+    fn phases_keep_to_their_grid_and_catch_up_at_twice_the_rate() {
+        let tick = Duration::from_millis(200);
+        let phase = tick / PHASES;
+        let start = Instant::now();
+        let mut clock = PhaseClock::starting(start, tick);
+        // On time: every phase one interval after the last.
+        let mut now = clock.next_run();
+        assert_eq!(clock.advance(now, tick), None);
+        assert_eq!(clock.next_run(), start + phase * 2);
+        // A 30 ms stall: the next phases run half an interval apart until back on the grid.
+        now = clock.next_run() + Duration::from_millis(30);
+        let mut lateness = Vec::new();
+        while !clock.lateness(now).is_zero() {
+            lateness.push(clock.lateness(now).as_millis());
+            assert_eq!(clock.advance(now, tick), None);
+            assert_eq!(clock.next_run() - now, phase / 2);
+            now = clock.next_run();
+        }
+        assert_eq!(lateness, [30, 25, 20, 15, 10, 5]);
+        assert_eq!(clock.advance(now, tick), None);
+        assert_eq!(clock.next_run() - now, phase, "back on the grid, at the usual interval");
+        // More than a whole tick behind: the debt is dropped and the grid restarts.
+        let late = clock.next_run() + tick + phase * 2;
+        assert!(clock.advance(late, tick).is_some());
+        assert_eq!(clock.lateness(late), Duration::ZERO);
+        assert_eq!(clock.next_run(), late + phase / 2);
     }
 }
