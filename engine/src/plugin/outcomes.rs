@@ -25,7 +25,15 @@ pub enum Outcome<'a> {
 pub struct Outcomes {
     kinds: Vec<Kind>,
     ends: Vec<u32>,
-    text: Vec<u8>,
+    text: Text,
+}
+
+/// A batch's text buffer: checked to be UTF-8 once as a whole (what a well-behaved guest sends),
+/// or kept as bytes to check call by call, so a bad text fails only its own call.
+#[derive(Debug)]
+enum Text {
+    Utf8(String),
+    Bytes(Vec<u8>),
 }
 
 impl Outcomes {
@@ -52,6 +60,7 @@ impl Outcomes {
             }
             start = end;
         }
+        let text = String::from_utf8(text).map_or_else(|err| Text::Bytes(err.into_bytes()), Text::Utf8);
         Ok(Outcomes { kinds, ends, text })
     }
 
@@ -71,9 +80,13 @@ impl Outcomes {
     /// If `index` is not below [`Self::len`].
     pub fn get(&self, index: usize) -> Result<Outcome<'_>, PluginFault> {
         let start = index.checked_sub(1).map_or(0, |previous| self.ends[previous] as usize);
-        let bytes = &self.text[start..self.ends[index] as usize];
-        let text = std::str::from_utf8(bytes)
-            .map_err(|err| PluginFault::Contract(format!("the text of call {index} is not UTF-8: {err}")))?;
+        let range = start..self.ends[index] as usize;
+        let not_utf8 = |why: String| PluginFault::Contract(format!("the text of call {index} is not UTF-8: {why}"));
+        let text = match &self.text {
+            // The whole is UTF-8, so a text is too unless an end falls inside a character.
+            Text::Utf8(all) => all.get(range).ok_or_else(|| not_utf8("it starts or ends inside a character".into()))?,
+            Text::Bytes(all) => std::str::from_utf8(&all[range]).map_err(|err| not_utf8(err.to_string()))?,
+        };
         Ok(match self.kinds[index] {
             Kind::Push => Outcome::Push(text),
             Kind::Skip => Outcome::Skip,
@@ -116,6 +129,16 @@ mod tests {
         assert_eq!(past_the_end, PluginFault::Contract("text end 4 is outside 0..=3 of its text buffer".into()));
         let backwards = Outcomes::check(raw(&[Kind::Push, Kind::Push], &[2, 1], b"abc"), 2).unwrap_err();
         assert_eq!(backwards, PluginFault::Contract("text end 1 is outside 2..=3 of its text buffer".into()));
+    }
+
+    #[test]
+    fn an_end_inside_a_character_fails_the_calls_on_either_side() {
+        // "é" is two bytes; the first text ends after one of them.
+        let outcomes =
+            Outcomes::check(raw(&[Kind::Push, Kind::Push, Kind::Push], &[2, 3, 5], "aéok".as_bytes()), 3).unwrap();
+        assert!(matches!(outcomes.get(0), Err(PluginFault::Contract(msg)) if msg.contains("inside a character")));
+        assert!(outcomes.get(1).is_err());
+        assert_eq!(outcomes.get(2), Ok(Outcome::Push("ok")));
     }
 
     #[test]
