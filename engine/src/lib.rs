@@ -36,6 +36,7 @@ mod handshake;
 mod live;
 mod metrics;
 mod outbound;
+pub mod phase_clock;
 mod pidfile;
 mod plain_http;
 pub mod plugin;
