@@ -463,6 +463,7 @@ impl PluginSlot {
             let conn = &self.conns[&conn_id];
             let params = (conn.params_seen != generation).then(|| conn.params.as_deref().unwrap_or("{}"));
             calls.push(conn_id, conn.pushes + 1, trigger, params);
+            conn.outbound.warm();
         }
         let instance = self.instance.as_mut().expect("built above");
         match instance.run(now_ms, &calls, &self.closed) {
