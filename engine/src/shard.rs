@@ -208,8 +208,8 @@ impl Shard {
         let mut behind = OverrunLog::default();
         let mut work = PhaseWork::default();
         loop {
-            if work.is_empty() && !self.slots.is_empty() && Instant::now() >= clock.next_run() {
-                let now = Instant::now();
+            let now = Instant::now();
+            if work.is_empty() && !self.slots.is_empty() && now >= clock.next_run() {
                 self.settings.metrics.tick_lateness.observe(clock.lateness(now).as_secs_f64());
                 self.push_due_now();
                 work = self.due_in_phase(phase);
@@ -233,13 +233,10 @@ impl Shard {
                 let received = commands.recv().map_err(|_| RecvTimeoutError::Disconnected);
                 clock = PhaseClock::starting(Instant::now(), self.settings.live.tick());
                 received
-            } else if !work.is_empty() {
-                commands.try_recv().map_err(|err| match err {
-                    flume::TryRecvError::Empty => RecvTimeoutError::Timeout,
-                    flume::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
-                })
-            } else {
+            } else if work.is_empty() {
                 commands.recv_deadline(clock.next_run())
+            } else {
+                commands.recv_deadline(Instant::now())
             };
             match received {
                 Ok(command) => {
