@@ -4,26 +4,15 @@
 
 use std::time::{Duration, Instant};
 
+use wasmpush_tests::wire::{self, CONTINUATION, TEXT};
 use wasmpush_tests::{Client, Frame, TestEngine};
 
 use crate::util::{SOON, encode, engine};
 
 /// A masked client frame (mask 0, so the payload is sent as is).
 fn frame(fin: bool, opcode: u8, payload: &[u8], announced_len: Option<u64>) -> Vec<u8> {
-    let mut bytes = vec![if fin { 0x80 } else { 0 } | opcode];
-    let len = announced_len.unwrap_or(payload.len() as u64);
-    match len {
-        0..=125 => bytes.push(0x80 | len as u8),
-        126..=0xFFFF => {
-            bytes.push(0x80 | 126);
-            bytes.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        _ => {
-            bytes.push(0x80 | 127);
-            bytes.extend_from_slice(&len.to_be_bytes());
-        }
-    }
-    bytes.extend_from_slice(&[0, 0, 0, 0]);
+    let mut bytes = Vec::with_capacity(14 + payload.len());
+    wire::write_header(&mut bytes, fin, opcode, announced_len.unwrap_or(payload.len() as u64), [0; 4]);
     bytes.extend_from_slice(payload);
     bytes
 }
@@ -43,13 +32,13 @@ async fn malformed_framing_ends_only_its_own_connection() {
     let url = engine.url(&format!("/ws/quote?params={}", encode("{}")));
     let mut neighbour = Client::connect(&url).await;
     let fragment = vec![b'x'; 1000];
-    let mut flood = frame(false, 0x1, &fragment, None);
+    let mut flood = frame(false, TEXT, &fragment, None);
     for _ in 0..100 {
-        flood.extend(frame(false, 0x0, &fragment, None));
+        flood.extend(frame(false, CONTINUATION, &fragment, None));
     }
     let cases: [(&str, Vec<u8>); 3] = [
-        ("invalid UTF-8 in a text frame", frame(true, 0x1, &[0xff, 0xfe, 0xfd], None)),
-        ("a header announcing 1 GiB", frame(true, 0x1, b"{}", Some(1 << 30))),
+        ("invalid UTF-8 in a text frame", frame(true, TEXT, &[0xff, 0xfe, 0xfd], None)),
+        ("a header announcing 1 GiB", frame(true, TEXT, b"{}", Some(1 << 30))),
         ("100 KB of fragments that never finish", flood),
     ];
     for (what, bytes) in cases {

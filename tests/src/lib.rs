@@ -14,6 +14,7 @@ mod child;
 mod client;
 mod engine;
 pub mod http;
+pub mod wire;
 
 pub use browser::Browser;
 pub use child::KillOnDrop;

@@ -10,7 +10,7 @@
 //!
 //! It must cost far less than the engine it measures, on the same cores: connections are opened
 //! with tokio, then read by a thread per CPU with plain epoll and frames parsed where they were
-//! read (`measure.rs`, `wire.rs`). With tokio-tungstenite the load generator needed about as much
+//! read (`measure.rs`, `wasmpush_tests::wire`). With tokio-tungstenite the load generator needed about as much
 //! CPU as the engine at 19,000 connections, and a late reader shows up as the engine's lateness.
 //!
 //! With `--idle` the connections send no params at all (so nothing is pushed to them) and just
@@ -21,7 +21,6 @@
 //! threads, one per CPU by default, `--idle`, `--json`)
 
 mod measure;
-mod wire;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -150,7 +149,9 @@ async fn connect(settings: &Settings, target: SocketAddr, source: IpAddr, i: usi
         let params = format!(r#"{{"symbol":"SYM{i}","nonce":0}}"#);
         format!("{path}?params={}", wasmpush_tests::percent_encode(&params))
     };
-    let read_ahead = tokio::time::timeout(Duration::from_secs(30), wire::handshake(&mut stream, host, &path)).await??;
+    let read_ahead =
+        tokio::time::timeout(Duration::from_secs(30), wasmpush_tests::wire::handshake(&mut stream, host, &path))
+            .await??;
     Ok(Client { index: i, stream: stream.into_std()?, read_ahead })
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
-use crate::wire::{self, Frame};
+use wasmpush_tests::wire::{self, Frame};
 
 /// What one connection saw after the warm-up.
 #[derive(Debug, Default)]

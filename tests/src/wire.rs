@@ -1,9 +1,10 @@
-//! The client side of the WebSocket wire, as little of it as the load generator needs: the
-//! opening handshake, reading the server's frames out of a byte buffer and writing masked frames.
+//! The client side of the WebSocket wire, written by hand: the opening handshake, reading the
+//! server's frames out of a byte buffer and writing client frames, including ones a well-behaved
+//! client never sends (for the hostile-framing tests).
 //!
-//! Written by hand rather than through tungstenite so a frame costs a parse of its header in the
-//! buffer it was read into (no per-message allocation, no copy, no second read to learn the socket
-//! is drained): the load generator shares the machine with the engine it measures.
+//! The load generator reads through it rather than through tungstenite, so a frame costs a parse
+//! of its header in the buffer it was read into (no per-message allocation, no copy, no second
+//! read to learn the socket is drained): it shares the machine with the engine it measures.
 
 use anyhow::{Context, bail, ensure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,17 +47,25 @@ pub async fn handshake(stream: &mut TcpStream, host: &str, path_and_query: &str)
     Ok(response.split_off(head_len))
 }
 
-/// Frame opcodes the load generator tells apart.
-const TEXT: u8 = 0x1;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
+/// Opcode of a continuation frame.
+pub const CONTINUATION: u8 = 0x0;
+/// Opcode of a text frame.
+pub const TEXT: u8 = 0x1;
+/// Opcode of a close frame.
+pub const CLOSE: u8 = 0x8;
+/// Opcode of a ping.
+pub const PING: u8 = 0x9;
+/// Opcode of a pong.
+pub const PONG: u8 = 0xA;
 
 /// A frame the server sent, borrowed from the read buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
+    /// A text frame's payload.
     Text(&'a [u8]),
+    /// A ping's payload.
     Ping(&'a [u8]),
+    /// A close frame.
     Close,
     /// Binary, pong or continuation: not something the engine sends the load generator.
     Other,
@@ -89,21 +98,27 @@ pub fn next_frame(bytes: &[u8]) -> anyhow::Result<Option<(Frame<'_>, usize)>> {
     Ok(Some((frame, end)))
 }
 
-/// A final client frame of `opcode` carrying `payload`, masked with `mask`, appended to `out`.
-pub fn write_masked(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
-    out.push(0x80 | opcode);
-    match payload.len() {
-        len @ 0..=125 => out.push(0x80 | len as u8),
-        len @ 126..=0xFFFF => {
+/// Appends a client frame header: the FIN bit, `opcode`, a payload length of `len` (whatever the
+/// payload that follows really is) and the masking key.
+pub fn write_header(out: &mut Vec<u8>, fin: bool, opcode: u8, len: u64, mask: [u8; 4]) {
+    out.push(if fin { 0x80 } else { 0 } | opcode);
+    match len {
+        0..=125 => out.push(0x80 | len as u8),
+        126..=0xFFFF => {
             out.push(0x80 | 126);
             out.extend_from_slice(&(len as u16).to_be_bytes());
         }
-        len => {
+        _ => {
             out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
+            out.extend_from_slice(&len.to_be_bytes());
         }
     }
     out.extend_from_slice(&mask);
+}
+
+/// A final client frame of `opcode` carrying `payload`, masked with `mask`, appended to `out`.
+pub fn write_masked(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
+    write_header(out, true, opcode, payload.len() as u64, mask);
     out.extend(payload.iter().zip(mask.iter().cycle()).map(|(byte, key)| byte ^ key));
 }
 
