@@ -81,11 +81,12 @@ ci: setup
     just test
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
-# Idle memory, then the release engine with `quote` under the load generator (default 1,000, 5,000 and 19,000 connections), then the plugin host against native
+# Idle memory, then the release engine with `quote` and the Node.js ws peer under the load generator (default 1,000, 5,000 and 19,000 connections), then the plugin host against native
 [group('bench')]
 bench +COUNTS="1000 5000 19000": setup
     cargo build --release -p wasmpush --bin wasmpush -p wasmpush-tests --bin loadgen --bin push_floor
     just build-plugin quote
+    npm ci --prefix tests/peers/node-ws --no-audit --no-fund --loglevel error
     tests/bench.sh {{target_dir}} {{COUNTS}}
     just bench-host
 

@@ -4,6 +4,8 @@
 # every second, each on a fresh engine so no run inherits another's memory or sockets. Prints the
 # load generator's table plus the engine's CPU seconds per 100,000 pushes, the load generator's own
 # CPU and the engine's resident memory per connection.
+# At every count the Node.js `ws` peer (tests/peers/node-ws) serves the same load right after the
+# engine, and a last table sets the two side by side.
 # Usage: tests/bench.sh TARGET_DIR [CONNECTIONS...]
 set -euo pipefail
 target_dir=$1; shift
@@ -11,6 +13,7 @@ read -r -a counts <<< "${*:-1000 5000 19000}"
 engine="$target_dir/release/wasmpush"
 loadgen="$target_dir/release/loadgen"
 floor="$target_dir/release/push_floor"
+peer_dir=$(dirname "$0")/peers/node-ws
 url=ws://127.0.0.1:19503/ws/quote
 work=$(mktemp -d)
 engine_pid=""
@@ -43,6 +46,7 @@ stop_engine() {
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$engine_pid/status"; }
 status_field() { curl -sf http://127.0.0.1:19504/status | sed -E "s/.*\"$1\":([0-9]+).*/\\1/"; }
+json_field() { sed -E "s/.*\"$1\":([0-9.]+|null).*/\\1/" <<< "$2"; }
 per_connection_kb() { awk -v r="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.1f", (r - b) * 1.024 / n }'; }
 
 # Client source addresses for run RUN of N connections: one per 15,000 (an address's ephemeral
@@ -54,6 +58,19 @@ sources_for() {
   echo "$sources"
 }
 
+# One row of the peer table: $1 server, $2 the load generator's JSON, $3 the server's CPU ticks,
+# $4 its pushes (connects and warm-up included, by its own count).
+summary_row() {
+  local ratio
+  ratio=$(json_field expected_ratio "$2")
+  awk -v n="$n" -v name="$1" -v est="$(json_field established "$2")" -v ratio="$ratio" \
+    -v gap="$(json_field gap_p99_ms "$2")" -v missed="$(json_field missed_ticks "$2")" \
+    -v upd="$(json_field update_p99_ms "$2")" -v t="$3" -v clk="$clk" -v p="$4" \
+    'BEGIN { printf "| %d | %s | %d | %.1f %% | %s | %s | %s | %.3f |\n", n, name, est, ratio / 1.2 * 100, gap, missed, upd, (t/clk) / (p/100000) }'
+}
+peer_pushes() { curl -sf http://127.0.0.1:19506/status | sed -E 's/.*"pushes":([0-9]+).*/\1/'; }
+
+node "$peer_dir/server.js" --self-test > /dev/null
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 idle=${counts[-1]}
@@ -101,7 +118,39 @@ for n in "${counts[@]}"; do
   awk '{ printf "| loadgen_cpu_s (whole run, same cores) | %.2f |\n", $1 + $2 }' "$work/loadgen.time"
   echo "| engine_rss_kib (mid-run; baseline $baseline_rss) | $active_rss |"
   echo "| rss_per_connection_kb (above baseline) | $(per_connection_kb "$active_rss" "$baseline_rss" "$n") |"
+  summary_row wasmpush "$(tail -n 1 "$work/run.txt")" $(( after - before )) "$pushes" >> "$work/summary"
+
+  # The Node.js peer under the same load.
+  run=$(( run + 1 ))
+  sleep 2
+  node "$peer_dir/server.js" --listen 127.0.0.1:19506 > "$work/peer.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 50); do
+    curl -sf http://127.0.0.1:19506/status > /dev/null && break
+    sleep 0.1
+  done
+  before=$(cpu_ticks "$server_pid")
+  pushes_before=$(peer_pushes)
+  "$loadgen" --url ws://127.0.0.1:19506/ws/quote --connections "$n" --seconds 20 --warmup 3 --update-every 1 \
+    --sources "$(sources_for "$n" "$run")" --json > "$work/run.txt"
+  after=$(cpu_ticks "$server_pid")
+  summary_row "Node.js ws" "$(tail -n 1 "$work/run.txt")" $(( after - before )) $(( $(peer_pushes) - pushes_before )) \
+    >> "$work/summary"
+  kill "$server_pid"
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=""
 done
+
+echo
+echo "## wasmpush against the Node.js ws peer: same load, same run (params updates every second)"
+echo "| connections | server | established | of expected | gap_p99_ms | missed_ticks | update_p99_ms | cpu_s_per_100k_pushes |"
+echo "|---|---|---|---|---|---|---|---|"
+cat "$work/summary"
+echo
+awk -F'|' '{ gsub(/ /, "", $2); gsub(/ /, "", $9); cpu[$2, $3 ~ /wasmpush/] = $9; if (!seen[$2]++) order[++k] = $2 }
+  END { printf "CPU per push, wasmpush against Node.js ws:"
+        for (i = 1; i <= k; i++) printf " %s: %.2fx%s", order[i], cpu[order[i], 1] / cpu[order[i], 0], i < k ? ";" : "\n" }' \
+  "$work/summary"
 
 # Pushes only, at the largest count: CPU per 100,000 pushes of SERVER (engine or push_floor, whose
 # pid is in server_pid) over one load generator run without params updates, as a table row.
@@ -117,8 +166,8 @@ pushes_only_row() {
   local pushes=$(( $($count) - pushes_before ))
   local json gap missed
   json=$(tail -n 1 "$work/run.txt")
-  gap=$(sed -E 's/.*"gap_p99_ms":([0-9.]+).*/\1/' <<< "$json")
-  missed=$(sed -E 's/.*"missed_ticks":([0-9]+).*/\1/' <<< "$json")
+  gap=$(json_field gap_p99_ms "$json")
+  missed=$(json_field missed_ticks "$json")
   awk -v name="$name" -v t=$(( after - before )) -v clk="$clk" -v p="$pushes" -v gap="$gap" -v missed="$missed" \
     'BEGIN { printf "| %s | %.2f | %d | %.3f | %s | %s |\n", name, t/clk, p, (t/clk) / (p/100000), gap, missed }'
 }
