@@ -18,7 +18,7 @@ use flume::RecvTimeoutError;
 use crate::live::LiveSettings;
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, OutboundQueue};
-use crate::phase_clock::{PHASES, PhaseClock};
+use crate::phase_clock::{PHASES, PhaseClock, PhaseLoad};
 use crate::plugin::{Calls, Outcome, Outcomes, PluginFault, PluginInstance, PluginVersion, Trigger};
 use crate::protocol::{ClientError, PLUGIN_ERROR, error_frame};
 use crate::registry::PluginRegistry;
@@ -129,8 +129,8 @@ struct Shard {
     plugin_of: HashMap<u64, Arc<str>>,
     /// Source of instance generations: each new instance gets the next one.
     generations: u64,
-    /// The phase the next opened connection joins (round robin).
-    next_phase: u32,
+    /// Connections per phase: which phase a new one joins, which phases to wake for.
+    load: PhaseLoad,
 }
 
 /// One plugin's instance and connections within a shard.
@@ -189,11 +189,19 @@ impl Park {
 
 impl Shard {
     fn new(settings: ShardSettings, registry: Arc<PluginRegistry>) -> Self {
-        Shard { settings, registry, slots: HashMap::new(), plugin_of: HashMap::new(), generations: 0, next_phase: 0 }
+        Shard {
+            settings,
+            registry,
+            slots: HashMap::new(),
+            plugin_of: HashMap::new(),
+            generations: 0,
+            load: PhaseLoad::default(),
+        }
     }
 
-    /// The worker loop: commands as they come, and every `tick / PHASES` a batch per plugin with
-    /// the connections of the phase whose turn it is. A shard without connections only waits.
+    /// The worker loop: commands as they come, and at each phase that holds connections (every
+    /// `tick / PHASES` when all do; see [`PhaseLoad`]) a batch per plugin with the connections of
+    /// that phase. A shard without connections only waits.
     ///
     /// Phases keep to a fixed grid: after a stall the following phases run at up to twice the
     /// usual rate until they are back on it, so a stall of a few phases costs no pushes and no
@@ -213,9 +221,10 @@ impl Shard {
                 self.settings.metrics.tick_lateness.observe(clock.lateness(now).as_secs_f64());
                 self.push_due_now();
                 work = self.due_in_phase(phase);
-                phase = (phase + 1) % PHASES;
+                let steps = self.load.steps_to_next(phase);
+                phase = (phase + steps) % PHASES;
                 // Read every time: `wasmpush reload` may have changed it.
-                if let Some(behind_by) = clock.advance(now, self.settings.live.tick()) {
+                if let Some(behind_by) = clock.advance(now, self.settings.live.tick(), steps) {
                     behind.record(behind_by);
                 }
             }
@@ -257,8 +266,7 @@ impl Shard {
             ShardCommand::Open { conn_id, plugin, outbound, params } => {
                 let slot = self.slots.entry(plugin.clone()).or_insert_with(|| PluginSlot::new(plugin.clone()));
                 let has_params = params.is_some();
-                let phase = self.next_phase;
-                self.next_phase = (self.next_phase + 1) % PHASES;
+                let phase = self.load.join();
                 slot.conns.insert(
                     conn_id,
                     Conn { phase, outbound, params: params.map(Arc::from), pushes: 0, parked: None, params_seen: 0 },
@@ -280,7 +288,9 @@ impl Shard {
             ShardCommand::Close { conn_id } => {
                 let Some(plugin) = self.plugin_of.remove(&conn_id) else { return };
                 if let Some(slot) = self.slots.get_mut(&plugin) {
-                    slot.close(conn_id);
+                    if let Some(phase) = slot.close(conn_id) {
+                        self.load.leave(phase);
+                    }
                     if slot.conns.is_empty() {
                         self.slots.remove(&plugin);
                     }
@@ -359,14 +369,16 @@ impl PluginSlot {
         }
     }
 
-    fn close(&mut self, conn_id: u64) {
-        self.conns.remove(&conn_id);
+    /// Forgets a connection; returns the phase it had, if it was here.
+    fn close(&mut self, conn_id: u64) -> Option<u32> {
+        let conn = self.conns.remove(&conn_id)?;
         if self.instance.is_some() {
             self.closed.push(conn_id);
             if self.closed.len() > MAX_PENDING_CLOSED {
                 self.drop_instance();
             }
         }
+        Some(conn.phase)
     }
 
     fn drop_instance(&mut self) {

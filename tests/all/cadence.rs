@@ -62,7 +62,7 @@ async fn a_slow_neighbour_delays_pushes_but_costs_none() {
     .await
     .unwrap();
     let plugins = [("quote", artifacts::QUOTE), ("hostile", artifacts::HOSTILE)];
-    // One shard, so both connections share its schedule; the slow one opens first (phase 0).
+    // One shard, so both connections share its schedule (a shard this small puts both in phase 0).
     let engine = TestEngine::start(&plugins, |config| config.workers = 1).await;
     let mut slow = Client::connect(&engine.url(&format!("/ws/hostile?params={}", encode(&work(rounds))))).await;
     slow.next_text(SOON).await;

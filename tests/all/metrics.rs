@@ -57,3 +57,22 @@ async fn counters_move_as_frames_are_pushed_and_errors_happen() {
     std::fs::write(engine.plugin_path("clock"), b"garbage").unwrap();
     wait_for(&engine, r#"wasmpush_reloads_total{result="failed"}"#, 1.0).await;
 }
+
+/// A shard wakes only for the phases that hold connections, and a few connections share one:
+/// `tick_lateness_seconds` is observed once per phase run, so with one shard and a handful of
+/// connections it counts about one run per tick. (Waking for all 20 phases would count 20.)
+#[tokio::test]
+async fn a_small_shard_runs_one_phase_a_tick() {
+    let engine = TestEngine::start(&[("quote", wasmpush_tests::artifacts::QUOTE)], |config| config.workers = 1).await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        let params = encode(&format!(r#"{{"symbol":"SYM{i}"}}"#));
+        clients.push(Client::connect(&engine.url(&format!("/ws/quote?params={params}"))).await);
+    }
+    let runs = || async { sample(&scrape(&engine).await, "wasmpush_tick_lateness_seconds_count") };
+    let before = runs().await;
+    let frames = clients[0].texts_during(TICK * 10).await;
+    let phase_runs = runs().await - before;
+    assert!((8..=12).contains(&frames.len()), "{} frames in ten ticks", frames.len());
+    assert!((8.0..=13.0).contains(&phase_runs), "{phase_runs} phase runs in ten ticks");
+}

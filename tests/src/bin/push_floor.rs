@@ -2,7 +2,7 @@
 //! kernel's sends cost on this machine before any engine work.
 //!
 //! It accepts WebSocket connections and sends every connection a quote-sized frame every tick,
-//! in the engine's phases on the engine's phase clock (`wasmpush::phase_clock`), with one
+//! in phases picked and run as the engine's (`wasmpush::phase_clock`), with one
 //! non-blocking `sendmsg` per frame from one thread per CPU (the engine's default shard count),
 //! each with its share of the connections. Nothing is read after the handshake. There is no
 //! plugin, no params, no queue, no metric: with the same load generator run without params
@@ -21,10 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use socket2::SockRef;
 use tokio::net::TcpListener;
-use wasmpush::phase_clock::{PHASES, PhaseClock};
-
-/// Phases a tick is spread over, as in the engine.
-const PHASE_COUNT: usize = PHASES as usize;
+use wasmpush::phase_clock::{PHASES, PhaseClock, PhaseLoad};
 
 /// Frames sent whole so far; printed to standard output once a second (`pushes N`).
 static PUSHES: AtomicU64 = AtomicU64::new(0);
@@ -76,15 +73,12 @@ fn main() -> anyhow::Result<()> {
             other => anyhow::bail!("unknown argument {other}; usage: push_floor --listen ADDR [--tick-ms MS]"),
         }
     }
-    let pushers = std::thread::available_parallelism().map_or(1, usize::from);
-    // Pusher `p` owns slots `p * PHASES ..`, one per phase.
-    let slots: Arc<Vec<Mutex<Vec<Conn>>>> = Arc::new((0..pushers * PHASE_COUNT).map(|_| Mutex::default()).collect());
-    for pusher in 0..pushers {
-        let slots = slots.clone();
+    let pushers: Arc<Vec<Pusher>> =
+        Arc::new((0..std::thread::available_parallelism().map_or(1, usize::from)).map(|_| Pusher::new()).collect());
+    for pusher in 0..pushers.len() {
+        let pushers = pushers.clone();
         let tick = Duration::from_millis(tick_ms);
-        std::thread::Builder::new()
-            .name("push-floor".into())
-            .spawn(move || push_forever(&slots[pusher * PHASE_COUNT..][..PHASE_COUNT], tick))?;
+        std::thread::Builder::new().name("push-floor".into()).spawn(move || pushers[pusher].push_forever(tick))?;
     }
     std::thread::Builder::new().name("push-count".into()).spawn(|| {
         loop {
@@ -93,37 +87,66 @@ fn main() -> anyhow::Result<()> {
         }
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    runtime.block_on(accept_forever(&listen, slots, pushers))
+    runtime.block_on(accept_forever(&listen, pushers))
 }
 
-/// Sends every connection a frame per tick, phase by phase, on the engine's phase clock; forgets
-/// closed connections.
-fn push_forever(phases: &[Mutex<Vec<Conn>>], tick: Duration) {
-    let mut clock = PhaseClock::starting(Instant::now(), tick);
-    for phase in (0..PHASE_COUNT).cycle() {
-        std::thread::sleep(clock.next_run().saturating_duration_since(Instant::now()));
-        clock.advance(Instant::now(), tick);
-        let mut conns = phases[phase].lock().unwrap_or_else(|poison| poison.into_inner());
-        conns.retain_mut(Conn::push);
+/// One pushing thread's connections, by phase, and how many each phase holds.
+struct Pusher {
+    load: Mutex<PhaseLoad>,
+    phases: Vec<Mutex<Vec<Conn>>>,
+}
+
+impl Pusher {
+    fn new() -> Self {
+        Pusher { load: Mutex::default(), phases: (0..PHASES).map(|_| Mutex::default()).collect() }
+    }
+
+    /// Takes a connection into the phase the engine's rule picks.
+    fn add(&self, conn: Conn) {
+        let phase = lock(&self.load).join();
+        lock(&self.phases[phase as usize]).push(conn);
+    }
+
+    /// Sends every connection a frame per tick, phase by phase, waking only for phases that hold
+    /// connections, on the engine's phase clock; forgets closed connections.
+    fn push_forever(&self, tick: Duration) {
+        let mut clock = PhaseClock::starting(Instant::now(), tick);
+        let mut phase = 0;
+        loop {
+            std::thread::sleep(clock.next_run().saturating_duration_since(Instant::now()));
+            let mut conns = lock(&self.phases[phase as usize]);
+            let before = conns.len();
+            conns.retain_mut(Conn::push);
+            let mut load = lock(&self.load);
+            for _ in conns.len()..before {
+                load.leave(phase);
+            }
+            let steps = load.steps_to_next(phase);
+            phase = (phase + steps) % PHASES;
+            clock.advance(Instant::now(), tick, steps);
+        }
     }
 }
 
-/// Accepts connections, opens each WebSocket and hands it to a pusher (in turn) and a phase (in
-/// turn). Nothing is read after the handshake: with the load generator's pushes-only runs, clients
-/// send nothing, and a closed connection shows as a failed send.
-async fn accept_forever(listen: &str, slots: Arc<Vec<Mutex<Vec<Conn>>>>, pushers: usize) -> anyhow::Result<()> {
+/// Locks `mutex`, poisoned or not: a pusher that panicked leaves consistent data.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// Accepts connections, opens each WebSocket and hands it to a pusher (in turn). Nothing is read
+/// after the handshake: with the load generator's pushes-only runs, clients send nothing, and a
+/// closed connection shows as a failed send.
+async fn accept_forever(listen: &str, pushers: Arc<Vec<Pusher>>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await?;
     eprintln!("push_floor listening on {}", listener.local_addr()?);
     for index in 0.. {
         let (socket, _) = listener.accept().await?;
         socket.set_nodelay(true)?;
-        let slots = slots.clone();
+        let pushers = pushers.clone();
         tokio::spawn(async move {
             let Ok(ws) = tokio_tungstenite::accept_async(socket).await else { return };
             let Ok(socket) = ws.into_inner().into_std() else { return };
-            let (pusher, turn) = (index as usize % pushers, index as usize / pushers);
-            let slot = &slots[pusher * PHASE_COUNT + turn % PHASE_COUNT];
-            slot.lock().unwrap_or_else(|poison| poison.into_inner()).push(Conn { socket, index, seq: 0 });
+            pushers[index as usize % pushers.len()].add(Conn { socket, index, seq: 0 });
         });
     }
     Ok(())
