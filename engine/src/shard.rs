@@ -143,6 +143,9 @@ struct PluginSlot {
     generation: u64,
     /// The connections served by this plugin.
     conns: HashMap<u64, Conn>,
+    /// The ids of its connections by phase, so a phase's run reads only its own; a closed
+    /// connection's id is dropped when its phase next runs (ids are never reused).
+    members: Vec<Vec<u64>>,
     /// Connections that closed since the instance's last batch.
     closed: Vec<u64>,
     /// Connections due for an immediate push (new params), in arrival order.
@@ -267,6 +270,7 @@ impl Shard {
                 let slot = self.slots.entry(plugin.clone()).or_insert_with(|| PluginSlot::new(plugin.clone()));
                 let has_params = params.is_some();
                 let phase = self.load.join();
+                slot.members[phase as usize].push(conn_id);
                 slot.conns.insert(
                     conn_id,
                     Conn { phase, outbound, params: params.map(Arc::from), pushes: 0, parked: None, params_seen: 0 },
@@ -316,16 +320,19 @@ impl Shard {
 
     /// The regular tick of one phase, by plugin: every connection of the phase that is due (has
     /// params, and is not parked or its error park has expired).
-    fn due_in_phase(&self, phase: u32) -> PhaseWork {
+    fn due_in_phase(&mut self, phase: u32) -> PhaseWork {
         let error_reset = self.settings.live.error_reset();
         let now = Instant::now();
-        let by_plugin = self.slots.iter().map(|(plugin, slot)| {
-            let due = slot
-                .conns
-                .iter()
-                .filter(|(_, conn)| conn.phase == phase && conn.is_due(error_reset, now))
-                .map(|(conn_id, _)| (*conn_id, Trigger::Tick))
-                .collect();
+        let by_plugin = self.slots.iter_mut().map(|(plugin, slot)| {
+            let mut due = Vec::new();
+            // Closed connections leave their phase's list here, not on close.
+            slot.members[phase as usize].retain(|conn_id| {
+                let Some(conn) = slot.conns.get(conn_id) else { return false };
+                if conn.is_due(error_reset, now) {
+                    due.push((*conn_id, Trigger::Tick));
+                }
+                true
+            });
             (plugin.clone(), due)
         });
         PhaseWork(by_plugin.collect())
@@ -363,6 +370,7 @@ impl PluginSlot {
             instance: None,
             generation: 0,
             conns: HashMap::new(),
+            members: vec![Vec::new(); PHASES as usize],
             closed: Vec::new(),
             due_now: Vec::new(),
             unavailable: false,
