@@ -82,3 +82,15 @@ async fn with_error_reset_a_faulting_connection_is_retried_once_per_period() {
     let frame = client.next_text(SOON).await;
     assert!(!frame.starts_with(r#"{"code":"#), "{frame}");
 }
+
+/// The epoch that makes call deadlines fire stops advancing once no plugin has been called for a
+/// second (an idle engine wakes no thread); the next call starts it again, so a runaway call after
+/// such a pause is interrupted as any other.
+#[tokio::test]
+async fn a_runaway_call_after_an_idle_pause_is_still_interrupted() {
+    let engine = TestEngine::start(&[("hostile", artifacts::HOSTILE)], |config| config.plugin_timeout_ms = 200).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let mut client = Client::connect(&engine.url(&format!("/ws/hostile?params={}", encode(r#"{"do":"loop"}"#)))).await;
+    let (code, message) = error_parts(&client.next_error_frame(SOON * 3).await);
+    assert_eq!((code, message.contains("timed out")), (5002, true), "{message}");
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 use nix::time::{ClockId, clock_gettime};
 use wasmtime::UpdateDeadline;
 
-use super::host::EPOCH_PERIOD;
+use super::epoch_clock::EPOCH_PERIOD;
 
 /// The limit of the call in progress.
 #[derive(Debug, Clone, Copy)]

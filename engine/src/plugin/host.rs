@@ -3,7 +3,7 @@
 //! it on a blocking thread, never on a worker or the async runtime.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -13,6 +13,7 @@ use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::deadline::{CallDeadline, thread_cpu_time};
+use super::epoch_clock::{EpochClock, IDLE_AFTER};
 use super::instance::PluginInstance;
 
 /// Bindings generated from the WIT contract.
@@ -28,9 +29,6 @@ use bindings::wasmpush::plugin::host::Level;
 
 /// The WIT package (and version) of the contract plugins must implement.
 pub const CONTRACT: &str = "wasmpush:plugin@0.2.0";
-
-/// How often the epoch advances; the granularity of call deadlines.
-pub(crate) const EPOCH_PERIOD: Duration = Duration::from_millis(5);
 
 /// Limits applied to every instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +88,7 @@ impl PluginHost {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         deny_blocking(&mut linker)?;
         bindings::PushPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-        let epoch_clock = Arc::new(EpochClock::start(engine.clone())?);
+        let epoch_clock = Arc::new(EpochClock::start(engine.clone(), IDLE_AFTER)?);
         Ok(PluginHost { engine, linker, limits, epoch_clock })
     }
 
@@ -108,7 +106,7 @@ impl PluginHost {
             pre,
             engine: self.engine.clone(),
             limits: self.limits,
-            _epoch_clock: self.epoch_clock.clone(),
+            epoch_clock: self.epoch_clock.clone(),
         });
         PluginInstance::new(&version).map_err(LoadError::Instantiate)?;
         Ok(version)
@@ -138,34 +136,6 @@ fn deny_blocking(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The thread that advances an engine's epoch every [`EPOCH_PERIOD`], which is what makes call
-/// deadlines fire. The host and every version it loaded share it, so it runs as long as any of
-/// them lives: a version kept after its host is dropped still has its calls interrupted.
-struct EpochClock {
-    /// Set when the last holder drops it; the thread then ends.
-    stop: Arc<AtomicBool>,
-}
-
-impl EpochClock {
-    fn start(engine: Engine) -> std::io::Result<EpochClock> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let running = stop.clone();
-        std::thread::Builder::new().name("wasmpush-epoch".to_owned()).spawn(move || {
-            while !running.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_PERIOD);
-                engine.increment_epoch();
-            }
-        })?;
-        Ok(EpochClock { stop })
-    }
-}
-
-impl Drop for EpochClock {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 /// The version id of a plugin file: the SHA-256 of its bytes, in hex.
 pub fn content_hash(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect()
@@ -187,8 +157,8 @@ pub struct PluginVersion {
     pub(super) engine: Engine,
     /// Limits for its instances.
     pub(super) limits: SandboxLimits,
-    /// Keeps the epoch advancing, so its calls' deadlines fire, for as long as it lives.
-    _epoch_clock: Arc<EpochClock>,
+    /// Advances the epoch while its calls run, so their deadlines fire; kept as long as it lives.
+    pub(super) epoch_clock: Arc<EpochClock>,
 }
 
 impl std::fmt::Debug for PluginVersion {

@@ -49,6 +49,7 @@ impl std::fmt::Debug for PluginInstance {
 impl PluginInstance {
     /// Instantiates `version` in a fresh store, running its start function under the deadline.
     pub fn new(version: &Arc<PluginVersion>) -> Result<Self, PluginFault> {
+        let _calling = version.epoch_clock.calling();
         let mut store = version.new_store();
         let timeout = version.limits.call_timeout;
         store.data_mut().deadline = Some(CallDeadline::starting_now(timeout));
@@ -68,7 +69,9 @@ impl PluginInstance {
         let budget = limits.call_timeout + limits.per_call_budget * calls.len() as u32;
         self.store.data_mut().deadline = Some(CallDeadline::starting_now(budget));
         self.store.set_epoch_deadline(deadline::ticks(budget));
+        let calling = self.version.epoch_clock.calling();
         let result = self.bindings.call_run(&mut self.store, now_ms, calls, closed).map_err(classify);
+        drop(calling);
         let dropped = self.store.data().log_budget.refill();
         if dropped > 0 {
             let plugin = &self.version.name;

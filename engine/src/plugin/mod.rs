@@ -13,6 +13,7 @@
 
 mod calls;
 mod deadline;
+mod epoch_clock;
 mod host;
 mod instance;
 mod outcomes;
