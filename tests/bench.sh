@@ -70,7 +70,38 @@ summary_row() {
 }
 peer_pushes() { curl -sf http://127.0.0.1:19506/status | sed -E 's/.*"pushes":([0-9]+).*/\1/'; }
 
-node "$peer_dir/server.js" --self-test > /dev/null
+# The Node.js peer runs where Node.js and its `ws` package are installed (`just bench` runs `npm ci`).
+with_peer=false
+if command -v node > /dev/null && [[ -d "$peer_dir/node_modules/ws" ]]; then
+  node "$peer_dir/server.js" --self-test > /dev/null
+  with_peer=true
+else
+  echo "Node.js or the peer's ws package is missing: the Node.js peer is skipped"
+fi
+
+# The peer under the same load as the engine's run at $n connections; appends its summary row.
+peer_run() {
+  run=$(( run + 1 ))
+  sleep 2
+  node "$peer_dir/server.js" --listen 127.0.0.1:19506 > "$work/peer.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 50); do
+    curl -sf http://127.0.0.1:19506/status > /dev/null && break
+    sleep 0.1
+  done
+  local before pushes_before after
+  before=$(cpu_ticks "$server_pid")
+  pushes_before=$(peer_pushes)
+  "$loadgen" --url ws://127.0.0.1:19506/ws/quote --connections "$n" --seconds 20 --warmup 3 --update-every 1 \
+    --sources "$(sources_for "$n" "$run")" --json > "$work/run.txt"
+  after=$(cpu_ticks "$server_pid")
+  summary_row "Node.js ws" "$(tail -n 1 "$work/run.txt")" $(( after - before )) $(( $(peer_pushes) - pushes_before )) \
+    >> "$work/summary"
+  kill "$server_pid"
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+}
+
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 idle=${counts[-1]}
@@ -120,37 +151,21 @@ for n in "${counts[@]}"; do
   echo "| rss_per_connection_kb (above baseline) | $(per_connection_kb "$active_rss" "$baseline_rss" "$n") |"
   summary_row wasmpush "$(tail -n 1 "$work/run.txt")" $(( after - before )) "$pushes" >> "$work/summary"
 
-  # The Node.js peer under the same load.
-  run=$(( run + 1 ))
-  sleep 2
-  node "$peer_dir/server.js" --listen 127.0.0.1:19506 > "$work/peer.log" 2>&1 &
-  server_pid=$!
-  for _ in $(seq 50); do
-    curl -sf http://127.0.0.1:19506/status > /dev/null && break
-    sleep 0.1
-  done
-  before=$(cpu_ticks "$server_pid")
-  pushes_before=$(peer_pushes)
-  "$loadgen" --url ws://127.0.0.1:19506/ws/quote --connections "$n" --seconds 20 --warmup 3 --update-every 1 \
-    --sources "$(sources_for "$n" "$run")" --json > "$work/run.txt"
-  after=$(cpu_ticks "$server_pid")
-  summary_row "Node.js ws" "$(tail -n 1 "$work/run.txt")" $(( after - before )) $(( $(peer_pushes) - pushes_before )) \
-    >> "$work/summary"
-  kill "$server_pid"
-  wait "$server_pid" 2>/dev/null || true
-  server_pid=""
+  if $with_peer; then peer_run; fi
 done
 
-echo
-echo "## wasmpush against the Node.js ws peer: same load, same run (params updates every second)"
-echo "| connections | server | established | of expected | gap_p99_ms | missed_ticks | update_p99_ms | cpu_s_per_100k_pushes |"
-echo "|---|---|---|---|---|---|---|---|"
-cat "$work/summary"
-echo
-awk -F'|' '{ gsub(/ /, "", $2); gsub(/ /, "", $9); cpu[$2, $3 ~ /wasmpush/] = $9; if (!seen[$2]++) order[++k] = $2 }
-  END { printf "CPU per push, wasmpush against Node.js ws:"
-        for (i = 1; i <= k; i++) printf " %s: %.2fx%s", order[i], cpu[order[i], 1] / cpu[order[i], 0], i < k ? ";" : "\n" }' \
-  "$work/summary"
+if $with_peer; then
+  echo
+  echo "## wasmpush against the Node.js ws peer: same load, same run (params updates every second)"
+  echo "| connections | server | established | of expected | gap_p99_ms | missed_ticks | update_p99_ms | cpu_s_per_100k_pushes |"
+  echo "|---|---|---|---|---|---|---|---|"
+  cat "$work/summary"
+  echo
+  awk -F'|' '{ gsub(/ /, "", $2); gsub(/ /, "", $9); cpu[$2, $3 ~ /wasmpush/] = $9; if (!seen[$2]++) order[++k] = $2 }
+    END { printf "CPU per push, wasmpush against Node.js ws:"
+          for (i = 1; i <= k; i++) printf " %s: %.2fx%s", order[i], cpu[order[i], 1] / cpu[order[i], 0], i < k ? ";" : "\n" }' \
+    "$work/summary"
+fi
 
 # Pushes only, at the largest count: CPU per 100,000 pushes of SERVER (engine or push_floor, whose
 # pid is in server_pid) over one load generator run without params updates, as a table row.
