@@ -143,8 +143,10 @@ struct PluginSlot {
     generation: u64,
     /// The connections served by this plugin.
     conns: HashMap<u64, Conn>,
-    /// The ids of its connections by phase, so a phase's run reads only its own; a closed
-    /// connection's id is dropped when its phase next runs (ids are never reused).
+    /// The ids of its connections by phase, so a phase's run reads only its own. A closed
+    /// connection's id is dropped when its phase next runs (ids are never reused); a phase left
+    /// without connections is not run, so its stale ids stay until it has some again, no more of
+    /// them than it ever held.
     members: Vec<Vec<u64>>,
     /// Connections that closed since the instance's last batch.
     closed: Vec<u64>,
