@@ -88,7 +88,7 @@ impl PluginHost {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         deny_blocking(&mut linker)?;
         bindings::PushPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-        let epoch_clock = Arc::new(EpochClock::start(engine.clone(), IDLE_AFTER)?);
+        let epoch_clock = Arc::new(EpochClock::start(engine.clone(), limits.call_timeout, IDLE_AFTER)?);
         Ok(PluginHost { engine, linker, limits, epoch_clock })
     }
 
