@@ -45,8 +45,10 @@ stop_engine() {
 # CPU ticks (user + system) process $1 has used so far.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$engine_pid/status"; }
-status_field() { curl -sf http://127.0.0.1:19504/status | sed -E "s/.*\"$1\":([0-9]+).*/\\1/"; }
+# Field $1 of the JSON object $2 (a number, or null).
 json_field() { sed -E "s/.*\"$1\":([0-9.]+|null).*/\\1/" <<< "$2"; }
+# Field $1 of the /status of the server whose status port is $2 (the engine's admin port if none).
+status_field() { json_field "$1" "$(curl -sf "http://127.0.0.1:${2:-19504}/status")"; }
 per_connection_kb() { awk -v r="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.1f", (r - b) * 1.024 / n }'; }
 
 # Client source addresses for run RUN of N connections: one per 15,000 (an address's ephemeral
@@ -68,7 +70,6 @@ summary_row() {
     -v upd="$(json_field update_p99_ms "$2")" -v t="$3" -v clk="$clk" -v p="$4" \
     'BEGIN { printf "| %d | %s | %d | %.1f %% | %s | %s | %s | %.3f |\n", n, name, est, ratio / 1.2 * 100, gap, missed, upd, (t/clk) / (p/100000) }'
 }
-peer_pushes() { curl -sf http://127.0.0.1:19506/status | sed -E 's/.*"pushes":([0-9]+).*/\1/'; }
 
 # The Node.js peer runs where Node.js and its `ws` package are installed (`just bench` runs `npm ci`).
 with_peer=false
@@ -91,11 +92,11 @@ peer_run() {
   done
   local before pushes_before after
   before=$(cpu_ticks "$server_pid")
-  pushes_before=$(peer_pushes)
+  pushes_before=$(status_field pushes 19506)
   "$loadgen" --url ws://127.0.0.1:19506/ws/quote --connections "$n" --seconds 20 --warmup 3 --update-every 1 \
     --sources "$(sources_for "$n" "$run")" --json > "$work/run.txt"
   after=$(cpu_ticks "$server_pid")
-  summary_row "Node.js ws" "$(tail -n 1 "$work/run.txt")" $(( after - before )) $(( $(peer_pushes) - pushes_before )) \
+  summary_row "Node.js ws" "$(tail -n 1 "$work/run.txt")" $(( after - before )) $(( $(status_field pushes 19506) - pushes_before )) \
     >> "$work/summary"
   kill "$server_pid"
   wait "$server_pid" 2>/dev/null || true
