@@ -107,12 +107,19 @@ impl PhaseClock {
 mod tests {
     use super::*;
 
+    /// The tick the clock tests use, 200 ms, and so a phase of 10 ms.
+    const TICK: Duration = Duration::from_millis(200);
+
+    /// A clock started now, and when.
+    fn started() -> (PhaseClock, Instant) {
+        let start = Instant::now();
+        (PhaseClock::starting(start, TICK), start)
+    }
+
     #[test]
     fn phases_keep_to_their_grid_and_catch_up_at_twice_the_rate() {
-        let tick = Duration::from_millis(200);
-        let phase = tick / PHASES;
-        let start = Instant::now();
-        let mut clock = PhaseClock::starting(start, tick);
+        let (tick, phase) = (TICK, TICK / PHASES);
+        let (mut clock, start) = started();
         // On time: every phase one interval after the last.
         let mut now = clock.next_run();
         assert_eq!(clock.advance(now, tick, 1), None);
@@ -138,10 +145,8 @@ mod tests {
 
     #[test]
     fn a_skipped_phase_keeps_the_grid_and_catch_up_halves_the_longer_interval() {
-        let tick = Duration::from_millis(200);
-        let phase = tick / PHASES;
-        let start = Instant::now();
-        let mut clock = PhaseClock::starting(start, tick);
+        let (tick, phase) = (TICK, TICK / PHASES);
+        let (mut clock, start) = started();
         let now = clock.next_run();
         assert_eq!(clock.advance(now, tick, 5), None);
         assert_eq!(clock.next_run(), start + phase * 6, "five phases later, on the grid");
