@@ -37,9 +37,9 @@ start_engine() {
 }
 
 stop_engine() {
-  kill "$engine_pid"
-  wait "$engine_pid" 2>/dev/null || true
+  server_pid=$engine_pid
   engine_pid=""
+  stop_server
 }
 
 # CPU ticks (user + system) process $1 has used so far.
@@ -71,6 +71,28 @@ summary_row() {
     'BEGIN { printf "| %d | %s | %d | %.1f %% | %s | %s | %s | %.3f |\n", n, name, est, ratio / 1.2 * 100, gap, missed, upd, (t/clk) / (p/100000) }'
 }
 
+# One load generator run against the server whose pid is in server_pid: run=$(( run + 1 )), the
+# run's JSON in $work/run.txt, and the server's CPU ticks and pushes over it in used_ticks and
+# made_pushes. $1: url, $2: command printing the server's push count so far, then more loadgen flags.
+measured_run() {
+  local url=$1 count=$2 before pushes_before
+  shift 2
+  run=$(( run + 1 ))
+  before=$(cpu_ticks "$server_pid")
+  pushes_before=$($count)
+  "$loadgen" --url "$url" --connections "$n" --seconds 20 --warmup 3 --sources "$(sources_for "$n" "$run")" \
+    --json "$@" > "$work/run.txt"
+  used_ticks=$(( $(cpu_ticks "$server_pid") - before ))
+  made_pushes=$(( $($count) - pushes_before ))
+}
+
+# Stops the server whose pid is in server_pid.
+stop_server() {
+  kill "$server_pid"
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+}
+
 # The Node.js peer runs where Node.js and its `ws` package are installed (`just bench` runs `npm ci`).
 with_peer=false
 if command -v node > /dev/null && [[ -d "$peer_dir/node_modules/ws" ]]; then
@@ -82,7 +104,6 @@ fi
 
 # The peer under the same load as the engine's run at $n connections; appends its summary row.
 peer_run() {
-  run=$(( run + 1 ))
   sleep 2
   node "$peer_dir/server.js" --listen 127.0.0.1:19506 > "$work/peer.log" 2>&1 &
   server_pid=$!
@@ -90,17 +111,9 @@ peer_run() {
     curl -sf http://127.0.0.1:19506/status > /dev/null && break
     sleep 0.1
   done
-  local before pushes_before after
-  before=$(cpu_ticks "$server_pid")
-  pushes_before=$(status_field pushes 19506)
-  "$loadgen" --url ws://127.0.0.1:19506/ws/quote --connections "$n" --seconds 20 --warmup 3 --update-every 1 \
-    --sources "$(sources_for "$n" "$run")" --json > "$work/run.txt"
-  after=$(cpu_ticks "$server_pid")
-  summary_row "Node.js ws" "$(tail -n 1 "$work/run.txt")" $(( after - before )) $(( $(status_field pushes 19506) - pushes_before )) \
-    >> "$work/summary"
-  kill "$server_pid"
-  wait "$server_pid" 2>/dev/null || true
-  server_pid=""
+  measured_run ws://127.0.0.1:19506/ws/quote "status_field pushes 19506" --update-every 1
+  summary_row "Node.js ws" "$(tail -n 1 "$work/run.txt")" "$used_ticks" "$made_pushes" >> "$work/summary"
+  stop_server
 }
 
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -172,19 +185,12 @@ fi
 # pid is in server_pid) over one load generator run without params updates, as a table row.
 # $1: name, $2: url, $3: command printing the server's push count so far.
 pushes_only_row() {
-  local name=$1 url=$2 count=$3 before pushes_before after
-  run=$(( run + 1 ))
-  before=$(cpu_ticks "$server_pid")
-  pushes_before=$($count)
-  "$loadgen" --url "$url" --connections "$n" --seconds 20 --warmup 3 --sources "$(sources_for "$n" "$run")" \
-    --json > "$work/run.txt"
-  after=$(cpu_ticks "$server_pid")
-  local pushes=$(( $($count) - pushes_before ))
-  local json gap missed
+  local name=$1 json gap missed
+  measured_run "$2" "$3"
   json=$(tail -n 1 "$work/run.txt")
   gap=$(json_field gap_p99_ms "$json")
   missed=$(json_field missed_ticks "$json")
-  awk -v name="$name" -v t=$(( after - before )) -v clk="$clk" -v p="$pushes" -v gap="$gap" -v missed="$missed" \
+  awk -v name="$name" -v t="$used_ticks" -v clk="$clk" -v p="$made_pushes" -v gap="$gap" -v missed="$missed" \
     'BEGIN { printf "| %s | %.2f | %d | %.3f | %s | %s |\n", name, t/clk, p, (t/clk) / (p/100000), gap, missed }'
 }
 
@@ -208,6 +214,4 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 pushes_only_row "push_floor (bare sends)" ws://127.0.0.1:19505/ws/quote floor_pushes
-kill "$server_pid"
-wait "$server_pid" 2>/dev/null || true
-server_pid=""
+stop_server
