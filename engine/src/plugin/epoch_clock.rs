@@ -113,12 +113,13 @@ impl State {
             let running = self.running.load(Ordering::SeqCst) > 0;
             std::thread::sleep(if running { EPOCH_PERIOD } else { quiet });
             self.wakes.fetch_add(1, Ordering::SeqCst);
-            let due = (origin.elapsed().as_micros() / EPOCH_PERIOD.as_micros()) as u64;
-            for _ in advanced..due.max(advanced + 1) {
+            // The periods that passed since `origin`; at least one more than before.
+            let due = ((origin.elapsed().as_micros() / EPOCH_PERIOD.as_micros()) as u64).max(advanced + 1);
+            for _ in advanced..due {
                 engine.increment_epoch();
-                self.ticks.fetch_add(1, Ordering::SeqCst);
             }
-            advanced = due.max(advanced + 1);
+            self.ticks.fetch_add(due - advanced, Ordering::SeqCst);
+            advanced = due;
             let started = self.started.load(Ordering::SeqCst);
             if started != seen || self.running.load(Ordering::SeqCst) > 0 {
                 (seen, quiet_since) = (started, Instant::now());
