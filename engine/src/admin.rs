@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint (default `127.0.0.1:9504`): `GET /status` (JSON), `GET /metrics`
 //! (Prometheus text) and `GET /healthz`.
-//! Read-only: it reports what the registry and the counters hold and changes nothing.
+//! Read-only: it reports what the registry and the counters hold and changes nothing. [`Status`]
+//! is also what `wasmpush status` reads back, so the printer cannot drift from the endpoint.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -22,9 +23,9 @@ use crate::registry::PluginRegistry;
 /// What the admin endpoint reads.
 #[derive(Debug, Clone)]
 pub struct AdminState {
-    /// The plugins served.
+    /// What `/status` lists as served, and the last failed load.
     pub registry: Arc<PluginRegistry>,
-    /// The metrics.
+    /// What `/metrics` encodes and `/status` sums up.
     pub metrics: Arc<Metrics>,
     /// Where the WebSocket server listens.
     pub listen: SocketAddr,
@@ -35,7 +36,7 @@ pub struct AdminState {
 }
 
 /// The `/status` document.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Status {
     /// The engine's process id.
     pub pid: u32,
@@ -60,9 +61,9 @@ pub struct Status {
 }
 
 /// One served plugin.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct PluginStatus {
-    /// Its name.
+    /// Its name: the file `NAME.wasm` and the path `/ws/NAME`.
     pub name: String,
     /// Its version id: the SHA-256 of its file.
     pub version: String,
@@ -73,11 +74,11 @@ pub struct PluginStatus {
 }
 
 /// A failed load.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ReloadErrorStatus {
-    /// The plugin.
+    /// The plugin whose file failed to load; its previous version, if any, still serves.
     pub plugin: String,
-    /// Why.
+    /// Why, in one line, as the loader said it.
     pub reason: String,
     /// When, in milliseconds since the Unix epoch.
     pub at_ms: u64,

@@ -73,10 +73,9 @@ impl Admission {
             limit => {
                 let mut counts = self.per_ip.lock().unwrap_or_else(|poison| poison.into_inner());
                 let count = counts.entry(ip).or_insert(0);
+                // An address seen here for the first time starts at 0 < limit, so no entry is
+                // left behind at 0 when one is refused.
                 if *count >= limit {
-                    if *count == 0 {
-                        counts.remove(&ip);
-                    }
                     return Err(Refused::TooManyFromAddress);
                 }
                 *count += 1;

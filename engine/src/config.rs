@@ -4,11 +4,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-use crate::plugin::SandboxLimits;
 
 /// Every setting of the engine, with its default. See `docs/operations.md` for the reference.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -55,7 +52,7 @@ pub struct Config {
     pub plugin_timeout_ms: u64,
     /// Extra time a batch gets per connection it carries, in microseconds.
     pub plugin_call_budget_us: u64,
-    /// Linear memory one plugin instance may grow to, in MiB.
+    /// Memory one plugin instance may hold, in MiB: all its linear memories and tables together.
     pub plugin_memory_mib: usize,
     /// Core instances, tables and memories one plugin instance may create (each).
     pub plugin_max_instances: usize,
@@ -163,23 +160,67 @@ impl Config {
         check(self.max_payload_bytes >= 1, "max_payload_bytes", "must be at least 1")
     }
 
-    /// The limits every plugin instance runs under.
-    pub fn sandbox_limits(&self) -> SandboxLimits {
-        SandboxLimits {
-            memory_bytes: self.plugin_memory_mib << 20,
-            call_timeout: Duration::from_millis(self.plugin_timeout_ms),
-            per_call_budget: Duration::from_micros(self.plugin_call_budget_us),
-            max_instances: self.plugin_max_instances,
-            max_table_elements: self.plugin_max_table_elements,
-        }
-    }
-
     /// The number of worker threads: `workers`, or the CPU count when it is 0.
     pub fn worker_count(&self) -> usize {
         match self.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         }
+    }
+
+    /// The settings that differ between `self` and `other` and take effect only on a restart.
+    pub fn restart_only_changes(&self, other: &Config) -> Vec<&'static str> {
+        // Destructured without `..`: a new setting must be sorted into live or restart-only here.
+        let Config {
+            listen,
+            admin,
+            plugins_dir,
+            watch_plugins,
+            default_plugin,
+            tick_ms: _,
+            workers,
+            max_params_bytes: _,
+            max_message_bytes,
+            max_connections,
+            max_connections_per_ip,
+            max_messages_per_sec,
+            handshake_timeout_secs,
+            write_timeout_secs,
+            ping_secs,
+            idle_timeout_secs,
+            plugin_timeout_ms,
+            plugin_call_budget_us,
+            plugin_memory_mib,
+            plugin_max_instances,
+            plugin_max_table_elements,
+            max_payload_bytes: _,
+            error_reset_secs: _,
+        } = self;
+        [
+            ("listen", *listen != other.listen),
+            ("admin", *admin != other.admin),
+            ("plugins_dir", *plugins_dir != other.plugins_dir),
+            ("watch_plugins", *watch_plugins != other.watch_plugins),
+            ("default_plugin", *default_plugin != other.default_plugin),
+            ("workers", *workers != other.workers),
+            ("max_message_bytes", *max_message_bytes != other.max_message_bytes),
+            ("max_connections", *max_connections != other.max_connections),
+            ("max_connections_per_ip", *max_connections_per_ip != other.max_connections_per_ip),
+            ("max_messages_per_sec", *max_messages_per_sec != other.max_messages_per_sec),
+            ("handshake_timeout_secs", *handshake_timeout_secs != other.handshake_timeout_secs),
+            ("write_timeout_secs", *write_timeout_secs != other.write_timeout_secs),
+            ("ping_secs", *ping_secs != other.ping_secs),
+            ("idle_timeout_secs", *idle_timeout_secs != other.idle_timeout_secs),
+            ("plugin_timeout_ms", *plugin_timeout_ms != other.plugin_timeout_ms),
+            ("plugin_call_budget_us", *plugin_call_budget_us != other.plugin_call_budget_us),
+            ("plugin_memory_mib", *plugin_memory_mib != other.plugin_memory_mib),
+            ("plugin_max_instances", *plugin_max_instances != other.plugin_max_instances),
+            ("plugin_max_table_elements", *plugin_max_table_elements != other.plugin_max_table_elements),
+        ]
+        .into_iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(key, _)| key)
+        .collect()
     }
 }
 
@@ -214,6 +255,14 @@ mod tests {
             assert!(example.contains_key(key), "`{key}` is missing from wasmpush.toml");
             assert!(reference.contains(&format!("| `{key}` |")), "`{key}` is missing from docs/operations.md");
         }
+    }
+
+    #[test]
+    fn settings_a_reload_cannot_change_are_named() {
+        let old = Config::default();
+        let new = Config { tick_ms: 100, max_params_bytes: 8192, workers: 7, ..Config::default() };
+        assert_eq!(old.restart_only_changes(&new), vec!["workers"]);
+        assert!(old.restart_only_changes(&Config { tick_ms: 50, ..Config::default() }).is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The WebSocket handshake's routing: which plugin a request URL asks for and which params it
-//! carries, or why it is refused. Pure functions of the URL; the server applies the decision.
+//! carries, or why it is refused. Pure functions of the URL and of which plugins are served (a
+//! lookup the caller passes in); the server applies the decision.
 //!
 //! `/` and `/ws` serve the default plugin, `/ws/NAME` serves plugin NAME; `?params=<JSON>`
 //! (percent-encoded) sets the params at once.
@@ -7,7 +8,6 @@
 use std::sync::Arc;
 
 use crate::protocol::validate_params;
-use crate::registry::PluginRegistry;
 
 /// Where an accepted connection goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,12 +34,13 @@ impl Refusal {
     }
 }
 
-/// Routes a request for `path` and `query`.
+/// Routes a request for `path` and `query`; `served` gives the name of a plugin that is served
+/// (shared, so a route does not copy it), `None` for one that is not.
 pub fn route(
     path: &str,
     query: Option<&str>,
     default_plugin: &str,
-    registry: &PluginRegistry,
+    served: impl Fn(&str) -> Option<Arc<str>>,
     max_params_bytes: usize,
 ) -> Result<Route, Refusal> {
     let name = match path.trim_end_matches('/') {
@@ -49,14 +50,14 @@ pub fn route(
             .filter(|name| !name.contains('/'))
             .ok_or_else(|| Refusal::new(404, format!("no such path `{path}`: connect to /ws/PLUGIN or /")))?,
     };
-    let Some(version) = registry.get(name) else {
+    let Some(plugin) = served(name) else {
         return Err(Refusal::new(404, format!("unknown plugin `{name}`")));
     };
     let params = match query {
         None => None,
         Some(query) => params_from_query(query, max_params_bytes)?,
     };
-    Ok(Route { plugin: version.name.clone(), params })
+    Ok(Route { plugin, params })
 }
 
 /// The `params` value of a query string, validated.
@@ -71,6 +72,21 @@ fn params_from_query(query: &str, max_params_bytes: usize) -> Result<Option<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn served(name: &str) -> Option<Arc<str>> {
+        ["quote", "clock"].contains(&name).then(|| Arc::from(name))
+    }
+
+    #[test]
+    fn paths_name_the_plugin_or_are_refused() {
+        let plugin = |path| route(path, None, "quote", served, 4096).map(|route| route.plugin.to_string());
+        assert_eq!(plugin("/").as_deref(), Ok("quote"));
+        assert_eq!(plugin("/ws/").as_deref(), Ok("quote"));
+        assert_eq!(plugin("/ws/clock").as_deref(), Ok("clock"));
+        assert_eq!(plugin("/ws/nope").unwrap_err(), Refusal::new(404, "unknown plugin `nope`"));
+        assert_eq!(plugin("/ws/a/b").unwrap_err().status, 404);
+        assert_eq!(plugin("/other").unwrap_err().status, 404);
+    }
 
     #[test]
     fn query_params_are_decoded_and_validated() {

@@ -5,41 +5,47 @@
 //! with `(context, params)` and pushes what it returns. See `ARCHITECTURE.md` for the design.
 //!
 //! ## Layout
-//! - `cli`: the command line ([`Cli`]); the only module that knows clap.
-//! - [`config`]: every setting, with defaults and validation.
+//! - `cli`: the command line ([`Cli`]) and its process management (daemon, pid file); the only
+//!   module that knows clap, and the only one using `anyhow`.
+//! - [`config`]: every setting, with defaults and validation; depends on nothing of the engine.
 //! - `server`: the accept loop and graceful shutdown; [`run`] is the entry point.
 //! - `admission`: `max_connections` and `max_connections_per_ip`, decided before the handshake.
+//! - `plain_http`: non-WebSocket requests on the WebSocket port: the demo page, HTTP errors.
 //! - `handshake`: which plugin and params a request URL asks for, or why it is refused.
 //! - `connection`: one client socket: reads params, writes queued frames.
-//! - `live`: the settings `wasmpush reload` changes without a restart.
-//! - `plain_http`: non-WebSocket requests on the WebSocket port: the demo page, HTTP errors.
 //! - `rate_limit`: the per-connection budget on client messages.
 //! - `outbound`: a socket's way out: shards write pushes straight to it; what waits conflates.
+//! - `live`: the settings `wasmpush reload` changes without a restart.
 //! - `shard`: the worker threads that own connection state and run the plugins every tick.
+//! - [`phase_clock`]: the schedule of a shard's phases; public because the benchmark's
+//!   `push_floor` runs on the same schedule.
 //! - `registry`: the plugin versions served, loaded from files and swapped atomically.
-//! - `watcher`: reports changed plugin files; knows nothing about wasmtime.
+//! - `plugin_files`: what a plugin file is called (`NAME.wasm`).
+//! - `watcher`: reports changed plugin files; knows nothing about wasmtime or the registry.
 //! - `reload`: the actor that turns file changes and rescan requests into registry updates.
-//! - `daemon`: `start --daemon`: a detached child, and the wait until it listens.
-//! - `pidfile`: how `stop` and `reload` find the engine, and how `start` refuses to run twice.
 //! - `metrics`: counters and histograms; `admin`: the `/status`, `/metrics` and `/healthz` endpoint.
 //! - [`plugin`]: the wasmtime host — the only module that knows wasmtime; public so it can be
 //!   benchmarked and embedded on its own.
 //! - [`protocol`]: error frames, error codes and params validation.
+//!
+//! The rules of which module may import which are written in ARCHITECTURE.md and checked by the
+//! `module_rules` test.
 
 mod admin;
 mod admission;
 mod cli;
 pub mod config;
 mod connection;
-mod daemon;
 mod handshake;
 mod live;
 mod metrics;
+#[cfg(test)]
+mod module_rules;
 mod outbound;
 pub mod phase_clock;
-mod pidfile;
 mod plain_http;
 pub mod plugin;
+mod plugin_files;
 pub mod protocol;
 mod rate_limit;
 mod registry;
@@ -50,4 +56,4 @@ mod watcher;
 
 pub use cli::{Cli, main};
 pub use config::Config;
-pub use server::{Listeners, Reload, ServerError, run};
+pub use server::{Listeners, Reload, ServerError, run, sandbox_limits};

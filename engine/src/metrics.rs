@@ -66,12 +66,14 @@ pub struct CallCounters {
     pub payload_too_large: Counter,
     /// The plugin broke the contract.
     pub contract: Counter,
+    /// The call failed in the host (a host function or the component ABI), not in the guest.
+    pub host_error: Counter,
 }
 
 impl CallCounters {
-    /// Calls that faulted (trap, timeout, memory, contract).
+    /// Calls that faulted (trap, timeout, memory, contract, host).
     pub fn faults(&self) -> u64 {
-        self.trap.get() + self.timeout.get() + self.memory_limit.get() + self.contract.get()
+        self.trap.get() + self.timeout.get() + self.memory_limit.get() + self.contract.get() + self.host_error.get()
     }
 }
 
@@ -118,6 +120,7 @@ impl Default for Metrics {
                 memory_limit: outcome("memory_limit"),
                 payload_too_large: outcome("payload_too_large"),
                 contract: outcome("contract"),
+                host_error: outcome("host_error"),
             },
             call_duration,
             tick_lateness,

@@ -51,7 +51,7 @@ pub enum ClientError {
     /// The plugin pushed more than `max_payload_bytes`.
     #[error("plugin `{plugin}` produced {size} bytes, more than the limit of {limit}")]
     PayloadTooLarge {
-        /// The plugin.
+        /// The plugin that pushed it.
         plugin: String,
         /// Size of the payload.
         size: usize,
@@ -86,8 +86,8 @@ impl ClientError {
     }
 }
 
-/// Checks that `text` is a JSON object of at most `limit` bytes; returns it unchanged, so the
-/// plugin sees exactly what the client sent.
+/// Checks that `text` is a JSON object of at most `limit` bytes, nesting at most [`MAX_DEPTH`]
+/// levels. It changes nothing: valid params go to the plugin exactly as the client sent them.
 pub fn validate_params(text: &str, limit: usize) -> Result<(), ClientError> {
     if text.len() > limit {
         return Err(ClientError::TooLarge { size: text.len(), limit });

@@ -13,7 +13,8 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use crate::plugin::{LoadError, PluginHost, PluginVersion};
+use crate::plugin::{LoadError, PluginHost, PluginVersion, content_hash};
+use crate::plugin_files::plugin_name;
 
 /// The plugins currently served.
 #[derive(Debug)]
@@ -30,11 +31,11 @@ pub struct PluginRegistry {
 /// A load that failed; the previous version (if any) kept serving.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedLoad {
-    /// The plugin's name.
+    /// The plugin whose file failed to load.
     pub plugin: String,
     /// Why, in one line.
     pub reason: String,
-    /// When.
+    /// When it failed, for `status`.
     pub at: SystemTime,
 }
 
@@ -119,7 +120,7 @@ impl PluginRegistry {
         })?;
         if let Some(current) = self.get(plugin)
             && current.size == bytes.len()
-            && current.hash == crate::plugin::content_hash(&bytes)
+            && current.hash == content_hash(&bytes)
         {
             return Ok(Loaded::Unchanged(current));
         }
@@ -171,33 +172,5 @@ impl PluginRegistry {
             self.remove(&name);
         }
         Ok(loads)
-    }
-}
-
-/// The plugin name of `NAME.wasm`, if NAME is valid.
-pub fn plugin_name(path: &Path) -> Option<String> {
-    if path.extension()? != "wasm" {
-        return None;
-    }
-    let name = path.file_stem()?.to_str()?;
-    is_valid_name(name).then(|| name.to_owned())
-}
-
-/// Whether `name` can name a plugin: 1 to 64 ASCII letters, digits, `-` or `_`.
-pub fn is_valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plugin_names_come_from_wasm_file_names() {
-        assert_eq!(plugin_name(Path::new("/p/quote.wasm")).as_deref(), Some("quote"));
-        assert_eq!(plugin_name(Path::new("/p/my-plugin_2.wasm")).as_deref(), Some("my-plugin_2"));
-        assert_eq!(plugin_name(Path::new("/p/quote.wasm.tmp")), None);
-        assert_eq!(plugin_name(Path::new("/p/.quote.wasm.swp")), None);
-        assert_eq!(plugin_name(Path::new("/p/bad name.wasm")), None);
     }
 }

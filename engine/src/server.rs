@@ -1,6 +1,6 @@
 //! The server: loads the plugins, starts the shards, accepts connections until `shutdown`
 //! resolves, then closes every connection with 1001 "going away" and waits for them (up to
-//! `drain_secs`). It is given its listener and its shutdown signal, so tests run it on port 0.
+//! [`DRAIN_TIME`]). It is given its listener and its shutdown signal, so tests run it on port 0.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use crate::live::LiveSettings;
 use crate::metrics::Metrics;
 use crate::outbound::SharedSocket;
 use crate::plain_http;
-use crate::plugin::PluginHost;
+use crate::plugin::{HostError, PluginHost, SandboxLimits};
 use crate::registry::PluginRegistry;
 use crate::reload::Reloader;
 use crate::shard::{ShardSettings, Shards};
@@ -37,8 +37,8 @@ pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The plugin host could not be built.
-    #[error("cannot start the plugin host: {0:#}")]
-    PluginHost(anyhow::Error),
+    #[error("cannot start the plugin host: {0}")]
+    PluginHost(#[from] HostError),
     /// The plugins directory could not be read.
     #[error("cannot read plugins directory {path}: {source}")]
     PluginsDir {
@@ -71,17 +71,17 @@ const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 /// What every connection task shares.
 struct Shared {
-    /// The validated configuration.
+    /// The validated configuration the engine started with (handshake timeout, default plugin).
     config: Config,
-    /// The plugins served.
+    /// Which plugins a handshake may ask for.
     registry: Arc<PluginRegistry>,
-    /// The workers, by connection id.
+    /// Where an accepted connection is handed, by connection id.
     shards: Shards,
-    /// What each connection needs to know.
+    /// Copied into every connection task.
     connection: ConnectionSettings,
-    /// WebSocket limits.
+    /// Message and frame size limits and the read buffer of every socket.
     websocket: WebSocketConfig,
-    /// The metrics.
+    /// Where handshakes and open connections are counted.
     metrics: Arc<Metrics>,
     /// Source of connection ids; never reused while the engine runs.
     next_conn_id: AtomicU64,
@@ -245,12 +245,23 @@ async fn apply_reloads(
 
 /// Builds the plugin host and an empty registry.
 async fn plugin_registry(config: &Config) -> Result<PluginRegistry, ServerError> {
-    let limits = config.sandbox_limits();
+    let limits = sandbox_limits(config);
     let host = tokio::task::spawn_blocking(move || PluginHost::new(limits))
         .await
         .expect("building the plugin host does not panic")
         .map_err(ServerError::PluginHost)?;
     Ok(PluginRegistry::new(host))
+}
+
+/// The limits every plugin instance runs under, from the configuration.
+pub fn sandbox_limits(config: &Config) -> SandboxLimits {
+    SandboxLimits {
+        memory_bytes: config.plugin_memory_mib << 20,
+        call_timeout: Duration::from_millis(config.plugin_timeout_ms),
+        per_call_budget: Duration::from_micros(config.plugin_call_budget_us),
+        max_instances: config.plugin_max_instances,
+        max_table_elements: config.plugin_max_table_elements,
+    }
 }
 
 /// Completes the handshake of one TCP connection and serves it.
@@ -280,11 +291,12 @@ async fn accept(
         }
         let config = &shared.config;
         let uri = request.uri();
+        let served = |name: &str| shared.registry.get(name).map(|version| version.name.clone());
         match handshake::route(
             uri.path(),
             uri.query(),
             &config.default_plugin,
-            &shared.registry,
+            served,
             shared.connection.live.max_params_bytes(),
         ) {
             Ok(route) => {

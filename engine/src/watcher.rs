@@ -11,7 +11,7 @@ use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::registry::plugin_name;
+use crate::plugin_files::plugin_name;
 
 /// Plugin names the watcher may queue before it reports an overflow instead.
 pub const CHANGE_CAPACITY: usize = 1024;

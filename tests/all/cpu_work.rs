@@ -12,7 +12,7 @@ use wasmpush_tests::artifacts;
 /// `hostile`, loaded in a plugin host whose calls may use `timeout` of CPU time (and nothing more
 /// per connection).
 pub fn hostile_with_timeout(timeout: Duration) -> Arc<PluginVersion> {
-    let mut limits = Config::default().sandbox_limits();
+    let mut limits = wasmpush::sandbox_limits(&Config::default());
     limits.call_timeout = timeout;
     limits.per_call_budget = Duration::ZERO;
     let host = PluginHost::new(limits).expect("plugin host");

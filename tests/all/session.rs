@@ -1,4 +1,4 @@
-//! The reference session of `quote` (REFERENCE.md), frame by frame: only `ts` differs.
+//! The reference session of `quote` (docs/quote.md), frame by frame: only `ts` differs.
 
 use wasmpush_tests::{Client, Frame};
 

@@ -40,7 +40,7 @@ fn main() {
     };
     let (fresh, cached) = (calls(true), calls(false));
 
-    let host = PluginHost::new(Config::default().sandbox_limits()).expect("plugin host");
+    let host = PluginHost::new(wasmpush::sandbox_limits(&Config::default())).expect("plugin host");
     let version = host.load("quote", &std::fs::read(artifacts::QUOTE).expect("quote.wasm")).expect("load quote");
     let mut instance = PluginInstance::new(&version).expect("instantiate quote");
     let mut naive = PluginInstance::new(&version).expect("instantiate quote");

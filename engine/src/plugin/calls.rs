@@ -2,7 +2,7 @@
 //! (connection ids, `seq`s and triggers as whole lists, params only for the calls that carry
 //! them), which cross into the guest as a few list copies instead of a record per call.
 
-use super::host::bindings::wasmpush::plugin::types::{Calls, NewParams, Trigger};
+use super::bindings::wasmpush::plugin::types::{Calls, NewParams, Trigger};
 
 impl Calls {
     /// An empty batch with room for `capacity` calls.

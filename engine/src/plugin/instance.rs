@@ -6,29 +6,12 @@ use std::sync::Arc;
 
 use wasmtime::Store;
 
-use super::Calls;
+use super::bindings::{PushPlugin, wasmpush::plugin::types::Calls};
 use super::deadline::{self, CallDeadline};
-use super::host::{HostState, PluginVersion, bindings};
+use super::fault::{PluginFault, classify};
 use super::outcomes::Outcomes;
-
-/// Why a plugin call produced no usable result. Each kind has its own metric and log line; none
-/// is a business error (those are [`Outcome::Error`](super::Outcome::Error)).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PluginFault {
-    /// The call ran past its deadline and was interrupted.
-    #[error("timed out")]
-    Timeout,
-    /// The instance tried to grow its memory past its cap.
-    #[error("exceeded its memory limit")]
-    MemoryLimit,
-    /// The guest trapped (a panic, an unreachable, an out-of-bounds access…).
-    #[error("trapped: {0}")]
-    Trap(String),
-    /// The guest broke the contract (e.g. returned the wrong number of outcomes, or a text that
-    /// is not UTF-8).
-    #[error("broke the contract: {0}")]
-    Contract(String),
-}
+use super::store::HostState;
+use super::version::PluginVersion;
 
 /// A live instance. Not shared: each worker owns its own.
 pub struct PluginInstance {
@@ -37,7 +20,7 @@ pub struct PluginInstance {
     /// Its store; dropped with it, which frees its memory.
     store: Store<HostState>,
     /// Its exports.
-    bindings: bindings::PushPlugin,
+    bindings: PushPlugin,
 }
 
 impl std::fmt::Debug for PluginInstance {
@@ -54,8 +37,10 @@ impl PluginInstance {
         let timeout = version.limits.call_timeout;
         store.data_mut().deadline = Some(CallDeadline::starting_now(timeout));
         store.set_epoch_deadline(deadline::ticks(timeout));
-        let bindings = version.pre.instantiate(&mut store).map_err(classify)?;
-        Ok(PluginInstance { version: version.clone(), store, bindings })
+        match version.pre.instantiate(&mut store) {
+            Ok(bindings) => Ok(PluginInstance { version: version.clone(), store, bindings }),
+            Err(err) => Err(classify(&err, store.data_mut().limiter.take_denied())),
+        }
     }
 
     /// The version this instance runs.
@@ -70,22 +55,17 @@ impl PluginInstance {
         self.store.data_mut().deadline = Some(CallDeadline::starting_now(budget));
         self.store.set_epoch_deadline(deadline::ticks(budget));
         let calling = self.version.epoch_clock.calling();
-        let result = self.bindings.call_run(&mut self.store, now_ms, calls, closed).map_err(classify);
+        let result = self.bindings.call_run(&mut self.store, now_ms, calls, closed);
         drop(calling);
-        let dropped = self.store.data().log_budget.refill();
+        let state = self.store.data_mut();
+        // A refusal the guest recovered from (an allocation it retried smaller) is no fault.
+        let memory_denied = state.limiter.take_denied();
+        let dropped = state.log_budget.refill();
         if dropped > 0 {
             let plugin = &self.version.name;
             tracing::warn!(target: "plugin", %plugin, dropped, "log lines over the per-call budget were dropped");
         }
-        Outcomes::check(result?, calls.len())
-    }
-}
-
-/// Sorts a wasmtime error into a fault kind.
-fn classify(err: wasmtime::Error) -> PluginFault {
-    match err.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => PluginFault::Timeout,
-        _ if format!("{err:#}").contains("forcing trap when growing memory") => PluginFault::MemoryLimit,
-        _ => PluginFault::Trap(format!("{err:#}")),
+        let raw = result.map_err(|err| classify(&err, memory_denied))?;
+        Outcomes::check(raw, calls.len())
     }
 }

@@ -9,18 +9,36 @@
 //! Sandbox: WASI is linked because the `wasm32-wasip2` target imports it, but grants no
 //! preopened directory, no socket address, no environment and no arguments (WASI's clocks and
 //! random numbers stay available); standard output and error go to the log; waiting on WASI
-//! (`poll`, `pollable.block`, so also sleeping) traps. Each call has an epoch deadline; each instance a memory cap.
+//! (`poll`, `pollable.block`, so also sleeping) traps. Each call has a deadline in CPU time; each
+//! instance one memory budget for all its memories and tables.
+//!
+//! ## Layout (imports run down this list, never up)
+//! - `bindings`: the contract's types, generated from the WIT.
+//! - `epoch_clock`, `deadline`: what interrupts a call that runs too long.
+//! - `limits`: [`SandboxLimits`] and the store's resource limiter.
+//! - `fault`: [`PluginFault`], a failed call's cause.
+//! - `calls`, `outcomes`: a batch's arguments and its checked results.
+//! - `store`: one instance's store data, guest logging.
+//! - `version`: [`PluginVersion`], a loaded build.
+//! - `instance`: [`PluginInstance`], a live instance and the batch call.
+//! - `host`: [`PluginHost`], compiling and validating plugin files.
 
+mod bindings;
 mod calls;
 mod deadline;
 mod epoch_clock;
+mod fault;
 mod host;
 mod instance;
+mod limits;
 mod outcomes;
+mod store;
+mod version;
 
-pub use host::{LoadError, PluginHost, PluginVersion, SandboxLimits, content_hash};
-pub use instance::{PluginFault, PluginInstance};
+pub use bindings::wasmpush::plugin::types::{Calls, Trigger};
+pub use fault::PluginFault;
+pub use host::{HostError, LoadError, PluginHost};
+pub use instance::PluginInstance;
+pub use limits::SandboxLimits;
 pub use outcomes::{Outcome, Outcomes};
-
-/// Types of the batch call, generated from the WIT contract.
-pub use host::bindings::wasmpush::plugin::types::{Calls, Trigger};
+pub use version::{PluginVersion, content_hash};

@@ -6,8 +6,8 @@
 //! guest rather than allocating, validating and freeing a string per push, and a push's text
 //! goes from that buffer straight to the socket.
 
-use super::PluginFault;
-use super::host::bindings::wasmpush::plugin::types::{self, Outcome as Kind};
+use super::bindings::wasmpush::plugin::types::{self, Outcome as Kind};
+use super::fault::PluginFault;
 
 /// What one call produced, borrowed from its batch's [`Outcomes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

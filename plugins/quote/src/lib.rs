@@ -1,4 +1,4 @@
-//! `quote`: the reference workload (`REFERENCE.md`), byte for byte.
+//! `quote`: the reference workload specified in `docs/quote.md`, byte for byte.
 //!
 //! Each push is `{"symbol":S,"seq":N,"ts":T,"price":P,"nonce":X}` where the price is derived
 //! from the FNV-1a hash of the symbol plus the push counter, computed in integers and written by

@@ -1,4 +1,4 @@
-// The Node.js `ws` peer of `just bench`: the `quote` workload of REFERENCE.md served as a
+// The Node.js `ws` peer of `just bench`: the `quote` workload of docs/quote.md served as a
 // well-written Node.js push server serves it, so wasmpush is measured against it in the same run,
 // on the same cores, under the same load generator.
 //
@@ -10,7 +10,7 @@
 // tokio's, which wasmpush uses: 1024.
 //
 // Usage: node server.js [--listen HOST:PORT]   serves; GET /status answers {"connections","pushes"}
-//        node server.js --self-test           checks the frames against REFERENCE.md's table
+//        node server.js --self-test           checks the frames against docs/quote.md's table
 
 'use strict';
 
@@ -50,7 +50,7 @@ function quoteFrame(state, seq, ts) {
   return `{"symbol":${state.symbolJson},"seq":${seq},"ts":${ts},"price":${price},"nonce":${state.nonceJson}}`;
 }
 
-/** Checks the frames against REFERENCE.md's table; exits non-zero on a mismatch. */
+/** Checks the frames against docs/quote.md's table; exits non-zero on a mismatch. */
 function selfTest() {
   const ts = 1700000000000;
   const table = [

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::pidfile::running_pid;
+use super::pidfile::running_pid;
+
+/// Where a daemon logs.
+pub(super) const DEFAULT_LOG_FILE: &str = "runtime/wasmpush.log";
 
 /// How long a daemon may take to start listening (loading plugins compiles them).
 const START_TIMEOUT: Duration = Duration::from_secs(60);

@@ -8,6 +8,9 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+/// Where `start` writes its pid and `stop`/`reload`/`status` read it.
+pub(super) const DEFAULT_PID_FILE: &str = "runtime/wasmpush.pid";
+
 /// Why the pid file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PidFileError {
@@ -45,9 +48,7 @@ pub struct PidFile {
 impl PidFile {
     /// Writes this process's pid to `path`, unless a live process is named there already.
     pub fn create(path: &Path) -> Result<PidFile, PidFileError> {
-        if let Some(pid) = running_pid(path)? {
-            return Err(PidFileError::AlreadyRunning { pid: pid.as_raw(), path: path.to_owned() });
-        }
+        refuse_if_running(path)?;
         let io = |source| PidFileError::Io { path: path.to_owned(), source };
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
@@ -60,6 +61,14 @@ impl PidFile {
 impl Drop for PidFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Fails if `path` names a live process: an engine runs with this pid file already.
+pub fn refuse_if_running(path: &Path) -> Result<(), PidFileError> {
+    match running_pid(path)? {
+        Some(pid) => Err(PidFileError::AlreadyRunning { pid: pid.as_raw(), path: path.to_owned() }),
+        None => Ok(()),
     }
 }
 

@@ -1,0 +1,88 @@
+//! The commands that act on a running engine through its pid file and admin endpoint: `stop`,
+//! `reload` and `status`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use nix::sys::signal::Signal;
+
+use super::pidfile::{self, running_pid};
+use crate::admin::Status;
+
+/// The LSB exit code of `status` for "not running".
+const NOT_RUNNING: u8 = 3;
+
+/// Asks the engine named in `pid_file` to rescan its plugins and re-read its config (SIGHUP).
+pub(super) fn reload(pid_file: &Path) -> anyhow::Result<ExitCode> {
+    let pid = running_pid(pid_file)?.context("wasmpush is not running")?;
+    pidfile::signal(pid, Signal::SIGHUP).context("cannot signal the engine")?;
+    println!("reload requested (pid {pid})");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the engine's status; exit code 0 when it runs, 3 when not.
+pub(super) fn status(pid_file: &Path, admin: SocketAddr, json: bool) -> anyhow::Result<ExitCode> {
+    let Some(pid) = running_pid(pid_file)? else {
+        println!("wasmpush is not running");
+        return Ok(ExitCode::from(NOT_RUNNING));
+    };
+    let body = admin_get(admin, "/status")
+        .with_context(|| format!("wasmpush runs (pid {pid}) but its admin endpoint {admin} does not answer"))?;
+    if json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status: Status = serde_json::from_str(&body).context("the admin endpoint sent an unexpected status")?;
+    println!("wasmpush is running (pid {pid})");
+    println!("  listen:         {}", status.listen);
+    println!("  uptime:         {} s", status.uptime_secs);
+    println!("  connections:    {}", status.connections);
+    println!("  pushes/s:       {} ({} in all)", status.pushes_per_sec, status.pushes);
+    println!("  plugin errors:  {}, faults: {}", status.plugin_errors, status.plugin_faults);
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    for plugin in &status.plugins {
+        let loaded_ago = now_ms.saturating_sub(plugin.loaded_at_ms) / 1000;
+        let (name, version, bytes) = (&plugin.name, &plugin.version, plugin.bytes);
+        println!("  plugin {name}: version {version:.12}, {bytes} bytes, loaded {loaded_ago} s ago");
+    }
+    if let Some(error) = &status.last_reload_error {
+        println!("  last reload error: {}: {}", error.plugin, error.reason);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `GET path` from the admin endpoint; the body of a 200 response.
+fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("not an HTTP response")?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{}", head.lines().next().unwrap_or_default());
+    Ok(body.to_owned())
+}
+
+/// Stops the engine named in `pid_file`; SIGKILL only for that pid, only after `timeout`.
+pub(super) fn stop(pid_file: &Path, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let Some(pid) = running_pid(pid_file)? else {
+        println!("wasmpush is not running");
+        return Ok(ExitCode::SUCCESS);
+    };
+    pidfile::signal(pid, Signal::SIGTERM).context("cannot signal the engine")?;
+    let deadline = Instant::now() + timeout;
+    while pidfile::is_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if pidfile::is_alive(pid) {
+        eprintln!("wasmpush: pid {pid} did not exit within {timeout:?}; sending SIGKILL");
+        pidfile::signal(pid, Signal::SIGKILL).context("cannot kill the engine")?;
+        let _ = std::fs::remove_file(pid_file);
+    }
+    println!("stopped (pid {pid})");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,141 @@
+//! The command line: turns arguments into one validated [`Config`] and runs the command. The
+//! only module that knows clap, and with its sub-modules the only user of `anyhow` in the
+//! library.
+//!
+//! ## Layout
+//! - this file: the commands, logging set-up and error printing.
+//! - `start`: `start` and `restart` — flags, config, the engine run with its signals.
+//! - `control`: `stop`, `reload` and `status`, acting on a running engine.
+//! - `daemon`: `start --daemon`: a detached child, and the wait until it listens.
+//! - `pidfile`: how the commands find the engine, and how `start` refuses to run twice.
+//! - `error_chain`: an error and its causes on one line.
+
+mod control;
+mod daemon;
+mod error_chain;
+mod pidfile;
+mod start;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use self::error_chain::describe;
+use self::pidfile::DEFAULT_PID_FILE;
+use self::start::StartArgs;
+use crate::config::Config;
+
+/// wasmpush: a WebSocket push engine whose business logic is a hot-swappable WebAssembly plugin.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the engine (in the foreground, or with --daemon in the background) until SIGINT or
+    /// SIGTERM (`stop`); SIGHUP rescans plugins.
+    Start(StartArgs),
+    /// Stops the running engine, then starts it again in the background.
+    Restart(StartArgs),
+    /// Shows whether the engine runs and what it serves; exit code 0 when running, 3 when not.
+    Status {
+        /// Pid file of the running engine.
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_PID_FILE)]
+        pid_file: PathBuf,
+        /// Config file the engine was started with (for its admin address).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Admin address of the engine [default: from --config, else 127.0.0.1:9504].
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+        /// Print the engine's /status JSON as it is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stops the running engine: SIGTERM, wait for it to exit, SIGKILL after the timeout.
+    Stop {
+        /// Pid file of the running engine.
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_PID_FILE)]
+        pid_file: PathBuf,
+        /// Seconds to wait for a graceful exit before SIGKILL.
+        #[arg(long, value_name = "SECS", default_value_t = 15)]
+        timeout: u64,
+    },
+    /// Makes the running engine rescan its plugins directory (sends SIGHUP).
+    Reload {
+        /// Pid file of the running engine.
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_PID_FILE)]
+        pid_file: PathBuf,
+    },
+}
+
+/// The whole `wasmpush` command: sets up logging (`RUST_LOG`, default `info`), parses the
+/// arguments, runs the command and prints the error chain if it fails.
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    match Cli::parse().run() {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("wasmpush: {}", describe(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl Cli {
+    /// Runs the command; the exit code on success.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Start(args) if args.daemon => start::start_daemon(&args),
+            Command::Start(args) => {
+                if args.detached {
+                    daemon::detach();
+                }
+                let config = args.config()?;
+                pidfile::refuse_if_running(&args.pid_file)?;
+                start::start(config, args)
+            }
+            Command::Restart(args) => {
+                control::stop(&args.pid_file, Duration::from_secs(args.stop_timeout))?;
+                start::start_daemon(&args)
+            }
+            Command::Status { pid_file, config, admin, json } => {
+                let admin = match (admin, config) {
+                    (Some(admin), _) => admin,
+                    (None, Some(path)) => Config::from_file(&path)?.admin,
+                    (None, None) => Config::default().admin,
+                };
+                control::status(&pid_file, admin, json)
+            }
+            Command::Stop { pid_file, timeout } => control::stop(&pid_file, Duration::from_secs(timeout)),
+            Command::Reload { pid_file } => control::reload(&pid_file),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_systemd_unit_runs_start_in_the_foreground_with_valid_flags() {
+        let unit = include_str!("../../../deploy/wasmpush.service");
+        let exec_start = unit.lines().find_map(|line| line.strip_prefix("ExecStart=")).expect("ExecStart");
+        let cli = Cli::try_parse_from(exec_start.split_whitespace()).unwrap_or_else(|err| panic!("{err}"));
+        let Command::Start(args) = cli.command else { panic!("ExecStart must run `start`: {exec_start}") };
+        assert!(!args.daemon, "under systemd the engine runs in the foreground");
+        assert!(args.config.is_some(), "the unit names its config file");
+    }
+}

@@ -1,0 +1,167 @@
+//! `start` (in the foreground, or as a daemon) and `restart`: the flags of a start, the config
+//! they make, and the engine run with its signals — SIGINT/SIGTERM stop it, SIGHUP reloads.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use super::daemon::{self, DEFAULT_LOG_FILE};
+use super::error_chain::describe;
+use super::pidfile::DEFAULT_PID_FILE;
+use super::pidfile::{self, PidFile};
+use crate::config::Config;
+use crate::server::{self, Listeners, Reload};
+
+/// Settings for `start`; each flag overrides the config file.
+#[derive(Debug, Clone, Args)]
+pub(super) struct StartArgs {
+    /// Run in the background; returns once the engine listens (or fails with its reason).
+    #[arg(long)]
+    pub(super) daemon: bool,
+    /// Log file of a daemon.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_LOG_FILE)]
+    log_file: PathBuf,
+    /// Seconds `restart` waits for the old engine to exit before SIGKILL.
+    #[arg(long, value_name = "SECS", default_value_t = 15)]
+    pub(super) stop_timeout: u64,
+    /// Pid file to write; `start` refuses to run if it names a live process.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_PID_FILE)]
+    pub(super) pid_file: PathBuf,
+    /// TOML config file (see wasmpush.toml); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub(super) config: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0:9503].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Address of the admin endpoint [default: 127.0.0.1:9504].
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Directory of NAME.wasm plugins [default: runtime/plugins].
+    #[arg(long, value_name = "DIR")]
+    plugins_dir: Option<PathBuf>,
+    /// Plugin served at `/` [default: quote].
+    #[arg(long, value_name = "NAME")]
+    default_plugin: Option<String>,
+    /// Milliseconds between two pushes to a connection [default: 200].
+    #[arg(long, value_name = "MS")]
+    tick_ms: Option<u64>,
+    /// Worker threads running plugins; 0 = one per CPU [default: 0].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Set by `--daemon` for its child: start a new session, without a controlling terminal.
+    #[arg(long, hide = true)]
+    pub(super) detached: bool,
+}
+
+impl StartArgs {
+    /// The arguments of `start` in the foreground with the same flags (the daemon's child). Only
+    /// the flags given are passed, so a reload re-reads the config file for the others.
+    fn foreground_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["start".into(), "--detached".into(), "--pid-file".into(), self.pid_file.clone().into()];
+        let mut flag = |name: &str, value: Option<std::ffi::OsString>| {
+            if let Some(value) = value {
+                args.extend([name.into(), value]);
+            }
+        };
+        flag("--config", self.config.clone().map(Into::into));
+        flag("--listen", self.listen.map(|v| v.to_string().into()));
+        flag("--admin", self.admin.map(|v| v.to_string().into()));
+        flag("--plugins-dir", self.plugins_dir.clone().map(Into::into));
+        flag("--default-plugin", self.default_plugin.clone().map(Into::into));
+        flag("--tick-ms", self.tick_ms.map(|v| v.to_string().into()));
+        flag("--workers", self.workers.map(|v| v.to_string().into()));
+        args
+    }
+
+    /// The config file's settings (or the defaults) with the flags applied, validated.
+    pub(super) fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(admin) = self.admin {
+            config.admin = admin;
+        }
+        if let Some(dir) = &self.plugins_dir {
+            config.plugins_dir = dir.clone();
+        }
+        if let Some(name) = &self.default_plugin {
+            config.default_plugin = name.clone();
+        }
+        if let Some(tick_ms) = self.tick_ms {
+            config.tick_ms = tick_ms;
+        }
+        if let Some(workers) = self.workers {
+            config.workers = workers;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Starts the engine in the background and waits until it listens.
+pub(super) fn start_daemon(args: &StartArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config()?;
+    pidfile::refuse_if_running(&args.pid_file)?;
+    let pid = daemon::spawn(&args.foreground_args(), &args.log_file, &args.pid_file, config.listen)?;
+    println!("wasmpush started (pid {pid}), listening on {}, logging to {}", config.listen, args.log_file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the engine in the foreground; `args` are re-read on SIGHUP.
+pub(super) fn start(config: Config, args: StartArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let websocket = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let admin = tokio::net::TcpListener::bind(config.admin)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin)", config.admin))?;
+        let listeners = Listeners { websocket, admin: Some(admin) };
+        // Written once the ports are bound: a daemon's parent takes the pid file as a sign of life.
+        let _pid_file = PidFile::create(&args.pid_file)?;
+        server::run(config, listeners, shutdown_signal(), reload_signal(args)?).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A reload request for every SIGHUP, carrying the configuration re-read from `args` when the
+/// engine was started from a file.
+fn reload_signal(args: StartArgs) -> anyhow::Result<mpsc::Receiver<Reload>> {
+    let mut hangup = signal(SignalKind::hangup()).context("cannot install a SIGHUP handler")?;
+    let (requests, received) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let config = match &args.config {
+                None => None,
+                Some(_) => args
+                    .config()
+                    .inspect_err(|err| tracing::error!(cause = %describe(err), "cannot re-read the configuration"))
+                    .ok(),
+            };
+            if requests.send(Reload { config }).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(received)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,196 @@
+//! [`Conn`]: one connection as its shard keeps it, and the rules of its session — when it is due
+//! for a call, when it is parked and what un-parks it. The rules live in [`Session`], plain data
+//! with no I/O, so they are unit-tested on their own.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::outbound::{Outbound, OutboundQueue};
+
+/// One connection's state, owned by its shard.
+pub(super) struct Conn {
+    /// The slot of the tick interval in which it is ticked (`0..PHASES`), for life.
+    pub(super) phase: u32,
+    /// Where its frames go.
+    pub(super) outbound: Arc<OutboundQueue>,
+    /// Its params, push count and park state.
+    pub(super) session: Session,
+}
+
+impl Conn {
+    /// Parks the connection and sends it `frame`, the error that parked it.
+    pub(super) fn park(&mut self, why: Park, frame: &str) {
+        self.session.park(why);
+        self.outbound.push(Outbound::Error(frame));
+    }
+}
+
+/// Why a connection is parked. New params un-park it; a redeploy un-parks `Unavailable`;
+/// `error_reset_secs`, when set, retries an `Error` after that long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Park {
+    /// The plugin returned an error (or a fault hit this connection), at `since`.
+    Error {
+        /// When the error frame was sent.
+        since: Instant,
+    },
+    /// The plugin was removed.
+    Unavailable,
+}
+
+impl Park {
+    /// Parked for an error, from now.
+    pub(super) fn error() -> Park {
+        Park::Error { since: Instant::now() }
+    }
+}
+
+/// What a connection's calls depend on: its params, how many pushes it had, whether it is parked,
+/// and which plugin instance has seen its params.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Session {
+    /// The params JSON object; `None` until the client sends one (no calls until then).
+    params: Option<Arc<str>>,
+    /// Data pushes made so far; the next push has `seq = pushes + 1`.
+    pushes: u64,
+    /// Why the connection gets no calls, if it does not.
+    parked: Option<Park>,
+    /// The instance generation that has seen the current params; 0 when none has.
+    params_seen: u64,
+}
+
+impl Session {
+    /// A session opened with `params` (or none yet).
+    pub(super) fn new(params: Option<String>) -> Self {
+        Session { params: params.map(Arc::from), ..Session::default() }
+    }
+
+    /// New params from the client: no instance has seen them, and they lift any park.
+    pub(super) fn set_params(&mut self, params: String) {
+        self.params = Some(Arc::from(params));
+        self.params_seen = 0;
+        self.parked = None;
+    }
+
+    /// Whether the connection gets a call: it has params and is not parked, or was parked for an
+    /// error at least `error_reset` ago (then the call retries it).
+    pub(super) fn is_due(&self, error_reset: Option<Duration>, now: Instant) -> bool {
+        self.params.is_some()
+            && match self.parked {
+                None => true,
+                Some(Park::Error { since }) => error_reset.is_some_and(|reset| now.duration_since(since) >= reset),
+                Some(Park::Unavailable) => false,
+            }
+    }
+
+    /// The `seq` its next push has.
+    pub(super) fn next_seq(&self) -> u64 {
+        self.pushes + 1
+    }
+
+    /// The params to send to instance `generation`: `None` if it has seen them already.
+    pub(super) fn params_for(&self, generation: u64) -> Option<&str> {
+        (self.params_seen != generation).then(|| self.params.as_deref().unwrap_or("{}"))
+    }
+
+    /// Instance `generation` was sent the params and ran the call.
+    pub(super) fn seen_by(&mut self, generation: u64) {
+        self.params_seen = generation;
+    }
+
+    /// A call pushed a frame: it counts, and any park is over.
+    pub(super) fn pushed(&mut self) {
+        self.pushes += 1;
+        self.parked = None;
+    }
+
+    /// A call had nothing to push: any park is over, the count stays.
+    pub(super) fn skipped(&mut self) {
+        self.parked = None;
+    }
+
+    /// No calls until what `why` waits for.
+    pub(super) fn park(&mut self, why: Park) {
+        self.parked = Some(why);
+    }
+
+    /// Whether a removed plugin's error frame should go to this connection: it has params and
+    /// is not parked already (it heard of an error and is waiting for new params).
+    pub(super) fn awaits_calls(&self) -> bool {
+        self.params.is_some() && self.parked.is_none()
+    }
+
+    /// The plugin is served again: a connection parked only because it was gone resumes.
+    pub(super) fn redeployed(&mut self) {
+        if self.parked == Some(Park::Unavailable) {
+            self.parked = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RESET: Option<Duration> = Some(Duration::from_secs(5));
+
+    fn with_params() -> Session {
+        Session::new(Some(r#"{"a":1}"#.to_owned()))
+    }
+
+    #[test]
+    fn a_connection_without_params_is_never_due() {
+        let session = Session::new(None);
+        assert!(!session.is_due(None, Instant::now()));
+        assert!(!session.is_due(RESET, Instant::now() + Duration::from_secs(60)));
+        assert!(with_params().is_due(None, Instant::now()));
+    }
+
+    #[test]
+    fn an_error_park_holds_until_new_params_or_the_reset() {
+        let mut session = with_params();
+        let since = Instant::now();
+        session.park(Park::Error { since });
+        assert!(!session.is_due(None, since + Duration::from_secs(3600)), "no reset: parked until new params");
+        assert!(!session.is_due(RESET, since + Duration::from_secs(4)));
+        assert!(session.is_due(RESET, since + Duration::from_secs(5)), "retried once the reset passed");
+        session.set_params(r#"{"a":2}"#.to_owned());
+        assert!(session.is_due(None, since), "new params un-park at once");
+    }
+
+    #[test]
+    fn an_unavailable_park_ignores_the_reset_and_ends_with_a_redeploy() {
+        let mut session = with_params();
+        session.park(Park::Unavailable);
+        assert!(!session.is_due(RESET, Instant::now() + Duration::from_secs(3600)));
+        assert!(!session.awaits_calls());
+        session.redeployed();
+        assert!(session.is_due(None, Instant::now()));
+        session.park(Park::error());
+        session.redeployed();
+        assert!(!session.is_due(None, Instant::now()), "a redeploy does not lift an error park");
+    }
+
+    #[test]
+    fn seq_counts_pushes_only_and_survives_params_changes() {
+        let mut session = with_params();
+        assert_eq!(session.next_seq(), 1);
+        session.pushed();
+        session.skipped();
+        session.park(Park::error());
+        session.set_params("{}".to_owned());
+        session.pushed();
+        assert_eq!(session.next_seq(), 3);
+    }
+
+    #[test]
+    fn params_go_to_each_instance_once_and_again_after_a_change() {
+        let mut session = with_params();
+        assert_eq!(session.params_for(1), Some(r#"{"a":1}"#));
+        session.seen_by(1);
+        assert_eq!(session.params_for(1), None);
+        assert_eq!(session.params_for(2), Some(r#"{"a":1}"#), "a new instance is sent them");
+        session.set_params(r#"{"a":2}"#.to_owned());
+        assert_eq!(session.params_for(1), Some(r#"{"a":2}"#));
+    }
+}

@@ -1,0 +1,357 @@
+//! [`PluginSlot`]: one plugin's instance and connections within a shard — running a batch,
+//! delivering its outcomes, and on a fault replaying the calls one by one so that only the
+//! connection that caused it gets the error.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::conn::{Conn, Park, Session};
+use crate::live::LiveSettings;
+use crate::metrics::Metrics;
+use crate::outbound::{Outbound, OutboundQueue};
+use crate::phase_clock::PHASES;
+use crate::plugin::{Calls, Outcome, Outcomes, PluginFault, PluginInstance, PluginVersion, Trigger};
+use crate::protocol::{ClientError, PLUGIN_ERROR, error_frame};
+use crate::registry::PluginRegistry;
+
+/// Closed connection ids a plugin slot keeps for its instance before it drops the instance
+/// instead (a new instance has nothing to forget).
+const MAX_PENDING_CLOSED: usize = 4096;
+
+/// What a shard needs to know.
+#[derive(Debug, Clone)]
+pub struct ShardSettings {
+    /// The tick interval and the payload limit, as `wasmpush reload` last set them.
+    pub live: Arc<LiveSettings>,
+    /// Where pushes, outcomes, call durations and tick lateness are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Calls for one batch: each connection and what triggered its call.
+pub(super) type DueCalls = Vec<(u64, Trigger)>;
+
+/// One plugin's instance and connections within a shard.
+pub(super) struct PluginSlot {
+    /// The plugin's name: what it looks up in the registry.
+    name: Arc<str>,
+    /// Limits, live settings and metrics, shared with the shard.
+    settings: ShardSettings,
+    /// Where the version to run is read at every batch.
+    registry: Arc<PluginRegistry>,
+    /// The live instance, built lazily from the served version; `None` after a fault or a swap.
+    instance: Option<PluginInstance>,
+    /// Instances built so far; the current one's generation. A connection whose params were seen
+    /// by another generation is sent them again.
+    generation: u64,
+    /// The connections served by this plugin.
+    conns: HashMap<u64, Conn>,
+    /// The ids of its connections by phase, so a phase's run reads only its own. A closed
+    /// connection's id is dropped when its phase next runs (ids are never reused); a phase left
+    /// without connections is not run, so its stale ids stay until it has some again, no more of
+    /// them than it ever held.
+    members: Vec<Vec<u64>>,
+    /// Connections that closed since the instance's last batch: the next batch tells the
+    /// instance to forget them.
+    closed: Vec<u64>,
+    /// Connections due for an immediate push (new params), in arrival order.
+    due_now: DueCalls,
+    /// Whether the plugin was missing at the last batch (its connections were parked).
+    unavailable: bool,
+}
+
+impl PluginSlot {
+    /// A slot for plugin `name`, with no connections yet.
+    pub(super) fn new(name: Arc<str>, settings: ShardSettings, registry: Arc<PluginRegistry>) -> Self {
+        PluginSlot {
+            name,
+            settings,
+            registry,
+            instance: None,
+            generation: 0,
+            conns: HashMap::new(),
+            members: vec![Vec::new(); PHASES as usize],
+            closed: Vec::new(),
+            due_now: Vec::new(),
+            unavailable: false,
+        }
+    }
+
+    /// Whether the slot serves no connection (the shard then drops it).
+    pub(super) fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Takes a new connection into `phase`; with params it is due at once.
+    pub(super) fn open(&mut self, conn_id: u64, phase: u32, outbound: Arc<OutboundQueue>, params: Option<String>) {
+        if params.is_some() {
+            self.due_now.push((conn_id, Trigger::Open));
+        }
+        self.members[phase as usize].push(conn_id);
+        self.conns.insert(conn_id, Conn { phase, outbound, session: Session::new(params) });
+    }
+
+    /// New params from a connection's client: it is due at once.
+    pub(super) fn set_params(&mut self, conn_id: u64, params: String) {
+        if let Some(conn) = self.conns.get_mut(&conn_id) {
+            conn.session.set_params(params);
+            self.due_now.push((conn_id, Trigger::Message));
+        }
+    }
+
+    /// The connections due at once, each once: a connection that sent params twice in one round
+    /// is pushed once, for its latest.
+    pub(super) fn take_due_now(&mut self) -> DueCalls {
+        let mut due = std::mem::take(&mut self.due_now);
+        if due.len() > 1 {
+            let mut seen = std::collections::HashSet::with_capacity(due.len());
+            due.retain(|(conn_id, _)| seen.insert(*conn_id));
+        }
+        due
+    }
+
+    /// The regular tick of `phase`: every connection of it that is due (has params, and is not
+    /// parked or its error park has expired). Closed connections leave the phase's list here.
+    pub(super) fn due_in_phase(&mut self, phase: u32, error_reset: Option<Duration>, now: Instant) -> DueCalls {
+        let mut due = Vec::new();
+        let conns = &self.conns;
+        self.members[phase as usize].retain(|conn_id| {
+            let Some(conn) = conns.get(conn_id) else { return false };
+            if conn.session.is_due(error_reset, now) {
+                due.push((*conn_id, Trigger::Tick));
+            }
+            true
+        });
+        due
+    }
+
+    /// Forgets a connection; returns the phase it had, if it was here.
+    pub(super) fn close(&mut self, conn_id: u64) -> Option<u32> {
+        let conn = self.conns.remove(&conn_id)?;
+        if self.instance.is_some() {
+            self.closed.push(conn_id);
+            if self.closed.len() > MAX_PENDING_CLOSED {
+                self.drop_instance();
+            }
+        }
+        Some(conn.phase)
+    }
+
+    fn drop_instance(&mut self) {
+        self.instance = None;
+        self.closed.clear();
+    }
+
+    /// The version to run now, after following the registry: a new version drops the old
+    /// instance; a removed plugin parks its connections; a returning one un-parks them.
+    fn sync_version(&mut self) -> Option<Arc<PluginVersion>> {
+        let served = self.registry.get(&self.name);
+        match &served {
+            None => self.drop_instance(),
+            Some(version) => {
+                if self.instance.as_ref().is_some_and(|instance| !Arc::ptr_eq(instance.version(), version)) {
+                    tracing::info!(plugin = %self.name, version = version.short_hash(), "switching to new version");
+                    self.drop_instance();
+                }
+                if self.unavailable {
+                    self.unavailable = false;
+                    self.conns.values_mut().for_each(|conn| conn.session.redeployed());
+                }
+            }
+        }
+        served
+    }
+
+    /// Runs one batch for the connections of `due` that are still due, then delivers each outcome
+    /// to its connection. A fault replays the calls one by one on fresh instances, so only the
+    /// connection that caused it gets the error.
+    pub(super) fn run(&mut self, due: &[(u64, Trigger)], now_ms: u64) {
+        let Some(version) = self.sync_version() else {
+            self.park_unavailable(due);
+            return;
+        };
+        let (error_reset, now) = (self.settings.live.error_reset(), Instant::now());
+        let due: DueCalls = due
+            .iter()
+            .filter(|(conn_id, _)| self.conns.get(conn_id).is_some_and(|c| c.session.is_due(error_reset, now)))
+            .copied()
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let result = self.call(&version, &due, now_ms);
+        self.settings.metrics.call_duration.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(outcomes) => {
+                let mut tally = Tally::default();
+                for ((conn_id, _), outcome) in due.iter().zip(outcomes.iter()) {
+                    self.settle(*conn_id, outcome, &mut tally);
+                }
+                tally.add_to(&self.settings.metrics);
+            }
+            Err(fault) => {
+                tracing::warn!(plugin = %self.name, calls = due.len(), %fault, "batch failed; replaying calls one by one");
+                self.replay(&version, &due, now_ms);
+            }
+        }
+    }
+
+    /// Calls the plugin once with `due`, building an instance first if there is none.
+    fn call(
+        &mut self,
+        version: &Arc<PluginVersion>,
+        due: &[(u64, Trigger)],
+        now_ms: u64,
+    ) -> Result<Outcomes, PluginFault> {
+        if self.instance.is_none() {
+            self.instance = Some(PluginInstance::new(version)?);
+            self.generation += 1;
+            self.closed.clear();
+        }
+        let generation = self.generation;
+        let mut calls = Calls::with_capacity(due.len());
+        for &(conn_id, trigger) in due {
+            let conn = &self.conns[&conn_id];
+            calls.push(conn_id, conn.session.next_seq(), trigger, conn.session.params_for(generation));
+            conn.outbound.warm();
+        }
+        let instance = self.instance.as_mut().expect("built above");
+        match instance.run(now_ms, &calls, &self.closed) {
+            Ok(outcomes) => {
+                self.closed.clear();
+                for (conn_id, _) in due {
+                    if let Some(conn) = self.conns.get_mut(conn_id) {
+                        conn.session.seen_by(generation);
+                    }
+                }
+                Ok(outcomes)
+            }
+            Err(fault) => {
+                self.drop_instance();
+                Err(fault)
+            }
+        }
+    }
+
+    /// After a failed batch: runs each call alone, so the fault lands on its culprit only. The
+    /// replay may take at most one tick interval (a plugin that faults on everything must not
+    /// stall its shard); connections not reached by then are not blamed, they skip this push and
+    /// are called at the next tick, by which time the culprits found so far are parked.
+    fn replay(&mut self, version: &Arc<PluginVersion>, due: &DueCalls, now_ms: u64) {
+        let deadline = Instant::now() + self.settings.live.tick();
+        let mut tally = Tally::default();
+        for (done, item) in due.iter().enumerate() {
+            if Instant::now() >= deadline {
+                let deferred = due.len() - done;
+                tracing::warn!(plugin = %self.name, deferred, "replay ran out of time; the rest retry next tick");
+                break;
+            }
+            match self.call(version, std::slice::from_ref(item), now_ms) {
+                Ok(outcomes) => self.settle(item.0, outcomes.get(0), &mut tally),
+                Err(fault) => self.fault(item.0, &fault),
+            }
+        }
+        tally.add_to(&self.settings.metrics);
+    }
+
+    /// Delivers one call's outcome, or its fault when the outcome broke the contract.
+    fn settle(&mut self, conn_id: u64, outcome: Result<Outcome<'_>, PluginFault>, tally: &mut Tally) {
+        match outcome {
+            Ok(outcome) => self.deliver(conn_id, outcome, tally),
+            Err(fault) => self.fault(conn_id, &fault),
+        }
+    }
+
+    /// Sends a plugin's outcome to its connection.
+    fn deliver(&mut self, conn_id: u64, outcome: Outcome<'_>, tally: &mut Tally) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else { return };
+        let limit = self.settings.live.max_payload_bytes();
+        match outcome {
+            Outcome::Push(payload) if payload.len() > limit => {
+                tally.payload_too_large += 1;
+                let error = ClientError::PayloadTooLarge { plugin: self.name.to_string(), size: payload.len(), limit };
+                tracing::warn!(plugin = %self.name, conn_id, size = payload.len(), "payload over the limit");
+                conn.park(Park::error(), &error.frame());
+            }
+            Outcome::Push(payload) => {
+                tally.pushed += 1;
+                tally.bytes += payload.len() as u64;
+                conn.session.pushed();
+                conn.outbound.push(Outbound::Data(payload));
+            }
+            Outcome::Skip => {
+                tally.skipped += 1;
+                conn.session.skipped();
+            }
+            Outcome::Error(message) => {
+                tally.error += 1;
+                conn.park(Park::error(), &error_frame(PLUGIN_ERROR, message));
+            }
+        }
+    }
+
+    /// Parks a connection a fault hit, with its error frame.
+    fn fault(&mut self, conn_id: u64, fault: &PluginFault) {
+        let calls = &self.settings.metrics.calls;
+        match fault {
+            PluginFault::Timeout => calls.timeout.inc(),
+            PluginFault::MemoryLimit => calls.memory_limit.inc(),
+            PluginFault::Trap(_) => calls.trap.inc(),
+            PluginFault::Contract(_) => calls.contract.inc(),
+            PluginFault::Host(_) => calls.host_error.inc(),
+        };
+        if let PluginFault::Host(_) = fault {
+            tracing::error!(plugin = %self.name, conn_id, %fault, "plugin call failed in the host");
+        } else {
+            tracing::warn!(plugin = %self.name, conn_id, %fault, "plugin call failed");
+        }
+        let error = match fault {
+            PluginFault::Timeout => ClientError::PluginTimedOut(self.name.to_string()),
+            _ => ClientError::PluginFailed(self.name.to_string()),
+        };
+        if let Some(conn) = self.conns.get_mut(&conn_id) {
+            conn.park(Park::error(), &error.frame());
+        }
+    }
+
+    /// The plugin is gone: each due connection gets one error frame and is parked until the
+    /// plugin is deployed again.
+    fn park_unavailable(&mut self, due: &[(u64, Trigger)]) {
+        self.unavailable = true;
+        let frame = ClientError::PluginUnavailable(self.name.to_string()).frame();
+        for (conn_id, _) in due {
+            if let Some(conn) = self.conns.get_mut(conn_id).filter(|c| c.session.awaits_calls()) {
+                conn.park(Park::Unavailable, &frame);
+            }
+        }
+    }
+}
+
+/// Outcome counts of one batch, added to the metrics at once (one atomic add per counter per
+/// batch rather than per connection).
+#[derive(Debug, Default)]
+struct Tally {
+    /// Payloads pushed.
+    pushed: u64,
+    /// Calls with nothing to push.
+    skipped: u64,
+    /// Business errors.
+    error: u64,
+    /// Payloads refused for their size.
+    payload_too_large: u64,
+    /// Bytes of the payloads pushed.
+    bytes: u64,
+}
+
+impl Tally {
+    fn add_to(self, metrics: &Metrics) {
+        let calls = &metrics.calls;
+        calls.ok.inc_by(self.pushed);
+        calls.none.inc_by(self.skipped);
+        calls.error.inc_by(self.error);
+        calls.payload_too_large.inc_by(self.payload_too_large);
+        metrics.frames_pushed.inc_by(self.pushed);
+        metrics.bytes_pushed.inc_by(self.bytes);
+    }
+}
