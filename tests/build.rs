@@ -11,6 +11,7 @@ use std::process::Command;
 const PLUGINS: &[(&str, &str)] = &[
     ("quote-plugin", "QUOTE"),
     ("clock-plugin", "CLOCK"),
+    ("portfolio-plugin", "PORTFOLIO"),
     ("wrong-contract-plugin", "WRONG_CONTRACT"),
     ("start-trap-plugin", "START_TRAP"),
     ("hostile-plugin", "HOSTILE"),

@@ -2,6 +2,7 @@
 //! and command-line flags (in that order of precedence, lowest first), then passed explicitly
 //! to whatever needs it. Nothing here reads the environment or touches the network.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -63,6 +64,42 @@ pub struct Config {
     /// Seconds after which a connection parked for an error (code 0, 5001–5003) is called again,
     /// and its error frame sent again if the error persists; 0 keeps it parked until new params.
     pub error_reset_secs: u64,
+    /// Address of the publish API (`/v1/buckets/…`), which feeds the data plugins read.
+    pub publish: SocketAddr,
+    /// Bearer token the publish API requires; required when `publish` is beyond loopback.
+    /// Set it here or in the environment (`WASMPUSH_PUBLISH_TOKEN`), not on the command line.
+    pub publish_token: Option<String>,
+    /// Directory of the durable data store (one redb file).
+    pub data_dir: PathBuf,
+    /// Buckets the data store may hold.
+    pub max_buckets: usize,
+    /// Bytes of one data key.
+    pub max_key_bytes: usize,
+    /// Bytes of one data value, as compact JSON.
+    pub max_value_bytes: usize,
+    /// Bytes of every data key and value together, in MiB.
+    pub max_data_mib: usize,
+    /// Changes one publish batch may carry.
+    pub max_batch_keys: usize,
+    /// A connection is re-run at most once per this many milliseconds for data changes; changes
+    /// closer together are pushed together.
+    pub data_coalesce_ms: u64,
+    /// Per-plugin settings, by plugin name (`[plugins.NAME]`).
+    pub plugins: BTreeMap<String, PluginSettings>,
+}
+
+/// The settings of one plugin (`[plugins.NAME]` in the config file). A plugin without a table
+/// reads no data, ticks every `tick_ms` and sends every frame.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginSettings {
+    /// Buckets the plugin may read; reading another is an error for that call.
+    pub read: Vec<String>,
+    /// Milliseconds between two ticks of its connections, a multiple of the engine's `tick_ms`;
+    /// 0 turns ticks off (pushes come on connect, new params and data changes). Unset: `tick_ms`.
+    pub tick_ms: Option<u64>,
+    /// Whether a frame byte-identical to the last one sent on a connection is left unsent.
+    pub skip_unchanged: bool,
 }
 
 impl Default for Config {
@@ -91,6 +128,16 @@ impl Default for Config {
             plugin_max_table_elements: 100_000,
             max_payload_bytes: 64 * 1024,
             error_reset_secs: 0,
+            publish: SocketAddr::from(([127, 0, 0, 1], 9505)),
+            publish_token: None,
+            data_dir: PathBuf::from("runtime/data"),
+            max_buckets: 64,
+            max_key_bytes: 256,
+            max_value_bytes: 64 * 1024,
+            max_data_mib: 256,
+            max_batch_keys: 10_000,
+            data_coalesce_ms: 10,
+            plugins: BTreeMap::new(),
         }
     }
 }
@@ -113,6 +160,14 @@ pub enum ConfigError {
         path: PathBuf,
         /// The parser's message, which names the key.
         message: String,
+    },
+    /// A plugin's settings (`[plugins.NAME]`) are invalid.
+    #[error("invalid settings of plugin `{plugin}`: {reason}")]
+    Plugin {
+        /// The plugin whose table it is.
+        plugin: String,
+        /// What is wrong.
+        reason: String,
     },
     /// A value is out of its range.
     #[error("invalid setting `{key}`: {reason}")]
@@ -157,7 +212,30 @@ impl Config {
         check(self.plugin_memory_mib >= 1, "plugin_memory_mib", "must be at least 1")?;
         check(self.plugin_max_instances >= 1, "plugin_max_instances", "must be at least 1")?;
         check(self.plugin_max_table_elements >= 1, "plugin_max_table_elements", "must be at least 1")?;
-        check(self.max_payload_bytes >= 1, "max_payload_bytes", "must be at least 1")
+        check(self.max_payload_bytes >= 1, "max_payload_bytes", "must be at least 1")?;
+        check(
+            self.publish.ip().is_loopback() || self.publish_token.is_some(),
+            "publish",
+            "is beyond loopback: set publish_token (or WASMPUSH_PUBLISH_TOKEN) so the publish API is not open",
+        )?;
+        check(
+            self.publish_token.as_ref().is_none_or(|t| t.len() >= 16),
+            "publish_token",
+            "must be at least 16 characters",
+        )?;
+        check((1..=1024).contains(&self.max_buckets), "max_buckets", "must be between 1 and 1024")?;
+        check((1..=1024).contains(&self.max_key_bytes), "max_key_bytes", "must be between 1 and 1024")?;
+        check((2..=16 << 20).contains(&self.max_value_bytes), "max_value_bytes", "must be between 2 and 16 MiB")?;
+        check((1..=65_536).contains(&self.max_data_mib), "max_data_mib", "must be between 1 and 65536")?;
+        check((1..=1_000_000).contains(&self.max_batch_keys), "max_batch_keys", "must be between 1 and 1000000")?;
+        check(self.data_coalesce_ms <= 60_000, "data_coalesce_ms", "must be at most 60000")?;
+        for (name, plugin) in &self.plugins {
+            let bad = |reason: String| ConfigError::Plugin { plugin: name.clone(), reason };
+            if let Some(tick_ms) = plugin.tick_ms.filter(|ms| *ms != 0 && *ms % self.tick_ms != 0) {
+                return Err(bad(format!("tick_ms {tick_ms} is not 0 nor a multiple of tick_ms ({})", self.tick_ms)));
+            }
+        }
+        Ok(())
     }
 
     /// The number of worker threads: `workers`, or the CPU count when it is 0.
@@ -195,6 +273,16 @@ impl Config {
             plugin_max_table_elements,
             max_payload_bytes: _,
             error_reset_secs: _,
+            publish,
+            publish_token,
+            data_dir,
+            max_buckets,
+            max_key_bytes,
+            max_value_bytes,
+            max_data_mib,
+            max_batch_keys,
+            data_coalesce_ms: _,
+            plugins: _,
         } = self;
         [
             ("listen", *listen != other.listen),
@@ -216,6 +304,14 @@ impl Config {
             ("plugin_memory_mib", *plugin_memory_mib != other.plugin_memory_mib),
             ("plugin_max_instances", *plugin_max_instances != other.plugin_max_instances),
             ("plugin_max_table_elements", *plugin_max_table_elements != other.plugin_max_table_elements),
+            ("publish", *publish != other.publish),
+            ("publish_token", *publish_token != other.publish_token),
+            ("data_dir", *data_dir != other.data_dir),
+            ("max_buckets", *max_buckets != other.max_buckets),
+            ("max_key_bytes", *max_key_bytes != other.max_key_bytes),
+            ("max_value_bytes", *max_value_bytes != other.max_value_bytes),
+            ("max_data_mib", *max_data_mib != other.max_data_mib),
+            ("max_batch_keys", *max_batch_keys != other.max_batch_keys),
         ]
         .into_iter()
         .filter(|(_, changed)| *changed)

@@ -19,6 +19,8 @@
 //! - `shard`: the worker threads that own connection state and run the plugins every tick.
 //! - [`phase_clock`]: the schedule of a shard's phases; public because the benchmark's
 //!   `push_floor` runs on the same schedule.
+//! - `data`: the buckets plugins read — in memory, on disk, changed by one writer that
+//!   announces each change; `publish`: the HTTP API that feeds it.
 //! - `registry`: the plugin versions served, loaded from files and swapped atomically.
 //! - `plugin_files`: what a plugin file is called (`NAME.wasm`).
 //! - `watcher`: reports changed plugin files; knows nothing about wasmtime or the registry.
@@ -36,6 +38,7 @@ mod admission;
 mod cli;
 pub mod config;
 mod connection;
+mod data;
 mod handshake;
 mod live;
 mod metrics;
@@ -47,6 +50,7 @@ mod plain_http;
 pub mod plugin;
 mod plugin_files;
 pub mod protocol;
+mod publish;
 mod rate_limit;
 mod registry;
 mod reload;

@@ -1,11 +1,53 @@
 //! [`LiveSettings`]: the settings a running engine takes over on `wasmpush reload` (SIGHUP)
-//! without a restart — the tick interval, the size limits and the error reset. Relaxed atomics: each reader sees
-//! the old or the new value, and either is valid.
+//! without a restart — the tick interval, the size limits, the error reset, data coalescing and
+//! each plugin's [`PluginPolicy`]. Relaxed atomics and one pointer swap: each reader sees the old
+//! or the new value, and either is valid.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::config::Config;
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, PluginSettings};
+
+/// What one plugin may do, from its `[plugins.NAME]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginPolicy {
+    /// The data buckets its calls may read.
+    pub grants: Arc<[Arc<str>]>,
+    /// Milliseconds between two ticks of its connections: `None` for the engine's `tick_ms`, 0
+    /// for no ticks, otherwise a multiple of `tick_ms` (checked by the config).
+    pub tick_ms: Option<u64>,
+    /// Whether a frame identical to the last one sent on a connection is left unsent.
+    pub skip_unchanged: bool,
+}
+
+impl PluginPolicy {
+    fn new(settings: &PluginSettings) -> Self {
+        PluginPolicy {
+            grants: settings.read.iter().map(|bucket| Arc::from(bucket.as_str())).collect(),
+            tick_ms: settings.tick_ms,
+            skip_unchanged: settings.skip_unchanged,
+        }
+    }
+
+    /// Its connections tick at every how many visits of their phase (each `tick`): 0 for never.
+    pub fn ticks_every(&self, tick: Duration) -> u64 {
+        match self.tick_ms {
+            None => 1,
+            Some(ms) => ms / (tick.as_millis() as u64).max(1),
+        }
+    }
+}
+
+/// The policies of the plugins that have a table; the others have the default.
+type Policies = HashMap<String, Arc<PluginPolicy>>;
+
+fn policies(config: &Config) -> Policies {
+    config.plugins.iter().map(|(name, settings)| (name.clone(), Arc::new(PluginPolicy::new(settings)))).collect()
+}
 
 /// The live-reloadable settings.
 #[derive(Debug)]
@@ -18,6 +60,12 @@ pub struct LiveSettings {
     max_payload_bytes: AtomicUsize,
     /// Seconds before a connection parked for an error is retried; 0 for never.
     error_reset_secs: AtomicU64,
+    /// Milliseconds a connection waits at least between two data-triggered calls.
+    data_coalesce_ms: AtomicU64,
+    /// Each plugin's policy, swapped whole on reload.
+    plugins: ArcSwap<Policies>,
+    /// The policy of a plugin without a table.
+    default_policy: Arc<PluginPolicy>,
 }
 
 impl LiveSettings {
@@ -28,6 +76,9 @@ impl LiveSettings {
             max_params_bytes: AtomicUsize::new(config.max_params_bytes),
             max_payload_bytes: AtomicUsize::new(config.max_payload_bytes),
             error_reset_secs: AtomicU64::new(config.error_reset_secs),
+            data_coalesce_ms: AtomicU64::new(config.data_coalesce_ms),
+            plugins: ArcSwap::from_pointee(policies(config)),
+            default_policy: Arc::default(),
         }
     }
 
@@ -37,6 +88,18 @@ impl LiveSettings {
         self.max_params_bytes.store(config.max_params_bytes, Ordering::Relaxed);
         self.max_payload_bytes.store(config.max_payload_bytes, Ordering::Relaxed);
         self.error_reset_secs.store(config.error_reset_secs, Ordering::Relaxed);
+        self.data_coalesce_ms.store(config.data_coalesce_ms, Ordering::Relaxed);
+        self.plugins.store(Arc::new(policies(config)));
+    }
+
+    /// The policy of plugin `name`.
+    pub fn plugin(&self, name: &str) -> Arc<PluginPolicy> {
+        self.plugins.load().get(name).cloned().unwrap_or_else(|| self.default_policy.clone())
+    }
+
+    /// The least time between two data-triggered calls of one connection.
+    pub fn data_coalesce(&self) -> Duration {
+        Duration::from_millis(self.data_coalesce_ms.load(Ordering::Relaxed))
     }
 
     /// The interval between two pushes to a connection.
@@ -77,5 +140,19 @@ mod tests {
         assert_eq!(live.tick(), Duration::from_millis(100));
         assert_eq!(live.max_params_bytes(), 8192);
         assert_eq!(live.error_reset(), None);
+        assert_eq!(live.plugin("portfolio").ticks_every(live.tick()), 1, "no table: the engine's ticks");
+        let with_table = Config {
+            plugins: [(
+                "portfolio".to_owned(),
+                PluginSettings { read: vec!["prices".into()], tick_ms: Some(0), skip_unchanged: true },
+            )]
+            .into(),
+            ..new
+        };
+        live.apply(&with_table);
+        let policy = live.plugin("portfolio");
+        assert_eq!((policy.ticks_every(live.tick()), policy.skip_unchanged, &*policy.grants[0]), (0, true, "prices"));
+        let slow = PluginPolicy { tick_ms: Some(1000), ..PluginPolicy::default() };
+        assert_eq!(slow.ticks_every(Duration::from_millis(200)), 5);
     }
 }

@@ -45,6 +45,16 @@ pub struct Metrics {
     pub idle_closes: Counter,
     /// Connections closed because the client kept sending over its message rate.
     pub flood_closes: Counter,
+    /// Frames left unsent because they were identical to the last one (`skip_unchanged`).
+    pub frames_unchanged: Counter,
+    /// Frames pushed by calls that a data change triggered.
+    pub data_pushes: Counter,
+    /// Keys whose value a published batch changed.
+    pub data_updates: Counter,
+    /// Keys the data store holds now.
+    pub data_keys: Gauge,
+    /// Bytes of every key and value the data store holds now.
+    pub data_bytes: Gauge,
 }
 
 /// Plugin calls by outcome: one counter each of `wasmpush_plugin_calls_total{outcome=…}`.
@@ -100,6 +110,20 @@ impl Default for Metrics {
         // 100 µs to ~1.6 s.
         let tick_lateness = Histogram::new(exponential_buckets(0.000_1, 2.0, 15));
         registry.register("tick_lateness_seconds", "How late a shard tick started", tick_lateness.clone());
+        let frames_unchanged = Counter::default();
+        registry.register(
+            "frames_unchanged",
+            "Frames left unsent as identical to the last (skip_unchanged)",
+            frames_unchanged.clone(),
+        );
+        let data_pushes = Counter::default();
+        registry.register("data_pushes", "Frames pushed by calls a data change triggered", data_pushes.clone());
+        let data_updates = Counter::default();
+        registry.register("data_updates", "Keys whose value a published batch changed", data_updates.clone());
+        let data_keys = Gauge::default();
+        registry.register("data_keys", "Keys the data store holds", data_keys.clone());
+        let data_bytes = Gauge::default();
+        registry.register("data_bytes", "Bytes of every key and value the data store holds", data_bytes.clone());
 
         let labelled = |family: &Family<Labels, Counter>, key: &'static str, value: &'static str| {
             family.get_or_create(&vec![(key, value)]).clone()
@@ -129,6 +153,11 @@ impl Default for Metrics {
             slow_consumer_closes: labelled(&closes, "reason", "slow_consumer"),
             idle_closes: labelled(&closes, "reason", "idle"),
             flood_closes: labelled(&closes, "reason", "flood"),
+            frames_unchanged,
+            data_pushes,
+            data_updates,
+            data_keys,
+            data_bytes,
             registry,
         }
     }

@@ -19,15 +19,17 @@ use crate::admin::{self, AdminState};
 use crate::admission::{Admission, Admitted, Refused};
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, ConnectionSettings};
+use crate::data::{ChangeSet, DataError, DataLimits, DataStore, DataView, DurableStore};
 use crate::handshake::{self, Refusal, Route};
 use crate::live::LiveSettings;
 use crate::metrics::Metrics;
 use crate::outbound::SharedSocket;
 use crate::plain_http;
 use crate::plugin::{HostError, PluginHost, SandboxLimits};
+use crate::publish;
 use crate::registry::PluginRegistry;
 use crate::reload::Reloader;
-use crate::shard::{ShardSettings, Shards};
+use crate::shard::{ShardCommand, ShardSettings, Shards};
 use crate::watcher::{CHANGE_CAPACITY, PluginWatcher};
 
 /// Why the server could not start.
@@ -61,6 +63,14 @@ pub enum ServerError {
     /// A worker thread could not be started.
     #[error("cannot start worker threads: {0}")]
     Workers(std::io::Error),
+    /// The data store could not be opened.
+    #[error("cannot open the data store in {path}: {source}")]
+    Data {
+        /// `data_dir`.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: DataError,
+    },
 }
 
 /// Bytes a socket reads at once.
@@ -94,6 +104,8 @@ pub struct Listeners {
     pub websocket: TcpListener,
     /// The admin endpoint (`/status`, `/healthz`), if any.
     pub admin: Option<TcpListener>,
+    /// The publish API (`/v1/buckets/…`), if any.
+    pub publish: Option<TcpListener>,
 }
 
 /// A reload request (what SIGHUP does): rescan the plugins directory and, if a configuration is
@@ -115,7 +127,7 @@ pub async fn run(
     config.validate()?;
     let live = Arc::new(LiveSettings::new(&config));
     let started = std::time::Instant::now();
-    let Listeners { websocket: listener, admin } = listeners;
+    let Listeners { websocket: listener, admin, publish } = listeners;
     let metrics = Arc::new(Metrics::default());
     let cancel = CancellationToken::new();
     let dir = config.plugins_dir.clone();
@@ -130,6 +142,14 @@ pub async fn run(
         ),
         false => None,
     };
+    // The data is in memory before the first connection is accepted.
+    let data_dir = config.data_dir.clone();
+    let (durable, snapshot) = tokio::task::spawn_blocking(move || DurableStore::open(&data_dir))
+        .await
+        .expect("opening the data store does not panic")
+        .map_err(|source| ServerError::Data { path: config.data_dir.clone(), source })?;
+    tracing::info!(keys = snapshot.key_count(), bytes = snapshot.bytes(), dir = %config.data_dir.display(), "data loaded");
+    let view = DataView::new(snapshot);
     let registry = Arc::new(plugin_registry(&config).await?);
     let reloader = Reloader::new(registry.clone(), dir, metrics.clone());
     reloader.rescan().await;
@@ -154,8 +174,19 @@ pub async fn run(
             }
         });
     }
-    let settings = ShardSettings { live: live.clone(), metrics: metrics.clone() };
+    let settings = ShardSettings { live: live.clone(), metrics: metrics.clone(), data: view.clone() };
     let shards = Shards::spawn(config.worker_count(), settings, registry.clone()).map_err(ServerError::Workers)?;
+    let announce = announce_to(&shards, metrics.clone(), view.clone());
+    let store = DataStore::start(durable, view, data_limits(&config), announce).map_err(ServerError::Workers)?;
+    if let Some(publish) = publish {
+        let (token, shutdown) = (config.publish_token.clone(), cancel.clone());
+        tracing::info!(publish = ?publish.local_addr().ok(), "publish API listening");
+        tokio::spawn(async move {
+            if let Err(err) = publish::serve(publish, store, token, shutdown).await {
+                tracing::error!(cause = %err, "publish API failed");
+            }
+        });
+    }
     let shared = Arc::new(Shared {
         connection: ConnectionSettings {
             metrics: metrics.clone(),
@@ -251,6 +282,36 @@ async fn plugin_registry(config: &Config) -> Result<PluginRegistry, ServerError>
         .expect("building the plugin host does not panic")
         .map_err(ServerError::PluginHost)?;
     Ok(PluginRegistry::new(host))
+}
+
+/// The data store's limits, from the configuration.
+fn data_limits(config: &Config) -> DataLimits {
+    DataLimits {
+        max_buckets: config.max_buckets,
+        max_key_bytes: config.max_key_bytes,
+        max_value_bytes: config.max_value_bytes,
+        max_data_bytes: config.max_data_mib << 20,
+        max_batch_keys: config.max_batch_keys,
+    }
+}
+
+/// What the data writer does with each published change: count it, and tell every shard (which
+/// waits while a shard's channel is full: a change is never dropped).
+fn announce_to(shards: &Shards, metrics: Arc<Metrics>, view: DataView) -> impl Fn(Arc<ChangeSet>) + Send + 'static {
+    let senders = shards.senders();
+    let measure = move |metrics: &Metrics| {
+        let snapshot = view.snapshot();
+        metrics.data_keys.set(snapshot.key_count() as i64);
+        metrics.data_bytes.set(snapshot.bytes() as i64);
+    };
+    measure(&metrics);
+    move |changes| {
+        metrics.data_updates.inc_by(changes.keys.len() as u64);
+        measure(&metrics);
+        for shard in &senders {
+            let _ = shard.send(ShardCommand::Data(changes.clone()));
+        }
+    }
 }
 
 /// The limits every plugin instance runs under, from the configuration.

@@ -110,7 +110,7 @@ where
                 cache.insert(conn_id, parse_params::<P>(&params.json));
             }
         }
-        let ctx = Context::new(conn_id, seq, trigger.into(), now_ms);
+        let ctx = Context::of_call(index as u32, conn_id, seq, trigger.into(), now_ms);
         let kind = match cache.get(&conn_id) {
             None => write_error(&mut out.text, "no params were sent for this connection"),
             Some(Err(reason)) => write_error(&mut out.text, reason),

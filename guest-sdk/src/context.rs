@@ -1,5 +1,6 @@
 //! What one call knows about its connection. Plain data: building a [`Context`] needs no engine,
-//! so plugin functions can be unit-tested natively.
+//! so plugin functions can be unit-tested natively (with [`FakeData`](crate::FakeData) for the
+//! data they read).
 
 use crate::bindings::wasmpush::plugin::types::Trigger as WitTrigger;
 
@@ -25,6 +26,8 @@ pub enum Trigger {
     Message,
     /// The regular tick.
     Tick,
+    /// A data key this connection's previous call read has changed (see [`Context::get`]).
+    Data,
 }
 
 impl From<WitTrigger> for Trigger {
@@ -33,6 +36,7 @@ impl From<WitTrigger> for Trigger {
             WitTrigger::Open => Trigger::Open,
             WitTrigger::Message => Trigger::Message,
             WitTrigger::Tick => Trigger::Tick,
+            WitTrigger::Data => Trigger::Data,
         }
     }
 }
@@ -58,6 +62,8 @@ pub struct Context {
     pub trigger: Trigger,
     /// The engine's wall-clock time for this batch, in milliseconds since the Unix epoch.
     pub now_ms: u64,
+    /// The call's index in its batch: how the engine knows which connection a data read is for.
+    pub(crate) call: u32,
 }
 
 impl Context {
@@ -69,6 +75,11 @@ impl Context {
     /// assert_eq!(ctx.conn_id, 1);
     /// ```
     pub fn new(conn_id: u64, seq: u64, trigger: Trigger, now_ms: u64) -> Self {
-        Context { conn_id, seq, trigger, now_ms }
+        Context { conn_id, seq, trigger, now_ms, call: 0 }
+    }
+
+    /// The context of call `call` of a batch.
+    pub(crate) fn of_call(call: u32, conn_id: u64, seq: u64, trigger: Trigger, now_ms: u64) -> Self {
+        Context { call, ..Context::new(conn_id, seq, trigger, now_ms) }
     }
 }

@@ -30,11 +30,17 @@
 //! client sends new params. Params that do not match your type are such an error too, naming the
 //! field. Return [`Raw`] to write the frame text yourself.
 //!
+//! A plugin reads the engine's live data with [`Context::get`] (buckets its config grants it);
+//! when a key a connection's last call read changes, the engine calls it again at once with
+//! [`Trigger::Data`], and a connection parked by an error is re-run too.
+//!
 //! Behind the macro the SDK speaks the batch contract in `wit/plugin.wit`: it parses each
 //! connection's params once, when they change, and keeps them until the connection closes.
 //!
 //! ## Layout
 //! - `context`: [`Context`] and [`Trigger`], what a call knows about its connection.
+//! - `data`: [`Context::get`] and [`Context::get_many`], typed reads of the engine's data, and
+//!   [`FakeData`] for native tests.
 //! - `error`: [`Error`], the error type `?` converts anything into.
 //! - `payload`: [`Payload`] and [`Raw`], how a result becomes a text frame.
 //! - [`log`]: log lines into the engine's log, tagged with the plugin's name.
@@ -43,11 +49,13 @@
 
 mod batch;
 mod context;
+mod data;
 mod error;
 pub mod log;
 mod payload;
 
 pub use context::{Context, Trigger};
+pub use data::FakeData;
 pub use error::Error;
 pub use payload::{Payload, Raw};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nix::time::{ClockId, clock_gettime};
 use wasmpush::Config;
-use wasmpush::plugin::{Calls, Outcome, PluginFault, PluginHost, PluginInstance, PluginVersion, Trigger};
+use wasmpush::plugin::{BatchData, Calls, Outcome, PluginFault, PluginHost, PluginInstance, PluginVersion, Trigger};
 use wasmpush_tests::artifacts;
 
 /// `hostile`, loaded in a plugin host whose calls may use `timeout` of CPU time (and nothing more
@@ -29,7 +29,7 @@ pub fn call(hostile: &Arc<PluginVersion>, params: &str) -> Result<String, Plugin
     let mut instance = PluginInstance::new(hostile)?;
     let mut calls = Calls::with_capacity(1);
     calls.push(1, 1, Trigger::Open, Some(params));
-    let outcomes = instance.run(0, &calls, &[])?;
+    let (outcomes, _) = instance.run(0, &calls, &[], &BatchData::none())?;
     match outcomes.get(0)? {
         Outcome::Push(frame) => Ok(frame.to_owned()),
         other => panic!("expected a push, got {other:?}"),

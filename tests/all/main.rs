@@ -6,6 +6,7 @@ mod cadence;
 mod cli;
 mod cpu_deadline;
 mod cpu_work;
+mod data;
 mod demo_page;
 mod heartbeat;
 mod hostile;

@@ -50,14 +50,16 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A config file for `plugins` on two free ports, plus `extra` lines; returns (config path,
-/// WebSocket port, admin port).
+/// A config file for `plugins` on three free ports (WebSocket, admin, publish) with its data in
+/// `dir/data`, plus `extra` lines; returns (config path, WebSocket port, admin port).
 pub fn write_config(dir: &Path, plugins: &Path, extra: &str) -> (PathBuf, u16, u16) {
-    let (port, admin) = (free_port(), free_port());
+    let (port, admin, publish) = (free_port(), free_port(), free_port());
     let config = dir.join("wasmpush.toml");
     let text = format!(
-        "listen = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\nplugins_dir = {:?}\n{extra}",
-        plugins.display().to_string()
+        "listen = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\npublish = \"127.0.0.1:{publish}\"\n\
+         plugins_dir = {:?}\ndata_dir = {:?}\n{extra}",
+        plugins.display().to_string(),
+        dir.join("data").display().to_string(),
     );
     std::fs::write(&config, text).unwrap();
     (config, port, admin)

@@ -16,7 +16,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use wasmpush::Config;
-use wasmpush::plugin::{Calls, Outcome, Outcomes, PluginHost, PluginInstance, Trigger};
+use wasmpush::plugin::{BatchData, Calls, Outcome, Outcomes, PluginHost, PluginInstance, Trigger};
 use wasmpush_sdk::{Context, Payload};
 use wasmpush_tests::artifacts;
 
@@ -39,13 +39,14 @@ fn main() {
         calls
     };
     let (fresh, cached) = (calls(true), calls(false));
+    let none = BatchData::none();
 
     let host = PluginHost::new(wasmpush::sandbox_limits(&Config::default())).expect("plugin host");
     let version = host.load("quote", &std::fs::read(artifacts::QUOTE).expect("quote.wasm")).expect("load quote");
     let mut instance = PluginInstance::new(&version).expect("instantiate quote");
     let mut naive = PluginInstance::new(&version).expect("instantiate quote");
     // The first batch carries the params; from then on the instance has them, as in the engine.
-    let expected = instance.run(NOW_MS, &fresh, &[]).expect("first batch");
+    let expected = instance.run(NOW_MS, &fresh, &[], &none).expect("first batch").0;
 
     let parsed: Vec<quote_plugin::Params> = params.iter().map(|p| serde_json::from_str(p).unwrap()).collect();
     let (mut native_text, mut native_ends) = (Vec::new(), Vec::with_capacity(BATCH));
@@ -53,19 +54,19 @@ fn main() {
     let native_frames = split(&native_text, &native_ends);
     // The three produce the same frames, so they do the same work.
     assert_eq!(pushed(expected), native_frames, "the host and the native function disagree");
-    assert_eq!(pushed(naive.run(NOW_MS, &fresh, &[]).unwrap()), native_frames);
+    assert_eq!(pushed(naive.run(NOW_MS, &fresh, &[], &none).unwrap().0), native_frames);
 
     let mut variants: [Variant; 3] = [
         ("native (parsed params)", Vec::new(), Box::new(|| native_batch(&parsed, &mut native_text, &mut native_ends))),
         (
             "host, cached params",
             Vec::new(),
-            Box::new(|| read_all(instance.run(NOW_MS, black_box(&cached), &[]).unwrap())),
+            Box::new(|| read_all(instance.run(NOW_MS, black_box(&cached), &[], &none).unwrap().0)),
         ),
         (
             "host, params every call",
             Vec::new(),
-            Box::new(|| read_all(naive.run(NOW_MS, black_box(&fresh), &[]).unwrap())),
+            Box::new(|| read_all(naive.run(NOW_MS, black_box(&fresh), &[], &none).unwrap().0)),
         ),
     ];
     for _ in 0..SAMPLES {

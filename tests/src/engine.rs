@@ -14,8 +14,12 @@ pub struct TestEngine {
     pub addr: SocketAddr,
     /// Where its admin endpoint listens.
     pub admin_addr: SocketAddr,
+    /// Where its publish API listens.
+    pub publish_addr: SocketAddr,
     /// Its plugins directory (deleted on drop).
     plugins: tempfile::TempDir,
+    /// Its data directory unless the test named one (deleted on drop).
+    _data: tempfile::TempDir,
     /// Asks the engine to rescan its plugins directory (what SIGHUP does).
     reloads: mpsc::Sender<wasmpush::Reload>,
     /// Resolves the engine's shutdown future.
@@ -34,20 +38,37 @@ impl TestEngine {
         }
         // A generous plugin deadline: on a loaded CI machine a descheduled shard thread must not
         // turn into a plugin timeout. Tests of timeouts set their own.
-        let mut config = Config { plugins_dir: dir.path().to_owned(), plugin_timeout_ms: 2000, ..Config::default() };
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            plugins_dir: dir.path().to_owned(),
+            data_dir: data.path().to_owned(),
+            plugin_timeout_ms: 2000,
+            ..Config::default()
+        };
         configure(&mut config);
         let websocket = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = websocket.local_addr().unwrap();
         let admin_addr = admin.local_addr().unwrap();
-        let listeners = wasmpush::Listeners { websocket, admin: Some(admin) };
+        let publish = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let publish_addr = publish.local_addr().unwrap();
+        let listeners = wasmpush::Listeners { websocket, admin: Some(admin), publish: Some(publish) };
         let (shutdown, stopped) = oneshot::channel::<()>();
         let (reloads, reload_requests) = mpsc::channel(1);
         let stopped = async move {
             let _ = stopped.await;
         };
         let task = tokio::spawn(wasmpush::run(config, listeners, stopped, reload_requests));
-        let engine = TestEngine { addr, admin_addr, plugins: dir, reloads, shutdown: Some(shutdown), task: Some(task) };
+        let engine = TestEngine {
+            addr,
+            admin_addr,
+            publish_addr,
+            plugins: dir,
+            _data: data,
+            reloads,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        };
         engine.wait_until_serving().await;
         engine
     }
@@ -86,6 +107,11 @@ impl TestEngine {
     /// Asks the engine to rescan its plugins directory, as SIGHUP does.
     pub async fn reload(&self) {
         self.reloads.send(wasmpush::Reload::default()).await.expect("engine running");
+    }
+
+    /// Asks the engine to rescan its plugins and take over the live settings of `config`.
+    pub async fn reload_with(&self, config: Config) {
+        self.reloads.send(wasmpush::Reload { config: Some(config) }).await.expect("engine running");
     }
 
     /// Deploys `wasm` as plugin `name` the way `just deploy-plugin` does: write `NAME.wasm.tmp`,

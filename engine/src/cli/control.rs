@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use nix::sys::signal::Signal;
 
+use super::http::request;
 use super::pidfile::{self, running_pid};
 use crate::admin::Status;
 
@@ -56,15 +57,9 @@ pub(super) fn status(pid_file: &Path, admin: SocketAddr, json: bool) -> anyhow::
 
 /// `GET path` from the admin endpoint; the body of a 200 response.
 fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").context("not an HTTP response")?;
-    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{}", head.lines().next().unwrap_or_default());
-    Ok(body.to_owned())
+    let (status, body) = request(admin, "GET", path, None, "")?;
+    anyhow::ensure!(status == 200, "HTTP {status}: {}", body.trim());
+    Ok(body)
 }
 
 /// Stops the engine named in `pid_file`; SIGKILL only for that pid, only after `timeout`.

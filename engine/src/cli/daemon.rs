@@ -29,9 +29,16 @@ pub fn detach() {
     }
 }
 
-/// Starts `args` (this program's `start` arguments without `--daemon`, with `--detached`) in the background and
-/// waits until the engine accepts connections on `listen`. Returns the child's pid.
-pub fn spawn(args: &[std::ffi::OsString], log_file: &Path, pid_file: &Path, listen: SocketAddr) -> anyhow::Result<u32> {
+/// Starts `args` (this program's `start` arguments without `--daemon`, with `--detached`) in the
+/// background with `env` added to its environment (secrets, which a command line would show to
+/// `ps`), and waits until the engine accepts connections on `listen`. Returns the child's pid.
+pub fn spawn(
+    args: &[std::ffi::OsString],
+    env: &[(&str, &str)],
+    log_file: &Path,
+    pid_file: &Path,
+    listen: SocketAddr,
+) -> anyhow::Result<u32> {
     if let Some(dir) = log_file.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -44,6 +51,7 @@ pub fn spawn(args: &[std::ffi::OsString], log_file: &Path, pid_file: &Path, list
     let program = std::env::current_exe().context("cannot find this program")?;
     let mut child = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -6,13 +6,16 @@
 //! - this file: the commands, logging set-up and error printing.
 //! - `start`: `start` and `restart` — flags, config, the engine run with its signals.
 //! - `control`: `stop`, `reload` and `status`, acting on a running engine.
+//! - `data`: `data put|get|del|ls` through the publish API; `http`: the client both use.
 //! - `daemon`: `start --daemon`: a detached child, and the wait until it listens.
 //! - `pidfile`: how the commands find the engine, and how `start` refuses to run twice.
 //! - `error_chain`: an error and its causes on one line.
 
 mod control;
 mod daemon;
+mod data;
 mod error_chain;
+mod http;
 mod pidfile;
 mod start;
 
@@ -70,6 +73,8 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 15)]
         timeout: u64,
     },
+    /// Reads and writes the engine's data through its publish API (put, get, del, ls).
+    Data(data::DataArgs),
     /// Makes the running engine rescan its plugins directory (sends SIGHUP).
     Reload {
         /// Pid file of the running engine.
@@ -121,6 +126,7 @@ impl Cli {
             }
             Command::Stop { pid_file, timeout } => control::stop(&pid_file, Duration::from_secs(timeout)),
             Command::Reload { pid_file } => control::reload(&pid_file),
+            Command::Data(args) => data::run(args),
         }
     }
 }

@@ -53,6 +53,15 @@ pub(super) struct StartArgs {
     /// Worker threads running plugins; 0 = one per CPU [default: 0].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// Address of the publish API [default: 127.0.0.1:9505].
+    #[arg(long, value_name = "ADDR")]
+    publish: Option<SocketAddr>,
+    /// Bearer token of the publish API (better: the environment variable, which `ps` does not show).
+    #[arg(long, value_name = "TOKEN", env = "WASMPUSH_PUBLISH_TOKEN", hide_env_values = true)]
+    publish_token: Option<String>,
+    /// Directory of the durable data store [default: runtime/data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Set by `--daemon` for its child: start a new session, without a controlling terminal.
     #[arg(long, hide = true)]
     pub(super) detached: bool,
@@ -76,6 +85,8 @@ impl StartArgs {
         flag("--default-plugin", self.default_plugin.clone().map(Into::into));
         flag("--tick-ms", self.tick_ms.map(|v| v.to_string().into()));
         flag("--workers", self.workers.map(|v| v.to_string().into()));
+        flag("--publish", self.publish.map(|v| v.to_string().into()));
+        flag("--data-dir", self.data_dir.clone().map(Into::into));
         args
     }
 
@@ -103,6 +114,15 @@ impl StartArgs {
         if let Some(workers) = self.workers {
             config.workers = workers;
         }
+        if let Some(publish) = self.publish {
+            config.publish = publish;
+        }
+        if let Some(token) = &self.publish_token {
+            config.publish_token = Some(token.clone());
+        }
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -112,7 +132,9 @@ impl StartArgs {
 pub(super) fn start_daemon(args: &StartArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
     pidfile::refuse_if_running(&args.pid_file)?;
-    let pid = daemon::spawn(&args.foreground_args(), &args.log_file, &args.pid_file, config.listen)?;
+    let secrets: Vec<(&str, &str)> =
+        args.publish_token.as_deref().map(|token| ("WASMPUSH_PUBLISH_TOKEN", token)).into_iter().collect();
+    let pid = daemon::spawn(&args.foreground_args(), &secrets, &args.log_file, &args.pid_file, config.listen)?;
     println!("wasmpush started (pid {pid}), listening on {}, logging to {}", config.listen, args.log_file.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -127,7 +149,10 @@ pub(super) fn start(config: Config, args: StartArgs) -> anyhow::Result<ExitCode>
         let admin = tokio::net::TcpListener::bind(config.admin)
             .await
             .with_context(|| format!("cannot listen on {} (admin)", config.admin))?;
-        let listeners = Listeners { websocket, admin: Some(admin) };
+        let publish = tokio::net::TcpListener::bind(config.publish)
+            .await
+            .with_context(|| format!("cannot listen on {} (publish)", config.publish))?;
+        let listeners = Listeners { websocket, admin: Some(admin), publish: Some(publish) };
         // Written once the ports are bound: a daemon's parent takes the pid file as a sign of life.
         let _pid_file = PidFile::create(&args.pid_file)?;
         server::run(config, listeners, shutdown_signal(), reload_signal(args)?).await?;

@@ -24,7 +24,7 @@ pub enum LoadError {
     #[error("not a valid WebAssembly component: {0:#}")]
     Compile(wasmtime::Error),
     /// The component does not implement the `wasmpush:plugin/push-plugin` world.
-    #[error("does not implement the {CONTRACT} contract: {0:#}")]
+    #[error("does not implement the {CONTRACT} contract (rebuild it with the current wasmpush-sdk): {0:#}")]
     Contract(wasmtime::Error),
     /// The component trapped or failed while being instantiated.
     #[error("failed to instantiate: {0}")]

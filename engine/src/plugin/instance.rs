@@ -7,6 +7,7 @@ use std::sync::Arc;
 use wasmtime::Store;
 
 use super::bindings::{PushPlugin, wasmpush::plugin::types::Calls};
+use super::data::{BatchData, BatchReads, ReadKey};
 use super::deadline::{self, CallDeadline};
 use super::fault::{PluginFault, classify};
 use super::outcomes::Outcomes;
@@ -48,16 +49,25 @@ impl PluginInstance {
         &self.version
     }
 
-    /// Runs one batch: one outcome per call, in order. On a fault the instance must be dropped.
-    pub fn run(&mut self, now_ms: u64, calls: &Calls, closed: &[u64]) -> Result<Outcomes, PluginFault> {
+    /// Runs one batch reading `data`: one outcome per call, in order, and the keys each call read.
+    /// On a fault the instance must be dropped.
+    pub fn run(
+        &mut self,
+        now_ms: u64,
+        calls: &Calls,
+        closed: &[u64],
+        data: &BatchData,
+    ) -> Result<(Outcomes, Vec<Vec<ReadKey>>), PluginFault> {
         let limits = self.version.limits;
         let budget = limits.call_timeout + limits.per_call_budget * calls.len() as u32;
+        self.store.data_mut().reads = BatchReads::new(data.clone(), calls.len());
         self.store.data_mut().deadline = Some(CallDeadline::starting_now(budget));
         self.store.set_epoch_deadline(deadline::ticks(budget));
         let calling = self.version.epoch_clock.calling();
         let result = self.bindings.call_run(&mut self.store, now_ms, calls, closed);
         drop(calling);
         let state = self.store.data_mut();
+        let reads = std::mem::replace(&mut state.reads, BatchReads::new(BatchData::none(), 0)).into_reads();
         // A refusal the guest recovered from (an allocation it retried smaller) is no fault.
         let memory_denied = state.limiter.take_denied();
         let dropped = state.log_budget.refill();
@@ -66,6 +76,6 @@ impl PluginInstance {
             tracing::warn!(target: "plugin", %plugin, dropped, "log lines over the per-call budget were dropped");
         }
         let raw = result.map_err(|err| classify(&err, memory_denied))?;
-        Outcomes::check(raw, calls.len())
+        Ok((Outcomes::check(raw, calls.len())?, reads))
     }
 }

@@ -10,7 +10,8 @@
 //! preopened directory, no socket address, no environment and no arguments (WASI's clocks and
 //! random numbers stay available); standard output and error go to the log; waiting on WASI
 //! (`poll`, `pollable.block`, so also sleeping) traps. Each call has a deadline in CPU time; each
-//! instance one memory budget for all its memories and tables.
+//! instance one memory budget for all its memories and tables. A plugin reads only the data
+//! buckets its batch is granted.
 //!
 //! ## Layout (imports run down this list, never up)
 //! - `bindings`: the contract's types, generated from the WIT.
@@ -18,6 +19,7 @@
 //! - `limits`: [`SandboxLimits`] and the store's resource limiter.
 //! - `fault`: [`PluginFault`], a failed call's cause.
 //! - `calls`, `outcomes`: a batch's arguments and its checked results.
+//! - `data`: what a batch may read ([`DataSource`], [`BatchData`]) and what each call read.
 //! - `store`: one instance's store data, guest logging.
 //! - `version`: [`PluginVersion`], a loaded build.
 //! - `instance`: [`PluginInstance`], a live instance and the batch call.
@@ -25,6 +27,7 @@
 
 mod bindings;
 mod calls;
+mod data;
 mod deadline;
 mod epoch_clock;
 mod fault;
@@ -36,6 +39,7 @@ mod store;
 mod version;
 
 pub use bindings::wasmpush::plugin::types::{Calls, Trigger};
+pub use data::{BatchData, DataRead, DataSource, MAX_READS_PER_CALL, ReadKey};
 pub use fault::PluginFault;
 pub use host::{HostError, LoadError, PluginHost};
 pub use instance::PluginInstance;

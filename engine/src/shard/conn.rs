@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::outbound::{Outbound, OutboundQueue};
+use crate::plugin::{ReadKey, Trigger};
 
 /// One connection's state, owned by its shard.
 pub(super) struct Conn {
@@ -15,14 +16,22 @@ pub(super) struct Conn {
     pub(super) outbound: Arc<OutboundQueue>,
     /// Its params, push count and park state.
     pub(super) session: Session,
+    /// The data keys its last call read (empty before its first call).
+    pub(super) reads: Vec<ReadKey>,
 }
 
 impl Conn {
     /// Parks the connection and sends it `frame`, the error that parked it.
     pub(super) fn park(&mut self, why: Park, frame: &str) {
-        self.session.park(why);
+        self.session.park(why, frame_hash(frame));
         self.outbound.push(Outbound::Error(frame));
     }
+}
+
+/// A frame's fingerprint, to tell a frame from the last one sent without keeping it: 128 bits of
+/// xxh3, so two different frames share one with a probability of about 2^-128.
+pub(super) fn frame_hash(frame: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(frame.as_bytes())
 }
 
 /// Why a connection is parked. New params un-park it; a redeploy un-parks `Unavailable`;
@@ -57,6 +66,14 @@ pub(super) struct Session {
     parked: Option<Park>,
     /// The instance generation that has seen the current params; 0 when none has.
     params_seen: u64,
+    /// Whether a data change is waiting to re-run the connection.
+    data_pending: bool,
+    /// When its last data-triggered call ran.
+    last_data_call: Option<Instant>,
+    /// The fingerprint of the last data frame sent, kept where unchanged frames are skipped.
+    last_frame: Option<u128>,
+    /// The fingerprint of the error frame that parked it.
+    last_error: Option<u128>,
 }
 
 impl Session {
@@ -70,6 +87,41 @@ impl Session {
         self.params = Some(Arc::from(params));
         self.params_seen = 0;
         self.parked = None;
+    }
+
+    /// Whether a call for `trigger` is due. A data change re-runs a connection parked for an
+    /// error too (the error may have come from the data), but not one whose plugin is gone.
+    pub(super) fn is_due_for(&self, trigger: Trigger, error_reset: Option<Duration>, now: Instant) -> bool {
+        match trigger {
+            Trigger::Data => self.params.is_some() && self.parked != Some(Park::Unavailable),
+            _ => self.is_due(error_reset, now),
+        }
+    }
+
+    /// A key its last call read changed: when to re-run it, at the earliest `coalesce` after its
+    /// last data-triggered call; `None` when a re-run is already waiting or it cannot run.
+    pub(super) fn data_changed(&mut self, now: Instant, coalesce: Duration) -> Option<Instant> {
+        if self.data_pending || self.params.is_none() || self.parked == Some(Park::Unavailable) {
+            return None;
+        }
+        self.data_pending = true;
+        Some(self.last_data_call.map_or(now, |last| (last + coalesce).max(now)))
+    }
+
+    /// A data-triggered call runs now.
+    pub(super) fn data_called(&mut self, now: Instant) {
+        self.data_pending = false;
+        self.last_data_call = Some(now);
+    }
+
+    /// Whether a frame with fingerprint `hash` differs from the last one sent; it becomes the last.
+    pub(super) fn frame_changed(&mut self, hash: u128) -> bool {
+        self.last_frame.replace(hash) != Some(hash)
+    }
+
+    /// Whether the connection is parked by the error whose frame has fingerprint `hash` already.
+    pub(super) fn parked_by(&self, hash: u128) -> bool {
+        matches!(self.parked, Some(Park::Error { .. })) && self.last_error == Some(hash)
     }
 
     /// Whether the connection gets a call: it has params and is not parked, or was parked for an
@@ -109,9 +161,10 @@ impl Session {
         self.parked = None;
     }
 
-    /// No calls until what `why` waits for.
-    pub(super) fn park(&mut self, why: Park) {
+    /// No calls until what `why` waits for; `error` is the fingerprint of the frame that said so.
+    pub(super) fn park(&mut self, why: Park, error: u128) {
         self.parked = Some(why);
+        self.last_error = Some(error);
     }
 
     /// Whether a removed plugin's error frame should go to this connection: it has params and
@@ -150,7 +203,7 @@ mod tests {
     fn an_error_park_holds_until_new_params_or_the_reset() {
         let mut session = with_params();
         let since = Instant::now();
-        session.park(Park::Error { since });
+        session.park(Park::Error { since }, 1);
         assert!(!session.is_due(None, since + Duration::from_secs(3600)), "no reset: parked until new params");
         assert!(!session.is_due(RESET, since + Duration::from_secs(4)));
         assert!(session.is_due(RESET, since + Duration::from_secs(5)), "retried once the reset passed");
@@ -161,12 +214,12 @@ mod tests {
     #[test]
     fn an_unavailable_park_ignores_the_reset_and_ends_with_a_redeploy() {
         let mut session = with_params();
-        session.park(Park::Unavailable);
+        session.park(Park::Unavailable, 2);
         assert!(!session.is_due(RESET, Instant::now() + Duration::from_secs(3600)));
         assert!(!session.awaits_calls());
         session.redeployed();
         assert!(session.is_due(None, Instant::now()));
-        session.park(Park::error());
+        session.park(Park::error(), 1);
         session.redeployed();
         assert!(!session.is_due(None, Instant::now()), "a redeploy does not lift an error park");
     }
@@ -177,10 +230,39 @@ mod tests {
         assert_eq!(session.next_seq(), 1);
         session.pushed();
         session.skipped();
-        session.park(Park::error());
+        session.park(Park::error(), 1);
         session.set_params("{}".to_owned());
         session.pushed();
         assert_eq!(session.next_seq(), 3);
+    }
+
+    #[test]
+    fn data_changes_are_coalesced_and_reach_error_parked_connections() {
+        let coalesce = Duration::from_millis(10);
+        let mut session = with_params();
+        let now = Instant::now();
+        assert_eq!(session.data_changed(now, coalesce), Some(now), "the first change runs at once");
+        assert_eq!(session.data_changed(now, coalesce), None, "a second one waits with the first");
+        session.data_called(now);
+        let soon = now + Duration::from_millis(3);
+        assert_eq!(session.data_changed(soon, coalesce), Some(now + coalesce), "not before the coalescing time");
+        session.data_called(now + coalesce);
+        session.park(Park::error(), 7);
+        assert!(!session.is_due_for(Trigger::Tick, None, now) && session.is_due_for(Trigger::Data, None, now));
+        assert!(session.parked_by(7) && !session.parked_by(8));
+        session.park(Park::Unavailable, 9);
+        assert_eq!(session.data_changed(now + Duration::from_secs(1), coalesce), None);
+        assert!(!session.is_due_for(Trigger::Data, None, now));
+        assert_eq!(Session::new(None).data_changed(now, coalesce), None, "no params, no call");
+    }
+
+    #[test]
+    fn only_a_frame_unlike_the_last_counts_as_changed() {
+        let mut session = with_params();
+        assert!(session.frame_changed(frame_hash("a")));
+        assert!(!session.frame_changed(frame_hash("a")));
+        assert!(session.frame_changed(frame_hash("b")));
+        assert!(session.frame_changed(frame_hash("a")));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - `conn`: one connection and the rules of its session (due, parked, un-parked).
 
 mod conn;
+mod reads;
 mod slot;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use flume::RecvTimeoutError;
 
 pub use self::slot::ShardSettings;
 use self::slot::{DueCalls, PluginSlot};
+use crate::data::ChangeSet;
 use crate::outbound::OutboundQueue;
 use crate::phase_clock::{PHASES, PhaseClock, PhaseLoad};
 use crate::registry::PluginRegistry;
@@ -68,6 +70,8 @@ pub enum ShardCommand {
         /// The connection to forget; its shard tells the plugin instance at the next batch.
         conn_id: u64,
     },
+    /// Data was published: the connections whose last call read a changed key are due.
+    Data(Arc<ChangeSet>),
 }
 
 /// The shards, and how to reach the one that owns a connection.
@@ -94,6 +98,11 @@ impl Shards {
             threads.push(thread);
         }
         Ok(Shards { senders, threads })
+    }
+
+    /// The channels of every shard, to tell them all of a data change.
+    pub fn senders(&self) -> Vec<flume::Sender<ShardCommand>> {
+        self.senders.clone()
     }
 
     /// The channel of the shard that owns connection `conn_id`.
@@ -165,8 +174,9 @@ impl Shard {
             {
                 slot.run(&due, unix_ms());
             }
+            self.release_deferred();
             // A round of commands between two chunks: only what is queued while a phase is
-            // under way, else waiting until the next phase is due.
+            // under way, else waiting until the next phase or deferred data call is due.
             let received = if self.slots.is_empty() {
                 // No connection to tick: sleep until a command comes instead of waking every
                 // phase, and count the phases from then (an idle wait is not lateness).
@@ -175,7 +185,8 @@ impl Shard {
                 clock = PhaseClock::starting(Instant::now(), self.settings.live.tick());
                 received
             } else if work.is_empty() {
-                commands.recv_deadline(clock.next_run())
+                let deferred = self.slots.values().filter_map(PluginSlot::next_deferred).min();
+                commands.recv_deadline(deferred.map_or(clock.next_run(), |at| at.min(clock.next_run())))
             } else {
                 commands.recv_deadline(Instant::now())
             };
@@ -207,6 +218,10 @@ impl Shard {
                 let Some(slot) = self.plugin_of.get(&conn_id).and_then(|p| self.slots.get_mut(p)) else { return };
                 slot.set_params(conn_id, params);
             }
+            ShardCommand::Data(changes) => {
+                let now = Instant::now();
+                self.slots.values_mut().for_each(|slot| slot.data_changed(&changes, now));
+            }
             ShardCommand::Close { conn_id } => {
                 let Some(plugin) = self.plugin_of.remove(&conn_id) else { return };
                 if let Some(slot) = self.slots.get_mut(&plugin) {
@@ -221,7 +236,23 @@ impl Shard {
         }
     }
 
-    /// Pushes to the connections whose params just arrived, in batches of at most [`CHUNK`].
+    /// Makes the data calls whose coalescing time is over due at once, and runs them.
+    fn release_deferred(&mut self) {
+        let now = Instant::now();
+        let mut released = false;
+        for slot in self.slots.values_mut() {
+            if slot.next_deferred().is_some_and(|at| at <= now) {
+                slot.release_deferred(now);
+                released = true;
+            }
+        }
+        if released {
+            self.push_due_now();
+        }
+    }
+
+    /// Pushes to the connections whose params just arrived or whose data changed, in batches of
+    /// at most [`CHUNK`].
     fn push_due_now(&mut self) {
         let now_ms = unix_ms();
         for slot in self.slots.values_mut() {

@@ -2,16 +2,19 @@
 //! delivering its outcomes, and on a fault replaying the calls one by one so that only the
 //! connection that caused it gets the error.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conn::{Conn, Park, Session};
-use crate::live::LiveSettings;
+use super::conn::{Conn, Park, Session, frame_hash};
+use super::reads::ReadIndex;
+use crate::data::{ChangeSet, DataView};
+use crate::live::{LiveSettings, PluginPolicy};
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, OutboundQueue};
 use crate::phase_clock::PHASES;
-use crate::plugin::{Calls, Outcome, Outcomes, PluginFault, PluginInstance, PluginVersion, Trigger};
+use crate::plugin::{BatchData, Calls, Outcome, Outcomes, PluginFault, PluginInstance, PluginVersion, Trigger};
 use crate::protocol::{ClientError, PLUGIN_ERROR, error_frame};
 use crate::registry::PluginRegistry;
 
@@ -26,6 +29,8 @@ pub struct ShardSettings {
     pub live: Arc<LiveSettings>,
     /// Where pushes, outcomes, call durations and tick lateness are counted.
     pub metrics: Arc<Metrics>,
+    /// The data plugins read; each batch reads one snapshot of it.
+    pub data: DataView,
 }
 
 /// Calls for one batch: each connection and what triggered its call.
@@ -58,6 +63,12 @@ pub(super) struct PluginSlot {
     due_now: DueCalls,
     /// Whether the plugin was missing at the last batch (its connections were parked).
     unavailable: bool,
+    /// Which connections read which data key in their last call.
+    reads: ReadIndex,
+    /// Data-triggered calls waiting out the coalescing time: when each may run.
+    deferred: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Visits of each phase so far, for a plugin that ticks every few of them.
+    visits: Vec<u64>,
 }
 
 impl PluginSlot {
@@ -74,6 +85,9 @@ impl PluginSlot {
             closed: Vec::new(),
             due_now: Vec::new(),
             unavailable: false,
+            reads: ReadIndex::default(),
+            deferred: BinaryHeap::new(),
+            visits: vec![0; PHASES as usize],
         }
     }
 
@@ -88,7 +102,7 @@ impl PluginSlot {
             self.due_now.push((conn_id, Trigger::Open));
         }
         self.members[phase as usize].push(conn_id);
-        self.conns.insert(conn_id, Conn { phase, outbound, session: Session::new(params) });
+        self.conns.insert(conn_id, Conn { phase, outbound, session: Session::new(params), reads: Vec::new() });
     }
 
     /// New params from a connection's client: it is due at once.
@@ -111,13 +125,18 @@ impl PluginSlot {
     }
 
     /// The regular tick of `phase`: every connection of it that is due (has params, and is not
-    /// parked or its error park has expired). Closed connections leave the phase's list here.
+    /// parked or its error park has expired), if the plugin ticks at this visit of the phase
+    /// (see [`PluginPolicy::ticks_every`]). Closed connections leave the phase's list here.
     pub(super) fn due_in_phase(&mut self, phase: u32, error_reset: Option<Duration>, now: Instant) -> DueCalls {
+        let every = self.settings.live.plugin(&self.name).ticks_every(self.settings.live.tick());
+        let visit = &mut self.visits[phase as usize];
+        *visit += 1;
+        let ticking = every != 0 && visit.is_multiple_of(every);
         let mut due = Vec::new();
         let conns = &self.conns;
         self.members[phase as usize].retain(|conn_id| {
             let Some(conn) = conns.get(conn_id) else { return false };
-            if conn.session.is_due(error_reset, now) {
+            if ticking && conn.session.is_due(error_reset, now) {
                 due.push((*conn_id, Trigger::Tick));
             }
             true
@@ -125,9 +144,41 @@ impl PluginSlot {
         due
     }
 
+    /// Data was published: each connection whose last call read a changed key is due with
+    /// trigger `data`, at once or, within the coalescing time of its last data call, then.
+    pub(super) fn data_changed(&mut self, changes: &ChangeSet, now: Instant) {
+        let coalesce = self.settings.live.data_coalesce();
+        for (bucket, key) in &changes.keys {
+            for conn_id in self.reads.readers(bucket, key) {
+                let Some(conn) = self.conns.get_mut(&conn_id) else { continue };
+                match conn.session.data_changed(now, coalesce) {
+                    Some(at) if at <= now => self.due_now.push((conn_id, Trigger::Data)),
+                    Some(at) => self.deferred.push(Reverse((at, conn_id))),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// Moves the data calls whose coalescing time is over to the calls due at once.
+    pub(super) fn release_deferred(&mut self, now: Instant) {
+        while let Some(Reverse((at, conn_id))) = self.deferred.peek().copied()
+            && at <= now
+        {
+            self.deferred.pop();
+            self.due_now.push((conn_id, Trigger::Data));
+        }
+    }
+
+    /// When the next deferred data call is due, if one waits.
+    pub(super) fn next_deferred(&self) -> Option<Instant> {
+        self.deferred.peek().map(|Reverse((at, _))| *at)
+    }
+
     /// Forgets a connection; returns the phase it had, if it was here.
     pub(super) fn close(&mut self, conn_id: u64) -> Option<u32> {
         let conn = self.conns.remove(&conn_id)?;
+        self.reads.forget(conn_id, &conn.reads);
         if self.instance.is_some() {
             self.closed.push(conn_id);
             if self.closed.len() > MAX_PENDING_CLOSED {
@@ -171,38 +222,47 @@ impl PluginSlot {
             return;
         };
         let (error_reset, now) = (self.settings.live.error_reset(), Instant::now());
-        let due: DueCalls = due
-            .iter()
-            .filter(|(conn_id, _)| self.conns.get(conn_id).is_some_and(|c| c.session.is_due(error_reset, now)))
-            .copied()
-            .collect();
-        if due.is_empty() {
+        let mut ready = Vec::with_capacity(due.len());
+        for &(conn_id, trigger) in due {
+            let Some(conn) = self.conns.get_mut(&conn_id) else { continue };
+            if trigger == Trigger::Data {
+                conn.session.data_called(now);
+            }
+            if conn.session.is_due_for(trigger, error_reset, now) {
+                ready.push((conn_id, trigger));
+            }
+        }
+        if ready.is_empty() {
             return;
         }
+        let policy = self.settings.live.plugin(&self.name);
+        let data = BatchData { source: self.settings.data.snapshot(), grants: policy.grants.clone() };
         let started = Instant::now();
-        let result = self.call(&version, &due, now_ms);
+        let result = self.call(&version, &ready, now_ms, &data);
         self.settings.metrics.call_duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(outcomes) => {
                 let mut tally = Tally::default();
-                for ((conn_id, _), outcome) in due.iter().zip(outcomes.iter()) {
-                    self.settle(*conn_id, outcome, &mut tally);
+                for (&(conn_id, trigger), outcome) in ready.iter().zip(outcomes.iter()) {
+                    self.settle(conn_id, trigger, outcome, &policy, &mut tally);
                 }
                 tally.add_to(&self.settings.metrics);
             }
             Err(fault) => {
-                tracing::warn!(plugin = %self.name, calls = due.len(), %fault, "batch failed; replaying calls one by one");
-                self.replay(&version, &due, now_ms);
+                tracing::warn!(plugin = %self.name, calls = ready.len(), %fault, "batch failed; replaying calls one by one");
+                self.replay(&version, &ready, now_ms, &data, &policy);
             }
         }
     }
 
-    /// Calls the plugin once with `due`, building an instance first if there is none.
+    /// Calls the plugin once with `due`, building an instance first if there is none; records
+    /// what each call read.
     fn call(
         &mut self,
         version: &Arc<PluginVersion>,
         due: &[(u64, Trigger)],
         now_ms: u64,
+        data: &BatchData,
     ) -> Result<Outcomes, PluginFault> {
         if self.instance.is_none() {
             self.instance = Some(PluginInstance::new(version)?);
@@ -217,12 +277,14 @@ impl PluginSlot {
             conn.outbound.warm();
         }
         let instance = self.instance.as_mut().expect("built above");
-        match instance.run(now_ms, &calls, &self.closed) {
-            Ok(outcomes) => {
+        match instance.run(now_ms, &calls, &self.closed, data) {
+            Ok((outcomes, reads)) => {
                 self.closed.clear();
-                for (conn_id, _) in due {
+                for ((conn_id, _), read) in due.iter().zip(reads) {
                     if let Some(conn) = self.conns.get_mut(conn_id) {
                         conn.session.seen_by(generation);
+                        self.reads.replace(*conn_id, &conn.reads, &read);
+                        conn.reads = read;
                     }
                 }
                 Ok(outcomes)
@@ -238,7 +300,14 @@ impl PluginSlot {
     /// replay may take at most one tick interval (a plugin that faults on everything must not
     /// stall its shard); connections not reached by then are not blamed, they skip this push and
     /// are called at the next tick, by which time the culprits found so far are parked.
-    fn replay(&mut self, version: &Arc<PluginVersion>, due: &DueCalls, now_ms: u64) {
+    fn replay(
+        &mut self,
+        version: &Arc<PluginVersion>,
+        due: &DueCalls,
+        now_ms: u64,
+        data: &BatchData,
+        policy: &PluginPolicy,
+    ) {
         let deadline = Instant::now() + self.settings.live.tick();
         let mut tally = Tally::default();
         for (done, item) in due.iter().enumerate() {
@@ -247,8 +316,8 @@ impl PluginSlot {
                 tracing::warn!(plugin = %self.name, deferred, "replay ran out of time; the rest retry next tick");
                 break;
             }
-            match self.call(version, std::slice::from_ref(item), now_ms) {
-                Ok(outcomes) => self.settle(item.0, outcomes.get(0), &mut tally),
+            match self.call(version, std::slice::from_ref(item), now_ms, data) {
+                Ok(outcomes) => self.settle(item.0, item.1, outcomes.get(0), policy, &mut tally),
                 Err(fault) => self.fault(item.0, &fault),
             }
         }
@@ -256,15 +325,31 @@ impl PluginSlot {
     }
 
     /// Delivers one call's outcome, or its fault when the outcome broke the contract.
-    fn settle(&mut self, conn_id: u64, outcome: Result<Outcome<'_>, PluginFault>, tally: &mut Tally) {
+    fn settle(
+        &mut self,
+        conn_id: u64,
+        trigger: Trigger,
+        outcome: Result<Outcome<'_>, PluginFault>,
+        policy: &PluginPolicy,
+        tally: &mut Tally,
+    ) {
         match outcome {
-            Ok(outcome) => self.deliver(conn_id, outcome, tally),
+            Ok(outcome) => self.deliver(conn_id, trigger, outcome, policy, tally),
             Err(fault) => self.fault(conn_id, &fault),
         }
     }
 
-    /// Sends a plugin's outcome to its connection.
-    fn deliver(&mut self, conn_id: u64, outcome: Outcome<'_>, tally: &mut Tally) {
+    /// Sends a plugin's outcome to its connection: a frame identical to the last one sent is
+    /// left unsent where the policy says so, and an error a data change merely repeated is not
+    /// sent again.
+    fn deliver(
+        &mut self,
+        conn_id: u64,
+        trigger: Trigger,
+        outcome: Outcome<'_>,
+        policy: &PluginPolicy,
+        tally: &mut Tally,
+    ) {
         let Some(conn) = self.conns.get_mut(&conn_id) else { return };
         let limit = self.settings.live.max_payload_bytes();
         match outcome {
@@ -274,8 +359,13 @@ impl PluginSlot {
                 tracing::warn!(plugin = %self.name, conn_id, size = payload.len(), "payload over the limit");
                 conn.park(Park::error(), &error.frame());
             }
+            Outcome::Push(payload) if policy.skip_unchanged && !conn.session.frame_changed(frame_hash(payload)) => {
+                tally.unchanged += 1;
+                conn.session.skipped();
+            }
             Outcome::Push(payload) => {
                 tally.pushed += 1;
+                tally.data_pushes += u64::from(trigger == Trigger::Data);
                 tally.bytes += payload.len() as u64;
                 conn.session.pushed();
                 conn.outbound.push(Outbound::Data(payload));
@@ -286,7 +376,10 @@ impl PluginSlot {
             }
             Outcome::Error(message) => {
                 tally.error += 1;
-                conn.park(Park::error(), &error_frame(PLUGIN_ERROR, message));
+                let frame = error_frame(PLUGIN_ERROR, message);
+                if !(trigger == Trigger::Data && conn.session.parked_by(frame_hash(&frame))) {
+                    conn.park(Park::error(), &frame);
+                }
             }
         }
     }
@@ -334,6 +427,10 @@ impl PluginSlot {
 struct Tally {
     /// Payloads pushed.
     pushed: u64,
+    /// Of them, those of calls a data change triggered.
+    data_pushes: u64,
+    /// Payloads left unsent as identical to the last one.
+    unchanged: u64,
     /// Calls with nothing to push.
     skipped: u64,
     /// Business errors.
@@ -347,11 +444,13 @@ struct Tally {
 impl Tally {
     fn add_to(self, metrics: &Metrics) {
         let calls = &metrics.calls;
-        calls.ok.inc_by(self.pushed);
+        calls.ok.inc_by(self.pushed + self.unchanged);
         calls.none.inc_by(self.skipped);
         calls.error.inc_by(self.error);
         calls.payload_too_large.inc_by(self.payload_too_large);
         metrics.frames_pushed.inc_by(self.pushed);
+        metrics.data_pushes.inc_by(self.data_pushes);
+        metrics.frames_unchanged.inc_by(self.unchanged);
         metrics.bytes_pushed.inc_by(self.bytes);
     }
 }

@@ -1,0 +1,179 @@
+//! [`Snapshot`]: every bucket's keys and values at one revision, immutable. Shards read plugin
+//! data from a snapshot in memory, without a lock or I/O; the writer makes the next one from the
+//! last (persistent maps share everything that did not change) and publishes it in one pointer
+//! swap, so a reader sees a whole batch of changes or none of it.
+
+use std::sync::Arc;
+
+use imbl::{HashMap, OrdMap};
+
+/// One key's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The value as compact JSON text.
+    pub json: Arc<str>,
+    /// The store revision that wrote it; greater than every revision before it, so a plugin that
+    /// cached a value knows from the revision alone whether it is still current.
+    pub revision: u64,
+}
+
+/// A key with its bucket: `(bucket, key)`, the names shared with the snapshot that holds them.
+pub type KeyName = (Arc<str>, Arc<str>);
+
+/// One bucket: its keys in order (for listing by page).
+pub type Bucket = OrdMap<Arc<str>, Entry>;
+
+/// Every bucket at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The buckets by name; a bucket with no keys is not kept.
+    buckets: HashMap<Arc<str>, Bucket>,
+    /// The revision of the last change applied; 0 for an empty store.
+    revision: u64,
+    /// Bytes of every key and value held, the measure of `max_data_bytes`.
+    bytes: usize,
+}
+
+/// A read of one key: the bucket and key names as the snapshot holds them (shared, so recording
+/// what a call read copies no string), and the entry if there is one.
+#[derive(Debug)]
+pub struct Lookup<'a> {
+    /// The bucket's name, shared with the snapshot when the bucket exists.
+    pub bucket: Option<&'a Arc<str>>,
+    /// The key, shared with the snapshot when it exists.
+    pub key: Option<&'a Arc<str>>,
+    /// Its value, if it has one.
+    pub entry: Option<&'a Entry>,
+}
+
+impl Snapshot {
+    /// The revision of the last change applied.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Bytes of every key and value held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// How many buckets hold keys.
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// How many keys all buckets hold.
+    pub fn key_count(&self) -> usize {
+        self.buckets.values().map(OrdMap::len).sum()
+    }
+
+    /// The bucket named `name`, if it holds keys.
+    pub fn bucket(&self, name: &str) -> Option<(&Arc<str>, &Bucket)> {
+        self.buckets.get_key_value(name)
+    }
+
+    /// Looks `key` of `bucket` up.
+    pub fn lookup(&self, bucket: &str, key: &str) -> Lookup<'_> {
+        match self.buckets.get_key_value(bucket) {
+            None => Lookup { bucket: None, key: None, entry: None },
+            Some((name, keys)) => match keys.get_key_value(key) {
+                None => Lookup { bucket: Some(name), key: None, entry: None },
+                Some((key, entry)) => Lookup { bucket: Some(name), key: Some(key), entry: Some(entry) },
+            },
+        }
+    }
+
+    /// The value of `key` in `bucket`.
+    pub fn get(&self, bucket: &str, key: &str) -> Option<&Entry> {
+        self.lookup(bucket, key).entry
+    }
+
+    /// Up to `limit` keys of `bucket` after `after` (from the first when `None`), in order.
+    pub fn keys_after(&self, bucket: &str, after: Option<&str>, limit: usize) -> Vec<Arc<str>> {
+        let Some(keys) = self.buckets.get(bucket) else { return Vec::new() };
+        let range = match after {
+            Some(after) => keys.range::<_, str>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            None => keys.range::<_, str>(..),
+        };
+        range.take(limit).map(|(key, _)| key.clone()).collect()
+    }
+
+    /// This snapshot with `key` of `bucket` set to `json` (or removed, for `None`) at revision
+    /// `revision`; returns the names as the new snapshot holds them, for the change set.
+    pub(crate) fn apply(
+        &mut self,
+        bucket: &str,
+        key: &str,
+        json: Option<Arc<str>>,
+        revision: u64,
+    ) -> (Arc<str>, Arc<str>) {
+        let bucket_name =
+            self.buckets.get_key_value(bucket).map_or_else(|| Arc::from(bucket), |(name, _)| name.clone());
+        let mut keys = self.buckets.remove(bucket).unwrap_or_default();
+        let key_name = keys.get_key_value(key).map_or_else(|| Arc::from(key), |(name, _)| name.clone());
+        if let Some(old) = keys.remove(key) {
+            self.bytes -= key.len() + old.json.len();
+        }
+        if let Some(json) = json {
+            self.bytes += key.len() + json.len();
+            keys.insert(key_name.clone(), Entry { json, revision });
+        }
+        if !keys.is_empty() {
+            self.buckets.insert(bucket_name.clone(), keys);
+        }
+        self.revision = revision;
+        (bucket_name, key_name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_make_a_new_snapshot_and_leave_the_old_one_whole() {
+        let mut first = Snapshot::default();
+        first.apply("prices", "AAPL", Some(Arc::from("1")), 1);
+        let mut second = first.clone();
+        second.apply("prices", "AAPL", Some(Arc::from("22")), 2);
+        second.apply("prices", "MSFT", Some(Arc::from("3")), 3);
+        assert_eq!(first.get("prices", "AAPL").map(|e| &*e.json), Some("1"));
+        assert_eq!(first.get("prices", "MSFT"), None);
+        assert_eq!(second.get("prices", "AAPL"), Some(&Entry { json: Arc::from("22"), revision: 2 }));
+        assert_eq!((second.revision(), second.bytes(), second.key_count()), (3, 4 + 2 + 4 + 1, 2));
+    }
+
+    #[test]
+    fn a_bucket_left_without_keys_goes_away() {
+        let mut snapshot = Snapshot::default();
+        snapshot.apply("a", "k", Some(Arc::from("true")), 1);
+        assert_eq!(snapshot.bucket_count(), 1);
+        snapshot.apply("a", "k", None, 2);
+        assert_eq!((snapshot.bucket_count(), snapshot.bytes()), (0, 0));
+        assert!(snapshot.lookup("a", "k").bucket.is_none());
+    }
+
+    #[test]
+    fn keys_are_listed_in_pages() {
+        let mut snapshot = Snapshot::default();
+        for (revision, key) in ["c", "a", "b", "d"].into_iter().enumerate() {
+            snapshot.apply("b", key, Some(Arc::from("0")), revision as u64 + 1);
+        }
+        let page =
+            |after, limit| snapshot.keys_after("b", after, limit).iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        assert_eq!(page(None, 2), ["a", "b"]);
+        assert_eq!(page(Some("b"), 2), ["c", "d"]);
+        assert!(page(Some("d"), 2).is_empty());
+        assert!(snapshot.keys_after("nope", None, 5).is_empty());
+    }
+
+    #[test]
+    fn lookups_share_the_snapshot_names() {
+        let mut snapshot = Snapshot::default();
+        let (bucket, key) = snapshot.apply("prices", "AAPL", Some(Arc::from("1")), 1);
+        let found = snapshot.lookup("prices", "AAPL");
+        assert!(Arc::ptr_eq(found.bucket.unwrap(), &bucket) && Arc::ptr_eq(found.key.unwrap(), &key));
+        let missing = snapshot.lookup("prices", "MSFT");
+        assert!(missing.bucket.is_some() && missing.key.is_none() && missing.entry.is_none());
+    }
+}

@@ -1,0 +1,240 @@
+//! [`DataStore`]: the one way data changes. Every change — from the publish API now, from a
+//! JetStream KV watch when nodes share their data — is a batch handed to [`DataStore::apply`],
+//! which a single writer thread checks against the limits, writes to disk, publishes as the next
+//! [`Snapshot`] and announces as a [`ChangeSet`].
+//!
+//! The thread commits group-wise: it takes every batch waiting when it is free and writes them in
+//! one transaction (one fsync), so many small concurrent requests cost one commit, not one each.
+//! A batch that breaks a limit is refused alone; the others in its group go on. A change reaches
+//! memory only after it is on disk, and a batch is published whole or not at all.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::durable::{Change, DurableStore};
+use super::snapshot::{KeyName, Snapshot};
+use super::{DataError, DataLimits};
+
+/// Batches waiting for the writer at most; [`DataStore::apply`] waits for room beyond that, so
+/// publishers are slowed to the speed of the disk instead of queueing without bound.
+const REQUEST_CAPACITY: usize = 1024;
+
+/// Batches the writer commits in one transaction at most.
+const MAX_GROUP: usize = 256;
+
+/// The data plugins read: the latest [`Snapshot`], swapped whole. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct DataView(Arc<ArcSwap<Snapshot>>);
+
+impl DataView {
+    /// A view that starts at `snapshot`.
+    pub fn new(snapshot: Snapshot) -> Self {
+        DataView(Arc::new(ArcSwap::from_pointee(snapshot)))
+    }
+
+    /// The latest snapshot; it stays valid (and unchanged) for as long as it is held.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+}
+
+/// The keys one published batch changed (a put of the value a key already had is no change), and
+/// the revision it was published at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeSet {
+    /// The store revision after the change.
+    pub revision: u64,
+    /// `(bucket, key)` of every key whose value changed, shared with the snapshot.
+    pub keys: Vec<KeyName>,
+}
+
+/// One batch waiting for the writer.
+struct WriteRequest {
+    /// The changes, names and values already checked.
+    changes: Vec<Change>,
+    /// Where the revision (or the refusal) goes.
+    reply: tokio::sync::oneshot::Sender<Result<u64, DataError>>,
+}
+
+/// The way into the writer thread; cheap to clone. The thread ends when every clone is dropped.
+#[derive(Debug, Clone)]
+pub struct DataStore {
+    /// Batches for the writer.
+    requests: flume::Sender<WriteRequest>,
+    /// The published data.
+    view: DataView,
+    /// The limits batches are checked against (also what the API reports).
+    limits: DataLimits,
+}
+
+impl std::fmt::Debug for WriteRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteRequest").field("changes", &self.changes.len()).finish_non_exhaustive()
+    }
+}
+
+impl DataStore {
+    /// Starts the writer thread over `durable`, publishing to `view` and announcing each
+    /// published batch to `announce` (called on the writer thread, after the snapshot is
+    /// published; it may block, which slows the writer rather than losing a change).
+    pub fn start(
+        durable: DurableStore,
+        view: DataView,
+        limits: DataLimits,
+        announce: impl Fn(Arc<ChangeSet>) + Send + 'static,
+    ) -> std::io::Result<DataStore> {
+        let (requests, received) = flume::bounded(REQUEST_CAPACITY);
+        let writer = Writer { durable, view: view.clone(), limits, announce: Box::new(announce) };
+        std::thread::Builder::new().name("wasmpush-data".to_owned()).spawn(move || writer.run(received))?;
+        Ok(DataStore { requests, view, limits })
+    }
+
+    /// The published data.
+    pub fn view(&self) -> &DataView {
+        &self.view
+    }
+
+    /// The limits changes are held to.
+    pub fn limits(&self) -> &DataLimits {
+        &self.limits
+    }
+
+    /// Applies `changes` as one batch: on disk, then visible to plugins, all of them or none.
+    /// Returns the revision it was published at.
+    pub async fn apply(&self, changes: Vec<Change>) -> Result<u64, DataError> {
+        if changes.len() > self.limits.max_batch_keys {
+            return Err(DataError::BatchTooLarge { count: changes.len(), limit: self.limits.max_batch_keys });
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.requests.send_async(WriteRequest { changes, reply }).await.map_err(|_| DataError::Closed)?;
+        answer.await.map_err(|_| DataError::Closed)?
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    /// Where batches are made durable.
+    durable: DurableStore,
+    /// Where they are published.
+    view: DataView,
+    /// What a batch is checked against.
+    limits: DataLimits,
+    /// Told of every published batch.
+    announce: Box<dyn Fn(Arc<ChangeSet>) + Send>,
+}
+
+impl Writer {
+    /// Commits the waiting batches group by group until every [`DataStore`] is dropped.
+    fn run(self, requests: flume::Receiver<WriteRequest>) {
+        while let Ok(first) = requests.recv() {
+            let group: Vec<WriteRequest> =
+                std::iter::once(first).chain(requests.try_iter().take(MAX_GROUP - 1)).collect();
+            self.commit(group);
+        }
+    }
+
+    /// Checks each batch of `group` against the limits on top of the ones before it, writes the
+    /// accepted ones in one transaction, then publishes and answers.
+    fn commit(&self, group: Vec<WriteRequest>) {
+        let mut next = Snapshot::clone(&self.view.snapshot());
+        let (mut written, mut accepted, mut changed) = (Vec::new(), Vec::new(), Vec::new());
+        for request in group {
+            let revision = next.revision() + 1;
+            let mut trial = next.clone();
+            match apply_checked(&mut trial, &request.changes, revision, &self.limits) {
+                Ok(keys) => {
+                    next = trial;
+                    changed.extend(keys);
+                    written.extend(request.changes);
+                    accepted.push((request.reply, revision));
+                }
+                Err(err) => drop(request.reply.send(Err(err))),
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        if let Err(err) = self.durable.write(&written) {
+            tracing::error!(cause = %err, batches = accepted.len(), "data write failed; nothing of it was published");
+            for (reply, _) in accepted {
+                let _ = reply.send(Err(err.clone()));
+            }
+            return;
+        }
+        let revision = next.revision();
+        self.view.0.store(Arc::new(next));
+        if !changed.is_empty() {
+            (self.announce)(Arc::new(ChangeSet { revision, keys: changed }));
+        }
+        for (reply, revision) in accepted {
+            let _ = reply.send(Ok(revision));
+        }
+    }
+}
+
+/// Applies `changes` to `snapshot` at `revision` if the result keeps to `limits`; returns the keys
+/// whose value changed.
+fn apply_checked(
+    snapshot: &mut Snapshot,
+    changes: &[Change],
+    revision: u64,
+    limits: &DataLimits,
+) -> Result<Vec<KeyName>, DataError> {
+    let mut changed = Vec::with_capacity(changes.len());
+    for change in changes {
+        if snapshot.get(&change.bucket, &change.key).map(|entry| &*entry.json) == change.value.as_deref() {
+            continue;
+        }
+        let value = change.value.as_deref().map(Arc::from);
+        changed.push(snapshot.apply(&change.bucket, &change.key, value, revision));
+    }
+    if snapshot.bytes() > limits.max_data_bytes {
+        return Err(DataError::OverBudget { needed: snapshot.bytes(), limit: limits.max_data_bytes });
+    }
+    if snapshot.bucket_count() > limits.max_buckets {
+        return Err(DataError::TooManyBuckets { count: snapshot.bucket_count(), limit: limits.max_buckets });
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(bucket: &str, key: &str, value: &str) -> Change {
+        Change { bucket: bucket.into(), key: key.into(), value: Some(value.into()) }
+    }
+
+    fn limits() -> DataLimits {
+        DataLimits { max_buckets: 2, max_key_bytes: 16, max_value_bytes: 64, max_data_bytes: 40, max_batch_keys: 10 }
+    }
+
+    #[test]
+    fn a_batch_over_a_limit_changes_nothing() {
+        let mut snapshot = Snapshot::default();
+        apply_checked(&mut snapshot, &[put("a", "k", "1")], 1, &limits()).unwrap();
+        let mut trial = snapshot.clone();
+        let three_buckets = [put("b", "k", "1"), put("c", "k", "1")];
+        assert_eq!(
+            apply_checked(&mut trial, &three_buckets, 2, &limits()),
+            Err(DataError::TooManyBuckets { count: 3, limit: 2 })
+        );
+        let big = put("a", "big", &"9".repeat(40));
+        assert!(matches!(
+            apply_checked(&mut snapshot.clone(), &[big], 2, &limits()),
+            Err(DataError::OverBudget { .. })
+        ));
+        assert_eq!(snapshot.key_count(), 1);
+    }
+
+    #[test]
+    fn only_keys_whose_value_changes_are_announced() {
+        let mut snapshot = Snapshot::default();
+        apply_checked(&mut snapshot, &[put("a", "x", "1"), put("a", "y", "2")], 1, &limits()).unwrap();
+        let changed = apply_checked(&mut snapshot, &[put("a", "x", "1"), put("a", "y", "3")], 2, &limits()).unwrap();
+        let names: Vec<_> = changed.iter().map(|(b, k)| format!("{b}/{k}")).collect();
+        assert_eq!(names, ["a/y"]);
+        assert_eq!(snapshot.get("a", "x").unwrap().revision, 1, "an unchanged key keeps its revision");
+    }
+}

@@ -1,0 +1,93 @@
+//! [`ReadIndex`]: which connections of a plugin slot read which data key in their last call, so a
+//! published change re-runs exactly those connections; and the glue that lets plugins read a data
+//! [`Snapshot`] through the plugin host's [`DataSource`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::data::Snapshot;
+use crate::plugin::{DataRead, DataSource, ReadKey};
+
+impl DataSource for Snapshot {
+    fn read(&self, bucket: &str, key: &str) -> DataRead<'_> {
+        let found = self.lookup(bucket, key);
+        DataRead { bucket: found.bucket, key: found.key, value: found.entry.map(|entry| (&entry.json, entry.revision)) }
+    }
+}
+
+/// Data key → the connections whose last call read it.
+#[derive(Debug, Default)]
+pub(super) struct ReadIndex {
+    /// Readers by key; a key no connection reads is not kept.
+    readers: HashMap<ReadKey, HashSet<u64>>,
+}
+
+impl ReadIndex {
+    /// Connection `conn_id` read `new` in its last call, `old` in the one before.
+    pub(super) fn replace(&mut self, conn_id: u64, old: &[ReadKey], new: &[ReadKey]) {
+        if old == new {
+            return;
+        }
+        self.forget(conn_id, old);
+        for key in new {
+            self.readers.entry(key.clone()).or_default().insert(conn_id);
+        }
+    }
+
+    /// Connection `conn_id`, which read `reads`, is gone.
+    pub(super) fn forget(&mut self, conn_id: u64, reads: &[ReadKey]) {
+        for key in reads {
+            if let Some(readers) = self.readers.get_mut(key) {
+                readers.remove(&conn_id);
+                if readers.is_empty() {
+                    self.readers.remove(key);
+                }
+            }
+        }
+    }
+
+    /// The connections whose last call read `key` of `bucket`.
+    pub(super) fn readers(&self, bucket: &Arc<str>, key: &Arc<str>) -> impl Iterator<Item = u64> + '_ {
+        let key = ReadKey { bucket: bucket.clone(), key: key.clone() };
+        self.readers.get(&key).into_iter().flatten().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(bucket: &str, key: &str) -> ReadKey {
+        ReadKey { bucket: Arc::from(bucket), key: Arc::from(key) }
+    }
+
+    fn readers(index: &ReadIndex, bucket: &str, name: &str) -> Vec<u64> {
+        let mut found: Vec<u64> = index.readers(&Arc::from(bucket), &Arc::from(name)).collect();
+        found.sort_unstable();
+        found
+    }
+
+    #[test]
+    fn a_connection_is_indexed_under_what_its_last_call_read_only() {
+        let mut index = ReadIndex::default();
+        let (aapl, msft) = (key("prices", "AAPL"), key("prices", "MSFT"));
+        index.replace(1, &[], &[aapl.clone(), msft.clone()]);
+        index.replace(2, &[], std::slice::from_ref(&aapl));
+        assert_eq!(readers(&index, "prices", "AAPL"), [1, 2]);
+        index.replace(1, &[aapl.clone(), msft.clone()], std::slice::from_ref(&msft));
+        assert_eq!(readers(&index, "prices", "AAPL"), [2]);
+        assert_eq!(readers(&index, "prices", "MSFT"), [1]);
+        index.forget(2, &[aapl]);
+        assert!(readers(&index, "prices", "AAPL").is_empty());
+        assert_eq!(index.readers.len(), 1, "a key nobody reads is dropped");
+    }
+
+    #[test]
+    fn snapshots_serve_plugin_reads_with_their_own_names() {
+        let mut snapshot = Snapshot::default();
+        snapshot.apply("prices", "AAPL", Some(Arc::from("1")), 1);
+        let read = DataSource::read(&snapshot, "prices", "AAPL");
+        assert_eq!(read.value.map(|(json, revision)| (&**json, revision)), Some(("1", 1)));
+        assert!(DataSource::read(&snapshot, "prices", "MSFT").value.is_none());
+    }
+}
