@@ -19,7 +19,12 @@ setup:
 run *ARGS: setup
     cargo build --release -p wasmpush
     for dir in plugins/*/; do just deploy-plugin "$(basename "$dir")"; done
-    {{target_dir}}/release/wasmpush start --plugins-dir {{plugins_dir}} {{ARGS}}
+    {{target_dir}}/release/wasmpush start --config deploy/demo.toml --plugins-dir {{plugins_dir}} {{ARGS}}
+
+# Publish demo data for `portfolio` to a running engine: accounts a1…a50, prices moving every half second
+[group('run')]
+demo-feed *ARGS:
+    cargo run --release -p wasmpush-tests --bin demo_feed -- {{ARGS}}
 
 # Create plugins/NAME from templates/plugin: a working plugin with native tests, ready to deploy
 [group('plugins')]
@@ -81,11 +86,12 @@ ci: setup
     just test
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
-# Idle memory, then the release engine with `quote` and the Node.js ws peer under the load generator (default 1,000, 5,000 and 19,000 connections), then the plugin host against native
+# Idle memory, the release engine with `quote` and the Node.js ws peer under the load generator (default 1,000, 5,000 and 19,000 connections), live data with `portfolio` under a price feed, the publish API alone, then the plugin host against native
 [group('bench')]
 bench +COUNTS="1000 5000 19000": setup
-    cargo build --release -p wasmpush --bin wasmpush -p wasmpush-tests --bin loadgen --bin push_floor
+    cargo build --release -p wasmpush --bin wasmpush -p wasmpush-tests --bin loadgen --bin push_floor --bin data_bench
     just build-plugin quote
+    just build-plugin portfolio
     if command -v npm > /dev/null; then npm ci --prefix tests/peers/node-ws --no-audit --no-fund --loglevel error; else echo "npm not found: no Node.js peer in this run"; fi
     tests/bench.sh {{target_dir}} {{COUNTS}}
     just bench-host

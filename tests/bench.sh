@@ -13,6 +13,7 @@ read -r -a counts <<< "${*:-1000 5000 19000}"
 engine="$target_dir/release/wasmpush"
 loadgen="$target_dir/release/loadgen"
 floor="$target_dir/release/push_floor"
+data_bench="$target_dir/release/data_bench"
 peer_dir=$(dirname "$0")/peers/node-ws
 url=ws://127.0.0.1:19503/ws/quote
 work=$(mktemp -d)
@@ -21,13 +22,16 @@ server_pid=""
 trap '[[ -n "$engine_pid" ]] && kill "$engine_pid" 2>/dev/null; [[ -n "$server_pid" ]] && kill "$server_pid" 2>/dev/null; rm -rf "$work"' EXIT
 mkdir -p "$work/plugins"
 cp "$target_dir/wasm32-wasip2/plugin/quote_plugin.wasm" "$work/plugins/quote.wasm"
+cp "$target_dir/wasm32-wasip2/plugin/portfolio_plugin.wasm" "$work/plugins/portfolio.wasm"
 ulimit -n "$(ulimit -Hn)"
 clk=$(getconf CLK_TCK)
 
-# Starts a fresh engine and waits until it serves; sets engine_pid and baseline_rss.
+# Starts a fresh engine (with empty data; more flags in "$@") and waits until it serves; sets
+# engine_pid and baseline_rss.
 start_engine() {
+  rm -rf "$work/data"
   "$engine" start --listen 127.0.0.1:19503 --admin 127.0.0.1:19504 --plugins-dir "$work/plugins" \
-    --pid-file "$work/wasmpush.pid" > "$work/engine.log" 2>&1 &
+    --publish 127.0.0.1:19507 --data-dir "$work/data" --pid-file "$work/wasmpush.pid" "$@" > "$work/engine.log" 2>&1 &
   engine_pid=$!
   for _ in $(seq 100); do
     grep -q serving "$work/engine.log" 2>/dev/null && break
@@ -215,3 +219,43 @@ for _ in $(seq 50); do
 done
 pushes_only_row "push_floor (bare sends)" ws://127.0.0.1:19505/ws/quote floor_pushes
 stop_server
+
+# Live data: `portfolio` connections, each reading 1 account and 3 of 1,000 prices, while
+# data_bench publishes 200 prices a second in batches every 100 ms. $1 connections, $2 the
+# plugin's tick_ms (0: pushes on changes only; 200: ticks too).
+data_run() {
+  local n=$1 tick=$2 before pushes_before json
+  printf '[plugins.portfolio]\nread = ["accounts", "prices"]\ntick_ms = %s\n' "$tick" > "$work/data.toml"
+  run=$(( run + 1 ))
+  sleep 2
+  start_engine --config "$work/data.toml"
+  before=$(cpu_ticks "$engine_pid")
+  pushes_before=$(status_field pushes)
+  "$data_bench" --url ws://127.0.0.1:19503/ws/portfolio --publish 127.0.0.1:19507 --connections "$n" \
+    --seconds 20 --tick-ms "$tick" --sources "$(sources_for "$n" "$run")" > "$work/data.txt"
+  used_ticks=$(( $(cpu_ticks "$engine_pid") - before ))
+  made_pushes=$(( $(status_field pushes) - pushes_before ))
+  stop_engine
+  json=$(tail -n 1 "$work/data.txt")
+  awk -v n="$n" -v tick="$tick" -v est="$(json_field established "$json")" -v dropped="$(json_field dropped "$json")" \
+    -v ups="$(json_field updates_per_sec "$json")" -v fps="$(json_field frames_per_sec "$json")" \
+    -v p50="$(json_field latency_p50_ms "$json")" -v p99="$(json_field latency_p99_ms "$json")" \
+    -v max="$(json_field latency_max_ms "$json")" -v stale="$(json_field stale "$json")" \
+    -v missed="$(json_field missed_ticks "$json")" -v t="$used_ticks" -v clk="$clk" -v p="$made_pushes" \
+    'BEGIN { printf "| %d | %s | %d | %d | %.0f | %.0f | %s / %s / %s | %d | %s | %.3f |\n", n, tick, est, dropped, ups, fps, p50, p99, max, stale, missed, (t/clk) / (p/100000) }'
+}
+
+echo
+echo "## Live data: portfolio under a feed of 200 prices a second (publish acknowledged -> frame)"
+echo "| connections | plugin tick_ms | established | dropped | updates/s | frames/s | latency p50 / p99 / max ms | stale clients | missed ticks | engine cpu_s_per_100k_pushes |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+data_run "${counts[-1]}" 0
+data_run 5000 200
+
+echo
+echo "## Publish API alone: 4 publishers, batches of 500 updates, each acknowledged (fsynced)"
+sleep 2
+start_engine
+"$data_bench" --publish 127.0.0.1:19507 --publish-only --seconds 10 > "$work/publish.txt"
+stop_engine
+echo "| updates per second | $(json_field updates_per_sec "$(tail -n 1 "$work/publish.txt")") |"

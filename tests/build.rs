@@ -15,6 +15,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("wrong-contract-plugin", "WRONG_CONTRACT"),
     ("start-trap-plugin", "START_TRAP"),
     ("hostile-plugin", "HOSTILE"),
+    ("portfolio-inline-plugin", "PORTFOLIO_INLINE"),
 ];
 
 /// Builds of the `versioned` test plugin: (version baked in, constant).

@@ -362,6 +362,34 @@ mod tests {
     }
 
     #[test]
+    fn the_demo_config_of_just_run_is_valid_and_grants_portfolio_its_data() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo.toml");
+        let config = Config::from_file(&path).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.plugins["portfolio"].read, ["accounts", "prices"]);
+    }
+
+    #[test]
+    fn a_publish_api_beyond_loopback_needs_a_token() {
+        let open = Config { publish: SocketAddr::from(([0, 0, 0, 0], 9505)), ..Config::default() };
+        assert!(matches!(open.validate(), Err(ConfigError::Invalid { key: "publish", .. })));
+        let short = Config { publish_token: Some("short".into()), ..open.clone() };
+        assert!(matches!(short.validate(), Err(ConfigError::Invalid { key: "publish_token", .. })));
+        Config { publish_token: Some("a-token-of-sixteen+".into()), ..open }.validate().unwrap();
+    }
+
+    #[test]
+    fn a_plugin_tick_must_be_off_or_a_multiple_of_the_tick() {
+        let plugin = |tick_ms| Config {
+            plugins: [("p".to_owned(), PluginSettings { tick_ms: Some(tick_ms), ..PluginSettings::default() })].into(),
+            ..Config::default()
+        };
+        assert!(plugin(0).validate().is_ok() && plugin(1000).validate().is_ok());
+        let err = plugin(300).validate().unwrap_err().to_string();
+        assert_eq!(err, "invalid settings of plugin `p`: tick_ms 300 is not 0 nor a multiple of tick_ms (200)");
+    }
+
+    #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
     }

@@ -154,6 +154,21 @@ fn config_depends_on_nothing_of_the_engine_and_the_watcher_on_no_plugin_host() {
 }
 
 #[test]
+fn the_data_store_knows_nothing_of_plugins_shards_or_http() {
+    let graph = graph();
+    for (module, imports) in graph.iter().filter(|(module, _)| within(module, "data")) {
+        for import in imports {
+            assert!(within(import, "data"), "`{module}` imports `{import}`");
+        }
+    }
+    for source in sources() {
+        if !["admin", "publish"].contains(&source.module.as_str()) {
+            assert!(!names_crate(&source.code, "axum"), "`{}` names axum", source.module);
+        }
+    }
+}
+
+#[test]
 fn no_module_reaches_another_through_the_crate_root() {
     for (module, imports) in graph() {
         assert!(!imports.contains(""), "`{module}` imports through lib.rs's re-exports; name the module");

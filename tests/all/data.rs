@@ -386,3 +386,25 @@ async fn the_cli_puts_gets_lists_and_deletes() {
     let (ok, _, error) = data(&["put", "prices", "AAPL", "{oops"]);
     assert!(!ok && error.contains("400: value of key `AAPL` is not valid JSON"), "{error}");
 }
+
+#[tokio::test]
+async fn the_demo_feed_moves_the_portfolio_of_a_demo_account() {
+    let engine = engine(|table| table.tick_ms = Some(0)).await;
+    let _feed = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_demo_feed"))
+            .args(["--publish", &engine.publish_addr.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Until the feed has seeded the account, the client is told it is unknown; the seed re-runs it.
+    let mut client = connect(&engine, "a42").await;
+    let mut totals = Vec::new();
+    while totals.len() < 3 {
+        let frame = parse(&client.next_text(SOON).await);
+        if frame["total"].is_number() {
+            totals.push(frame["total"].clone());
+        }
+    }
+    assert_ne!(totals[0], totals[2], "prices move");
+}

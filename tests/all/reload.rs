@@ -167,7 +167,11 @@ async fn bad_builds_are_rejected_while_the_old_version_keeps_serving() {
         ("a truncated file", good[..good.len() / 2].to_vec(), "not a valid WebAssembly component"),
         ("a text file", b"not wasm at all".to_vec(), "not a valid WebAssembly component"),
         ("a core module", b"\0asm\x01\0\0\0".to_vec(), "not a valid WebAssembly component"),
-        ("the wrong contract", std::fs::read(artifacts::WRONG_CONTRACT).unwrap(), "does not implement"),
+        (
+            "the wrong contract",
+            std::fs::read(artifacts::WRONG_CONTRACT).unwrap(),
+            "does not implement the wasmpush:plugin@0.3.0 contract (rebuild it with the current wasmpush-sdk)",
+        ),
         ("a start-function trap", std::fs::read(artifacts::START_TRAP).unwrap(), "failed to instantiate"),
     ];
     let scratch = tempfile::tempdir().unwrap();

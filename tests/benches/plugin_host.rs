@@ -11,12 +11,20 @@
 //!
 //! Samples of the three alternate, so load on the machine affects all alike; the table gives the
 //! median and the fastest sample per connection and the ratios of the medians to native.
+//!
+//! A second table prices the data path: `portfolio` reading its account and 3 prices through the
+//! data import (values unchanged since the last batch, as between two changes), against
+//! `portfolio-inline`, the same valuation handed the same values in its cached params.
 
+use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmpush::Config;
-use wasmpush::plugin::{BatchData, Calls, Outcome, Outcomes, PluginHost, PluginInstance, Trigger};
+use wasmpush::plugin::{
+    BatchData, Calls, DataRead, DataSource, Outcome, Outcomes, PluginHost, PluginInstance, PluginVersion, Trigger,
+};
 use wasmpush_sdk::{Context, Payload};
 use wasmpush_tests::artifacts;
 
@@ -69,23 +77,119 @@ fn main() {
             Box::new(|| read_all(naive.run(NOW_MS, black_box(&fresh), &[], &none).unwrap().0)),
         ),
     ];
+    compare(
+        &format!("quote, batches of {BATCH} connections, {SAMPLES} samples each (alternating)"),
+        "native",
+        &mut variants,
+    );
+    drop(variants);
+    data_path(&host);
+}
+
+/// Prices a call's data path: `portfolio` reading 4 keys through the data import against the same
+/// valuation with the same values in its params.
+fn data_path(host: &PluginHost) {
+    const PRICES: usize = 1000;
+    let symbol = |s: usize| format!("S{s:04}");
+    let held = |i: usize| [i % PRICES, (i * 7 + 1) % PRICES, (i * 13 + 2) % PRICES];
+    let mut data = BenchData::default();
+    for s in 0..PRICES {
+        data.put("prices", &symbol(s), &format!(r#"{{"price":{}.5}}"#, s));
+    }
+    let mut inline_params = Vec::with_capacity(BATCH);
+    for i in 0..BATCH {
+        let holdings: Vec<String> = held(i).iter().map(|&s| format!("\"{}\":{}", symbol(s), i % 7 + 1)).collect();
+        let holdings = format!("{{\"holdings\":{{{}}}}}", holdings.join(","));
+        data.put("accounts", &format!("a{i}"), &holdings);
+        // The values in the order the plugin reads them: holdings are a map, so by symbol.
+        let mut symbols = held(i).map(symbol);
+        symbols.sort();
+        let prices: Vec<String> = symbols.iter().map(|s| data.get("prices", s)).collect();
+        inline_params.push(format!(r#"{{"account":"a{i}","holdings":{holdings},"prices":[{}]}}"#, prices.join(",")));
+    }
+    let reading_params: Vec<String> = (0..BATCH).map(|i| format!(r#"{{"account":"a{i}"}}"#)).collect();
+    let batch = |params: &[String], with_params: bool| -> Calls {
+        let mut calls = Calls::with_capacity(BATCH);
+        for (i, params) in params.iter().enumerate() {
+            calls.push(i as u64, 7, Trigger::Tick, with_params.then_some(params.as_str()));
+        }
+        calls
+    };
+    let grants: Arc<[Arc<str>]> = Arc::from([Arc::from("accounts"), Arc::from("prices")]);
+    let data = BatchData { source: Arc::new(data), grants };
+    let load = |name: &str, path: &str| -> Arc<PluginVersion> {
+        host.load(name, &std::fs::read(path).expect("plugin file")).expect("load plugin")
+    };
+    let mut reading = PluginInstance::new(&load("portfolio", artifacts::PORTFOLIO)).unwrap();
+    let mut inline = PluginInstance::new(&load("portfolio-inline", artifacts::PORTFOLIO_INLINE)).unwrap();
+    let none = BatchData::none();
+    let (reading_first, _) = reading.run(NOW_MS, &batch(&reading_params, true), &[], &data).unwrap();
+    let (inline_first, _) = inline.run(NOW_MS, &batch(&inline_params, true), &[], &none).unwrap();
+    assert_eq!(pushed(reading_first), pushed(inline_first), "the two variants compute different frames");
+    let (reading_calls, inline_calls) = (batch(&reading_params, false), batch(&inline_params, false));
+    let mut variants: [Variant; 2] = [
+        (
+            "portfolio, values in cached params",
+            Vec::new(),
+            Box::new(|| read_all(inline.run(NOW_MS, black_box(&inline_calls), &[], &none).unwrap().0)),
+        ),
+        (
+            "portfolio, 4 keys through the data import",
+            Vec::new(),
+            Box::new(|| read_all(reading.run(NOW_MS, black_box(&reading_calls), &[], &data).unwrap().0)),
+        ),
+    ];
+    let title = format!("portfolio, batches of {BATCH} connections, data unchanged since the last batch");
+    compare(&title, "params", &mut variants);
+}
+
+/// The data the benchmark's `portfolio` reads: JSON text by bucket and key, revision 1 each.
+#[derive(Default)]
+struct BenchData {
+    buckets: HashMap<Arc<str>, HashMap<Arc<str>, Arc<str>>>,
+}
+
+impl BenchData {
+    fn put(&mut self, bucket: &str, key: &str, json: &str) {
+        self.buckets.entry(Arc::from(bucket)).or_default().insert(Arc::from(key), Arc::from(json));
+    }
+
+    fn get(&self, bucket: &str, key: &str) -> String {
+        self.buckets[bucket][key].to_string()
+    }
+}
+
+impl DataSource for BenchData {
+    fn read(&self, bucket: &str, key: &str) -> DataRead<'_> {
+        let Some((bucket, keys)) = self.buckets.get_key_value(bucket) else {
+            return DataRead { bucket: None, key: None, value: None };
+        };
+        match keys.get_key_value(key) {
+            Some((key, json)) => DataRead { bucket: Some(bucket), key: Some(key), value: Some((json, 1)) },
+            None => DataRead { bucket: Some(bucket), key: None, value: None },
+        }
+    }
+}
+
+/// Samples `variants` alternately, then prints their medians and fastest samples as a table, with
+/// each median's ratio to the first variant's (called `baseline` in the header).
+fn compare(title: &str, baseline: &str, variants: &mut [Variant]) {
     for _ in 0..SAMPLES {
-        for (_, samples, run) in &mut variants {
+        for (_, samples, run) in variants.iter_mut() {
             samples.push(sample_ns_per_connection(run));
         }
     }
-
     let median = |samples: &mut Vec<f64>| {
         samples.sort_by(f64::total_cmp);
         samples[samples.len() / 2]
     };
-    let baseline = median(&mut variants[0].1);
-    println!("quote, batches of {BATCH} connections, {SAMPLES} samples each (alternating)\n");
-    println!("| variant | median ns/connection | fastest ns/connection | median vs native |");
+    let first = median(&mut variants[0].1);
+    println!("\n{title}\n");
+    println!("| variant | median ns/connection | fastest ns/connection | median vs {baseline} |");
     println!("|---|---|---|---|");
-    for (name, samples, _) in &mut variants {
+    for (name, samples, _) in variants.iter_mut() {
         let median = median(samples);
-        println!("| {name} | {median:.0} | {:.0} | {:.2}x |", samples[0], median / baseline);
+        println!("| {name} | {median:.0} | {:.0} | {:.2}x |", samples[0], median / first);
     }
 }
 

@@ -7,10 +7,12 @@
 //! Config: `[plugins.portfolio] read = ["accounts", "prices"]`. Data (docs/data.md):
 //! `accounts/a42` = `{"holdings":{"AAPL":10,"MSFT":5}}`, `prices/AAPL` = `{"price":189.5}`.
 
-use std::collections::BTreeMap;
+mod value;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use wasmpush_sdk::{Context, Error};
+
+pub use value::{Account, Portfolio, Position, Price, value};
 
 /// What the client asks for.
 #[derive(Debug, Deserialize)]
@@ -19,69 +21,14 @@ pub struct Params {
     pub account: String,
 }
 
-/// An account as the `accounts` bucket holds it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Account {
-    /// Quantity held, by symbol.
-    pub holdings: BTreeMap<String, f64>,
-}
-
-/// A price as the `prices` bucket holds it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Price {
-    /// The last price.
-    pub price: f64,
-}
-
-/// What the client is pushed.
-#[derive(Debug, PartialEq, Serialize)]
-pub struct Portfolio {
-    /// The account shown.
-    pub account: String,
-    /// One position per holding, by symbol.
-    pub positions: Vec<Position>,
-    /// The value of the positions that have a price.
-    pub total: f64,
-    /// Symbols without a price: left out of the total.
-    pub missing: Vec<String>,
-}
-
-/// One holding, valued at its price.
-#[derive(Debug, PartialEq, Serialize)]
-pub struct Position {
-    /// The symbol.
-    pub symbol: String,
-    /// Quantity held.
-    pub qty: f64,
-    /// Its price, `null` when there is none.
-    pub price: Option<f64>,
-    /// `qty × price`, `null` when there is no price.
-    pub value: Option<f64>,
-}
-
-/// Values the account's holdings at their prices.
+/// Reads the account and its prices, and values the holdings.
 pub fn tick(ctx: &Context, params: &Params) -> Result<Option<Portfolio>, Error> {
     let Some(account) = ctx.get::<Account>("accounts", &params.account)? else {
         return Err(Error::msg(format!("unknown account {}", params.account)));
     };
     let symbols: Vec<&str> = account.holdings.keys().map(String::as_str).collect();
     let prices = ctx.get_many::<Price>("prices", &symbols)?;
-    let (mut total, mut missing) = (0.0, Vec::new());
-    let positions = account
-        .holdings
-        .iter()
-        .zip(prices)
-        .map(|((symbol, qty), price)| {
-            let price = price.map(|p| p.price);
-            let value = price.map(|price| price * qty);
-            match value {
-                Some(value) => total += value,
-                None => missing.push(symbol.clone()),
-            }
-            Position { symbol: symbol.clone(), qty: *qty, price, value }
-        })
-        .collect();
-    Ok(Some(Portfolio { account: params.account.clone(), positions, total, missing }))
+    Ok(Some(value(&params.account, &account, prices)))
 }
 
 wasmpush_sdk::plugin!(tick);
