@@ -7,7 +7,9 @@
 //! sent no params for gets an error outcome.
 //!
 //! Every call's text (payload or error message) is written into one buffer for the whole batch,
-//! so no call allocates its own string to hand over and the engine copies one buffer out.
+//! so no call allocates its own string to hand over and the engine copies one buffer out; the ids
+//! of the data keys each call used go into one list the same way. Stale data keys are forgotten
+//! before the first call.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -84,7 +86,7 @@ where
 }
 
 /// Runs `tick` for every call of a batch and returns the outcomes in the order of `calls`.
-pub fn run_batch<P, F>(now_ms: u64, calls: Calls, closed: Vec<u64>, tick: F) -> Outcomes
+pub fn run_batch<P, F>(now_ms: u64, calls: Calls, closed: Vec<u64>, stale: Vec<u32>, tick: F) -> Outcomes
 where
     P: DeserializeOwned + 'static,
     F: for<'a> TickFn<'a, P>,
@@ -96,11 +98,14 @@ where
     for conn_id in closed {
         cache.remove(&conn_id);
     }
+    crate::data::forget_stale(&stale);
     let count = calls.conn_ids.len();
     let mut out = Outcomes {
         kinds: Vec::with_capacity(count),
         ends: Vec::with_capacity(count),
         text: Vec::with_capacity(TEXT_HINT.get()),
+        reads: Vec::new(),
+        read_ends: Vec::with_capacity(count),
     };
     let mut new_params = calls.params.into_iter().peekable();
     let columns = calls.conn_ids.into_iter().zip(calls.seqs).zip(calls.triggers);
@@ -110,7 +115,7 @@ where
                 cache.insert(conn_id, parse_params::<P>(&params.json));
             }
         }
-        let ctx = Context::of_call(index as u32, conn_id, seq, trigger.into(), now_ms);
+        let ctx = Context::new(conn_id, seq, trigger.into(), now_ms);
         let kind = match cache.get(&conn_id) {
             None => write_error(&mut out.text, "no params were sent for this connection"),
             Some(Err(reason)) => write_error(&mut out.text, reason),
@@ -118,6 +123,8 @@ where
         };
         out.kinds.push(kind);
         out.ends.push(u32::try_from(out.text.len()).unwrap_or(u32::MAX));
+        crate::data::take_call_reads(&mut out.reads);
+        out.read_ends.push(u32::try_from(out.reads.len()).unwrap_or(u32::MAX));
     }
     PARAMS.set(Some(cache));
     TEXT_HINT.set(out.text.len());
@@ -204,11 +211,11 @@ mod tests {
 
     #[test]
     fn params_are_kept_until_the_connection_closes() {
-        let first = run_batch(0, call(1, Some(r#"{"limit":1}"#)), vec![], seq_tick);
+        let first = run_batch(0, call(1, Some(r#"{"limit":1}"#)), vec![], vec![], seq_tick);
         assert_eq!(texts(&first), [(Outcome::Push, "1")]);
-        let cached = run_batch(0, call(1, None), vec![], seq_tick);
+        let cached = run_batch(0, call(1, None), vec![], vec![], seq_tick);
         assert_eq!(texts(&cached), [(Outcome::Push, "1")]);
-        let forgotten = run_batch(0, call(1, None), vec![1], seq_tick);
+        let forgotten = run_batch(0, call(1, None), vec![1], vec![], seq_tick);
         assert_eq!(texts(&forgotten), [(Outcome::Error, "no params were sent for this connection")]);
     }
 
@@ -217,10 +224,10 @@ mod tests {
         fn limit(_: &Context, params: &Params) -> Result<Option<u32>, crate::Error> {
             Ok(Some(params.limit))
         }
-        run_batch(0, calls(&[(21, Some(r#"{"limit":1}"#)), (22, Some(r#"{"limit":2}"#))]), vec![], limit);
+        run_batch(0, calls(&[(21, Some(r#"{"limit":1}"#)), (22, Some(r#"{"limit":2}"#))]), vec![], vec![], limit);
         let mut batch = calls(&[(21, None), (22, Some(r#"{"limit":5}"#)), (23, None)]);
         batch.params.push(NewParams { index: 7, json: r#"{"limit":9}"#.to_owned() });
-        let out = run_batch(0, batch, vec![], limit);
+        let out = run_batch(0, batch, vec![], vec![], limit);
         let expected =
             [(Outcome::Push, "1"), (Outcome::Push, "5"), (Outcome::Error, "no params were sent for this connection")];
         assert_eq!(texts(&out), expected);
@@ -228,7 +235,7 @@ mod tests {
 
     #[test]
     fn a_mismatched_field_is_named_in_the_error() {
-        let out = run_batch(0, call(2, Some(r#"{"limit":"x"}"#)), vec![], seq_tick);
+        let out = run_batch(0, call(2, Some(r#"{"limit":"x"}"#)), vec![], vec![], seq_tick);
         match &texts(&out)[..] {
             [(Outcome::Error, msg)] => assert!(msg.starts_with("invalid params: limit: invalid type"), "{msg}"),
             other => panic!("expected an error, got {other:?}"),
@@ -245,7 +252,7 @@ mod tests {
             }
         }
         let batch: Vec<_> = (10..16).map(|id| (id, Some(r#"{"limit":1}"#))).collect();
-        let out = run_batch(0, calls(&batch), vec![], parity);
+        let out = run_batch(0, calls(&batch), vec![], vec![], parity);
         let expected = [
             (Outcome::Skip, ""),
             (Outcome::Error, "error 11"),
@@ -275,8 +282,8 @@ mod tests {
         fn greet<'a>(_: &Context, params: &'a Named) -> Result<Option<Greeting<'a>>, crate::Error> {
             Ok(Some(Greeting(&params.name)))
         }
-        run_batch(0, call(31, Some(r#"{"name":"Ada"}"#)), vec![], greet);
-        let out = run_batch(0, call(31, None), vec![], greet);
+        run_batch(0, call(31, Some(r#"{"name":"Ada"}"#)), vec![], vec![], greet);
+        let out = run_batch(0, call(31, None), vec![], vec![], greet);
         assert_eq!(texts(&out), [(Outcome::Push, "hello Ada")]);
     }
 }

@@ -62,8 +62,6 @@ pub struct Context {
     pub trigger: Trigger,
     /// The engine's wall-clock time for this batch, in milliseconds since the Unix epoch.
     pub now_ms: u64,
-    /// The call's index in its batch: how the engine knows which connection a data read is for.
-    pub(crate) call: u32,
 }
 
 impl Context {
@@ -75,11 +73,6 @@ impl Context {
     /// assert_eq!(ctx.conn_id, 1);
     /// ```
     pub fn new(conn_id: u64, seq: u64, trigger: Trigger, now_ms: u64) -> Self {
-        Context { conn_id, seq, trigger, now_ms, call: 0 }
-    }
-
-    /// The context of call `call` of a batch.
-    pub(crate) fn of_call(call: u32, conn_id: u64, seq: u64, trigger: Trigger, now_ms: u64) -> Self {
-        Context { call, ..Context::new(conn_id, seq, trigger, now_ms) }
+        Context { conn_id, seq, trigger, now_ms }
     }
 }

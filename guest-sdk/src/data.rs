@@ -2,10 +2,10 @@
 //! plugin's config grants it (`[plugins.NAME] read = [...]`).
 //!
 //! Every value is parsed once per change, not once per read: the SDK keeps each key's parsed value
-//! with its revision and asks the engine only whether that revision is still current, so a key
-//! that did not change crosses into the plugin as a few bytes and is not parsed again. What a call
-//! reads is how the engine knows which connections to re-run when data changes (trigger
-//! [`Trigger::Data`](crate::Trigger::Data)): read through these functions, never around them.
+//! and uses it again without asking the engine until the engine says the key is stale (it lists the
+//! ids of changed keys with every batch). What a call used, cached or not, is reported in its
+//! outcome: that is how the engine knows which connections to re-run when data changes (trigger
+//! [`Trigger::Data`](crate::Trigger::Data)), so read through these functions, never around them.
 //!
 //! In a plugin's native unit tests there is no engine: [`FakeData`] supplies the values.
 
@@ -16,26 +16,61 @@ use std::rc::Rc;
 
 use serde::de::DeserializeOwned;
 
-use crate::bindings::wasmpush::plugin::data::{Entry, Value};
+use crate::bindings::wasmpush::plugin::data::Value;
 use crate::{Context, Error};
 
-/// Parsed values the cache holds at most; past that it starts over (the engine bounds the data,
-/// but a plugin's memory is smaller).
+/// Values the cache holds at most; past that it starts over (the engine bounds the data, but a
+/// plugin's memory is smaller).
 const MAX_CACHED: usize = 1 << 16;
 
-/// One cached value: its revision, and the value parsed as the type it was last read as.
+/// What the cache knows of one key.
 struct Cached {
-    revision: u64,
-    type_id: TypeId,
-    value: Rc<dyn Any>,
+    /// The id the engine knows the key by in this instance.
+    id: u32,
+    /// Its value parsed, with the type it was parsed as; `None` when the key has no value.
+    value: Option<(TypeId, Rc<dyn Any>)>,
+}
+
+/// Parsed values by bucket and key, and where each id is, to forget stale ones.
+#[derive(Default)]
+struct Cache {
+    values: HashMap<String, HashMap<String, Cached>>,
+    by_id: HashMap<u32, (String, String)>,
 }
 
 thread_local! {
-    /// Parsed values by bucket and key.
-    static CACHE: RefCell<HashMap<String, HashMap<String, Cached>>> = RefCell::new(HashMap::new());
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+
+    /// The ids of the keys the current call used, for its outcome.
+    static CALL_READS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 
     /// The data native tests installed with [`FakeData::run`].
     static FAKE: RefCell<Option<FakeData>> = const { RefCell::new(None) };
+}
+
+/// Forgets the values of the keys whose ids the engine listed as stale.
+pub(crate) fn forget_stale(stale: &[u32]) {
+    if stale.is_empty() {
+        return;
+    }
+    CACHE.with_borrow_mut(|cache| {
+        for id in stale {
+            if let Some((bucket, key)) = cache.by_id.remove(id)
+                && let Some(values) = cache.values.get_mut(&bucket)
+            {
+                values.remove(&key);
+            }
+        }
+    });
+}
+
+/// Takes the ids the call that just ran used, appending them to `reads`.
+pub(crate) fn take_call_reads(reads: &mut Vec<u32>) {
+    CALL_READS.with_borrow_mut(|used| {
+        used.sort_unstable();
+        used.dedup();
+        reads.append(used);
+    });
 }
 
 impl Context {
@@ -63,8 +98,8 @@ impl Context {
         Ok(self.get_many(bucket, &[key])?.pop().flatten())
     }
 
-    /// The values of `keys` in `bucket`, in order, each parsed as `T`: one crossing into the
-    /// engine for all of them.
+    /// The values of `keys` in `bucket`, in order, each parsed as `T`; the ones not cached are
+    /// fetched in one crossing into the engine.
     ///
     /// ```
     /// use wasmpush_sdk::{Context, FakeData, Trigger};
@@ -80,69 +115,82 @@ impl Context {
         keys: &[&str],
     ) -> Result<Vec<Option<T>>, Error> {
         let type_id = TypeId::of::<T>();
-        let cached: Vec<u64> = CACHE.with_borrow(|cache| {
-            let values = cache.get(bucket);
-            keys.iter()
-                .map(|key| {
-                    values
-                        .and_then(|values| values.get(*key))
-                        .filter(|c| c.type_id == type_id)
-                        .map_or(0, |c| c.revision)
-                })
-                .collect()
+        let mut found: Vec<Option<T>> = Vec::with_capacity(keys.len());
+        let mut misses = Vec::new();
+        CACHE.with_borrow(|cache| {
+            CALL_READS.with_borrow_mut(|used| {
+                let values = cache.values.get(bucket);
+                for (index, key) in keys.iter().enumerate() {
+                    let cached = values.and_then(|values| values.get(*key));
+                    match cached.map(|c| (c.id, &c.value)) {
+                        Some((id, None)) => {
+                            used.push(id);
+                            found.push(None);
+                        }
+                        Some((id, Some((cached_type, value)))) if *cached_type == type_id => {
+                            used.push(id);
+                            found.push(value.downcast_ref::<T>().cloned());
+                        }
+                        _ => {
+                            misses.push(index);
+                            found.push(None);
+                        }
+                    }
+                }
+            })
         });
-        let answers = fetch(self.call, bucket, keys, &cached).map_err(Error::msg)?;
-        if answers.len() != keys.len() {
-            return Err(Error::msg(format!("the engine answered {} of {} keys", answers.len(), keys.len())));
+        if misses.is_empty() {
+            return Ok(found);
+        }
+        let wanted: Vec<&str> = misses.iter().map(|&index| keys[index]).collect();
+        let answers = fetch(bucket, &wanted).map_err(Error::msg)?;
+        if answers.len() != wanted.len() {
+            return Err(Error::msg(format!("the engine answered {} of {} keys", answers.len(), wanted.len())));
         }
         CACHE.with_borrow_mut(|cache| {
-            if cache.values().map(HashMap::len).sum::<usize>() + keys.len() > MAX_CACHED {
-                cache.clear();
+            if cache.by_id.len() + wanted.len() > MAX_CACHED {
+                *cache = Cache::default();
             }
-            let values = cache.entry(bucket.to_owned()).or_default();
-            keys.iter()
-                .zip(answers)
-                .map(|(key, answer)| match answer {
-                    Value::Missing => {
-                        values.remove(*key);
-                        Ok(None)
-                    }
-                    Value::Unchanged => match values.get(*key).and_then(|c| c.value.downcast_ref::<T>()) {
-                        Some(value) => Ok(Some(value.clone())),
-                        None => Err(Error::msg(format!(
-                            "the engine said {bucket}/{key} is unchanged, but it is not cached"
-                        ))),
-                    },
-                    Value::Changed(Entry { revision, json }) => {
+            for (&index, answer) in misses.iter().zip(answers) {
+                let key = keys[index];
+                CALL_READS.with_borrow_mut(|used| used.push(answer.key_id));
+                let value = match answer.json {
+                    None => None,
+                    Some(json) => {
                         let value: T = serde_json::from_str(&json).map_err(|err| {
                             Error::msg(format!("data {bucket}/{key} is not what the plugin expects: {err}"))
                         })?;
-                        let cached = Cached { revision, type_id, value: Rc::new(value.clone()) };
-                        values.insert((*key).to_owned(), cached);
-                        Ok(Some(value))
+                        found[index] = Some(value.clone());
+                        Some((type_id, Rc::new(value) as Rc<dyn Any>))
                     }
-                })
-                .collect()
+                };
+                cache.by_id.insert(answer.key_id, (bucket.to_owned(), key.to_owned()));
+                cache
+                    .values
+                    .entry(bucket.to_owned())
+                    .or_default()
+                    .insert(key.to_owned(), Cached { id: answer.key_id, value });
+            }
+            Ok(found)
         })
     }
 }
 
 /// Asks the engine (in a plugin) or the installed [`FakeData`] (in native tests) for `keys`.
-fn fetch(call: u32, bucket: &str, keys: &[&str], cached: &[u64]) -> Result<Vec<Value>, String> {
+fn fetch(bucket: &str, keys: &[&str]) -> Result<Vec<Value>, String> {
     #[cfg(target_family = "wasm")]
     {
         use crate::bindings::wasmpush::plugin::data;
-        if let ([key], [revision]) = (keys, cached) {
-            return data::get(call, bucket, key, *revision).map(|value| vec![value]);
+        if let [key] = keys {
+            return data::get(bucket, key).map(|value| vec![value]);
         }
         let keys: Vec<String> = keys.iter().map(|key| (*key).to_owned()).collect();
-        data::get_many(call, bucket, &keys, cached)
+        data::get_many(bucket, &keys)
     }
     #[cfg(not(target_family = "wasm"))]
     {
-        let _ = call;
-        FAKE.with_borrow(|fake| match fake {
-            Some(fake) => fake.read(bucket, keys, cached),
+        FAKE.with_borrow_mut(|fake| match fake {
+            Some(fake) => fake.read(bucket, keys),
             None => Err("no data here: wrap the call in FakeData::run in native tests".to_owned()),
         })
     }
@@ -163,12 +211,12 @@ fn fetch(call: u32, bucket: &str, keys: &[&str], cached: &[u64]) -> Result<Vec<V
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct FakeData {
-    /// Values as JSON text with their revision, by bucket and key.
-    buckets: HashMap<String, HashMap<String, (String, u64)>>,
+    /// Values as JSON text, by bucket and key.
+    buckets: HashMap<String, HashMap<String, String>>,
     /// Buckets reads are refused for, as the engine refuses buckets the config does not grant.
     denied: Vec<String>,
-    /// The revision of the last `put`.
-    revision: u64,
+    /// The ids given to keys read, as the engine gives them.
+    ids: HashMap<(String, String), u32>,
 }
 
 impl FakeData {
@@ -177,14 +225,13 @@ impl FakeData {
         FakeData::default()
     }
 
-    /// Sets `key` of `bucket` to `value` (anything `Serialize`), with a new revision.
+    /// Sets `key` of `bucket` to `value` (anything `Serialize`).
     ///
     /// # Panics
     /// If `value` does not serialize to JSON.
     pub fn put(mut self, bucket: &str, key: &str, value: impl serde::Serialize) -> Self {
-        self.revision += 1;
         let json = serde_json::to_string(&value).expect("a test value serializes to JSON");
-        self.buckets.entry(bucket.to_owned()).or_default().insert(key.to_owned(), (json, self.revision));
+        self.buckets.entry(bucket.to_owned()).or_default().insert(key.to_owned(), json);
         self
     }
 
@@ -196,7 +243,8 @@ impl FakeData {
 
     /// Runs `body` with this data as what [`Context::get`] reads (and an empty cache).
     pub fn run<R>(&self, body: impl FnOnce() -> R) -> R {
-        CACHE.with_borrow_mut(HashMap::clear);
+        CACHE.with_borrow_mut(|cache| *cache = Cache::default());
+        CALL_READS.with_borrow_mut(Vec::clear);
         let previous = FAKE.replace(Some(self.clone()));
         let result = body();
         FAKE.set(previous);
@@ -205,17 +253,17 @@ impl FakeData {
 
     /// What the engine would answer.
     #[cfg_attr(target_family = "wasm", allow(dead_code))]
-    fn read(&self, bucket: &str, keys: &[&str], cached: &[u64]) -> Result<Vec<Value>, String> {
+    fn read(&mut self, bucket: &str, keys: &[&str]) -> Result<Vec<Value>, String> {
         if self.denied.iter().any(|denied| denied == bucket) {
             return Err(format!("bucket `{bucket}` is not granted to this plugin (config: [plugins.NAME] read)"));
         }
-        let values = self.buckets.get(bucket);
-        let answer = |(key, cached): (&&str, &u64)| match values.and_then(|values| values.get(*key)) {
-            None => Value::Missing,
-            Some((_, revision)) if revision == cached => Value::Unchanged,
-            Some((json, revision)) => Value::Changed(Entry { revision: *revision, json: json.clone() }),
+        let answer = |key: &&str| {
+            let next = self.ids.len() as u32;
+            let key_id = *self.ids.entry((bucket.to_owned(), (*key).to_owned())).or_insert(next);
+            let json = self.buckets.get(bucket).and_then(|values| values.get(*key)).cloned();
+            Value { key_id, json }
         };
-        Ok(keys.iter().zip(cached).map(answer).collect())
+        Ok(keys.iter().map(answer).collect())
     }
 }
 
@@ -230,18 +278,22 @@ mod tests {
     }
 
     #[test]
-    fn a_value_is_parsed_once_per_revision() {
+    fn a_value_is_served_from_the_cache_until_its_id_is_stale() {
         let data = FakeData::new().put("prices", "AAPL", serde_json::json!({"price": 1.5}));
         let ctx = Context::new(1, 1, Trigger::Tick, 0);
         data.run(|| {
             assert_eq!(ctx.get::<Price>("prices", "AAPL").unwrap(), Some(Price { price: 1.5 }));
-            // The second read is answered `unchanged` and served from the cache.
-            let cached = CACHE.with_borrow(|cache| cache["prices"]["AAPL"].revision);
-            assert_eq!(cached, 1);
+            assert_eq!(ctx.get::<Price>("prices", "MSFT").unwrap(), None);
+            // Both are cached now: the fake's answers are not asked for again.
+            FAKE.with_borrow_mut(|fake| fake.as_mut().unwrap().buckets.clear());
             assert_eq!(ctx.get::<Price>("prices", "AAPL").unwrap(), Some(Price { price: 1.5 }));
+            let mut reads = Vec::new();
+            take_call_reads(&mut reads);
+            assert_eq!(reads, [0, 1], "every key used is reported, once");
+            forget_stale(&[0]);
+            assert_eq!(ctx.get::<Price>("prices", "AAPL").unwrap(), None, "read again once stale");
+            assert_eq!(ctx.get::<Price>("prices", "MSFT").unwrap(), None);
         });
-        let changed = data.put("prices", "AAPL", serde_json::json!({"price": 2.0}));
-        changed.run(|| assert_eq!(ctx.get::<Price>("prices", "AAPL").unwrap(), Some(Price { price: 2.0 })));
     }
 
     #[test]

@@ -132,8 +132,9 @@ macro_rules! plugin {
                 now_ms: u64,
                 calls: $crate::bindings::Calls,
                 closed: ::std::vec::Vec<u64>,
+                stale: ::std::vec::Vec<u32>,
             ) -> $crate::bindings::Outcomes {
-                $crate::__private::run_batch(now_ms, calls, closed, $tick)
+                $crate::__private::run_batch(now_ms, calls, closed, stale, $tick)
             }
         }
 

@@ -29,7 +29,7 @@ pub fn call(hostile: &Arc<PluginVersion>, params: &str) -> Result<String, Plugin
     let mut instance = PluginInstance::new(hostile)?;
     let mut calls = Calls::with_capacity(1);
     calls.push(1, 1, Trigger::Open, Some(params));
-    let (outcomes, _) = instance.run(0, &calls, &[], &BatchData::none())?;
+    let outcomes = instance.run(0, &calls, &[], &[], &BatchData::none())?;
     match outcomes.get(0)? {
         Outcome::Push(frame) => Ok(frame.to_owned()),
         other => panic!("expected a push, got {other:?}"),

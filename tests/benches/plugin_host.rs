@@ -13,7 +13,8 @@
 //! median and the fastest sample per connection and the ratios of the medians to native.
 //!
 //! A second table prices the data path: `portfolio` reading its account and 3 prices through the
-//! data import (values unchanged since the last batch, as between two changes), against
+//! data import (values unchanged since the last batch, as between two changes: the SDK serves
+//! them from its cache and reports their ids), against
 //! `portfolio-inline`, the same valuation handed the same values in its cached params.
 
 use std::collections::HashMap;
@@ -54,7 +55,7 @@ fn main() {
     let mut instance = PluginInstance::new(&version).expect("instantiate quote");
     let mut naive = PluginInstance::new(&version).expect("instantiate quote");
     // The first batch carries the params; from then on the instance has them, as in the engine.
-    let expected = instance.run(NOW_MS, &fresh, &[], &none).expect("first batch").0;
+    let expected = instance.run(NOW_MS, &fresh, &[], &[], &none).expect("first batch");
 
     let parsed: Vec<quote_plugin::Params> = params.iter().map(|p| serde_json::from_str(p).unwrap()).collect();
     let (mut native_text, mut native_ends) = (Vec::new(), Vec::with_capacity(BATCH));
@@ -62,19 +63,19 @@ fn main() {
     let native_frames = split(&native_text, &native_ends);
     // The three produce the same frames, so they do the same work.
     assert_eq!(pushed(expected), native_frames, "the host and the native function disagree");
-    assert_eq!(pushed(naive.run(NOW_MS, &fresh, &[], &none).unwrap().0), native_frames);
+    assert_eq!(pushed(naive.run(NOW_MS, &fresh, &[], &[], &none).unwrap()), native_frames);
 
     let mut variants: [Variant; 3] = [
         ("native (parsed params)", Vec::new(), Box::new(|| native_batch(&parsed, &mut native_text, &mut native_ends))),
         (
             "host, cached params",
             Vec::new(),
-            Box::new(|| read_all(instance.run(NOW_MS, black_box(&cached), &[], &none).unwrap().0)),
+            Box::new(|| read_all(instance.run(NOW_MS, black_box(&cached), &[], &[], &none).unwrap())),
         ),
         (
             "host, params every call",
             Vec::new(),
-            Box::new(|| read_all(naive.run(NOW_MS, black_box(&fresh), &[], &none).unwrap().0)),
+            Box::new(|| read_all(naive.run(NOW_MS, black_box(&fresh), &[], &[], &none).unwrap())),
         ),
     ];
     compare(
@@ -123,27 +124,27 @@ fn data_path(host: &PluginHost) {
     let mut reading = PluginInstance::new(&load("portfolio", artifacts::PORTFOLIO)).unwrap();
     let mut inline = PluginInstance::new(&load("portfolio-inline", artifacts::PORTFOLIO_INLINE)).unwrap();
     let none = BatchData::none();
-    let (reading_first, _) = reading.run(NOW_MS, &batch(&reading_params, true), &[], &data).unwrap();
-    let (inline_first, _) = inline.run(NOW_MS, &batch(&inline_params, true), &[], &none).unwrap();
+    let reading_first = reading.run(NOW_MS, &batch(&reading_params, true), &[], &[], &data).unwrap();
+    let inline_first = inline.run(NOW_MS, &batch(&inline_params, true), &[], &[], &none).unwrap();
     assert_eq!(pushed(reading_first), pushed(inline_first), "the two variants compute different frames");
     let (reading_calls, inline_calls) = (batch(&reading_params, false), batch(&inline_params, false));
     let mut variants: [Variant; 2] = [
         (
             "portfolio, values in cached params",
             Vec::new(),
-            Box::new(|| read_all(inline.run(NOW_MS, black_box(&inline_calls), &[], &none).unwrap().0)),
+            Box::new(|| read_all(inline.run(NOW_MS, black_box(&inline_calls), &[], &[], &none).unwrap())),
         ),
         (
             "portfolio, 4 keys through the data import",
             Vec::new(),
-            Box::new(|| read_all(reading.run(NOW_MS, black_box(&reading_calls), &[], &data).unwrap().0)),
+            Box::new(|| read_all(reading.run(NOW_MS, black_box(&reading_calls), &[], &[], &data).unwrap())),
         ),
     ];
     let title = format!("portfolio, batches of {BATCH} connections, data unchanged since the last batch");
     compare(&title, "params", &mut variants);
 }
 
-/// The data the benchmark's `portfolio` reads: JSON text by bucket and key, revision 1 each.
+/// The data the benchmark's `portfolio` reads: JSON text by bucket and key.
 #[derive(Default)]
 struct BenchData {
     buckets: HashMap<Arc<str>, HashMap<Arc<str>, Arc<str>>>,
@@ -162,11 +163,11 @@ impl BenchData {
 impl DataSource for BenchData {
     fn read(&self, bucket: &str, key: &str) -> DataRead<'_> {
         let Some((bucket, keys)) = self.buckets.get_key_value(bucket) else {
-            return DataRead { bucket: None, key: None, value: None };
+            return DataRead { bucket: None, key: None, json: None };
         };
         match keys.get_key_value(key) {
-            Some((key, json)) => DataRead { bucket: Some(bucket), key: Some(key), value: Some((json, 1)) },
-            None => DataRead { bucket: Some(bucket), key: None, value: None },
+            Some((key, json)) => DataRead { bucket: Some(bucket), key: Some(key), json: Some(json) },
+            None => DataRead { bucket: Some(bucket), key: None, json: None },
         }
     }
 }

@@ -40,11 +40,12 @@ impl DataView {
 }
 
 /// The keys one published batch changed (a put of the value a key already had is no change), and
-/// the revision it was published at.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// the snapshot it was published in.
+#[derive(Debug, Clone)]
 pub struct ChangeSet {
-    /// The store revision after the change.
-    pub revision: u64,
+    /// The snapshot with the change: a reader that applies change sets in order and reads this
+    /// one knows exactly which of the values it read before have changed.
+    pub snapshot: Arc<Snapshot>,
     /// `(bucket, key)` of every key whose value changed, shared with the snapshot.
     pub keys: Vec<KeyName>,
 }
@@ -162,10 +163,10 @@ impl Writer {
             }
             return;
         }
-        let revision = next.revision();
-        self.view.0.store(Arc::new(next));
+        let snapshot = Arc::new(next);
+        self.view.0.store(snapshot.clone());
         if !changed.is_empty() {
-            (self.announce)(Arc::new(ChangeSet { revision, keys: changed }));
+            (self.announce)(Arc::new(ChangeSet { snapshot, keys: changed }));
         }
         for (reply, revision) in accepted {
             let _ = reply.send(Ok(revision));

@@ -1,14 +1,21 @@
-//! The host side of the contract's `data` interface: what a batch may read, and the record of
-//! what each call read. The plugin host knows nothing of where data comes from: the engine hands
-//! each batch a [`DataSource`] (a snapshot that does not change during the batch, so a batch sees
-//! a published change whole or not at all) and the buckets the plugin is granted.
+//! The host side of the contract's `data` interface: what a batch may read, and the ids an
+//! instance knows data keys by. The plugin host knows nothing of where data comes from: the
+//! engine hands each batch a [`DataSource`] (a snapshot that does not change during the batch, so
+//! a batch sees a published change whole or not at all) and the buckets the plugin is granted.
+//!
+//! Each key an instance reads is given an id for the instance's life ([`KeyTable`]). The guest may
+//! keep a value and use it again without a host call until the engine lists the key's id as stale,
+//! and it reports the ids each call used in the call's outcome: a value that did not change costs
+//! no crossing, and the engine still learns what every call read.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::bindings::wasmpush::plugin::data::{Entry, Value};
+use super::bindings::wasmpush::plugin::data::Value;
 
-/// Keys one call may read; past them a read is an error for that call.
-pub const MAX_READS_PER_CALL: usize = 256;
+/// Keys one instance may know; past them a read of a new key is an error for its call (a new
+/// instance starts with none).
+pub const MAX_KEYS_PER_INSTANCE: usize = 1 << 20;
 
 /// Where a batch's reads are served from.
 pub trait DataSource: Send + Sync {
@@ -24,11 +31,11 @@ pub struct DataRead<'a> {
     pub bucket: Option<&'a Arc<str>>,
     /// The key, if the source holds it.
     pub key: Option<&'a Arc<str>>,
-    /// The value as JSON text and its revision, if the key has one.
-    pub value: Option<(&'a Arc<str>, u64)>,
+    /// The value as JSON text, if the key has one.
+    pub json: Option<&'a Arc<str>>,
 }
 
-/// One key a call read.
+/// One data key: a bucket and a key in it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ReadKey {
     /// The bucket.
@@ -57,7 +64,7 @@ struct NoData;
 
 impl DataSource for NoData {
     fn read(&self, _: &str, _: &str) -> DataRead<'_> {
-        DataRead { bucket: None, key: None, value: None }
+        DataRead { bucket: None, key: None, json: None }
     }
 }
 
@@ -68,48 +75,67 @@ impl BatchData {
     }
 }
 
-/// The reads of the batch in progress, kept in the store.
-#[derive(Debug)]
-pub(super) struct BatchReads {
-    /// What the batch may read.
-    data: BatchData,
-    /// Reads so far, by call.
-    reads: Vec<Vec<ReadKey>>,
+/// The keys an instance has read, by id.
+#[derive(Debug, Default)]
+pub(super) struct KeyTable {
+    /// Id by key.
+    ids: HashMap<ReadKey, u32>,
+    /// Key by id (ids are indexes).
+    names: Vec<ReadKey>,
 }
 
-impl BatchReads {
-    /// The reads of a batch of `calls` calls over `data`.
-    pub(super) fn new(data: BatchData, calls: usize) -> Self {
-        BatchReads { data, reads: vec![Vec::new(); calls] }
+impl KeyTable {
+    /// The id of `key`, given one now if it has none.
+    fn intern(&mut self, key: ReadKey) -> Result<u32, String> {
+        if let Some(id) = self.ids.get(&key) {
+            return Ok(*id);
+        }
+        if self.names.len() >= MAX_KEYS_PER_INSTANCE {
+            return Err(format!("this plugin instance has read more than {MAX_KEYS_PER_INSTANCE} distinct keys"));
+        }
+        let id = self.names.len() as u32;
+        self.names.push(key.clone());
+        self.ids.insert(key, id);
+        Ok(id)
     }
 
-    /// What each call read, in call order.
-    pub(super) fn into_reads(self) -> Vec<Vec<ReadKey>> {
-        self.reads
+    /// The id of `key`, if the instance has read it.
+    pub(super) fn id(&self, key: &ReadKey) -> Option<u32> {
+        self.ids.get(key).copied()
     }
 
-    /// Reads `key` of `bucket` for `call`, recording it.
-    pub(super) fn read(&mut self, call: u32, bucket: &str, key: &str, cached: u64) -> Result<Value, String> {
-        let Some(reads) = self.reads.get_mut(call as usize) else {
-            return Err(format!("call {call} is not in the running batch"));
-        };
-        if !self.data.grants.iter().any(|granted| **granted == *bucket) {
+    /// The key of `id`, if it is one.
+    pub(super) fn name(&self, id: u32) -> Option<&ReadKey> {
+        self.names.get(id as usize)
+    }
+}
+
+/// An instance's access to data: the batch in progress and the keys it knows.
+pub(super) struct DataAccess {
+    /// What the batch in progress may read.
+    pub(super) batch: BatchData,
+    /// The keys the instance has read.
+    pub(super) keys: KeyTable,
+}
+
+impl DataAccess {
+    /// Access with no data and no keys yet.
+    pub(super) fn new() -> Self {
+        DataAccess { batch: BatchData::none(), keys: KeyTable::default() }
+    }
+
+    /// Reads `key` of `bucket`, if the bucket is granted.
+    pub(super) fn read(&mut self, bucket: &str, key: &str) -> Result<Value, String> {
+        if !self.batch.grants.iter().any(|granted| **granted == *bucket) {
             return Err(format!("bucket `{bucket}` is not granted to this plugin (config: [plugins.NAME] read)"));
         }
-        if reads.len() >= MAX_READS_PER_CALL {
-            return Err(format!("more than {MAX_READS_PER_CALL} keys read in one call"));
-        }
-        let found = self.data.source.read(bucket, key);
-        let bucket = found.bucket.cloned().unwrap_or_else(|| Arc::from(bucket));
-        let key = found.key.cloned().unwrap_or_else(|| Arc::from(key));
-        if !reads.iter().any(|read| read.bucket == bucket && read.key == key) {
-            reads.push(ReadKey { bucket, key });
-        }
-        Ok(match found.value {
-            None => Value::Missing,
-            Some((_, revision)) if revision == cached => Value::Unchanged,
-            Some((json, revision)) => Value::Changed(Entry { revision, json: json.to_string() }),
-        })
+        let found = self.batch.source.read(bucket, key);
+        let name = ReadKey {
+            bucket: found.bucket.cloned().unwrap_or_else(|| Arc::from(bucket)),
+            key: found.key.cloned().unwrap_or_else(|| Arc::from(key)),
+        };
+        let key_id = self.keys.intern(name)?;
+        Ok(Value { key_id, json: found.json.map(|json| json.to_string()) })
     }
 }
 
@@ -123,46 +149,34 @@ mod tests {
         fn read(&self, bucket: &str, key: &str) -> DataRead<'_> {
             let bucket_found = (bucket == &*self.0).then_some(&self.0);
             let key_found = (bucket_found.is_some() && key == &*self.1).then_some(&self.1);
-            DataRead { bucket: bucket_found, key: key_found, value: key_found.map(|_| (&self.2, 7)) }
+            DataRead { bucket: bucket_found, key: key_found, json: key_found.map(|_| &self.2) }
         }
     }
 
-    fn reads() -> BatchReads {
+    fn access() -> DataAccess {
         let source = OneKey(Arc::from("prices"), Arc::from("AAPL"), Arc::from(r#"{"price":1}"#));
         let grants: Arc<[Arc<str>]> = Arc::from([Arc::from("prices")]);
-        BatchReads::new(BatchData { source: Arc::new(source), grants }, 2)
+        DataAccess { batch: BatchData { source: Arc::new(source), grants }, keys: KeyTable::default() }
     }
 
     #[test]
-    fn reads_answer_by_revision_and_are_recorded_per_call_once() {
-        let mut reads = reads();
-        let first = reads.read(0, "prices", "AAPL", 0);
-        assert!(
-            matches!(&first, Ok(Value::Changed(Entry { revision: 7, json })) if json == r#"{"price":1}"#),
-            "{first:?}"
-        );
-        assert!(matches!(reads.read(0, "prices", "AAPL", 7), Ok(Value::Unchanged)));
-        assert!(matches!(reads.read(1, "prices", "MSFT", 0), Ok(Value::Missing)));
-        let recorded = reads.into_reads();
-        let names = |call: usize| recorded[call].iter().map(|r| format!("{}/{}", r.bucket, r.key)).collect::<Vec<_>>();
-        assert_eq!((names(0), names(1)), (vec!["prices/AAPL".to_owned()], vec!["prices/MSFT".to_owned()]));
+    fn each_key_gets_one_id_for_the_instance_and_missing_keys_get_one_too() {
+        let mut access = access();
+        let first = access.read("prices", "AAPL").unwrap();
+        assert_eq!((first.key_id, first.json.as_deref()), (0, Some(r#"{"price":1}"#)));
+        assert_eq!(access.read("prices", "AAPL").unwrap().key_id, 0);
+        let missing = access.read("prices", "MSFT").unwrap();
+        assert_eq!((missing.key_id, missing.json), (1, None));
+        let aapl = ReadKey { bucket: Arc::from("prices"), key: Arc::from("AAPL") };
+        assert_eq!(access.keys.id(&aapl), Some(0));
+        assert_eq!(access.keys.name(1).map(|k| &*k.key), Some("MSFT"));
+        assert!(access.keys.name(2).is_none());
     }
 
     #[test]
-    fn a_bucket_not_granted_or_a_call_not_in_the_batch_is_an_error_and_records_nothing() {
-        let mut reads = reads();
-        assert!(reads.read(0, "accounts", "a1", 0).unwrap_err().contains("not granted"));
-        assert!(reads.read(5, "prices", "AAPL", 0).unwrap_err().contains("not in the running batch"));
-        assert!(reads.into_reads().iter().all(Vec::is_empty));
-    }
-
-    #[test]
-    fn reads_per_call_are_capped() {
-        let mut reads = reads();
-        for n in 0..MAX_READS_PER_CALL {
-            reads.read(0, "prices", &format!("k{n}"), 0).unwrap();
-        }
-        assert!(reads.read(0, "prices", "one-more", 0).unwrap_err().contains("more than"));
-        assert!(reads.read(1, "prices", "AAPL", 0).is_ok(), "another call has its own budget");
+    fn a_bucket_not_granted_is_an_error_and_gets_no_id() {
+        let mut access = access();
+        assert!(access.read("accounts", "a1").unwrap_err().contains("not granted"));
+        assert!(access.keys.name(0).is_none());
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use wasmtime::Store;
 
 use super::bindings::{PushPlugin, wasmpush::plugin::types::Calls};
-use super::data::{BatchData, BatchReads, ReadKey};
+use super::data::{BatchData, ReadKey};
 use super::deadline::{self, CallDeadline};
 use super::fault::{PluginFault, classify};
 use super::outcomes::Outcomes;
@@ -49,25 +49,27 @@ impl PluginInstance {
         &self.version
     }
 
-    /// Runs one batch reading `data`: one outcome per call, in order, and the keys each call read.
-    /// On a fault the instance must be dropped.
+    /// Runs one batch reading `data`: one outcome per call, in order, each with the ids of the
+    /// data keys it used (see [`Self::key`]). `stale` lists the ids whose value changed since the
+    /// previous batch. On a fault the instance must be dropped.
     pub fn run(
         &mut self,
         now_ms: u64,
         calls: &Calls,
         closed: &[u64],
+        stale: &[u32],
         data: &BatchData,
-    ) -> Result<(Outcomes, Vec<Vec<ReadKey>>), PluginFault> {
+    ) -> Result<Outcomes, PluginFault> {
         let limits = self.version.limits;
         let budget = limits.call_timeout + limits.per_call_budget * calls.len() as u32;
-        self.store.data_mut().reads = BatchReads::new(data.clone(), calls.len());
+        self.store.data_mut().data.batch = data.clone();
         self.store.data_mut().deadline = Some(CallDeadline::starting_now(budget));
         self.store.set_epoch_deadline(deadline::ticks(budget));
         let calling = self.version.epoch_clock.calling();
-        let result = self.bindings.call_run(&mut self.store, now_ms, calls, closed);
+        let result = self.bindings.call_run(&mut self.store, now_ms, calls, closed, stale);
         drop(calling);
         let state = self.store.data_mut();
-        let reads = std::mem::replace(&mut state.reads, BatchReads::new(BatchData::none(), 0)).into_reads();
+        state.data.batch = BatchData::none();
         // A refusal the guest recovered from (an allocation it retried smaller) is no fault.
         let memory_denied = state.limiter.take_denied();
         let dropped = state.log_budget.refill();
@@ -76,6 +78,16 @@ impl PluginInstance {
             tracing::warn!(target: "plugin", %plugin, dropped, "log lines over the per-call budget were dropped");
         }
         let raw = result.map_err(|err| classify(&err, memory_denied))?;
-        Ok((Outcomes::check(raw, calls.len())?, reads))
+        Outcomes::check(raw, calls.len())
+    }
+
+    /// The data key this instance knows by `id`, if it is one.
+    pub fn key(&self, id: u32) -> Option<&ReadKey> {
+        self.store.data().data.keys.name(id)
+    }
+
+    /// The id this instance knows `key` by, if it has read it.
+    pub fn key_id(&self, key: &ReadKey) -> Option<u32> {
+        self.store.data().data.keys.id(key)
     }
 }

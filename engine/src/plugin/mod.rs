@@ -19,7 +19,8 @@
 //! - `limits`: [`SandboxLimits`] and the store's resource limiter.
 //! - `fault`: [`PluginFault`], a failed call's cause.
 //! - `calls`, `outcomes`: a batch's arguments and its checked results.
-//! - `data`: what a batch may read ([`DataSource`], [`BatchData`]) and what each call read.
+//! - `data`: what a batch may read ([`DataSource`], [`BatchData`]) and the ids an instance knows
+//!   data keys by.
 //! - `store`: one instance's store data, guest logging.
 //! - `version`: [`PluginVersion`], a loaded build.
 //! - `instance`: [`PluginInstance`], a live instance and the batch call.
@@ -39,7 +40,7 @@ mod store;
 mod version;
 
 pub use bindings::wasmpush::plugin::types::{Calls, Trigger};
-pub use data::{BatchData, DataRead, DataSource, MAX_READS_PER_CALL, ReadKey};
+pub use data::{BatchData, DataRead, DataSource, MAX_KEYS_PER_INSTANCE, ReadKey};
 pub use fault::PluginFault;
 pub use host::{HostError, LoadError, PluginHost};
 pub use instance::PluginInstance;

@@ -20,12 +20,17 @@ pub enum Outcome<'a> {
     Error(&'a str),
 }
 
-/// The checked results of one batch: exactly one per call, each text within the buffer.
+/// The checked results of one batch: exactly one per call, each text and each call's data reads
+/// within their buffers.
 #[derive(Debug)]
 pub struct Outcomes {
     kinds: Vec<Kind>,
     ends: Vec<u32>,
     text: Text,
+    /// The ids of the data keys the calls used, back to back.
+    reads: Vec<u32>,
+    /// Where each call's ids end in `reads`.
+    read_ends: Vec<u32>,
 }
 
 /// A batch's text buffer: checked to be UTF-8 once as a whole (what a well-behaved guest sends),
@@ -42,26 +47,19 @@ impl Outcomes {
     /// contract fault as a whole; a text that is not UTF-8 fails only its own call (see
     /// [`Self::get`]).
     pub(super) fn check(raw: types::Outcomes, calls: usize) -> Result<Outcomes, PluginFault> {
-        let types::Outcomes { kinds, ends, text } = raw;
-        if kinds.len() != calls || ends.len() != calls {
+        let types::Outcomes { kinds, ends, text, reads, read_ends } = raw;
+        if kinds.len() != calls || ends.len() != calls || read_ends.len() != calls {
             return Err(PluginFault::Contract(format!(
-                "returned {} outcomes and {} text ends for {calls} calls",
+                "returned {} outcomes, {} text ends and {} read ends for {calls} calls",
                 kinds.len(),
-                ends.len()
+                ends.len(),
+                read_ends.len()
             )));
         }
-        let mut start = 0;
-        for &end in &ends {
-            if end < start || end as usize > text.len() {
-                return Err(PluginFault::Contract(format!(
-                    "text end {end} is outside {start}..={} of its text buffer",
-                    text.len()
-                )));
-            }
-            start = end;
-        }
+        check_ends(&ends, text.len(), "text")?;
+        check_ends(&read_ends, reads.len(), "reads")?;
         let text = String::from_utf8(text).map_or_else(|err| Text::Bytes(err.into_bytes()), Text::Utf8);
-        Ok(Outcomes { kinds, ends, text })
+        Ok(Outcomes { kinds, ends, text, reads, read_ends })
     }
 
     /// How many outcomes there are: one per call.
@@ -94,10 +92,31 @@ impl Outcomes {
         })
     }
 
+    /// The ids of the data keys call `index` used.
+    ///
+    /// # Panics
+    /// If `index` is not below [`Self::len`].
+    pub fn reads(&self, index: usize) -> &[u32] {
+        let start = index.checked_sub(1).map_or(0, |previous| self.read_ends[previous] as usize);
+        &self.reads[start..self.read_ends[index] as usize]
+    }
+
     /// Every call's outcome, in call order.
     pub fn iter(&self) -> impl Iterator<Item = Result<Outcome<'_>, PluginFault>> {
         (0..self.len()).map(|index| self.get(index))
     }
+}
+
+/// Checks that `ends` never decrease and never pass `len`, the length of the buffer they cut.
+fn check_ends(ends: &[u32], len: usize, buffer: &str) -> Result<(), PluginFault> {
+    let mut start = 0;
+    for &end in ends {
+        if end < start || end as usize > len {
+            return Err(PluginFault::Contract(format!("{buffer} end {end} is outside {start}..={len} of its buffer")));
+        }
+        start = end;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -105,7 +124,14 @@ mod tests {
     use super::*;
 
     fn raw(kinds: &[Kind], ends: &[u32], text: &[u8]) -> types::Outcomes {
-        types::Outcomes { kinds: kinds.to_vec(), ends: ends.to_vec(), text: text.to_vec() }
+        let read_ends = vec![0; kinds.len()];
+        types::Outcomes {
+            kinds: kinds.to_vec(),
+            ends: ends.to_vec(),
+            text: text.to_vec(),
+            reads: Vec::new(),
+            read_ends,
+        }
     }
 
     #[test]
@@ -119,16 +145,27 @@ mod tests {
     #[test]
     fn a_count_other_than_the_calls_is_a_contract_fault() {
         let err = Outcomes::check(raw(&[Kind::Skip], &[0], b""), 2).unwrap_err();
-        assert_eq!(err, PluginFault::Contract("returned 1 outcomes and 1 text ends for 2 calls".into()));
+        assert_eq!(err, PluginFault::Contract("returned 1 outcomes, 1 text ends and 1 read ends for 2 calls".into()));
         assert!(Outcomes::check(raw(&[Kind::Skip, Kind::Skip], &[0], b""), 2).is_err());
     }
 
     #[test]
     fn ends_outside_the_text_or_going_back_are_contract_faults() {
         let past_the_end = Outcomes::check(raw(&[Kind::Push], &[4], b"abc"), 1).unwrap_err();
-        assert_eq!(past_the_end, PluginFault::Contract("text end 4 is outside 0..=3 of its text buffer".into()));
+        assert_eq!(past_the_end, PluginFault::Contract("text end 4 is outside 0..=3 of its buffer".into()));
         let backwards = Outcomes::check(raw(&[Kind::Push, Kind::Push], &[2, 1], b"abc"), 2).unwrap_err();
-        assert_eq!(backwards, PluginFault::Contract("text end 1 is outside 2..=3 of its text buffer".into()));
+        assert_eq!(backwards, PluginFault::Contract("text end 1 is outside 2..=3 of its buffer".into()));
+    }
+
+    #[test]
+    fn each_call_has_its_own_reads_and_bad_read_ends_are_contract_faults() {
+        let mut with_reads = raw(&[Kind::Skip, Kind::Skip, Kind::Skip], &[0, 0, 0], b"");
+        (with_reads.reads, with_reads.read_ends) = (vec![4, 9, 9], vec![2, 2, 3]);
+        let outcomes = Outcomes::check(with_reads, 3).unwrap();
+        assert_eq!((outcomes.reads(0), outcomes.reads(1), outcomes.reads(2)), (&[4, 9][..], &[][..], &[9][..]));
+        let mut past = raw(&[Kind::Skip], &[0], b"");
+        (past.reads, past.read_ends) = (vec![1], vec![2]);
+        assert!(matches!(Outcomes::check(past, 1), Err(PluginFault::Contract(msg)) if msg.starts_with("reads end 2")));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! [`HostState`]: what one instance's store holds besides the instance — its WASI context (which
-//! grants nothing), its limiter, its call deadline, its guest-log budget and the reads of the
-//! batch in progress — and the host side of the contract's imports (guest logging, data reads).
+//! grants nothing), its limiter, its call deadline, its guest-log budget and its data access —
+//! and the host side of the contract's imports (guest logging, data reads).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,7 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::wasmpush::plugin::data::Value;
 use super::bindings::wasmpush::plugin::host::Level;
 use super::bindings::wasmpush::plugin::{data, host, types};
-use super::data::{BatchData, BatchReads};
+use super::data::DataAccess;
 use super::deadline::{CallDeadline, thread_cpu_time};
 use super::limits::{InstanceLimiter, SandboxLimits};
 
@@ -31,8 +31,8 @@ pub(super) struct HostState {
     pub(super) log_budget: Arc<LogBudget>,
     /// The time limit of the call in progress, in the shard thread's CPU time.
     pub(super) deadline: Option<CallDeadline>,
-    /// What the batch in progress may read, and what each of its calls read.
-    pub(super) reads: BatchReads,
+    /// What the batch in progress may read, and the data keys the instance knows by id.
+    pub(super) data: DataAccess,
 }
 
 /// A store for a new instance of plugin `plugin`: limited by `limits`, its deadline checked in
@@ -48,7 +48,7 @@ pub(super) fn new_store(engine: &Engine, plugin: &Arc<str>, limits: SandboxLimit
         limiter: InstanceLimiter::new(limits),
         log_budget,
         deadline: None,
-        reads: BatchReads::new(BatchData::none(), 0),
+        data: DataAccess::new(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
@@ -117,21 +117,12 @@ impl host::Host for HostState {
 impl types::Host for HostState {}
 
 impl data::Host for HostState {
-    fn get(&mut self, call: u32, bucket: String, key: String, cached: u64) -> Result<Value, String> {
-        self.reads.read(call, &bucket, &key, cached)
+    fn get(&mut self, bucket: String, key: String) -> Result<Value, String> {
+        self.data.read(&bucket, &key)
     }
 
-    fn get_many(
-        &mut self,
-        call: u32,
-        bucket: String,
-        keys: Vec<String>,
-        cached: Vec<u64>,
-    ) -> Result<Vec<Value>, String> {
-        if keys.len() != cached.len() {
-            return Err(format!("{} keys but {} cached revisions", keys.len(), cached.len()));
-        }
-        keys.iter().zip(cached).map(|(key, cached)| self.reads.read(call, &bucket, key, cached)).collect()
+    fn get_many(&mut self, bucket: String, keys: Vec<String>) -> Result<Vec<Value>, String> {
+        keys.iter().map(|key| self.data.read(&bucket, key)).collect()
     }
 }
 

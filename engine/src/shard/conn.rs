@@ -18,6 +18,9 @@ pub(super) struct Conn {
     pub(super) session: Session,
     /// The data keys its last call read (empty before its first call).
     pub(super) reads: Vec<ReadKey>,
+    /// The same keys as the ids of the instance generation that read them, to see at a glance
+    /// that a call read what the one before read.
+    pub(super) read_ids: (u64, Vec<u32>),
 }
 
 impl Conn {

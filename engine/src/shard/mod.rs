@@ -28,7 +28,7 @@ use flume::RecvTimeoutError;
 
 pub use self::slot::ShardSettings;
 use self::slot::{DueCalls, PluginSlot};
-use crate::data::ChangeSet;
+use crate::data::{ChangeSet, Snapshot};
 use crate::outbound::OutboundQueue;
 use crate::phase_clock::{PHASES, PhaseClock, PhaseLoad};
 use crate::registry::PluginRegistry;
@@ -133,11 +133,21 @@ struct Shard {
     plugin_of: HashMap<u64, Arc<str>>,
     /// Connections per phase: which phase a new one joins, which phases to wake for.
     load: PhaseLoad,
+    /// The data as of the last change set applied; a new plugin slot starts from it.
+    snapshot: Arc<Snapshot>,
 }
 
 impl Shard {
     fn new(settings: ShardSettings, registry: Arc<PluginRegistry>) -> Self {
-        Shard { settings, registry, slots: HashMap::new(), plugin_of: HashMap::new(), load: PhaseLoad::default() }
+        let snapshot = settings.data.snapshot();
+        Shard {
+            settings,
+            registry,
+            slots: HashMap::new(),
+            plugin_of: HashMap::new(),
+            load: PhaseLoad::default(),
+            snapshot,
+        }
     }
 
     /// The worker loop: commands as they come, and at each phase that holds connections (every
@@ -207,10 +217,9 @@ impl Shard {
     fn handle(&mut self, command: ShardCommand) {
         match command {
             ShardCommand::Open { conn_id, plugin, outbound, params } => {
-                let slot = self
-                    .slots
-                    .entry(plugin.clone())
-                    .or_insert_with(|| PluginSlot::new(plugin.clone(), self.settings.clone(), self.registry.clone()));
+                let slot = self.slots.entry(plugin.clone()).or_insert_with(|| {
+                    PluginSlot::new(plugin.clone(), self.settings.clone(), self.registry.clone(), self.snapshot.clone())
+                });
                 slot.open(conn_id, self.load.join(), outbound, params);
                 self.plugin_of.insert(conn_id, plugin);
             }
@@ -220,6 +229,7 @@ impl Shard {
             }
             ShardCommand::Data(changes) => {
                 let now = Instant::now();
+                self.snapshot = changes.snapshot.clone();
                 self.slots.values_mut().for_each(|slot| slot.data_changed(&changes, now));
             }
             ShardCommand::Close { conn_id } => {

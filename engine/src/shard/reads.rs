@@ -11,7 +11,7 @@ use crate::plugin::{DataRead, DataSource, ReadKey};
 impl DataSource for Snapshot {
     fn read(&self, bucket: &str, key: &str) -> DataRead<'_> {
         let found = self.lookup(bucket, key);
-        DataRead { bucket: found.bucket, key: found.key, value: found.entry.map(|entry| (&entry.json, entry.revision)) }
+        DataRead { bucket: found.bucket, key: found.key, json: found.entry.map(|entry| &entry.json) }
     }
 }
 
@@ -87,7 +87,7 @@ mod tests {
         let mut snapshot = Snapshot::default();
         snapshot.apply("prices", "AAPL", Some(Arc::from("1")), 1);
         let read = DataSource::read(&snapshot, "prices", "AAPL");
-        assert_eq!(read.value.map(|(json, revision)| (&**json, revision)), Some(("1", 1)));
-        assert!(DataSource::read(&snapshot, "prices", "MSFT").value.is_none());
+        assert_eq!(read.json.map(|json| &**json), Some("1"));
+        assert!(DataSource::read(&snapshot, "prices", "MSFT").json.is_none());
     }
 }

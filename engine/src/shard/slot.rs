@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use super::conn::{Conn, Park, Session, frame_hash};
 use super::reads::ReadIndex;
-use crate::data::{ChangeSet, DataView};
+use crate::data::{ChangeSet, DataView, Snapshot};
 use crate::live::{LiveSettings, PluginPolicy};
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, OutboundQueue};
 use crate::phase_clock::PHASES;
-use crate::plugin::{BatchData, Calls, Outcome, Outcomes, PluginFault, PluginInstance, PluginVersion, Trigger};
+use crate::plugin::{
+    BatchData, Calls, Outcome, Outcomes, PluginFault, PluginInstance, PluginVersion, ReadKey, Trigger,
+};
 use crate::protocol::{ClientError, PLUGIN_ERROR, error_frame};
 use crate::registry::PluginRegistry;
 
@@ -29,7 +31,8 @@ pub struct ShardSettings {
     pub live: Arc<LiveSettings>,
     /// Where pushes, outcomes, call durations and tick lateness are counted.
     pub metrics: Arc<Metrics>,
-    /// The data plugins read; each batch reads one snapshot of it.
+    /// The data plugins read, as it was when the shard started; from then on the shard follows
+    /// the snapshots of the change sets it is sent.
     pub data: DataView,
 }
 
@@ -65,6 +68,11 @@ pub(super) struct PluginSlot {
     unavailable: bool,
     /// Which connections read which data key in their last call.
     reads: ReadIndex,
+    /// The data its batches read: the snapshot of the last change set the shard applied, so the
+    /// instance is told of every change between two of its batches (`stale`).
+    snapshot: Arc<Snapshot>,
+    /// Ids (in the instance) of the keys whose value changed since the instance's last batch.
+    stale: Vec<u32>,
     /// Data-triggered calls waiting out the coalescing time: when each may run.
     deferred: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Visits of each phase so far, for a plugin that ticks every few of them.
@@ -73,7 +81,12 @@ pub(super) struct PluginSlot {
 
 impl PluginSlot {
     /// A slot for plugin `name`, with no connections yet.
-    pub(super) fn new(name: Arc<str>, settings: ShardSettings, registry: Arc<PluginRegistry>) -> Self {
+    pub(super) fn new(
+        name: Arc<str>,
+        settings: ShardSettings,
+        registry: Arc<PluginRegistry>,
+        snapshot: Arc<Snapshot>,
+    ) -> Self {
         PluginSlot {
             name,
             settings,
@@ -86,6 +99,8 @@ impl PluginSlot {
             due_now: Vec::new(),
             unavailable: false,
             reads: ReadIndex::default(),
+            snapshot,
+            stale: Vec::new(),
             deferred: BinaryHeap::new(),
             visits: vec![0; PHASES as usize],
         }
@@ -102,7 +117,9 @@ impl PluginSlot {
             self.due_now.push((conn_id, Trigger::Open));
         }
         self.members[phase as usize].push(conn_id);
-        self.conns.insert(conn_id, Conn { phase, outbound, session: Session::new(params), reads: Vec::new() });
+        let conn =
+            Conn { phase, outbound, session: Session::new(params), reads: Vec::new(), read_ids: (0, Vec::new()) };
+        self.conns.insert(conn_id, conn);
     }
 
     /// New params from a connection's client: it is due at once.
@@ -148,7 +165,13 @@ impl PluginSlot {
     /// trigger `data`, at once or, within the coalescing time of its last data call, then.
     pub(super) fn data_changed(&mut self, changes: &ChangeSet, now: Instant) {
         let coalesce = self.settings.live.data_coalesce();
+        self.snapshot = changes.snapshot.clone();
         for (bucket, key) in &changes.keys {
+            if let Some(id) =
+                self.instance.as_ref().and_then(|i| i.key_id(&ReadKey { bucket: bucket.clone(), key: key.clone() }))
+            {
+                self.stale.push(id);
+            }
             for conn_id in self.reads.readers(bucket, key) {
                 let Some(conn) = self.conns.get_mut(&conn_id) else { continue };
                 match conn.session.data_changed(now, coalesce) {
@@ -191,6 +214,7 @@ impl PluginSlot {
     fn drop_instance(&mut self) {
         self.instance = None;
         self.closed.clear();
+        self.stale.clear();
     }
 
     /// The version to run now, after following the registry: a new version drops the old
@@ -236,7 +260,7 @@ impl PluginSlot {
             return;
         }
         let policy = self.settings.live.plugin(&self.name);
-        let data = BatchData { source: self.settings.data.snapshot(), grants: policy.grants.clone() };
+        let data = BatchData { source: self.snapshot.clone(), grants: policy.grants.clone() };
         let started = Instant::now();
         let result = self.call(&version, &ready, now_ms, &data);
         self.settings.metrics.call_duration.observe(started.elapsed().as_secs_f64());
@@ -268,6 +292,7 @@ impl PluginSlot {
             self.instance = Some(PluginInstance::new(version)?);
             self.generation += 1;
             self.closed.clear();
+            self.stale.clear();
         }
         let generation = self.generation;
         let mut calls = Calls::with_capacity(due.len());
@@ -277,15 +302,24 @@ impl PluginSlot {
             conn.outbound.warm();
         }
         let instance = self.instance.as_mut().expect("built above");
-        match instance.run(now_ms, &calls, &self.closed, data) {
-            Ok((outcomes, reads)) => {
+        self.stale.sort_unstable();
+        self.stale.dedup();
+        match instance.run(now_ms, &calls, &self.closed, &self.stale, data) {
+            Ok(outcomes) => {
                 self.closed.clear();
-                for ((conn_id, _), read) in due.iter().zip(reads) {
-                    if let Some(conn) = self.conns.get_mut(conn_id) {
-                        conn.session.seen_by(generation);
-                        self.reads.replace(*conn_id, &conn.reads, &read);
-                        conn.reads = read;
+                self.stale.clear();
+                for (index, (conn_id, _)) in due.iter().enumerate() {
+                    let Some(conn) = self.conns.get_mut(conn_id) else { continue };
+                    conn.session.seen_by(generation);
+                    let ids = outcomes.reads(index);
+                    if conn.read_ids.0 == generation && conn.read_ids.1 == ids {
+                        continue;
                     }
+                    // Ids the instance never gave are the guest's mistake: they name nothing.
+                    let read: Vec<ReadKey> = ids.iter().filter_map(|id| instance.key(*id).cloned()).collect();
+                    self.reads.replace(*conn_id, &conn.reads, &read);
+                    conn.reads = read;
+                    conn.read_ids = (generation, ids.to_vec());
                 }
                 Ok(outcomes)
             }
