@@ -125,6 +125,8 @@ pub async fn run(
     reloads: mpsc::Receiver<Reload>,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    // Watched from the first instant: a stop during start-up (plugins compiling) ends it there.
+    tokio::pin!(shutdown);
     let live = Arc::new(LiveSettings::new(&config));
     let started = std::time::Instant::now();
     let Listeners { websocket: listener, admin, publish } = listeners;
@@ -152,7 +154,14 @@ pub async fn run(
     let view = DataView::new(snapshot);
     let registry = Arc::new(plugin_registry(&config).await?);
     let reloader = Reloader::new(registry.clone(), dir, metrics.clone());
-    reloader.rescan().await;
+    tokio::select! {
+        biased;
+        () = &mut shutdown => {
+            tracing::info!("stopped during start-up, before serving");
+            return Ok(());
+        }
+        () = reloader.rescan() => {}
+    }
     for version in registry.snapshot().values() {
         tracing::info!(plugin = %version.name, version = version.short_hash(), bytes = version.size, "serving plugin");
     }
@@ -213,7 +222,6 @@ pub async fn run(
     let tasks = TaskTracker::new();
     tracing::info!(listen = ?listener.local_addr().ok(), workers = shared.config.worker_count(), "serving");
 
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {

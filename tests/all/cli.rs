@@ -38,7 +38,12 @@ async fn the_binary_refuses_a_second_start_reloads_on_request_and_stops_graceful
     let url = |path: &str| format!("ws://127.0.0.1:{port}{path}");
     let mut client = Client::connect_retrying(&url(&format!("/ws/quote?params={}", encode("{}"))), SOON * 10).await;
     assert!(client.next_text(SOON).await.contains("NONE"));
-    assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), engine.id().to_string());
+    let named = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(
+        named.split_whitespace().next(),
+        Some(engine.id().to_string().as_str()),
+        "the pid file says `PID START`"
+    );
 
     let second = wasmpush(&["start", "--config", config.to_str().unwrap(), "--pid-file", pid_arg]);
     assert!(!second.status.success());
@@ -193,4 +198,77 @@ async fn start_failures_are_reported_with_their_reason() {
         text(&refused.stderr)
     );
     assert!(!pid.exists(), "a failed start leaves no pid file");
+}
+
+#[tokio::test]
+async fn a_pid_file_naming_an_unrelated_live_process_is_never_signalled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stranger = KillOnDrop(Command::new("sleep").arg("60").spawn().unwrap());
+    let pid = stranger.id();
+    // Forged as exactly as it can be: the stranger's pid and its real start time (field 22).
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let start = stat.rsplit_once(") ").unwrap().1.split_whitespace().nth(19).unwrap().to_owned();
+    let pid_file = dir.path().join("wasmpush.pid");
+    std::fs::write(&pid_file, format!("{pid} {start}\n")).unwrap();
+    let pid_arg = pid_file.to_str().unwrap();
+
+    let stop = wasmpush(&["stop", "--pid-file", pid_arg, "--timeout", "1"]);
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+    assert!(text(&stop.stdout).contains("stale pid file"), "{}", text(&stop.stdout));
+    let reload = wasmpush(&["reload", "--pid-file", pid_arg]);
+    assert!(!reload.status.success());
+    assert!(text(&reload.stderr).contains("nothing was signalled"), "{}", text(&reload.stderr));
+    assert!(stranger.try_wait().unwrap().is_none(), "the stranger is alive");
+
+    // `start` takes the stale file over, and `stop` then stops the engine, not the stranger.
+    let plugins = plugins_dir_with_quote(dir.path());
+    let (config, port, _) = write_config(dir.path(), &plugins, "");
+    let mut engine = KillOnDrop(
+        Command::new(BINARY)
+            .args(["start", "--config", config.to_str().unwrap(), "--pid-file", pid_arg])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    Client::connect_retrying(&format!("ws://127.0.0.1:{port}/"), SOON * 10).await;
+    assert!(std::fs::read_to_string(&pid_file).unwrap().starts_with(&format!("{} ", engine.id())));
+    assert!(wasmpush(&["stop", "--pid-file", pid_arg]).status.success());
+    assert!(engine.wait().unwrap().success());
+    assert!(stranger.try_wait().unwrap().is_none(), "the stranger is still alive");
+}
+
+#[tokio::test]
+async fn sigterm_while_plugins_compile_stops_the_engine_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    // Enough plugins that compiling them takes a while.
+    for n in 0..24 {
+        std::fs::copy(artifacts::PORTFOLIO, plugins.join(format!("p{n}.wasm"))).unwrap();
+    }
+    let (config, _, _) = write_config(dir.path(), &plugins, "");
+    let pid_file = dir.path().join("wasmpush.pid");
+    let mut engine = KillOnDrop(
+        Command::new(BINARY)
+            .args(["start", "--config", config.to_str().unwrap(), "--pid-file", pid_file.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The pid file is written once the ports are bound, before the plugins are compiled.
+    let deadline = std::time::Instant::now() + SOON * 10;
+    while !std::fs::read_to_string(&pid_file).is_ok_and(|text| text.contains(' ')) {
+        assert!(std::time::Instant::now() < deadline, "no pid file");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(engine.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = engine.wait().unwrap();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut engine.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("stopped during start-up"), "the stop came while plugins compiled: {log}");
+    assert!(!pid_file.exists(), "the pid file is removed");
 }

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use nix::sys::signal::Signal;
 
 use super::http::request;
-use super::pidfile::{self, running_pid};
+use super::pidfile::running;
 use crate::admin::Status;
 
 /// The LSB exit code of `status` for "not running".
@@ -18,16 +18,16 @@ const NOT_RUNNING: u8 = 3;
 
 /// Asks the engine named in `pid_file` to rescan its plugins and re-read its config (SIGHUP).
 pub(super) fn reload(pid_file: &Path) -> anyhow::Result<ExitCode> {
-    let pid = running_pid(pid_file)?.context("wasmpush is not running")?;
-    pidfile::signal(pid, Signal::SIGHUP).context("cannot signal the engine")?;
-    println!("reload requested (pid {pid})");
+    let engine = running(pid_file)?.with_context(|| format!("wasmpush is not running{}", stale_note(pid_file)))?;
+    engine.signal(Signal::SIGHUP).context("cannot signal the engine")?;
+    println!("reload requested (pid {})", engine.pid);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Prints the engine's status; exit code 0 when it runs, 3 when not.
 pub(super) fn status(pid_file: &Path, admin: SocketAddr, json: bool) -> anyhow::Result<ExitCode> {
-    let Some(pid) = running_pid(pid_file)? else {
-        println!("wasmpush is not running");
+    let Some(pid) = running(pid_file)?.map(|engine| engine.pid) else {
+        println!("wasmpush is not running{}", stale_note(pid_file));
         return Ok(ExitCode::from(NOT_RUNNING));
     };
     let body = admin_get(admin, "/status")
@@ -62,22 +62,34 @@ fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
     Ok(body)
 }
 
-/// Stops the engine named in `pid_file`; SIGKILL only for that pid, only after `timeout`.
+/// Stops the engine named in `pid_file`; SIGKILL only for that process, only after `timeout`,
+/// and only if it is still the process the pid file named.
 pub(super) fn stop(pid_file: &Path, timeout: Duration) -> anyhow::Result<ExitCode> {
-    let Some(pid) = running_pid(pid_file)? else {
-        println!("wasmpush is not running");
+    let Some(engine) = running(pid_file)? else {
+        println!("wasmpush is not running{}", stale_note(pid_file));
         return Ok(ExitCode::SUCCESS);
     };
-    pidfile::signal(pid, Signal::SIGTERM).context("cannot signal the engine")?;
+    let pid = engine.pid;
+    engine.signal(Signal::SIGTERM).context("cannot signal the engine")?;
     let deadline = Instant::now() + timeout;
-    while pidfile::is_alive(pid) && Instant::now() < deadline {
+    while engine.is_alive() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if pidfile::is_alive(pid) {
+    if engine.is_alive() {
         eprintln!("wasmpush: pid {pid} did not exit within {timeout:?}; sending SIGKILL");
-        pidfile::signal(pid, Signal::SIGKILL).context("cannot kill the engine")?;
+        engine.signal(Signal::SIGKILL).context("cannot kill the engine")?;
         let _ = std::fs::remove_file(pid_file);
     }
     println!("stopped (pid {pid})");
     Ok(ExitCode::SUCCESS)
+}
+
+/// What to add to "not running" when a pid file is there all the same: no engine holds it, so
+/// whatever pid it names is left alone.
+fn stale_note(pid_file: &Path) -> String {
+    if pid_file.exists() {
+        format!(" (stale pid file {}: no engine holds it; nothing was signalled)", pid_file.display())
+    } else {
+        String::new()
+    }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::pidfile::running_pid;
+use super::pidfile::running;
 
 /// Where a daemon logs.
 pub(super) const DEFAULT_LOG_FILE: &str = "runtime/wasmpush.log";
@@ -63,7 +63,7 @@ pub fn spawn(
         if let Some(status) = child.try_wait()? {
             bail!("the engine exited during start ({status}):\n{}", log_since(log_file, log_len));
         }
-        let pid_written = running_pid(pid_file).ok().flatten().is_some_and(|p| p.as_raw() as u32 == pid);
+        let pid_written = running(pid_file).ok().flatten().is_some_and(|engine| engine.pid.as_raw() as u32 == pid);
         if pid_written && TcpStream::connect_timeout(&reachable(listen), Duration::from_millis(200)).is_ok() {
             return Ok(pid);
         }

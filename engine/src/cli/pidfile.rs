@@ -1,10 +1,20 @@
-//! The pid file: how `stop` and `reload` find a running engine, and how `start` refuses to run
-//! twice. A pid file whose process is gone is stale and replaced. Only the process named in the
-//! pid file is ever signalled; nothing is found by process name.
+//! The pid file: how `stop`, `reload` and `status` find the running engine, and how `start`
+//! refuses to run twice — without ever signalling a stranger.
+//!
+//! The engine holds an exclusive `flock` on its pid file for its whole life, and the file says
+//! `PID START` (the process's start time in clock ticks since boot, field 22 of
+//! `/proc/PID/stat`). A file nobody holds the lock on is stale, whatever pid it names: the engine
+//! that wrote it is gone, and its pid may belong to another process now. A command signals only a
+//! pid whose file is locked and whose process started when the file says. The file is opened
+//! without following symlinks.
 
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -17,12 +27,12 @@ pub enum PidFileError {
     /// Another engine runs with this pid file.
     #[error("wasmpush is already running (pid {pid}, pid file {path})")]
     AlreadyRunning {
-        /// Its pid.
+        /// The running engine's pid.
         pid: i32,
-        /// The pid file.
+        /// The pid file it holds.
         path: PathBuf,
     },
-    /// The file could not be read or written.
+    /// The file could not be opened, locked, read or written (a symlink is refused).
     #[error("pid file {path}: {source}")]
     Io {
         /// The pid file.
@@ -30,76 +40,219 @@ pub enum PidFileError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The file does not hold a pid.
-    #[error("pid file {path} does not hold a process id")]
-    Garbled {
+    /// The file is locked but does not say `PID START` of a live process that started then.
+    #[error("pid file {path} is held but names no live engine ({reason}); not signalling anything")]
+    Mismatch {
         /// The pid file.
         path: PathBuf,
+        /// What did not match.
+        reason: String,
     },
 }
 
-/// This process's pid file; removed when dropped.
+/// This process's pid file, locked for as long as it lives; removed when dropped.
 #[derive(Debug)]
 pub struct PidFile {
     /// Where it is.
     path: PathBuf,
+    /// The open file and its exclusive lock, released when dropped.
+    _lock: Flock<File>,
+}
+
+/// Opens `path` for reading and writing (creating it with `create`), never through a symlink.
+fn open(path: &Path, create: bool) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(create)
+        .create(create)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+        .open(path)
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> PidFileError + '_ {
+    move |source| PidFileError::Io { path: path.to_owned(), source }
 }
 
 impl PidFile {
-    /// Writes this process's pid to `path`, unless a live process is named there already.
+    /// Locks `path` and writes this process's pid and start time to it, unless another engine
+    /// holds it. A stale file (nobody holds it) is reported and replaced.
     pub fn create(path: &Path) -> Result<PidFile, PidFileError> {
-        refuse_if_running(path)?;
-        let io = |source| PidFileError::Io { path: path.to_owned(), source };
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            std::fs::create_dir_all(dir).map_err(io(path))?;
         }
-        std::fs::write(path, format!("{}\n", std::process::id())).map_err(io)?;
-        Ok(PidFile { path: path.to_owned() })
+        let file = open(path, true).map_err(io(path))?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((mut file, Errno::EWOULDBLOCK)) => {
+                let pid = contents(&mut file).and_then(|text| parse(&text)).map_or(0, |(pid, _)| pid.as_raw());
+                return Err(PidFileError::AlreadyRunning { pid, path: path.to_owned() });
+            }
+            Err((_, errno)) => return Err(io(path)(errno.into())),
+        };
+        if let Some(stale) = contents(&mut lock).filter(|text| !text.trim().is_empty()) {
+            tracing::warn!(path = %path.display(), stale = stale.trim(), "replacing a stale pid file");
+        }
+        let me = Pid::this();
+        let started =
+            start_time(me).ok_or_else(|| io(path)(std::io::Error::other("cannot read this process's start time")))?;
+        lock.set_len(0).map_err(io(path))?;
+        std::io::Seek::rewind(&mut *lock).map_err(io(path))?;
+        writeln!(lock, "{me} {started}").and_then(|()| lock.sync_all()).map_err(io(path))?;
+        Ok(PidFile { path: path.to_owned(), _lock: lock })
     }
 }
 
 impl Drop for PidFile {
     fn drop(&mut self) {
+        // Removed while still locked: no other engine can have taken it over in between.
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
-/// Fails if `path` names a live process: an engine runs with this pid file already.
+/// The whole text of `file`, from its start.
+fn contents(file: &mut File) -> Option<String> {
+    let mut text = String::new();
+    std::io::Seek::rewind(file).ok()?;
+    file.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// `PID START` of a pid file.
+fn parse(text: &str) -> Option<(Pid, u64)> {
+    let mut fields = text.split_whitespace();
+    let pid: i32 = fields.next()?.parse().ok().filter(|pid| *pid > 0)?;
+    let start = fields.next()?.parse().ok()?;
+    Some((Pid::from_raw(pid), start))
+}
+
+/// An engine as its pid file names it: locked, and the process started when the file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Running {
+    /// Its pid.
+    pub pid: Pid,
+    /// Its start time, in clock ticks since boot.
+    start: u64,
+}
+
+impl Running {
+    /// Whether the process is still the engine the pid file named (alive, same start time): what
+    /// is checked again before every signal, as a pid is reused once its process is gone.
+    pub fn is_alive(&self) -> bool {
+        is_alive(self.pid) && start_time(self.pid) == Some(self.start)
+    }
+
+    /// Sends `signal` to the engine, if it is still the one the pid file named.
+    pub fn signal(&self, signal: Signal) -> Result<(), Errno> {
+        if !self.is_alive() {
+            return Err(Errno::ESRCH);
+        }
+        kill(self.pid, signal)
+    }
+}
+
+/// The engine `path` names, if one holds it; `None` without a pid file, or with a stale one.
+pub fn running(path: &Path) -> Result<Option<Running>, PidFileError> {
+    let file = match open(path, false) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(PidFileError::Io { path: path.to_owned(), source }),
+    };
+    let mut file = match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        // Nobody holds it: stale, whatever it names.
+        Ok(_) => return Ok(None),
+        Err((file, Errno::EWOULDBLOCK)) => file,
+        Err((_, errno)) => return Err(io(path)(errno.into())),
+    };
+    let mismatch = |reason: String| PidFileError::Mismatch { path: path.to_owned(), reason };
+    let text = contents(&mut file).unwrap_or_default();
+    // An engine writes its pid just after it takes the lock: an empty file is one starting.
+    let (pid, start) = parse(&text).ok_or_else(|| mismatch(format!("it says `{}`, not `PID START`", text.trim())))?;
+    let running = Running { pid, start };
+    if !running.is_alive() {
+        return Err(mismatch(format!("pid {pid} is not the process that started at {start}")));
+    }
+    Ok(Some(running))
+}
+
+/// Fails if an engine holds `path` already.
 pub fn refuse_if_running(path: &Path) -> Result<(), PidFileError> {
-    match running_pid(path)? {
-        Some(pid) => Err(PidFileError::AlreadyRunning { pid: pid.as_raw(), path: path.to_owned() }),
+    match running(path)? {
+        Some(running) => Err(PidFileError::AlreadyRunning { pid: running.pid.as_raw(), path: path.to_owned() }),
         None => Ok(()),
     }
 }
 
-/// The pid in `path` if that process is alive; `None` if there is no pid file or it is stale.
-pub fn running_pid(path: &Path) -> Result<Option<Pid>, PidFileError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(PidFileError::Io { path: path.to_owned(), source }),
-    };
-    let pid: i32 = text.trim().parse().map_err(|_| PidFileError::Garbled { path: path.to_owned() })?;
-    if pid <= 0 {
-        return Err(PidFileError::Garbled { path: path.to_owned() });
-    }
-    let pid = Pid::from_raw(pid);
-    Ok(is_alive(pid).then_some(pid))
-}
-
 /// Whether process `pid` exists and has not exited (a zombie, which its parent has not reaped
 /// yet, counts as exited).
-pub fn is_alive(pid: Pid) -> bool {
-    if matches!(kill(pid, None), Err(Errno::ESRCH)) {
-        return false;
-    }
-    // /proc/PID/stat is "PID (COMM) STATE …"; COMM may contain spaces and parentheses.
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
-    state != Some('Z')
+fn is_alive(pid: Pid) -> bool {
+    !matches!(kill(pid, None), Err(Errno::ESRCH)) && stat_field(pid, 0).is_some_and(|state| state != "Z")
 }
 
-/// Sends `signal` to `pid`.
-pub fn signal(pid: Pid, signal: Signal) -> nix::Result<()> {
-    kill(pid, signal)
+/// The start time of process `pid`, in clock ticks since boot.
+fn start_time(pid: Pid) -> Option<u64> {
+    stat_field(pid, 19)?.parse().ok()
+}
+
+/// Field `index` of `/proc/PID/stat` counted after `(COMM)` (which may hold spaces and
+/// parentheses): the state is 0, the start time (the file's field 22) is 19.
+fn stat_field(pid: Pid, index: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split_whitespace().nth(index).map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pid_file_is_locked_for_life_and_names_this_process() {
+        let dir = std::env::temp_dir().join(format!("wasmpush-pidfile-{}", std::process::id()));
+        let path = dir.join("wasmpush.pid");
+        let held = PidFile::create(&path).unwrap();
+        let running = running(&path).unwrap().expect("held by this process");
+        assert_eq!(running.pid, Pid::this());
+        assert!(running.is_alive());
+        assert!(matches!(PidFile::create(&path), Err(PidFileError::AlreadyRunning { .. })));
+        drop(held);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unlocked_file_is_stale_even_when_it_names_a_live_process_exactly() {
+        let dir = std::env::temp_dir().join(format!("wasmpush-pidfile-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("wasmpush.pid");
+        let me = Pid::this();
+        std::fs::write(&path, format!("{me} {}\n", start_time(me).unwrap())).unwrap();
+        assert_eq!(running(&path).unwrap(), None);
+        let replaced = PidFile::create(&path).unwrap();
+        assert_eq!(running(&path).unwrap().map(|r| r.pid), Some(me));
+        drop(replaced);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_symlinked_pid_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("wasmpush-pidfile-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("elsewhere");
+        std::fs::write(&target, "precious").unwrap();
+        let link = dir.join("wasmpush.pid");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(matches!(PidFile::create(&link), Err(PidFileError::Io { .. })));
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious", "the link's target is untouched");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pid_files_are_read_as_pid_and_start_time() {
+        assert_eq!(parse("42 1234\n"), Some((Pid::from_raw(42), 1234)));
+        assert_eq!(parse("42\n"), None, "a pid without its start time names no process for sure");
+        assert_eq!(parse("-1 5"), None);
+        assert!(start_time(Pid::this()).is_some());
+    }
 }

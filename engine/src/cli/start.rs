@@ -142,7 +142,10 @@ pub(super) fn start_daemon(args: &StartArgs) -> anyhow::Result<ExitCode> {
 /// Runs the engine in the foreground; `args` are re-read on SIGHUP.
 pub(super) fn start(config: Config, args: StartArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
+        // Signals are handled from here on: a SIGTERM while plugins compile stops the engine.
+        let shutdown = shutdown_signal()?;
+        let reloads = reload_signal(args.clone())?;
         let websocket = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -155,9 +158,12 @@ pub(super) fn start(config: Config, args: StartArgs) -> anyhow::Result<ExitCode>
         let listeners = Listeners { websocket, admin: Some(admin), publish: Some(publish) };
         // Written once the ports are bound: a daemon's parent takes the pid file as a sign of life.
         let _pid_file = PidFile::create(&args.pid_file)?;
-        server::run(config, listeners, shutdown_signal(), reload_signal(args)?).await?;
+        server::run(config, listeners, shutdown, reloads).await?;
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // A compile still running on a blocking thread (a stop during start-up) is not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// A reload request for every SIGHUP, carrying the configuration re-read from `args` when the
@@ -182,11 +188,14 @@ fn reload_signal(args: StartArgs) -> anyhow::Result<mpsc::Receiver<Reload>> {
     Ok(received)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+/// Installs the SIGINT and SIGTERM handlers now; the future resolves on either signal.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut terminate = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }
