@@ -271,3 +271,37 @@ async fn sigterm_while_plugins_compile_stops_the_engine_cleanly() {
     assert!(log.contains("stopped during start-up"), "the stop came while plugins compiled: {log}");
     assert!(!pid_file.exists(), "the pid file is removed");
 }
+
+#[tokio::test]
+async fn a_log_flood_into_a_stderr_nobody_reads_does_not_delay_ticks() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir_with_quote(dir.path());
+    std::fs::copy(artifacts::HOSTILE, plugins.join("hostile.wasm")).unwrap();
+    // One shard: the flooding plugin and the neighbour share its thread.
+    let (config, port, _) = write_config(dir.path(), &plugins, "workers = 1\n");
+    let mut engine = KillOnDrop(
+        Command::new(BINARY)
+            .args(["start", "--config", config.to_str().unwrap(), "--pid-file"])
+            .arg(dir.path().join("wasmpush.pid"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Held open and never read: once its pipe is full, a write to stderr would block.
+    let _unread_stderr = engine.stderr.take().unwrap();
+    let url = |path: &str, params: &str| format!("ws://127.0.0.1:{port}{path}?params={}", encode(params));
+    let mut neighbour = Client::connect_retrying(&url("/ws/quote", r#"{"symbol":"AAPL"}"#), SOON * 10).await;
+    let mut flood = Client::connect(&url("/ws/hostile", r#"{"do":"log"}"#)).await;
+    let flooding = async {
+        // Each new params message is a call that logs 10,000 lines of 10 KB.
+        for nonce in 0..40 {
+            flood.send_text(&format!(r#"{{"do":"log","n":{nonce}}}"#)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (frames, ()) = tokio::join!(neighbour.texts_during(Duration::from_secs(4)), flooding);
+    // 20 ticks in 4 s; at least 90 % of them must come.
+    assert!(frames.len() >= 18, "the neighbour got {} frames in 4 s", frames.len());
+}

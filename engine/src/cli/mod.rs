@@ -83,21 +83,41 @@ enum Command {
     },
 }
 
+/// Log lines waiting for standard error at most; past them new lines are dropped (and counted)
+/// rather than making whoever logs wait for a slow or stuck reader.
+const LOG_LINES_WAITING: usize = 8192;
+
 /// The whole `wasmpush` command: sets up logging (`RUST_LOG`, default `info`), parses the
 /// arguments, runs the command and prints the error chain if it fails.
+///
+/// Log lines go to standard error through a writer thread: a shard that logs never blocks on a
+/// slow or full stderr (a pipe nobody reads, a stalled terminal); when lines pile up past
+/// [`LOG_LINES_WAITING`] they are dropped, and how many is said at exit.
 pub fn main() -> ExitCode {
+    let (writer, flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_LINES_WAITING)
+        .thread_name("wasmpush-log")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
-    match Cli::parse().run() {
+    let code = match Cli::parse().run() {
         Ok(code) => code,
         Err(err) => {
+            drop(flush_on_exit);
             eprintln!("wasmpush: {}", describe(&err));
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    drop(flush_on_exit);
+    if dropped.dropped_lines() > 0 {
+        eprintln!("wasmpush: {} log lines were dropped: standard error did not keep up", dropped.dropped_lines());
     }
+    code
 }
 
 impl Cli {

@@ -91,6 +91,7 @@ impl PluginHost {
             engine: self.engine.clone(),
             limits: self.limits,
             epoch_clock: self.epoch_clock.clone(),
+            log_budget: Arc::default(),
         });
         PluginInstance::new(&version).map_err(LoadError::Instantiate)?;
         Ok(version)

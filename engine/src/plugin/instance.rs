@@ -72,11 +72,6 @@ impl PluginInstance {
         state.data.batch = BatchData::none();
         // A refusal the guest recovered from (an allocation it retried smaller) is no fault.
         let memory_denied = state.limiter.take_denied();
-        let dropped = state.log_budget.refill();
-        if dropped > 0 {
-            let plugin = &self.version.name;
-            tracing::warn!(target: "plugin", %plugin, dropped, "log lines over the per-call budget were dropped");
-        }
         let raw = result.map_err(|err| classify(&err, memory_denied))?;
         Outcomes::check(raw, calls.len())
     }

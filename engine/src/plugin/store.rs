@@ -3,7 +3,8 @@
 //! and the host side of the contract's imports (guest logging, data reads).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, UpdateDeadline};
@@ -27,8 +28,8 @@ pub(super) struct HostState {
     table: ResourceTable,
     /// Holds the instance to its memory, table and instance caps.
     pub(super) limiter: InstanceLimiter,
-    /// Log lines the guest may still write in the current call.
-    pub(super) log_budget: Arc<LogBudget>,
+    /// The plugin's log lines per second, shared by all its instances.
+    log_budget: Arc<LogBudget>,
     /// The time limit of the call in progress, in the shard thread's CPU time.
     pub(super) deadline: Option<CallDeadline>,
     /// What the batch in progress may read, and the data keys the instance knows by id.
@@ -36,9 +37,14 @@ pub(super) struct HostState {
 }
 
 /// A store for a new instance of plugin `plugin`: limited by `limits`, its deadline checked in
-/// the calling thread's CPU time whenever the epoch deadline passes.
-pub(super) fn new_store(engine: &Engine, plugin: &Arc<str>, limits: SandboxLimits) -> Store<HostState> {
-    let log_budget = Arc::new(LogBudget::default());
+/// the calling thread's CPU time whenever the epoch deadline passes, its log lines drawn from the
+/// plugin's `log_budget`.
+pub(super) fn new_store(
+    engine: &Engine,
+    plugin: &Arc<str>,
+    limits: SandboxLimits,
+    log_budget: Arc<LogBudget>,
+) -> Store<HostState> {
     let pipe = LogPipe { plugin: plugin.clone(), budget: log_budget.clone() };
     let wasi = WasiCtx::builder().stdout(pipe.clone()).stderr(pipe).build();
     let state = HostState {
@@ -61,39 +67,59 @@ pub(super) fn new_store(engine: &Engine, plugin: &Arc<str>, limits: SandboxLimit
     store
 }
 
-/// Log lines a guest may write per call, beyond which they are dropped (and counted), so a
-/// logging loop cannot flood the engine's log.
+/// Log lines a plugin may write per second, across all its instances (every shard's); past them
+/// its lines are dropped and counted, and the count is logged once the second is over. A logging
+/// loop in a plugin can neither flood the engine's log nor slow the shards writing it.
 #[derive(Debug)]
 pub(super) struct LogBudget {
-    /// Lines left in this call.
-    left: AtomicU32,
-    /// Lines dropped in this call.
+    /// When the budget's clock started.
+    origin: Instant,
+    /// The second (since `origin`) the counts are for.
+    second: AtomicU64,
+    /// Lines taken in that second.
+    taken: AtomicU32,
+    /// Lines dropped in that second.
     dropped: AtomicU32,
 }
 
-/// Log lines a guest may write in one call (a batch or an instantiation).
-const LOG_LINES_PER_CALL: u32 = 100;
+/// Log lines a plugin may write per second.
+pub(super) const LOG_LINES_PER_SEC: u32 = 200;
 
 impl Default for LogBudget {
     fn default() -> Self {
-        LogBudget { left: AtomicU32::new(LOG_LINES_PER_CALL), dropped: AtomicU32::new(0) }
+        LogBudget {
+            origin: Instant::now(),
+            second: AtomicU64::new(0),
+            taken: AtomicU32::new(0),
+            dropped: AtomicU32::new(0),
+        }
     }
 }
 
 impl LogBudget {
-    /// Whether one more line may be written.
-    fn take(&self) -> bool {
-        let granted = self.left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok();
-        if !granted {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+    /// Whether plugin `plugin` may write one more line now.
+    fn take(&self, plugin: &str) -> bool {
+        let (granted, reported) = self.take_at(self.origin.elapsed().as_secs());
+        if let Some(dropped) = reported {
+            tracing::warn!(target: "plugin", plugin, dropped, "log lines over the plugin's budget of {LOG_LINES_PER_SEC} a second were dropped");
         }
         granted
     }
 
-    /// Starts a new call's budget; returns how many lines the previous call had dropped.
-    pub(super) fn refill(&self) -> u32 {
-        self.left.store(LOG_LINES_PER_CALL, Ordering::Relaxed);
-        self.dropped.swap(0, Ordering::Relaxed)
+    /// Takes one line in second `now`; returns whether it may be written, and the lines the
+    /// previous second dropped when `now` starts a new one.
+    fn take_at(&self, now: u64) -> (bool, Option<u32>) {
+        let second = self.second.load(Ordering::Relaxed);
+        let mut reported = None;
+        if now != second && self.second.compare_exchange(second, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            self.taken.store(0, Ordering::Relaxed);
+            reported = Some(self.dropped.swap(0, Ordering::Relaxed)).filter(|dropped| *dropped > 0);
+        }
+        let granted = self.taken.fetch_add(1, Ordering::Relaxed) < LOG_LINES_PER_SEC;
+        if !granted {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        (granted, reported)
     }
 }
 
@@ -108,7 +134,7 @@ const MAX_LOG_LINE: usize = 4096;
 
 impl host::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
-        if self.log_budget.take() {
+        if self.log_budget.take(&self.plugin) {
             log_line(&self.plugin, level, &message);
         }
     }
@@ -182,7 +208,7 @@ impl wasmtime_wasi::p2::Pollable for LogPipe {
 
 impl wasmtime_wasi::p2::OutputStream for LogPipe {
     fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
-        if self.budget.take() {
+        if self.budget.take(&self.plugin) {
             let text = String::from_utf8_lossy(&bytes);
             log_line(&self.plugin, Level::Info, text.trim_end());
         }
@@ -203,14 +229,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_log_budget_drops_lines_past_the_limit_and_refills_per_call() {
+    fn the_log_budget_holds_a_plugin_to_its_lines_a_second_and_reports_the_rest() {
         let budget = LogBudget::default();
-        assert!((0..LOG_LINES_PER_CALL).all(|_| budget.take()));
-        assert!(!budget.take());
-        assert!(!budget.take());
-        assert_eq!(budget.refill(), 2);
-        assert!(budget.take());
-        assert_eq!(budget.refill(), 0);
+        assert!((0..LOG_LINES_PER_SEC).all(|_| budget.take_at(0) == (true, None)));
+        assert_eq!(budget.take_at(0), (false, None));
+        assert_eq!(budget.take_at(0), (false, None));
+        assert_eq!(budget.take_at(1), (true, Some(2)), "a new second: the drops of the last are reported once");
+        assert_eq!(budget.take_at(1), (true, None));
+        assert_eq!(budget.take_at(5), (true, None), "nothing was dropped in second 1");
     }
 
     #[test]

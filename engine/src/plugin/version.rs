@@ -10,7 +10,7 @@ use wasmtime::{Engine, Store};
 use super::bindings::PushPluginPre;
 use super::epoch_clock::EpochClock;
 use super::limits::SandboxLimits;
-use super::store::{HostState, new_store};
+use super::store::{HostState, LogBudget, new_store};
 
 /// One loaded build of a plugin.
 pub struct PluginVersion {
@@ -30,6 +30,8 @@ pub struct PluginVersion {
     pub(super) limits: SandboxLimits,
     /// Advances the epoch while its calls run, so their deadlines fire; kept as long as it lives.
     pub(super) epoch_clock: Arc<EpochClock>,
+    /// Log lines its instances may write per second, together.
+    pub(super) log_budget: Arc<LogBudget>,
 }
 
 impl std::fmt::Debug for PluginVersion {
@@ -50,7 +52,7 @@ impl PluginVersion {
 
     /// A store for a new instance of this version.
     pub(super) fn new_store(&self) -> Store<HostState> {
-        new_store(&self.engine, &self.name, self.limits)
+        new_store(&self.engine, &self.name, self.limits, self.log_budget.clone())
     }
 }
 

@@ -20,6 +20,9 @@ use crate::plugin::{
 use crate::protocol::{ClientError, PLUGIN_ERROR, error_frame};
 use crate::registry::PluginRegistry;
 
+/// How often a slot logs a plugin fault at most (faults are counted in metrics either way).
+const FAULT_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Closed connection ids a plugin slot keeps for its instance before it drops the instance
 /// instead (a new instance has nothing to forget).
 const MAX_PENDING_CLOSED: usize = 4096;
@@ -77,6 +80,8 @@ pub(super) struct PluginSlot {
     deferred: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Visits of each phase so far, for a plugin that ticks every few of them.
     visits: Vec<u64>,
+    /// Holds fault lines to one a second: a client can make its plugin fault on every message.
+    fault_log: Throttle,
 }
 
 impl PluginSlot {
@@ -103,6 +108,7 @@ impl PluginSlot {
             stale: Vec::new(),
             deferred: BinaryHeap::new(),
             visits: vec![0; PHASES as usize],
+            fault_log: Throttle::new(FAULT_LOG_INTERVAL),
         }
     }
 
@@ -428,10 +434,12 @@ impl PluginSlot {
             PluginFault::Contract(_) => calls.contract.inc(),
             PluginFault::Host(_) => calls.host_error.inc(),
         };
-        if let PluginFault::Host(_) = fault {
-            tracing::error!(plugin = %self.name, conn_id, %fault, "plugin call failed in the host");
-        } else {
-            tracing::warn!(plugin = %self.name, conn_id, %fault, "plugin call failed");
+        if let Some(suppressed) = self.fault_log.ready(Instant::now()) {
+            if let PluginFault::Host(_) = fault {
+                tracing::error!(plugin = %self.name, conn_id, %fault, suppressed, "plugin call failed in the host");
+            } else {
+                tracing::warn!(plugin = %self.name, conn_id, %fault, suppressed, "plugin call failed");
+            }
         }
         let error = match fault {
             PluginFault::Timeout => ClientError::PluginTimedOut(self.name.to_string()),
@@ -486,5 +494,48 @@ impl Tally {
         metrics.data_pushes.inc_by(self.data_pushes);
         metrics.frames_unchanged.inc_by(self.unchanged);
         metrics.bytes_pushed.inc_by(self.bytes);
+    }
+}
+
+/// Lets a line through at most once per interval and counts the ones held back meanwhile.
+#[derive(Debug)]
+struct Throttle {
+    /// The least time between two lines.
+    interval: Duration,
+    /// When the last line went through.
+    last: Option<Instant>,
+    /// Lines held back since then.
+    held: u64,
+}
+
+impl Throttle {
+    fn new(interval: Duration) -> Self {
+        Throttle { interval, last: None, held: 0 }
+    }
+
+    /// Whether a line may go through at `now`; if so, how many were held back before it.
+    fn ready(&mut self, now: Instant) -> Option<u64> {
+        if self.last.is_some_and(|last| now.duration_since(last) < self.interval) {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttle_lets_one_line_a_second_through_and_counts_the_rest() {
+        let mut throttle = Throttle::new(Duration::from_secs(1));
+        let start = Instant::now();
+        assert_eq!(throttle.ready(start), Some(0));
+        assert_eq!(throttle.ready(start + Duration::from_millis(10)), None);
+        assert_eq!(throttle.ready(start + Duration::from_millis(999)), None);
+        assert_eq!(throttle.ready(start + Duration::from_secs(1)), Some(2));
+        assert_eq!(throttle.ready(start + Duration::from_millis(1500)), None);
     }
 }
