@@ -52,6 +52,8 @@ enum End {
     Idle,
     /// The client kept sending over its message rate.
     Flood,
+    /// The client's params kept making its plugin fault.
+    Faulting,
 }
 
 /// Serves one connection until the client leaves, the engine shuts down, or the client stops
@@ -117,6 +119,7 @@ pub async fn serve(
                     Err(_) => break End::SlowConsumer,
                 },
                 Waiting::Overflowed => break End::SlowConsumer,
+                Waiting::Evicted => break End::Faulting,
             },
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() >= settings.idle_timeout {
@@ -140,6 +143,9 @@ pub async fn serve(
         End::SlowConsumer => Some((CloseCode::Policy, "slow consumer", Some(&metrics.slow_consumer_closes))),
         End::Idle => Some((CloseCode::Away, "idle timeout", Some(&metrics.idle_closes))),
         End::Flood => Some((CloseCode::Policy, "message flood", Some(&metrics.flood_closes))),
+        End::Faulting => {
+            Some((CloseCode::Policy, "plugin keeps failing on these params", Some(&metrics.faulting_closes)))
+        }
     };
     if let Some((code, reason, counter)) = close {
         counter.map(|counter| counter.inc());

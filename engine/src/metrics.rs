@@ -45,6 +45,8 @@ pub struct Metrics {
     pub idle_closes: Counter,
     /// Connections closed because the client kept sending over its message rate.
     pub flood_closes: Counter,
+    /// Connections closed because their plugin kept faulting on them.
+    pub faulting_closes: Counter,
     /// Frames left unsent because they were identical to the last one (`skip_unchanged`).
     pub frames_unchanged: Counter,
     /// Frames pushed by calls that a data change triggered.
@@ -153,6 +155,7 @@ impl Default for Metrics {
             slow_consumer_closes: labelled(&closes, "reason", "slow_consumer"),
             idle_closes: labelled(&closes, "reason", "idle"),
             flood_closes: labelled(&closes, "reason", "flood"),
+            faulting_closes: labelled(&closes, "reason", "plugin_faults"),
             frames_unchanged,
             data_pushes,
             data_updates,

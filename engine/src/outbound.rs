@@ -52,6 +52,9 @@ pub enum Waiting {
     Bytes,
     /// The client fell too far behind; close it.
     Overflowed,
+    /// Its shard gave up on the connection (its plugin keeps faulting on it); everything queued
+    /// before that is written first. Close it.
+    Evicted,
 }
 
 /// One connection's outbound side.
@@ -74,6 +77,8 @@ struct State {
     overflowed: bool,
     /// Set when the connection closes: plugin frames are dropped from then on.
     closing: bool,
+    /// Set when the shard gives up on the connection; the task closes it once nothing waits.
+    evicted: bool,
 }
 
 /// What a waiting frame is, for conflation and capacity.
@@ -242,7 +247,14 @@ impl OutboundQueue {
         self.lock().closing = true;
     }
 
-    /// Waits until bytes wait for the socket or the queue overflowed.
+    /// Asks the connection's task to close the connection, once what is queued has been written.
+    pub fn evict(&self) {
+        self.lock().evicted = true;
+        self.ready.notify_one();
+    }
+
+    /// Waits until bytes wait for the socket, the queue overflowed or the shard evicted the
+    /// connection.
     pub async fn wait(&self) -> Waiting {
         loop {
             {
@@ -252,6 +264,9 @@ impl OutboundQueue {
                 }
                 if !state.waiting.is_empty() {
                     return Waiting::Bytes;
+                }
+                if state.evicted {
+                    return Waiting::Evicted;
                 }
             }
             self.ready.notified().await;

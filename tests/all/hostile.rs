@@ -94,3 +94,33 @@ async fn a_runaway_call_after_an_idle_pause_is_still_interrupted() {
     let (code, message) = error_parts(&client.next_error_frame(SOON * 3).await);
     assert_eq!((code, message.contains("timed out")), (5002, true), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resending_a_looping_input_is_backed_off_then_closed_and_its_neighbour_keeps_ticking() {
+    let engine = TestEngine::start(&[("hostile", artifacts::HOSTILE), ("quote", artifacts::QUOTE)], |config| {
+        config.workers = 1; // the neighbour shares the shard the looping calls run on
+        config.plugin_timeout_ms = 100;
+    })
+    .await;
+    let url = |plugin: &str, params: &str| engine.url(&format!("/ws/{plugin}?params={}", encode(params)));
+    let mut neighbour = Client::connect(&url("quote", r#"{"symbol":"AAPL"}"#)).await;
+    neighbour.next_text(SOON).await;
+    let mut looping = Client::connect(&url("hostile", r#"{"do":"loop"}"#)).await;
+    let resending = async {
+        // 20 messages a second (the client's whole allowance), each one a 100 ms endless loop.
+        for n in 0..80 {
+            looping.send_text(&format!(r#"{{"do":"loop","n":{n}}}"#)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        looping.closing_frame(SOON).await
+    };
+    let (frames, closed) = tokio::join!(neighbour.texts_during(TICK * 20), resending);
+    assert_eq!(
+        closed,
+        Some(wasmpush_tests::Frame::Close(Some((1008, "plugin keeps failing on these params".to_owned())))),
+        "closed after 5 faults within a minute"
+    );
+    assert!(frames.len() >= 18, "the neighbour got {} of its 20 ticks", frames.len());
+    let metrics = wasmpush_tests::http::get(engine.admin_addr, "/metrics").await;
+    assert!(metrics.contains(r#"wasmpush_closes_total{reason="plugin_faults"} 1"#), "{metrics}");
+}

@@ -2,6 +2,7 @@
 //! for a call, when it is parked and what un-parks it. The rules live in [`Session`], plain data
 //! with no I/O, so they are unit-tested on their own.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,25 @@ impl Conn {
 /// xxh3, so two different frames share one with a probability of about 2^-128.
 pub(super) fn frame_hash(frame: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(frame.as_bytes())
+}
+
+/// Faults (traps, timeouts, memory) one connection may cause in [`FAULT_WINDOW`]; at that many
+/// its connection is closed (1008): its client keeps sending params its plugin cannot handle.
+pub(super) const MAX_FAULTS: usize = 5;
+
+/// The window [`MAX_FAULTS`] is counted over.
+pub(super) const FAULT_WINDOW: Duration = Duration::from_secs(60);
+
+/// The back-off after a connection's first fault; it doubles with each fault in the window.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+
+/// What a fault leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AfterFault {
+    /// No call until then, whatever the client sends (its params are kept for that call).
+    BackOff(Instant),
+    /// Close the connection: [`MAX_FAULTS`] in [`FAULT_WINDOW`].
+    Close,
 }
 
 /// Why a connection is parked. New params un-park it; a redeploy un-parks `Unavailable`;
@@ -77,6 +97,10 @@ pub(super) struct Session {
     last_frame: Option<u128>,
     /// The fingerprint of the error frame that parked it.
     last_error: Option<u128>,
+    /// When its recent faults happened (within [`FAULT_WINDOW`]), oldest first.
+    faults: VecDeque<Instant>,
+    /// No call before then: the back-off after a fault.
+    backoff_until: Option<Instant>,
 }
 
 impl Session {
@@ -96,7 +120,11 @@ impl Session {
     /// error too (the error may have come from the data), but not one whose plugin is gone.
     pub(super) fn is_due_for(&self, trigger: Trigger, error_reset: Option<Duration>, now: Instant) -> bool {
         match trigger {
-            Trigger::Data => self.params.is_some() && self.parked != Some(Park::Unavailable),
+            Trigger::Data => {
+                self.params.is_some()
+                    && self.parked != Some(Park::Unavailable)
+                    && self.backoff_until.is_none_or(|until| now >= until)
+            }
             _ => self.is_due(error_reset, now),
         }
     }
@@ -131,6 +159,7 @@ impl Session {
     /// error at least `error_reset` ago (then the call retries it).
     pub(super) fn is_due(&self, error_reset: Option<Duration>, now: Instant) -> bool {
         self.params.is_some()
+            && self.backoff_until.is_none_or(|until| now >= until)
             && match self.parked {
                 None => true,
                 Some(Park::Error { since }) => error_reset.is_some_and(|reset| now.duration_since(since) >= reset),
@@ -151,6 +180,21 @@ impl Session {
     /// Instance `generation` was sent the params and ran the call.
     pub(super) fn seen_by(&mut self, generation: u64) {
         self.params_seen = generation;
+    }
+
+    /// A call faulted on this connection at `now`: back off for longer with each fault in the
+    /// window, or give up on the connection at [`MAX_FAULTS`].
+    pub(super) fn faulted(&mut self, now: Instant) -> AfterFault {
+        while self.faults.front().is_some_and(|at| now.duration_since(*at) >= FAULT_WINDOW) {
+            self.faults.pop_front();
+        }
+        self.faults.push_back(now);
+        if self.faults.len() >= MAX_FAULTS {
+            return AfterFault::Close;
+        }
+        let until = now + FIRST_BACKOFF * (1 << (self.faults.len() - 1));
+        self.backoff_until = Some(until);
+        AfterFault::BackOff(until)
     }
 
     /// A call pushed a frame: it counts, and any park is over.
@@ -257,6 +301,30 @@ mod tests {
         assert_eq!(session.data_changed(now + Duration::from_secs(1), coalesce), None);
         assert!(!session.is_due_for(Trigger::Data, None, now));
         assert_eq!(Session::new(None).data_changed(now, coalesce), None, "no params, no call");
+    }
+
+    #[test]
+    fn faults_back_off_longer_each_time_and_close_at_the_limit() {
+        let mut session = with_params();
+        let start = Instant::now();
+        assert_eq!(session.faulted(start), AfterFault::BackOff(start + FIRST_BACKOFF));
+        session.set_params(r#"{"a":2}"#.to_owned());
+        assert!(!session.is_due(None, start + FIRST_BACKOFF / 2), "new params wait out the back-off");
+        assert!(!session.is_due_for(Trigger::Data, None, start), "so do data changes");
+        assert!(session.is_due(None, start + FIRST_BACKOFF));
+        let later = start + Duration::from_secs(1);
+        assert_eq!(session.faulted(later), AfterFault::BackOff(later + FIRST_BACKOFF * 2), "it doubles");
+        for _ in 2..MAX_FAULTS - 1 {
+            assert!(matches!(session.faulted(later), AfterFault::BackOff(_)));
+        }
+        assert_eq!(session.faulted(later), AfterFault::Close, "the fifth fault within a minute");
+        let mut spread = with_params();
+        for minute in 0..10 {
+            assert!(
+                matches!(spread.faulted(start + FAULT_WINDOW * minute), AfterFault::BackOff(_)),
+                "one a minute is fine"
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conn::{Conn, Park, Session, frame_hash};
+use super::conn::{AfterFault, Conn, Park, Session, frame_hash};
 use super::reads::ReadIndex;
 use crate::data::{ChangeSet, DataView, Snapshot};
 use crate::live::{LiveSettings, PluginPolicy};
@@ -447,6 +447,11 @@ impl PluginSlot {
         };
         if let Some(conn) = self.conns.get_mut(&conn_id) {
             conn.park(Park::error(), &error.frame());
+            // A fault the engine may have caused itself is not held against the client.
+            if !matches!(fault, PluginFault::Host(_)) && conn.session.faulted(Instant::now()) == AfterFault::Close {
+                tracing::info!(plugin = %self.name, conn_id, "closing a connection whose plugin keeps faulting on it");
+                conn.outbound.evict();
+            }
         }
     }
 
