@@ -1,5 +1,5 @@
 //! The admin HTTP endpoint (default `127.0.0.1:9504`): `GET /status` (JSON), `GET /metrics`
-//! (Prometheus text) and `GET /healthz`.
+//! (Prometheus text) and `GET /healthz` (200 only while the engine serves).
 //! Read-only: it reports what the registry and the counters hold and changes nothing. [`Status`]
 //! is also what `wasmpush status` reads back, so the printer cannot drift from the endpoint.
 
@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::{Health, HealthState};
 use crate::metrics::Metrics;
 use crate::registry::PluginRegistry;
 
@@ -33,6 +34,8 @@ pub struct AdminState {
     pub started: Instant,
     /// Data frames pushed in the last whole second, updated every second.
     pub pushes_per_sec: Arc<AtomicU64>,
+    /// What `/healthz` answers.
+    pub health: Arc<Health>,
 }
 
 /// The `/status` document.
@@ -122,9 +125,19 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
     let router = Router::new()
         .route("/status", get(|State(state): State<AdminState>| async move { Json(state.status()) }))
         .route("/metrics", get(|State(state): State<AdminState>| async move { metrics(&state) }))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(|State(state): State<AdminState>| async move { healthz(&state.health) }))
         .with_state(state);
     axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+/// `/healthz`: 200 once the engine serves; 503 while it starts and once it failed, with why.
+fn healthz(health: &Health) -> impl IntoResponse + use<> {
+    use axum::http::StatusCode;
+    match health.state() {
+        HealthState::Ready => (StatusCode::OK, "ok\n".to_owned()),
+        HealthState::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting: plugins are loading\n".to_owned()),
+        HealthState::Failed(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {why}\n")),
+    }
 }
 
 /// Keeps `pushes_per_sec` up to date until `shutdown`.

@@ -25,7 +25,8 @@
 //! - `plugin_files`: what a plugin file is called (`NAME.wasm`).
 //! - `watcher`: reports changed plugin files; knows nothing about wasmtime or the registry.
 //! - `reload`: the actor that turns file changes and rescan requests into registry updates.
-//! - `metrics`: counters and histograms; `admin`: the `/status`, `/metrics` and `/healthz` endpoint.
+//! - `metrics`: counters and histograms; `admin`: the `/status`, `/metrics` and `/healthz` endpoint;
+//!   `health`: whether the engine serves (starting, ready, failed).
 //! - [`plugin`]: the wasmtime host — the only module that knows wasmtime; public so it can be
 //!   benchmarked and embedded on its own.
 //! - [`protocol`]: error frames, error codes and params validation.
@@ -40,6 +41,7 @@ pub mod config;
 mod connection;
 mod data;
 mod handshake;
+mod health;
 mod live;
 mod metrics;
 #[cfg(test)]
@@ -60,4 +62,4 @@ mod watcher;
 
 pub use cli::{Cli, main};
 pub use config::Config;
-pub use server::{Listeners, Reload, ServerError, run, sandbox_limits};
+pub use server::{Listeners, Reload, ServerError, run, run_notifying, sandbox_limits};

@@ -21,6 +21,7 @@ use crate::config::{Config, ConfigError};
 use crate::connection::{self, ConnectionSettings};
 use crate::data::{ChangeSet, DataError, DataLimits, DataStore, DataView, DurableStore};
 use crate::handshake::{self, Refusal, Route};
+use crate::health::Health;
 use crate::live::LiveSettings;
 use crate::metrics::Metrics;
 use crate::outbound::SharedSocket;
@@ -63,6 +64,10 @@ pub enum ServerError {
     /// A worker thread could not be started.
     #[error("cannot start worker threads: {0}")]
     Workers(std::io::Error),
+    /// A worker thread died (a bug): its connections would get no more pushes, so the engine
+    /// stops for its supervisor to restart it.
+    #[error("shard thread {0} died; stopping so that the engine can be restarted")]
+    ShardDied(usize),
     /// The data store could not be opened.
     #[error("cannot open the data store in {path}: {source}")]
     Data {
@@ -75,6 +80,9 @@ pub enum ServerError {
 
 /// Bytes a socket reads at once.
 const READ_BUFFER_BYTES: usize = 4096;
+
+/// How often the server checks that every shard thread is alive.
+const WATCHDOG_PERIOD: Duration = Duration::from_secs(1);
 
 /// How long connections get to close after shutdown begins.
 const DRAIN_TIME: Duration = Duration::from_secs(5);
@@ -124,6 +132,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     reloads: mpsc::Receiver<Reload>,
 ) -> Result<(), ServerError> {
+    run_notifying(config, listeners, shutdown, reloads, || {}).await
+}
+
+/// [`run`], calling `on_ready` once the engine serves: the data is loaded, the first plugin scan
+/// has ended and the accept loop runs (what systemd's `READY=1` must mean).
+pub async fn run_notifying(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    reloads: mpsc::Receiver<Reload>,
+    on_ready: impl FnOnce(),
+) -> Result<(), ServerError> {
     config.validate()?;
     // Watched from the first instant: a stop during start-up (plugins compiling) ends it there.
     tokio::pin!(shutdown);
@@ -154,6 +174,24 @@ pub async fn run(
     let view = DataView::new(snapshot);
     let registry = Arc::new(plugin_registry(&config).await?);
     let reloader = Reloader::new(registry.clone(), dir, metrics.clone());
+    // The admin endpoint answers from here on: `/healthz` says 503 until the engine serves.
+    let health = Arc::new(Health::default());
+    if let Some(admin) = admin {
+        let state = AdminState {
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            listen: listener.local_addr().map_err(ServerError::Listener)?,
+            started,
+            pushes_per_sec: Default::default(),
+            health: health.clone(),
+        };
+        let shutdown = cancel.clone();
+        tokio::spawn(async move {
+            if let Err(err) = admin::serve(admin, state, shutdown).await {
+                tracing::error!(cause = %err, "admin endpoint failed");
+            }
+        });
+    }
     tokio::select! {
         biased;
         () = &mut shutdown => {
@@ -168,21 +206,6 @@ pub async fn run(
     let (rescans, rescan_requests) = mpsc::channel(1);
     tokio::spawn(apply_reloads(reloads, config.clone(), live.clone(), rescans));
     tokio::spawn(reloader.run(changed, overflowed, rescan_requests, cancel.clone()));
-    if let Some(admin) = admin {
-        let state = AdminState {
-            registry: registry.clone(),
-            metrics: metrics.clone(),
-            listen: listener.local_addr().map_err(ServerError::Listener)?,
-            started,
-            pushes_per_sec: Default::default(),
-        };
-        let shutdown = cancel.clone();
-        tokio::spawn(async move {
-            if let Err(err) = admin::serve(admin, state, shutdown).await {
-                tracing::error!(cause = %err, "admin endpoint failed");
-            }
-        });
-    }
     let settings = ShardSettings { live: live.clone(), metrics: metrics.clone(), data: view.clone() };
     let shards = Shards::spawn(config.worker_count(), settings, registry.clone()).map_err(ServerError::Workers)?;
     let announce = announce_to(&shards, metrics.clone(), view.clone());
@@ -221,6 +244,9 @@ pub async fn run(
     let admission = Admission::new(shared.config.max_connections, shared.config.max_connections_per_ip);
     let tasks = TaskTracker::new();
     tracing::info!(listen = ?listener.local_addr().ok(), workers = shared.config.worker_count(), "serving");
+    health.set_ready();
+    on_ready();
+    let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
 
     loop {
         tokio::select! {
@@ -236,6 +262,13 @@ pub async fn run(
                 }
             },
             () = &mut shutdown => break,
+            _ = watchdog.tick() => {
+                if let Some(shard) = shared.shards.dead() {
+                    health.fail(format!("shard thread {shard} died"));
+                    tracing::error!(shard, "a shard thread died; stopping so that the engine can be restarted");
+                    return Err(ServerError::ShardDied(shard));
+                }
+            }
         }
     }
 

@@ -305,3 +305,60 @@ async fn a_log_flood_into_a_stderr_nobody_reads_does_not_delay_ticks() {
     // 20 ticks in 4 s; at least 90 % of them must come.
     assert!(frames.len() >= 18, "the neighbour got {} frames in 4 s", frames.len());
 }
+
+#[tokio::test]
+async fn readiness_is_reported_only_after_the_first_plugin_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir_with_quote(dir.path());
+    for n in 0..24 {
+        std::fs::copy(artifacts::PORTFOLIO, plugins.join(format!("p{n}.wasm"))).unwrap();
+    }
+    let (config, _, admin) = write_config(dir.path(), &plugins, "");
+    // systemd's side of Type=notify: a datagram socket named in NOTIFY_SOCKET.
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_nonblocking(true).unwrap();
+    let _engine = KillOnDrop(
+        Command::new(BINARY)
+            .args(["start", "--config", config.to_str().unwrap(), "--pid-file"])
+            .arg(dir.path().join("wasmpush.pid"))
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+    let healthz = || wasmpush_tests::http::request(admin, "GET", "/healthz", None, "");
+    let (mut starting, deadline) = (0, std::time::Instant::now() + SOON * 20);
+    let mut buffer = [0u8; 256];
+    loop {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        let answer = tokio::time::timeout(SOON, async {
+            match tokio::net::TcpStream::connect(admin).await {
+                Ok(_) => Some(healthz().await),
+                Err(_) => None,
+            }
+        })
+        .await
+        .unwrap();
+        match answer {
+            Some((200, _)) => break,
+            Some((503, body)) => {
+                assert!(body.starts_with("starting"), "{body}");
+                assert!(notify.recv(&mut buffer).is_err(), "READY=1 came while /healthz said starting");
+                starting += 1;
+            }
+            Some(other) => panic!("/healthz answered {other:?}"),
+            None => {}
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(starting > 0, "the plugins compiled before /healthz was first asked; no proof of order");
+    let status: serde_json::Value = serde_json::from_str(&wasmpush_tests::http::get(admin, "/status").await).unwrap();
+    assert_eq!(status["plugins"].as_array().unwrap().len(), 25, "every plugin loaded once ready");
+    notify.set_nonblocking(false).unwrap();
+    notify.set_read_timeout(Some(SOON)).unwrap();
+    let length = notify.recv(&mut buffer).expect("READY=1 on NOTIFY_SOCKET");
+    assert_eq!(std::str::from_utf8(&buffer[..length]).unwrap().trim(), "READY=1");
+}

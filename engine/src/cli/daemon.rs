@@ -1,16 +1,18 @@
 //! `start --daemon`: runs the engine as a detached child (its own session, no terminal,
-//! output to the log file) and returns only once it listens — or fails with the reason the child
-//! logged. The child is this same program running `start` in the foreground.
+//! output to the log file) and returns only once it is ready — its admin endpoint's `/healthz`
+//! answers 200, after the first plugin scan — or fails with the reason the child logged. The
+//! child is this same program running `start` in the foreground.
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use super::http::request;
 use super::pidfile::running;
 
 /// Where a daemon logs.
@@ -31,13 +33,13 @@ pub fn detach() {
 
 /// Starts `args` (this program's `start` arguments without `--daemon`, with `--detached`) in the
 /// background with `env` added to its environment (secrets, which a command line would show to
-/// `ps`), and waits until the engine accepts connections on `listen`. Returns the child's pid.
+/// `ps`), and waits until the engine is ready (`/healthz` on `admin`). Returns the child's pid.
 pub fn spawn(
     args: &[std::ffi::OsString],
     env: &[(&str, &str)],
     log_file: &Path,
     pid_file: &Path,
-    listen: SocketAddr,
+    admin: SocketAddr,
 ) -> anyhow::Result<u32> {
     if let Some(dir) = log_file.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -64,12 +66,14 @@ pub fn spawn(
             bail!("the engine exited during start ({status}):\n{}", log_since(log_file, log_len));
         }
         let pid_written = running(pid_file).ok().flatten().is_some_and(|engine| engine.pid.as_raw() as u32 == pid);
-        if pid_written && TcpStream::connect_timeout(&reachable(listen), Duration::from_millis(200)).is_ok() {
+        // Ready, not merely listening: the first plugin scan has ended and connections are served.
+        if pid_written && request(reachable(admin), "GET", "/healthz", None, "").is_ok_and(|(status, _)| status == 200)
+        {
             return Ok(pid);
         }
         if Instant::now() > deadline {
             bail!(
-                "the engine (pid {pid}) did not listen on {listen} within {START_TIMEOUT:?}; see {}",
+                "the engine (pid {pid}) was not ready (GET {admin}/healthz) within {START_TIMEOUT:?}; see {}",
                 log_file.display()
             );
         }
@@ -77,12 +81,12 @@ pub fn spawn(
     }
 }
 
-/// The address to probe for a listener bound to `listen` (an unspecified address means loopback).
-fn reachable(listen: SocketAddr) -> SocketAddr {
-    match listen.ip() {
-        ip if ip.is_unspecified() && ip.is_ipv4() => SocketAddr::from(([127, 0, 0, 1], listen.port())),
-        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port())),
-        _ => listen,
+/// The address to probe for a listener bound to `addr` (an unspecified address means loopback).
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+        _ => addr,
     }
 }
 

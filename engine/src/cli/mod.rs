@@ -164,5 +164,6 @@ mod tests {
         let Command::Start(args) = cli.command else { panic!("ExecStart must run `start`: {exec_start}") };
         assert!(!args.daemon, "under systemd the engine runs in the foreground");
         assert!(args.config.is_some(), "the unit names its config file");
+        assert!(unit.contains("\nType=notify\n"), "systemd waits for the engine's READY=1");
     }
 }

@@ -134,7 +134,7 @@ pub(super) fn start_daemon(args: &StartArgs) -> anyhow::Result<ExitCode> {
     pidfile::refuse_if_running(&args.pid_file)?;
     let secrets: Vec<(&str, &str)> =
         args.publish_token.as_deref().map(|token| ("WASMPUSH_PUBLISH_TOKEN", token)).into_iter().collect();
-    let pid = daemon::spawn(&args.foreground_args(), &secrets, &args.log_file, &args.pid_file, config.listen)?;
+    let pid = daemon::spawn(&args.foreground_args(), &secrets, &args.log_file, &args.pid_file, config.admin)?;
     println!("wasmpush started (pid {pid}), listening on {}, logging to {}", config.listen, args.log_file.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -158,12 +158,19 @@ pub(super) fn start(config: Config, args: StartArgs) -> anyhow::Result<ExitCode>
         let listeners = Listeners { websocket, admin: Some(admin), publish: Some(publish) };
         // Written once the ports are bound: a daemon's parent takes the pid file as a sign of life.
         let _pid_file = PidFile::create(&args.pid_file)?;
-        server::run(config, listeners, shutdown, reloads).await?;
+        server::run_notifying(config, listeners, shutdown, reloads, tell_systemd_ready).await?;
         Ok(ExitCode::SUCCESS)
     });
     // A compile still running on a blocking thread (a stop during start-up) is not waited for.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
+}
+
+/// Tells systemd (`Type=notify`) the engine serves: `READY=1` on `$NOTIFY_SOCKET`, if set.
+fn tell_systemd_ready() {
+    if let Err(err) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(cause = %err, "cannot tell systemd the engine is ready");
+    }
 }
 
 /// A reload request for every SIGHUP, carrying the configuration re-read from `args` when the

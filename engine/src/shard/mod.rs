@@ -110,6 +110,12 @@ impl Shards {
         self.senders[(conn_id % self.senders.len() as u64) as usize].clone()
     }
 
+    /// The number of a worker thread that ended while the channels were open (it panicked), if
+    /// one did: its connections get no more pushes.
+    pub fn dead(&self) -> Option<usize> {
+        self.threads.iter().position(JoinHandle::is_finished)
+    }
+
     /// Closes the channels and waits for the worker threads to finish.
     pub fn join(self) {
         drop(self.senders);
@@ -348,6 +354,18 @@ fn unix_ms() -> u64 {
 mod tests {
     use super::*;
     use crate::plugin::Trigger;
+
+    #[test]
+    fn a_worker_that_died_is_found() {
+        let (sender, _receiver) = flume::bounded(1);
+        let alive = std::thread::spawn(|| std::thread::sleep(Duration::from_secs(5)));
+        let dying = std::thread::spawn(|| panic!("a shard bug"));
+        while !dying.is_finished() {
+            std::thread::yield_now();
+        }
+        let shards = Shards { senders: vec![sender.clone(), sender], threads: vec![alive, dying] };
+        assert_eq!(shards.dead(), Some(1));
+    }
 
     #[test]
     fn an_overrun_is_logged_once_per_interval_with_what_happened_since() {
