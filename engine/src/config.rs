@@ -193,26 +193,51 @@ impl Config {
         fn check(ok: bool, key: &'static str, reason: &str) -> Result<(), ConfigError> {
             if ok { Ok(()) } else { Err(ConfigError::Invalid { key, reason: reason.to_owned() }) }
         }
+        // Every number has an upper bound too: nothing a setting feeds (a shift, a deadline
+        // added to an instant, a capacity) may overflow.
         check((10..=60_000).contains(&self.tick_ms), "tick_ms", "must be between 10 and 60000")?;
         check(self.workers <= 1024, "workers", "must be at most 1024")?;
         check(!self.default_plugin.is_empty(), "default_plugin", "must not be empty")?;
-        check(self.max_params_bytes >= 2, "max_params_bytes", "must be at least 2")?;
+        check((2..=1 << 20).contains(&self.max_params_bytes), "max_params_bytes", "must be between 2 and 1 MiB")?;
         check(
-            self.max_message_bytes >= self.max_params_bytes,
+            (self.max_params_bytes..=64 << 20).contains(&self.max_message_bytes),
             "max_message_bytes",
-            "must be at least max_params_bytes",
+            "must be at least max_params_bytes and at most 64 MiB",
         )?;
-        check(self.max_connections >= 1, "max_connections", "must be at least 1")?;
-        check(self.max_messages_per_sec >= 1, "max_messages_per_sec", "must be at least 1")?;
-        check(self.handshake_timeout_secs >= 1, "handshake_timeout_secs", "must be at least 1")?;
-        check(self.write_timeout_secs >= 1, "write_timeout_secs", "must be at least 1")?;
-        check(self.ping_secs >= 1, "ping_secs", "must be at least 1")?;
-        check(self.idle_timeout_secs >= self.ping_secs, "idle_timeout_secs", "must be at least ping_secs")?;
-        check(self.plugin_timeout_ms >= 1, "plugin_timeout_ms", "must be at least 1")?;
-        check(self.plugin_memory_mib >= 1, "plugin_memory_mib", "must be at least 1")?;
-        check(self.plugin_max_instances >= 1, "plugin_max_instances", "must be at least 1")?;
-        check(self.plugin_max_table_elements >= 1, "plugin_max_table_elements", "must be at least 1")?;
-        check(self.max_payload_bytes >= 1, "max_payload_bytes", "must be at least 1")?;
+        check((1..=10_000_000).contains(&self.max_connections), "max_connections", "must be between 1 and 10000000")?;
+        check(self.max_connections_per_ip <= 10_000_000, "max_connections_per_ip", "must be at most 10000000")?;
+        check(
+            (1..=100_000).contains(&self.max_messages_per_sec),
+            "max_messages_per_sec",
+            "must be between 1 and 100000",
+        )?;
+        check(
+            (1..=3600).contains(&self.handshake_timeout_secs),
+            "handshake_timeout_secs",
+            "must be between 1 and 3600",
+        )?;
+        check((1..=3600).contains(&self.write_timeout_secs), "write_timeout_secs", "must be between 1 and 3600")?;
+        check((1..=3600).contains(&self.ping_secs), "ping_secs", "must be between 1 and 3600")?;
+        check(
+            (self.ping_secs..=86_400).contains(&self.idle_timeout_secs),
+            "idle_timeout_secs",
+            "must be at least ping_secs and at most 86400",
+        )?;
+        check((1..=60_000).contains(&self.plugin_timeout_ms), "plugin_timeout_ms", "must be between 1 and 60000")?;
+        check(self.plugin_call_budget_us <= 1_000_000, "plugin_call_budget_us", "must be at most 1000000")?;
+        check((1..=65_536).contains(&self.plugin_memory_mib), "plugin_memory_mib", "must be between 1 and 65536")?;
+        check(
+            (1..=10_000).contains(&self.plugin_max_instances),
+            "plugin_max_instances",
+            "must be between 1 and 10000",
+        )?;
+        check(
+            (1..=100_000_000).contains(&self.plugin_max_table_elements),
+            "plugin_max_table_elements",
+            "must be between 1 and 100000000",
+        )?;
+        check((1..=64 << 20).contains(&self.max_payload_bytes), "max_payload_bytes", "must be between 1 and 64 MiB")?;
+        check(self.error_reset_secs <= 86_400 * 365, "error_reset_secs", "must be at most a year")?;
         check(
             self.publish.ip().is_loopback() || self.publish_token.is_some(),
             "publish",
@@ -387,6 +412,21 @@ mod tests {
         assert!(plugin(0).validate().is_ok() && plugin(1000).validate().is_ok());
         let err = plugin(300).validate().unwrap_err().to_string();
         assert_eq!(err, "invalid settings of plugin `p`: tick_ms 300 is not 0 nor a multiple of tick_ms (200)");
+    }
+
+    #[test]
+    fn numbers_that_would_overflow_are_refused_by_name() {
+        let refused = |config: Config| match config.validate() {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(refused(Config { plugin_memory_mib: usize::MAX >> 10, ..Config::default() }), "plugin_memory_mib");
+        assert_eq!(refused(Config { write_timeout_secs: u64::MAX, ..Config::default() }), "write_timeout_secs");
+        assert_eq!(refused(Config { idle_timeout_secs: u64::MAX, ..Config::default() }), "idle_timeout_secs");
+        assert_eq!(refused(Config { error_reset_secs: u64::MAX, ..Config::default() }), "error_reset_secs");
+        assert_eq!(refused(Config { max_payload_bytes: usize::MAX, ..Config::default() }), "max_payload_bytes");
+        let overflowing = toml::from_str::<Config>("plugin_call_budget_us = 18446744073709551615").unwrap();
+        assert!(matches!(overflowing.validate(), Err(ConfigError::Invalid { key: "plugin_call_budget_us", .. })));
     }
 
     #[test]

@@ -110,7 +110,11 @@ pub async fn serve(
                     }
                 },
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break End::Client,
-                Some(Ok(_)) => {} // ping, pong: tungstenite answers pings itself
+                // Pings and pongs count against the same budget (tungstenite answers pings itself):
+                // a client cannot make the engine write pongs faster than it may send messages.
+                Some(Ok(_)) => if budget.take(std::time::Instant::now()) == Verdict::Flood {
+                    break End::Flood;
+                },
             },
             waiting = outbound.wait() => match waiting {
                 Waiting::Bytes => match tokio::time::timeout(settings.write_timeout, outbound.flush()).await {

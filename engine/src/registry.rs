@@ -16,6 +16,9 @@ use arc_swap::ArcSwap;
 use crate::plugin::{LoadError, PluginHost, PluginVersion, content_hash};
 use crate::plugin_files::plugin_name;
 
+/// The largest plugin file read (a real plugin is well under a few MiB).
+pub const MAX_PLUGIN_BYTES: u64 = 64 << 20;
+
 /// The plugins currently served.
 #[derive(Debug)]
 pub struct PluginRegistry {
@@ -54,6 +57,22 @@ pub enum PluginFileError {
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
+    },
+    /// The file is a symbolic link: plugin files are read only as themselves.
+    #[error("plugin `{plugin}`: {path} is a symbolic link; deploy the file itself")]
+    Symlink {
+        /// The plugin's name.
+        plugin: String,
+        /// The link.
+        path: PathBuf,
+    },
+    /// The file is larger than any plugin may be.
+    #[error("plugin `{plugin}`: {size} bytes, more than the limit of {MAX_PLUGIN_BYTES}")]
+    TooLarge {
+        /// The plugin's name.
+        plugin: String,
+        /// The file's size.
+        size: u64,
     },
     /// The file is not a working plugin.
     #[error("plugin `{plugin}`: {source}")]
@@ -113,11 +132,7 @@ impl PluginRegistry {
     }
 
     fn compile(&self, plugin: &str, path: &Path) -> Result<Loaded, PluginFileError> {
-        let bytes = std::fs::read(path).map_err(|source| PluginFileError::Read {
-            plugin: plugin.to_owned(),
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = read_plugin_file(plugin, path)?;
         if let Some(current) = self.get(plugin)
             && current.size == bytes.len()
             && current.hash == content_hash(&bytes)
@@ -172,5 +187,56 @@ impl PluginRegistry {
             self.remove(&name);
         }
         Ok(loads)
+    }
+}
+
+/// The bytes of plugin file `path`, read as itself: not through a symbolic link, and only if it is
+/// at most [`MAX_PLUGIN_BYTES`].
+fn read_plugin_file(plugin: &str, path: &Path) -> Result<Vec<u8>, PluginFileError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let read_error = |source| PluginFileError::Read { plugin: plugin.to_owned(), path: path.to_owned(), source };
+    if std::fs::symlink_metadata(path).map_err(read_error)?.file_type().is_symlink() {
+        return Err(PluginFileError::Symlink { plugin: plugin.to_owned(), path: path.to_owned() });
+    }
+    // O_NOFOLLOW too: the file may have been swapped for a link since it was looked at.
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc_o_nofollow()).open(path).map_err(read_error)?;
+    let size = file.metadata().map_err(read_error)?.len();
+    if size > MAX_PLUGIN_BYTES {
+        return Err(PluginFileError::TooLarge { plugin: plugin.to_owned(), size });
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    // Read at most one byte past the limit: a file that grew meanwhile is refused, not read whole.
+    file.take(MAX_PLUGIN_BYTES + 1).read_to_end(&mut bytes).map_err(read_error)?;
+    if bytes.len() as u64 > MAX_PLUGIN_BYTES {
+        return Err(PluginFileError::TooLarge { plugin: plugin.to_owned(), size: bytes.len() as u64 });
+    }
+    Ok(bytes)
+}
+
+/// `O_NOFOLLOW` for `OpenOptionsExt::custom_flags`.
+fn libc_o_nofollow() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_files_are_read_only_as_themselves_and_within_the_limit() {
+        let dir = std::env::temp_dir().join(format!("wasmpush-registry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let real = dir.join("real.wasm");
+        std::fs::write(&real, b"\0asm").unwrap();
+        assert_eq!(read_plugin_file("real", &real).unwrap(), b"\0asm");
+        let link = dir.join("linked.wasm");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(matches!(read_plugin_file("linked", &link), Err(PluginFileError::Symlink { .. })));
+        let huge = dir.join("huge.wasm");
+        std::fs::File::create(&huge).unwrap().set_len(MAX_PLUGIN_BYTES + 1).unwrap();
+        let err = read_plugin_file("huge", &huge).unwrap_err();
+        assert!(matches!(err, PluginFileError::TooLarge { size, .. } if size == MAX_PLUGIN_BYTES + 1), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

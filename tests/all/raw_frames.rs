@@ -52,3 +52,15 @@ async fn malformed_framing_ends_only_its_own_connection() {
         assert!(neighbour.next_text(SOON).await.contains("NONE"), "{what}: the neighbour is still served");
     }
 }
+
+#[tokio::test]
+async fn a_ping_flood_counts_against_the_message_budget_and_is_closed() {
+    let engine = engine().await;
+    let mut client = Client::connect(&engine.url("/ws/quote")).await;
+    let mut pings = Vec::new();
+    for _ in 0..100 {
+        pings.extend(frame(true, wire::PING, b"hi", None));
+    }
+    client.send_raw(&pings).await;
+    assert_eq!(client.closing_frame(SOON).await, Some(Frame::Close(Some((1008, "message flood".to_owned())))));
+}

@@ -66,6 +66,9 @@ impl PluginHost {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.concurrency_support(false);
+        // One thread compiles (the reloader's blocking thread): a large plugin being compiled
+        // must not take every core from the shards serving connections.
+        config.parallel_compilation(false);
         let engine = Engine::new(&config).map_err(HostError::Wasmtime)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(HostError::Wasmtime)?;

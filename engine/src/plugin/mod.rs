@@ -7,8 +7,9 @@
 //! everything it held. Faults are classified ([`PluginFault`]) and never panic the engine.
 //!
 //! Sandbox: WASI is linked because the `wasm32-wasip2` target imports it, but grants no
-//! preopened directory, no socket address, no environment and no arguments (WASI's clocks and
-//! random numbers stay available); standard output and error go to the log; waiting on WASI
+//! preopened directory, no socket, no name lookup, no environment and no arguments (WASI's clocks
+//! and random numbers stay available, at most 64 KiB of random bytes a call); compiling uses one
+//! thread; standard output and error go to the log; waiting on WASI
 //! (`poll`, `pollable.block`, so also sleeping) traps. Each call has a deadline in CPU time; each
 //! instance one memory budget for all its memories and tables. A plugin reads only the data
 //! buckets its batch is granted.

@@ -46,7 +46,17 @@ pub(super) fn new_store(
     log_budget: Arc<LogBudget>,
 ) -> Store<HostState> {
     let pipe = LogPipe { plugin: plugin.clone(), budget: log_budget.clone() };
-    let wasi = WasiCtx::builder().stdout(pipe.clone()).stderr(pipe).build();
+    // Everything WASI could grant is refused here by name, not left to upstream defaults: no
+    // sockets, no name lookup, no preopened directory, no environment or arguments, and random
+    // bytes at most MAX_RANDOM_BYTES a call (the host allocates what a guest asks for).
+    let wasi = WasiCtx::builder()
+        .stdout(pipe.clone())
+        .stderr(pipe)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .max_random_size(MAX_RANDOM_BYTES)
+        .build();
     let state = HostState {
         plugin: plugin.clone(),
         wasi,
@@ -66,6 +76,9 @@ pub(super) fn new_store(
     });
     store
 }
+
+/// Random bytes one `get-random-bytes` call may ask for.
+const MAX_RANDOM_BYTES: u64 = 64 * 1024;
 
 /// Log lines a plugin may write per second, across all its instances (every shard's); past them
 /// its lines are dropped and counted, and the count is logged once the second is over. A logging
