@@ -362,3 +362,58 @@ async fn readiness_is_reported_only_after_the_first_plugin_scan() {
     let length = notify.recv(&mut buffer).expect("READY=1 on NOTIFY_SOCKET");
     assert_eq!(std::str::from_utf8(&buffer[..length]).unwrap().trim(), "READY=1");
 }
+
+#[tokio::test]
+async fn a_bare_restart_and_status_act_on_the_engine_as_it_was_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir_with_quote(dir.path());
+    let free = || crate::util::free_port().to_string();
+    let (port, admin, publish) = (free(), free(), free());
+    let pid_file = dir.path().join("wasmpush.pid");
+    let (pid, log) = (pid_file.to_str().unwrap().to_owned(), dir.path().join("wasmpush.log"));
+    let data = dir.path().join("data");
+    let started_with = [
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--admin",
+        &format!("127.0.0.1:{admin}"),
+        "--publish",
+        &format!("127.0.0.1:{publish}"),
+        "--plugins-dir",
+        plugins.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--tick-ms",
+        "100",
+    ]
+    .map(str::to_owned);
+    let mut start = vec!["start".to_owned(), "--daemon".into(), "--pid-file".into(), pid.clone(), "--log-file".into()];
+    start.push(log.to_str().unwrap().into());
+    start.extend(started_with);
+    let start: Vec<&str> = start.iter().map(String::as_str).collect();
+    assert!(wasmpush(&start).status.success());
+
+    // No flag but the pid file: status finds the engine's admin address by itself.
+    let status = wasmpush(&["status", "--pid-file", &pid]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
+    assert!(text(&status.stdout).contains(&format!("listen:         127.0.0.1:{port}")), "{}", text(&status.stdout));
+
+    // A bare restart starts the same engine again: same ports, same tick.
+    let restart = wasmpush(&["restart", "--pid-file", &pid, "--log-file", log.to_str().unwrap()]);
+    assert!(restart.status.success(), "{}", text(&restart.stderr));
+    assert!(text(&restart.stdout).contains(&format!("listening on 127.0.0.1:{port}")), "{}", text(&restart.stdout));
+    let mut client = Client::connect(&format!("ws://127.0.0.1:{port}/ws/quote?params={}", encode("{}"))).await;
+    client.next_text(SOON).await;
+    let frames = client.texts_during(Duration::from_secs(1)).await.len();
+    assert!((8..=12).contains(&frames), "{frames} frames in 1 s: the tick of 100 ms was kept");
+    assert_eq!(wasmpush(&["status", "--pid-file", &pid]).status.code(), Some(0));
+
+    // A flag given to restart overrides the engine's own.
+    let restart = wasmpush(&["restart", "--pid-file", &pid, "--log-file", log.to_str().unwrap(), "--tick-ms", "200"]);
+    assert!(restart.status.success(), "{}", text(&restart.stderr));
+    let mut client = Client::connect(&format!("ws://127.0.0.1:{port}/ws/quote?params={}", encode("{}"))).await;
+    client.next_text(SOON).await;
+    let frames = client.texts_during(Duration::from_secs(1)).await.len();
+    assert!((4..=6).contains(&frames), "{frames} frames in 1 s after restarting with --tick-ms 200");
+    assert!(wasmpush(&["stop", "--pid-file", &pid]).status.success());
+}

@@ -10,15 +10,18 @@
 //! - `daemon`: `start --daemon`: a detached child, and the wait until it listens.
 //! - `pidfile`: how the commands find the engine, and how `start` refuses to run twice.
 //! - `error_chain`: an error and its causes on one line.
+//! - `launch`: how the engine was started, kept beside its pid file for `restart` and `status`.
 
 mod control;
 mod daemon;
 mod data;
 mod error_chain;
 mod http;
+mod launch;
 mod pidfile;
 mod start;
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,13 +31,16 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use self::error_chain::describe;
+use self::launch::Launch;
 use self::pidfile::DEFAULT_PID_FILE;
 use self::start::StartArgs;
 use crate::config::Config;
 
 /// wasmpush: a WebSocket push engine whose business logic is a hot-swappable WebAssembly plugin.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+// A flag given twice counts once, the last time: how `restart` lays its own flags over the ones
+// the engine was started with.
+#[command(version, about, args_override_self = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -57,7 +63,7 @@ enum Command {
         /// Config file the engine was started with (for its admin address).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Admin address of the engine [default: from --config, else 127.0.0.1:9504].
+        /// Admin address of the engine [default: from --config, else as the engine was started].
         #[arg(long, value_name = "ADDR")]
         admin: Option<SocketAddr>,
         /// Print the engine's /status JSON as it is.
@@ -134,14 +140,27 @@ impl Cli {
                 start::start(config, args)
             }
             Command::Restart(args) => {
+                // As it was started: its flags, in its directory, with the flags given here on top.
+                let args = match launch::load(&args.pid_file) {
+                    Some(launch) => {
+                        std::env::set_current_dir(&launch.dir)?;
+                        relaunch(&launch, Some(&args))?
+                    }
+                    None => args,
+                };
                 control::stop(&args.pid_file, Duration::from_secs(args.stop_timeout))?;
                 start::start_daemon(&args)
             }
             Command::Status { pid_file, config, admin, json } => {
-                let admin = match (admin, config) {
-                    (Some(admin), _) => admin,
-                    (None, Some(path)) => Config::from_file(&path)?.admin,
-                    (None, None) => Config::default().admin,
+                let admin = match (admin, config, launch::load(&pid_file)) {
+                    (Some(admin), _, _) => admin,
+                    (None, Some(path), _) => Config::from_file(&path)?.admin,
+                    // The admin address the running engine was started with.
+                    (None, None, Some(launch)) => {
+                        std::env::set_current_dir(&launch.dir)?;
+                        relaunch(&launch, None)?.config()?.admin
+                    }
+                    (None, None, None) => Config::default().admin,
                 };
                 control::status(&pid_file, admin, json)
             }
@@ -149,6 +168,27 @@ impl Cli {
             Command::Reload { pid_file } => control::reload(&pid_file),
             Command::Data(args) => data::run(args),
         }
+    }
+}
+
+/// The `start` flags `launch` was started with, with the setting flags of `given` on top (and its
+/// pid file, log file and stop timeout): what `restart` starts again, what `status` asks.
+fn relaunch(launch: &Launch, given: Option<&StartArgs>) -> anyhow::Result<StartArgs> {
+    let mut argv: Vec<OsString> = vec!["wasmpush".into(), "start".into()];
+    argv.extend(launch.args.iter().map(Into::into));
+    if let Some(given) = given {
+        argv.extend(given.setting_flags());
+        argv.extend([
+            "--pid-file".into(),
+            given.pid_file.clone().into(),
+            "--log-file".into(),
+            given.log_file.clone().into(),
+        ]);
+        argv.extend(["--stop-timeout".into(), given.stop_timeout.to_string().into()]);
+    }
+    match Cli::try_parse_from(argv)?.command {
+        Command::Start(args) => Ok(args),
+        _ => unreachable!("the arguments start with `start`"),
     }
 }
 

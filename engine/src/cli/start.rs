@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::daemon::{self, DEFAULT_LOG_FILE};
 use super::error_chain::describe;
+use super::launch;
 use super::pidfile::DEFAULT_PID_FILE;
 use super::pidfile::{self, PidFile};
 use crate::config::Config;
@@ -25,7 +26,7 @@ pub(super) struct StartArgs {
     pub(super) daemon: bool,
     /// Log file of a daemon.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_LOG_FILE)]
-    log_file: PathBuf,
+    pub(super) log_file: PathBuf,
     /// Seconds `restart` waits for the old engine to exit before SIGKILL.
     #[arg(long, value_name = "SECS", default_value_t = 15)]
     pub(super) stop_timeout: u64,
@@ -73,6 +74,14 @@ impl StartArgs {
     fn foreground_args(&self) -> Vec<std::ffi::OsString> {
         let mut args: Vec<std::ffi::OsString> =
             vec!["start".into(), "--detached".into(), "--pid-file".into(), self.pid_file.clone().into()];
+        args.extend(self.setting_flags());
+        args
+    }
+
+    /// The flags given that choose the engine's settings (not the token, which is a secret and
+    /// travels by environment), as they would be passed again.
+    pub(super) fn setting_flags(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
         let mut flag = |name: &str, value: Option<std::ffi::OsString>| {
             if let Some(value) = value {
                 args.extend([name.into(), value]);
@@ -158,6 +167,9 @@ pub(super) fn start(config: Config, args: StartArgs) -> anyhow::Result<ExitCode>
         let listeners = Listeners { websocket, admin: Some(admin), publish: Some(publish) };
         // Written once the ports are bound: a daemon's parent takes the pid file as a sign of life.
         let _pid_file = PidFile::create(&args.pid_file)?;
+        if let Err(err) = launch::save(&args.pid_file, &args.setting_flags()) {
+            tracing::warn!(cause = %err, "cannot keep the start flags beside the pid file; restart and status need them repeated");
+        }
         server::run_notifying(config, listeners, shutdown, reloads, tell_systemd_ready).await?;
         Ok(ExitCode::SUCCESS)
     });

@@ -278,6 +278,8 @@ impl PluginSlot {
                 }
                 tally.add_to(&self.settings.metrics);
             }
+            // A batch of one call has its culprit: running it again would only cost another fault.
+            Err(fault) if ready.len() == 1 => self.fault(ready[0].0, &fault),
             Err(fault) => {
                 tracing::warn!(plugin = %self.name, calls = ready.len(), %fault, "batch failed; replaying calls one by one");
                 self.replay(&version, &ready, now_ms, &data, &policy);
