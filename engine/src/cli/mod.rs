@@ -98,7 +98,7 @@ const LOG_LINES_WAITING: usize = 8192;
 ///
 /// Log lines go to standard error through a writer thread: a shard that logs never blocks on a
 /// slow or full stderr (a pipe nobody reads, a stalled terminal); when lines pile up past
-/// [`LOG_LINES_WAITING`] they are dropped, and how many is said at exit.
+/// `LOG_LINES_WAITING` they are dropped, and how many is said at exit.
 pub fn main() -> ExitCode {
     let (writer, flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
