@@ -84,6 +84,11 @@ pub struct Config {
     /// A connection is re-run at most once per this many milliseconds for data changes; changes
     /// closer together are pushed together.
     pub data_coalesce_ms: u64,
+    /// Web pages that may open connections, besides the engine's own (a browser sends its page's
+    /// origin): exact origins (`https://app.example.com`), subdomain patterns
+    /// (`https://*.example.com`) or `*` for any. A handshake from another origin gets 403; one
+    /// without `Origin` (not a browser) passes.
+    pub allowed_origins: Vec<String>,
     /// Per-plugin settings, by plugin name (`[plugins.NAME]`).
     pub plugins: BTreeMap<String, PluginSettings>,
 }
@@ -137,6 +142,7 @@ impl Default for Config {
             max_data_mib: 256,
             max_batch_keys: 10_000,
             data_coalesce_ms: 10,
+            allowed_origins: Vec::new(),
             plugins: BTreeMap::new(),
         }
     }
@@ -254,6 +260,18 @@ impl Config {
         check((1..=65_536).contains(&self.max_data_mib), "max_data_mib", "must be between 1 and 65536")?;
         check((1..=1_000_000).contains(&self.max_batch_keys), "max_batch_keys", "must be between 1 and 1000000")?;
         check(self.data_coalesce_ms <= 60_000, "data_coalesce_ms", "must be at most 60000")?;
+        for origin in &self.allowed_origins {
+            let well_formed = origin == "*"
+                || ["http://", "https://"].iter().any(|scheme| {
+                    origin.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
+                });
+            if !well_formed {
+                return Err(ConfigError::Invalid {
+                    key: "allowed_origins",
+                    reason: format!("`{origin}` is not `*` nor SCHEME://HOST[:PORT] (HOST may start with `*.`)"),
+                });
+            }
+        }
         for (name, plugin) in &self.plugins {
             let bad = |reason: String| ConfigError::Plugin { plugin: name.clone(), reason };
             if let Some(tick_ms) = plugin.tick_ms.filter(|ms| *ms != 0 && *ms % self.tick_ms != 0) {
@@ -307,6 +325,7 @@ impl Config {
             max_data_mib,
             max_batch_keys,
             data_coalesce_ms: _,
+            allowed_origins,
             plugins: _,
         } = self;
         [
@@ -337,6 +356,7 @@ impl Config {
             ("max_value_bytes", *max_value_bytes != other.max_value_bytes),
             ("max_data_mib", *max_data_mib != other.max_data_mib),
             ("max_batch_keys", *max_batch_keys != other.max_batch_keys),
+            ("allowed_origins", *allowed_origins != other.allowed_origins),
         ]
         .into_iter()
         .filter(|(_, changed)| *changed)

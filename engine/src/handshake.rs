@@ -1,5 +1,5 @@
-//! The WebSocket handshake's routing: which plugin a request URL asks for and which params it
-//! carries, or why it is refused. Pure functions of the URL and of which plugins are served (a
+//! The WebSocket handshake's decisions: which plugin a request URL asks for and which params it
+//! carries, whether its `Origin` may connect, or why it is refused. Pure functions of the URL and of which plugins are served (a
 //! lookup the caller passes in); the server applies the decision.
 //!
 //! `/` and `/ws` serve the default plugin, `/ws/NAME` serves plugin NAME; `?params=<JSON>`
@@ -60,6 +60,37 @@ pub fn route(
     Ok(Route { plugin, params })
 }
 
+/// Checks the `Origin` of a handshake: which web pages may open connections. A request without
+/// `Origin` is not from a browser and passes (a non-browser client could claim any origin
+/// anyway). A browser's passes if its page came from the engine itself (`Origin` names the `Host`
+/// it asked), or matches `allowed`: `*` for any, an exact origin (`https://app.example.com`), or
+/// a pattern for subdomains (`https://*.example.com`).
+pub fn check_origin(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> Result<(), Refusal> {
+    let Some(origin) = origin else { return Ok(()) };
+    let authority = origin.split_once("://").map(|(_, authority)| authority);
+    let same_origin = authority.zip(host).is_some_and(|(authority, host)| authority.eq_ignore_ascii_case(host));
+    if same_origin || allowed.iter().any(|pattern| origin_matches(pattern, origin)) {
+        return Ok(());
+    }
+    Err(Refusal::new(403, format!("origin `{origin}` may not connect: the engine's allowed_origins do not list it")))
+}
+
+/// Whether `origin` matches one `allowed_origins` entry.
+fn origin_matches(pattern: &str, origin: &str) -> bool {
+    if pattern == "*" || pattern.eq_ignore_ascii_case(origin) {
+        return true;
+    }
+    let (Some((scheme, host_pattern)), Some((origin_scheme, origin_host))) =
+        (pattern.split_once("://"), origin.split_once("://"))
+    else {
+        return false;
+    };
+    let Some(domain) = host_pattern.strip_prefix("*.") else { return false };
+    let origin_host = origin_host.to_ascii_lowercase();
+    scheme.eq_ignore_ascii_case(origin_scheme)
+        && origin_host.strip_suffix(&domain.to_ascii_lowercase()).is_some_and(|sub| sub.len() > 1 && sub.ends_with('.'))
+}
+
 /// The `params` value of a query string, validated.
 fn params_from_query(query: &str, max_params_bytes: usize) -> Result<Option<String>, Refusal> {
     let Some((_, value)) = form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == "params") else {
@@ -86,6 +117,26 @@ mod tests {
         assert_eq!(plugin("/ws/nope").unwrap_err(), Refusal::new(404, "unknown plugin `nope`"));
         assert_eq!(plugin("/ws/a/b").unwrap_err().status, 404);
         assert_eq!(plugin("/other").unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn origins_pass_when_absent_same_or_listed_and_are_refused_otherwise() {
+        let allowed = vec!["https://app.example.com".to_owned(), "https://*.example.org".to_owned()];
+        let check = |origin, host| check_origin(origin, host, &allowed);
+        assert!(check(None, Some("push.example.com")).is_ok(), "not a browser");
+        assert!(
+            check(Some("http://127.0.0.1:9503"), Some("127.0.0.1:9503")).is_ok(),
+            "the demo page on its own origin"
+        );
+        assert!(check(Some("https://APP.example.com"), Some("push.example.com")).is_ok());
+        assert!(check(Some("https://a.b.example.org"), Some("push")).is_ok());
+        assert!(check(Some("https://example.org"), Some("push")).is_err(), "the pattern is for subdomains");
+        assert!(check(Some("https://evilexample.org"), Some("push")).is_err());
+        assert!(check(Some("http://a.example.org"), Some("push")).is_err(), "another scheme");
+        let refusal = check(Some("https://evil.test"), Some("push.example.com")).unwrap_err();
+        assert_eq!(refusal.status, 403);
+        assert!(refusal.reason.contains("https://evil.test"), "{}", refusal.reason);
+        assert!(check_origin(Some("https://anyone.test"), None, &["*".to_owned()]).is_ok());
     }
 
     #[test]

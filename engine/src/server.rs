@@ -392,6 +392,10 @@ async fn accept(
             return Err(refuse(&Refusal { status: 503, reason: refused.to_string() }));
         }
         let config = &shared.config;
+        let header = |name| request.headers().get(name).and_then(|value| value.to_str().ok());
+        if let Err(refusal) = handshake::check_origin(header("origin"), header("host"), &config.allowed_origins) {
+            return Err(refuse(&refusal));
+        }
         let uri = request.uri();
         let served = |name: &str| shared.registry.get(name).map(|version| version.name.clone());
         match handshake::route(

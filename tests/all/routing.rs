@@ -120,3 +120,27 @@ async fn a_client_that_never_completes_its_handshake_is_dropped() {
     };
     assert!(closed, "the engine closes a stalled handshake: {read:?}");
 }
+
+#[tokio::test]
+async fn a_browser_page_from_another_origin_is_refused_with_403() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let engine = wasmpush_tests::TestEngine::start(&[("quote", wasmpush_tests::artifacts::QUOTE)], |config| {
+        config.allowed_origins = vec!["https://*.example.com".to_owned()];
+    })
+    .await;
+    let handshake = |origin: Option<String>| {
+        let mut request = engine.url("/ws/quote").into_client_request().unwrap();
+        if let Some(origin) = origin {
+            request.headers_mut().insert("origin", origin.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(request)
+    };
+    let refused = handshake(Some("https://evil.test".to_owned())).await.unwrap_err();
+    let WsError::Http(response) = refused else { panic!("{refused:?}") };
+    assert_eq!(response.status(), 403);
+    let body = String::from_utf8(response.body().clone().unwrap_or_default()).unwrap();
+    assert!(body.contains("origin `https://evil.test` may not connect"), "{body}");
+    assert!(handshake(Some("https://app.example.com".to_owned())).await.is_ok(), "a listed origin");
+    assert!(handshake(Some(format!("http://{}", engine.addr))).await.is_ok(), "the engine's own pages");
+    assert!(handshake(None).await.is_ok(), "not a browser");
+}
