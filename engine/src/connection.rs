@@ -9,9 +9,9 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::handshake::Route;
@@ -54,6 +54,20 @@ enum End {
     Flood,
     /// The client's params kept making its plugin fault.
     Faulting,
+    /// The client broke the WebSocket protocol: the close code RFC 6455 names, and why.
+    Refused(CloseCode, &'static str),
+}
+
+/// The close a protocol error calls for (RFC 6455, 7.4.1), if it is the client's: 1009 for a
+/// message or frame over `max_message_bytes` (refused from its header, nothing buffered), 1007
+/// for text that is not UTF-8, 1002 for anything else against the protocol.
+fn refusal(err: &WsError) -> Option<End> {
+    match err {
+        WsError::Capacity(_) => Some(End::Refused(CloseCode::Size, "message too big")),
+        WsError::Utf8(_) => Some(End::Refused(CloseCode::Invalid, "text is not valid UTF-8")),
+        WsError::Protocol(_) => Some(End::Refused(CloseCode::Protocol, "protocol error")),
+        _ => None,
+    }
 }
 
 /// Serves one connection until the client leaves, the engine shuts down, or the client stops
@@ -109,7 +123,8 @@ pub async fn serve(
                         }
                     }
                 },
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break End::Client,
+                Some(Err(err)) => break refusal(&err).unwrap_or(End::Client),
+                Some(Ok(Message::Close(_))) | None => break End::Client,
                 // Pings and pongs count against the same budget (tungstenite answers pings itself):
                 // a client cannot make the engine write pongs faster than it may send messages.
                 Some(Ok(_)) => if budget.take(std::time::Instant::now()) == Verdict::Flood {
@@ -149,6 +164,13 @@ pub async fn serve(
         End::Flood => Some((CloseCode::Policy, "message flood", Some(&metrics.flood_closes))),
         End::Faulting => {
             Some((CloseCode::Policy, "plugin keeps failing on these params", Some(&metrics.faulting_closes)))
+        }
+        End::Refused(code, reason) => {
+            // The WebSocket layer stops after a protocol error: the engine writes the close itself.
+            tracing::debug!(conn_id, reason, "closing a connection that broke the protocol");
+            outbound.push_close(code.into(), reason);
+            let _ = tokio::time::timeout(settings.write_timeout, outbound.flush()).await;
+            return;
         }
     };
     if let Some((code, reason, counter)) = close {

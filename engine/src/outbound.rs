@@ -242,6 +242,21 @@ impl OutboundQueue {
         self.ready.notify_one();
     }
 
+    /// Queues a close frame with `code` and `reason` (at most 123 bytes of it), written by the
+    /// engine itself: after the client broke the protocol the WebSocket layer sends nothing more.
+    pub fn push_close(&self, code: u16, reason: &str) {
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let payload_len = 2 + end;
+        let mut frame = Vec::with_capacity(2 + payload_len);
+        frame.extend_from_slice(&[0x88, payload_len as u8]);
+        frame.extend_from_slice(&code.to_be_bytes());
+        frame.extend_from_slice(&reason.as_bytes()[..end]);
+        self.push_protocol(&frame);
+    }
+
     /// Stops plugin frames: the connection is closing. The close frame itself still goes out.
     pub fn close(&self) {
         self.lock().closing = true;

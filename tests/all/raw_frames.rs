@@ -1,6 +1,7 @@
 //! Hostile WebSocket framing, written byte by byte after a real handshake: invalid UTF-8, a frame
-//! header announcing a gigabyte, a fragmented message that never ends. Each ends only its own
-//! connection, without the engine buffering what was announced.
+//! header announcing a gigabyte, a fragmented message that never ends, an oversized control
+//! frame. Each ends only its own connection, with the close code RFC 6455 names and a reason,
+//! without the engine buffering what was announced.
 
 use std::time::{Duration, Instant};
 
@@ -36,18 +37,30 @@ async fn malformed_framing_ends_only_its_own_connection() {
     for _ in 0..100 {
         flood.extend(frame(false, CONTINUATION, &fragment, None));
     }
-    let cases: [(&str, Vec<u8>); 3] = [
-        ("invalid UTF-8 in a text frame", frame(true, TEXT, &[0xff, 0xfe, 0xfd], None)),
-        ("a header announcing 1 GiB", frame(true, TEXT, b"{}", Some(1 << 30))),
-        ("100 KB of fragments that never finish", flood),
+    let cases: [(&str, Vec<u8>, u16, &str); 4] = [
+        (
+            "invalid UTF-8 in a text frame",
+            frame(true, TEXT, &[0xff, 0xfe, 0xfd], None),
+            1007,
+            "text is not valid UTF-8",
+        ),
+        ("a header announcing 1 GiB", frame(true, TEXT, b"{}", Some(1 << 30)), 1009, "message too big"),
+        ("100 KB of fragments that never finish", flood, 1009, "message too big"),
+        (
+            "a ping of 200 bytes (control frames hold 125 at most)",
+            frame(true, wire::PING, &[b'p'; 200], None),
+            1002,
+            "protocol error",
+        ),
     ];
-    for (what, bytes) in cases {
+    for (what, bytes, code, reason) in cases {
         let mut client = Client::connect(&url).await;
         client.next_text(SOON).await;
         wait_for_connections(&engine, 2).await;
         client.send_raw(&bytes).await;
         let end = client.closing_frame(SOON).await;
-        assert!(matches!(end, Some(Frame::Close(_)) | Some(Frame::Gone)), "{what}: {end:?}");
+        // The close RFC 6455 names, with the reason: the client can tell why.
+        assert_eq!(end, Some(Frame::Close(Some((code, reason.to_owned())))), "{what}");
         wait_for_connections(&engine, 1).await;
         assert!(neighbour.next_text(SOON).await.contains("NONE"), "{what}: the neighbour is still served");
     }
