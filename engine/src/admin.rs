@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::bearer;
 use crate::health::{Health, HealthState};
 use crate::metrics::Metrics;
 use crate::registry::PluginRegistry;
@@ -36,6 +37,9 @@ pub struct AdminState {
     pub pushes_per_sec: Arc<AtomicU64>,
     /// What `/healthz` answers.
     pub health: Arc<Health>,
+    /// The bearer token `/status` and `/metrics` require, if one is configured (`/healthz` stays
+    /// open to health checkers).
+    pub token: Option<Arc<str>>,
 }
 
 /// The `/status` document.
@@ -122,9 +126,12 @@ impl AdminState {
 /// Serves the admin endpoint on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) -> std::io::Result<()> {
     tokio::spawn(sample_push_rate(state.clone(), shutdown.clone()));
-    let router = Router::new()
+    let token = state.token.clone();
+    let guarded = Router::new()
         .route("/status", get(|State(state): State<AdminState>| async move { Json(state.status()) }))
         .route("/metrics", get(|State(state): State<AdminState>| async move { metrics(&state) }))
+        .layer(axum::middleware::from_fn(move |request, next| bearer::require(token.clone(), request, next)));
+    let router = guarded
         .route("/healthz", get(|State(state): State<AdminState>| async move { healthz(&state.health) }))
         .with_state(state);
     axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await

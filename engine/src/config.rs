@@ -14,8 +14,11 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address the WebSocket server listens on.
     pub listen: SocketAddr,
-    /// Address of the admin endpoint (`/status`, `/healthz`); keep it on loopback.
+    /// Address of the admin endpoint (`/status`, `/metrics`, `/healthz`); keep it on loopback.
     pub admin: SocketAddr,
+    /// Bearer token `/status` and `/metrics` require (`/healthz` stays open); required when
+    /// `admin` is beyond loopback. Set it here or in the environment (`WASMPUSH_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
     /// Directory holding the plugins, one `NAME.wasm` each.
     pub plugins_dir: PathBuf,
     /// Whether to watch `plugins_dir` for changes. Without it (e.g. on a network file system that
@@ -112,6 +115,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 9503)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9504)),
+            admin_token: None,
             plugins_dir: PathBuf::from("runtime/plugins"),
             watch_plugins: true,
             default_plugin: "quote".to_owned(),
@@ -244,16 +248,17 @@ impl Config {
         )?;
         check((1..=64 << 20).contains(&self.max_payload_bytes), "max_payload_bytes", "must be between 1 and 64 MiB")?;
         check(self.error_reset_secs <= 86_400 * 365, "error_reset_secs", "must be at most a year")?;
-        check(
-            self.publish.ip().is_loopback() || self.publish_token.is_some(),
-            "publish",
-            "is beyond loopback: set publish_token (or WASMPUSH_PUBLISH_TOKEN) so the publish API is not open",
-        )?;
-        check(
-            self.publish_token.as_ref().is_none_or(|t| t.len() >= 16),
-            "publish_token",
-            "must be at least 16 characters",
-        )?;
+        // A listener beyond loopback must not be open to anyone who can reach it.
+        let listeners = [
+            ("publish", self.publish, "publish_token", &self.publish_token, "the publish API"),
+            ("admin", self.admin, "admin_token", &self.admin_token, "/status and /metrics"),
+        ];
+        for (key, addr, token_key, token, what) in listeners {
+            let env = token_key.to_uppercase();
+            let reason = format!("is beyond loopback: set {token_key} (or WASMPUSH_{env}) so {what} is not open");
+            check(addr.ip().is_loopback() || token.is_some(), key, &reason)?;
+            check(token.as_ref().is_none_or(|t| t.len() >= 16), token_key, "must be at least 16 characters")?;
+        }
         check((1..=1024).contains(&self.max_buckets), "max_buckets", "must be between 1 and 1024")?;
         check((1..=1024).contains(&self.max_key_bytes), "max_key_bytes", "must be between 1 and 1024")?;
         check((2..=16 << 20).contains(&self.max_value_bytes), "max_value_bytes", "must be between 2 and 16 MiB")?;
@@ -295,6 +300,7 @@ impl Config {
         let Config {
             listen,
             admin,
+            admin_token,
             plugins_dir,
             watch_plugins,
             default_plugin,
@@ -331,6 +337,7 @@ impl Config {
         [
             ("listen", *listen != other.listen),
             ("admin", *admin != other.admin),
+            ("admin_token", *admin_token != other.admin_token),
             ("plugins_dir", *plugins_dir != other.plugins_dir),
             ("watch_plugins", *watch_plugins != other.watch_plugins),
             ("default_plugin", *default_plugin != other.default_plugin),
@@ -421,6 +428,13 @@ mod tests {
         let short = Config { publish_token: Some("short".into()), ..open.clone() };
         assert!(matches!(short.validate(), Err(ConfigError::Invalid { key: "publish_token", .. })));
         Config { publish_token: Some("a-token-of-sixteen+".into()), ..open }.validate().unwrap();
+    }
+
+    #[test]
+    fn an_admin_endpoint_beyond_loopback_needs_a_token() {
+        let open = Config { admin: SocketAddr::from(([0, 0, 0, 0], 9504)), ..Config::default() };
+        assert!(matches!(open.validate(), Err(ConfigError::Invalid { key: "admin", .. })));
+        Config { admin_token: Some("an-admin-token-of-16".into()), ..open }.validate().unwrap();
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //! - `plugin_files`: what a plugin file is called (`NAME.wasm`).
 //! - `watcher`: reports changed plugin files; knows nothing about wasmtime or the registry.
 //! - `reload`: the actor that turns file changes and rescan requests into registry updates.
+//! - `bearer`: the bearer token of the admin endpoint and the publish API.
 //! - `metrics`: counters and histograms; `admin`: the `/status`, `/metrics` and `/healthz` endpoint;
 //!   `health`: whether the engine serves (starting, ready, failed).
 //! - [`plugin`]: the wasmtime host — the only module that knows wasmtime; public so it can be
@@ -36,6 +37,7 @@
 
 mod admin;
 mod admission;
+mod bearer;
 mod cli;
 pub mod config;
 mod connection;

@@ -15,9 +15,9 @@
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -26,6 +26,7 @@ use serde_json::value::RawValue;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::bearer;
 use crate::data::{Change, DataError, DataStore, check_bucket};
 
 /// Keys one listing page holds at most, and by default.
@@ -39,8 +40,6 @@ const MAX_BODY_BYTES: usize = 64 << 20;
 struct Publish {
     /// Where changes go and data is read.
     store: DataStore,
-    /// The bearer token every request must carry, if one is configured.
-    token: Option<std::sync::Arc<str>>,
 }
 
 /// Serves the publish API on `listener` until `shutdown`.
@@ -51,13 +50,14 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let body_limit = MAX_BODY_BYTES.min(store.limits().max_data_bytes.saturating_mul(2).max(1 << 20));
-    let state = Publish { store, token: token.map(std::sync::Arc::from) };
+    let token: Option<std::sync::Arc<str>> = token.map(std::sync::Arc::from);
+    let state = Publish { store };
     let router = Router::new()
         .route("/v1/buckets/{bucket}/keys/{key}", get(get_key).put(put_key).delete(delete_key))
         .route("/v1/buckets/{bucket}", post(post_batch).get(list_keys))
         .fallback(|| async { failure(StatusCode::NOT_FOUND, "no such endpoint: see docs/data.md") })
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn(move |request, next| bearer::require(token.clone(), request, next)))
         .with_state(state);
     axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
@@ -85,28 +85,6 @@ async fn apply(state: &Publish, changes: Vec<Change>) -> Response {
         Ok(revision) => Json(serde_json::json!({ "revision": revision })).into_response(),
         Err(err) => refused(&err),
     }
-}
-
-/// Refuses a request without the configured bearer token: 401 without one, 403 with another.
-async fn authorize(State(state): State<Publish>, request: Request, next: Next) -> Response {
-    let Some(token) = &state.token else { return next.run(request).await };
-    let sent = request.headers().get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-    match sent.and_then(|value| value.strip_prefix("Bearer ")) {
-        None => {
-            let mut response = failure(StatusCode::UNAUTHORIZED, "this API needs `Authorization: Bearer TOKEN`");
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("a valid header value"));
-            response
-        }
-        Some(sent) if !same_secret(sent.as_bytes(), token.as_bytes()) => {
-            failure(StatusCode::FORBIDDEN, "the bearer token is not the publish token")
-        }
-        Some(_) => next.run(request).await,
-    }
-}
-
-/// Compares two secrets in time that depends on their lengths only, not on where they differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 async fn put_key(State(state): State<Publish>, Path((bucket, key)): Path<(String, String)>, body: Bytes) -> Response {

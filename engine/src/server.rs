@@ -184,6 +184,7 @@ pub async fn run_notifying(
             started,
             pushes_per_sec: Default::default(),
             health: health.clone(),
+            token: config.admin_token.as_deref().map(Arc::from),
         };
         let shutdown = cancel.clone();
         tokio::spawn(async move {

@@ -76,3 +76,19 @@ async fn a_small_shard_runs_one_phase_a_tick() {
     assert!((8..=12).contains(&frames.len()), "{} frames in ten ticks", frames.len());
     assert!((8.0..=13.0).contains(&phase_runs), "{phase_runs} phase runs in ten ticks");
 }
+
+#[tokio::test]
+async fn with_an_admin_token_status_and_metrics_need_it_and_healthz_stays_open() {
+    let token = "an-admin-token-of-some-length";
+    let engine = wasmpush_tests::TestEngine::start(&[], |config| config.admin_token = Some(token.into())).await;
+    let get = |path: &'static str, token: Option<&'static str>| {
+        wasmpush_tests::http::request(engine.admin_addr, "GET", path, token, "")
+    };
+    for path in ["/status", "/metrics"] {
+        let (status, body) = get(path, None).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert_eq!(get(path, Some("a-wrong-token-of-same-size-x")).await.0, 403, "{path}");
+        assert_eq!(get(path, Some(token)).await.0, 200, "{path}");
+    }
+    assert_eq!(get("/healthz", None).await, (200, "ok\n".to_owned()), "health checkers need no token");
+}

@@ -25,12 +25,12 @@ pub(super) fn reload(pid_file: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// Prints the engine's status; exit code 0 when it runs, 3 when not.
-pub(super) fn status(pid_file: &Path, admin: SocketAddr, json: bool) -> anyhow::Result<ExitCode> {
+pub(super) fn status(pid_file: &Path, admin: SocketAddr, token: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     let Some(pid) = running(pid_file)?.map(|engine| engine.pid) else {
         println!("wasmpush is not running{}", stale_note(pid_file));
         return Ok(ExitCode::from(NOT_RUNNING));
     };
-    let body = admin_get(admin, "/status")
+    let body = admin_get(admin, "/status", token)
         .with_context(|| format!("wasmpush runs (pid {pid}) but its admin endpoint {admin} does not answer"))?;
     if json {
         println!("{body}");
@@ -55,9 +55,9 @@ pub(super) fn status(pid_file: &Path, admin: SocketAddr, json: bool) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
-/// `GET path` from the admin endpoint; the body of a 200 response.
-fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let (status, body) = request(admin, "GET", path, None, "")?;
+/// `GET path` from the admin endpoint (with `token`, if it needs one); the body of a 200 response.
+fn admin_get(admin: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Result<String> {
+    let (status, body) = request(admin, "GET", path, token, "")?;
     anyhow::ensure!(status == 200, "HTTP {status}: {}", body.trim());
     Ok(body)
 }

@@ -69,6 +69,9 @@ enum Command {
         /// Print the engine's /status JSON as it is.
         #[arg(long)]
         json: bool,
+        /// Bearer token of the admin endpoint [default: from --config or the engine's start].
+        #[arg(long, value_name = "TOKEN", env = "WASMPUSH_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
     },
     /// Stops the running engine: SIGTERM, wait for it to exit, SIGKILL after the timeout.
     Stop {
@@ -151,18 +154,18 @@ impl Cli {
                 control::stop(&args.pid_file, Duration::from_secs(args.stop_timeout))?;
                 start::start_daemon(&args)
             }
-            Command::Status { pid_file, config, admin, json } => {
-                let admin = match (admin, config, launch::load(&pid_file)) {
-                    (Some(admin), _, _) => admin,
-                    (None, Some(path), _) => Config::from_file(&path)?.admin,
-                    // The admin address the running engine was started with.
-                    (None, None, Some(launch)) => {
+            Command::Status { pid_file, config, admin, json, admin_token } => {
+                let started = match (config, launch::load(&pid_file)) {
+                    (Some(path), _) => Config::from_file(&path)?,
+                    // The settings the running engine was started with.
+                    (None, Some(launch)) => {
                         std::env::set_current_dir(&launch.dir)?;
-                        relaunch(&launch, None)?.config()?.admin
+                        relaunch(&launch, None)?.config()?
                     }
-                    (None, None, None) => Config::default().admin,
+                    (None, None) => Config::default(),
                 };
-                control::status(&pid_file, admin, json)
+                let token = admin_token.or(started.admin_token);
+                control::status(&pid_file, admin.unwrap_or(started.admin), token.as_deref(), json)
             }
             Command::Stop { pid_file, timeout } => control::stop(&pid_file, Duration::from_secs(timeout)),
             Command::Reload { pid_file } => control::reload(&pid_file),

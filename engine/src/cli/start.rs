@@ -60,6 +60,10 @@ pub(super) struct StartArgs {
     /// Bearer token of the publish API (better: the environment variable, which `ps` does not show).
     #[arg(long, value_name = "TOKEN", env = "WASMPUSH_PUBLISH_TOKEN", hide_env_values = true)]
     publish_token: Option<String>,
+    /// Bearer token of the admin endpoint's `/status` and `/metrics` (better: the environment
+    /// variable).
+    #[arg(long, value_name = "TOKEN", env = "WASMPUSH_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Directory of the durable data store [default: runtime/data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -129,6 +133,9 @@ impl StartArgs {
         if let Some(token) = &self.publish_token {
             config.publish_token = Some(token.clone());
         }
+        if let Some(token) = &self.admin_token {
+            config.admin_token = Some(token.clone());
+        }
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
         }
@@ -142,7 +149,10 @@ pub(super) fn start_daemon(args: &StartArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
     pidfile::refuse_if_running(&args.pid_file)?;
     let secrets: Vec<(&str, &str)> =
-        args.publish_token.as_deref().map(|token| ("WASMPUSH_PUBLISH_TOKEN", token)).into_iter().collect();
+        [("WASMPUSH_PUBLISH_TOKEN", &args.publish_token), ("WASMPUSH_ADMIN_TOKEN", &args.admin_token)]
+            .into_iter()
+            .filter_map(|(name, token)| token.as_deref().map(|token| (name, token)))
+            .collect();
     let pid = daemon::spawn(&args.foreground_args(), &secrets, &args.log_file, &args.pid_file, config.admin)?;
     println!("wasmpush started (pid {pid}), listening on {}, logging to {}", config.listen, args.log_file.display());
     Ok(ExitCode::SUCCESS)
