@@ -140,7 +140,8 @@ impl Running {
     /// Whether the process is still the engine the pid file named (alive, same start time): what
     /// is checked again before every signal, as a pid is reused once its process is gone.
     pub fn is_alive(&self) -> bool {
-        is_alive(self.pid) && start_time(self.pid) == Some(self.start)
+        !matches!(kill(self.pid, None), Err(Errno::ESRCH))
+            && stat(self.pid).is_some_and(|(state, start)| state != "Z" && start == self.start)
     }
 
     /// Sends `signal` to the engine, if it is still the one the pid file named.
@@ -184,23 +185,18 @@ pub fn refuse_if_running(path: &Path) -> Result<(), PidFileError> {
     }
 }
 
-/// Whether process `pid` exists and has not exited (a zombie, which its parent has not reaped
-/// yet, counts as exited).
-fn is_alive(pid: Pid) -> bool {
-    !matches!(kill(pid, None), Err(Errno::ESRCH)) && stat_field(pid, 0).is_some_and(|state| state != "Z")
-}
-
 /// The start time of process `pid`, in clock ticks since boot.
 fn start_time(pid: Pid) -> Option<u64> {
-    stat_field(pid, 19)?.parse().ok()
+    stat(pid).map(|(_, start)| start)
 }
 
-/// Field `index` of `/proc/PID/stat` counted after `(COMM)` (which may hold spaces and
-/// parentheses): the state is 0, the start time (the file's field 22) is 19.
-fn stat_field(pid: Pid, index: usize) -> Option<String> {
+/// The state and the start time of process `pid`, from one read of `/proc/PID/stat`: the fields
+/// after `(COMM)` (which may hold spaces and parentheses), the state first and the start time (the
+/// file's field 22) at index 19.
+fn stat(pid: Pid) -> Option<(String, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(") ")?;
-    rest.split_whitespace().nth(index).map(str::to_owned)
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    Some(((*fields.first()?).to_owned(), fields.get(19)?.parse().ok()?))
 }
 
 #[cfg(test)]

@@ -68,10 +68,15 @@ impl DataSource for NoData {
     }
 }
 
+/// The one "no data" every instance starts from and returns to after a batch, made once: it is
+/// set after every batch, which must not allocate for it.
+static NONE: std::sync::LazyLock<BatchData> =
+    std::sync::LazyLock::new(|| BatchData { source: Arc::new(NoData), grants: Arc::from([]) });
+
 impl BatchData {
     /// No data and no grants.
     pub fn none() -> Self {
-        BatchData { source: Arc::new(NoData), grants: Arc::from([]) }
+        NONE.clone()
     }
 }
 

@@ -3,7 +3,6 @@
 //! [`Snapshot`] through the plugin host's [`DataSource`].
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use crate::data::Snapshot;
 use crate::plugin::{DataRead, DataSource, ReadKey};
@@ -46,15 +45,16 @@ impl ReadIndex {
         }
     }
 
-    /// The connections whose last call read `key` of `bucket`.
-    pub(super) fn readers(&self, bucket: &Arc<str>, key: &Arc<str>) -> impl Iterator<Item = u64> + '_ {
-        let key = ReadKey { bucket: bucket.clone(), key: key.clone() };
-        self.readers.get(&key).into_iter().flatten().copied()
+    /// The connections whose last call read `key`.
+    pub(super) fn readers(&self, key: &ReadKey) -> impl Iterator<Item = u64> + '_ {
+        self.readers.get(key).into_iter().flatten().copied()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn key(bucket: &str, key: &str) -> ReadKey {
@@ -62,7 +62,7 @@ mod tests {
     }
 
     fn readers(index: &ReadIndex, bucket: &str, name: &str) -> Vec<u64> {
-        let mut found: Vec<u64> = index.readers(&Arc::from(bucket), &Arc::from(name)).collect();
+        let mut found: Vec<u64> = index.readers(&key(bucket, name)).collect();
         found.sort_unstable();
         found
     }

@@ -173,12 +173,11 @@ impl PluginSlot {
         let coalesce = self.settings.live.data_coalesce();
         self.snapshot = changes.snapshot.clone();
         for (bucket, key) in &changes.keys {
-            if let Some(id) =
-                self.instance.as_ref().and_then(|i| i.key_id(&ReadKey { bucket: bucket.clone(), key: key.clone() }))
-            {
+            let changed = ReadKey { bucket: bucket.clone(), key: key.clone() };
+            if let Some(id) = self.instance.as_ref().and_then(|instance| instance.key_id(&changed)) {
                 self.stale.push(id);
             }
-            for conn_id in self.reads.readers(bucket, key) {
+            for conn_id in self.reads.readers(&changed) {
                 let Some(conn) = self.conns.get_mut(&conn_id) else { continue };
                 match conn.session.data_changed(now, coalesce) {
                     Some(at) if at <= now => self.due_now.push((conn_id, Trigger::Data)),
