@@ -1,88 +1,162 @@
-//! [`Admission`]: the connection limits — `max_connections` in all and, optionally,
-//! `max_connections_per_ip` — decided before the handshake, so a refused client gets HTTP 503 and
-//! never a half-registered connection. Nothing here is sized by a fixed table: the per-address
-//! counts live in a map that holds only addresses with open connections.
+//! [`Admission`]: the limits a socket meets the moment it is accepted — connections
+//! (`max_connections`, `max_connections_per_ip`) and sockets still in their handshake
+//! (`max_handshakes`, `max_handshakes_per_ip`) — so a refused client is answered 503 at once and
+//! never holds a task, a buffer or a half-registered connection.
+//!
+//! Clients are counted by [`ClientKey`]: an IPv4 address, or the /64 an IPv6 address belongs to
+//! (one subscriber usually holds a whole /64, so counting single IPv6 addresses would limit no
+//! one). Nothing here is sized by a fixed table: the counts live in maps that hold only clients
+//! with a place.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+/// Where a client is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey(IpAddr);
 
-/// The limits, shared by every accept.
-#[derive(Debug)]
-pub struct Admission {
-    /// One permit per connection the engine may hold.
-    total: Arc<Semaphore>,
-    /// At most this many connections per client address; 0 for no limit.
-    per_ip_limit: usize,
-    /// Open connections per client address (only addresses with at least one).
-    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+impl ClientKey {
+    /// The key of a client at `ip`: the IPv4 address itself (also when written as IPv4-mapped
+    /// IPv6), the /64 prefix of an IPv6 address.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => ClientKey(ip),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientKey(IpAddr::V4(v4)),
+                None => {
+                    let mut segments = v6.segments();
+                    segments[4..].fill(0);
+                    ClientKey(IpAddr::V6(Ipv6Addr::from(segments)))
+                }
+            },
+        }
+    }
 }
 
-/// A connection's place within the limits; released when dropped.
+/// One limit: places in all and per client.
 #[derive(Debug)]
-pub struct Admitted {
-    /// Its share of `max_connections`.
-    _permit: OwnedSemaphorePermit,
-    /// Its share of its address's limit, if there is one.
-    _per_ip: Option<PerIpSlot>,
+struct Limit {
+    /// Places in all.
+    total: usize,
+    /// Places per client; 0 for no limit.
+    per_client: usize,
+    /// Places taken, in all and by client (only clients holding one).
+    taken: Mutex<Taken>,
 }
 
-/// One connection counted against its address.
-#[derive(Debug)]
-struct PerIpSlot {
-    ip: IpAddr,
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+#[derive(Debug, Default)]
+struct Taken {
+    all: usize,
+    by_client: HashMap<ClientKey, usize>,
 }
 
-impl Drop for PerIpSlot {
+impl Limit {
+    fn new(total: usize, per_client: usize) -> Arc<Self> {
+        Arc::new(Limit { total, per_client, taken: Mutex::default() })
+    }
+
+    /// Takes a place for `client`: `Err(true)` when all are taken, `Err(false)` when the
+    /// client's are.
+    fn take(self: &Arc<Self>, client: ClientKey) -> Result<Place, bool> {
+        let mut taken = self.taken.lock().unwrap_or_else(|poison| poison.into_inner());
+        if taken.all >= self.total {
+            return Err(true);
+        }
+        if self.per_client != 0 {
+            // A client seen here for the first time starts at 0 < limit, so no entry is left
+            // behind at 0 when one is refused.
+            let count = taken.by_client.entry(client).or_insert(0);
+            if *count >= self.per_client {
+                return Err(false);
+            }
+            *count += 1;
+        }
+        taken.all += 1;
+        Ok(Place { limit: self.clone(), client })
+    }
+}
+
+/// One place within a [`Limit`]; given back when dropped.
+#[derive(Debug)]
+struct Place {
+    limit: Arc<Limit>,
+    client: ClientKey,
+}
+
+impl Drop for Place {
     fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|poison| poison.into_inner());
-        if let Some(count) = counts.get_mut(&self.ip) {
+        let mut taken = self.limit.taken.lock().unwrap_or_else(|poison| poison.into_inner());
+        taken.all -= 1;
+        if let Some(count) = taken.by_client.get_mut(&self.client) {
             *count -= 1;
             if *count == 0 {
-                counts.remove(&self.ip);
+                taken.by_client.remove(&self.client);
             }
         }
     }
 }
 
-/// Why a connection was not admitted; the reason is sent with HTTP 503.
+/// The limits, shared by every accept.
+#[derive(Debug)]
+pub struct Admission {
+    connections: Arc<Limit>,
+    handshakes: Arc<Limit>,
+}
+
+/// An accepted socket's places within the limits; given back when dropped.
+#[derive(Debug)]
+pub struct Admitted {
+    /// Its connection place, for its whole life.
+    _connection: Place,
+    /// Its handshake place, until the handshake ends.
+    handshake: Option<Place>,
+}
+
+impl Admitted {
+    /// The handshake is over (completed or failed): its place is free for another socket.
+    pub fn handshake_done(&mut self) {
+        self.handshake = None;
+    }
+}
+
+/// Why a socket was not admitted; the reason is sent with HTTP 503.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// `max_connections` are open.
     #[error("server is at its connection limit")]
     Full,
-    /// `max_connections_per_ip` are open from this address.
+    /// `max_connections_per_ip` are open from this client.
     #[error("too many connections from your address")]
     TooManyFromAddress,
+    /// `max_handshakes` sockets are in their handshake.
+    #[error("server is busy with other handshakes")]
+    Busy,
+    /// `max_handshakes_per_ip` sockets of this client are in their handshake.
+    #[error("too many handshakes in progress from your address")]
+    BusyFromAddress,
 }
 
 impl Admission {
-    /// Limits of `max_connections` in all and `per_ip_limit` per address (0: none).
-    pub fn new(max_connections: usize, per_ip_limit: usize) -> Self {
-        Admission { total: Arc::new(Semaphore::new(max_connections)), per_ip_limit, per_ip: Default::default() }
+    /// Limits of `max_connections` in all and `per_ip` per client (0: none), and of
+    /// `max_handshakes` sockets in their handshake in all and `handshakes_per_ip` per client.
+    pub fn new(max_connections: usize, per_ip: usize, max_handshakes: usize, handshakes_per_ip: usize) -> Self {
+        Admission {
+            connections: Limit::new(max_connections, per_ip),
+            handshakes: Limit::new(max_handshakes, handshakes_per_ip),
+        }
     }
 
-    /// Admits one more connection from `ip`, or says why not.
+    /// Admits a socket from `ip` into its handshake, or says why not.
     pub fn admit(&self, ip: IpAddr) -> Result<Admitted, Refused> {
-        let permit = self.total.clone().try_acquire_owned().map_err(|_| Refused::Full)?;
-        let per_ip = match self.per_ip_limit {
-            0 => None,
-            limit => {
-                let mut counts = self.per_ip.lock().unwrap_or_else(|poison| poison.into_inner());
-                let count = counts.entry(ip).or_insert(0);
-                // An address seen here for the first time starts at 0 < limit, so no entry is
-                // left behind at 0 when one is refused.
-                if *count >= limit {
-                    return Err(Refused::TooManyFromAddress);
-                }
-                *count += 1;
-                Some(PerIpSlot { ip, counts: self.per_ip.clone() })
-            }
-        };
-        Ok(Admitted { _permit: permit, _per_ip: per_ip })
+        let client = ClientKey::of(ip);
+        let handshake =
+            self.handshakes.take(client).map_err(|all| if all { Refused::Busy } else { Refused::BusyFromAddress })?;
+        let connection = self
+            .connections
+            .take(client)
+            .map_err(|all| if all { Refused::Full } else { Refused::TooManyFromAddress })?;
+        Ok(Admitted { _connection: connection, handshake: Some(handshake) })
     }
 }
 
@@ -92,7 +166,7 @@ mod tests {
 
     #[test]
     fn limits_hold_and_places_come_back_when_dropped() {
-        let admission = Admission::new(3, 2);
+        let admission = Admission::new(3, 2, 100, 100);
         let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
         let first = admission.admit(a).unwrap();
         let _second = admission.admit(a).unwrap();
@@ -101,6 +175,33 @@ mod tests {
         assert_eq!(admission.admit(b).unwrap_err(), Refused::Full);
         drop(first);
         admission.admit(a).unwrap();
-        assert_eq!(admission.per_ip.lock().unwrap().len(), 2);
+        assert_eq!(admission.connections.taken.lock().unwrap().by_client.len(), 2);
+    }
+
+    #[test]
+    fn handshakes_are_limited_until_they_end() {
+        let admission = Admission::new(100, 0, 3, 2);
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let mut first = admission.admit(a).unwrap();
+        let _second = admission.admit(a).unwrap();
+        assert_eq!(admission.admit(a).unwrap_err(), Refused::BusyFromAddress);
+        let _third = admission.admit(b).unwrap();
+        assert_eq!(admission.admit(b).unwrap_err(), Refused::Busy);
+        first.handshake_done();
+        let _fourth = admission.admit(a).expect("a finished handshake frees its place, not its connection's");
+        assert_eq!(admission.connections.taken.lock().unwrap().all, 4);
+    }
+
+    #[test]
+    fn two_addresses_of_one_ipv6_64_share_a_limit() {
+        let admission = Admission::new(100, 1, 100, 100);
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _first = admission.admit(one).unwrap();
+        assert_eq!(admission.admit(same_64).unwrap_err(), Refused::TooManyFromAddress);
+        admission.admit(other_64).expect("another /64 is another client");
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(ClientKey::of(mapped), ClientKey::of(IpAddr::from([10, 0, 0, 1])), "IPv4-mapped is IPv4");
     }
 }

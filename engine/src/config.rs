@@ -92,8 +92,70 @@ pub struct Config {
     /// (`https://*.example.com`) or `*` for any. A handshake from another origin gets 403; one
     /// without `Origin` (not a browser) passes.
     pub allowed_origins: Vec<String>,
+    /// Sockets that may be in their handshake at once (accepted, request head not yet read);
+    /// one more is answered 503 at once and closed.
+    pub max_handshakes: usize,
+    /// Sockets one client address (an IPv6 /64) may have in their handshake at once; over it,
+    /// 503 at once.
+    pub max_handshakes_per_ip: usize,
+    /// Token auth: the keys client tokens are checked with and the claims they must carry
+    /// (`[auth]`). Which plugins require a token is set per plugin (`auth`).
+    pub auth: AuthSettings,
     /// Per-plugin settings, by plugin name (`[plugins.NAME]`).
     pub plugins: BTreeMap<String, PluginSettings>,
+}
+
+/// The keys client tokens (JWT) are checked with, and the claims they must carry (`[auth]`).
+/// Keys and claims take effect on `wasmpush reload`, so keys rotate without a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Secret of HS256/384/512 tokens, at least 32 bytes; better set in the environment
+    /// (`WASMPUSH_JWT_SECRET`) than in this file.
+    pub hs256_secret: Option<String>,
+    /// PEM files of the public keys of RS*/PS* (RSA) and ES256/ES384 (EC) tokens.
+    pub public_keys: Vec<PathBuf>,
+    /// A JWKS file (`{"keys":[…]}`) of RSA and EC public keys, picked by the token's `kid`.
+    pub jwks_file: Option<PathBuf>,
+    /// Issuers (`iss`) a token may come from; empty: any (and `iss` is not required).
+    pub issuers: Vec<String>,
+    /// Audiences (`aud`) a token must name one of; empty: `aud` is not checked.
+    pub audiences: Vec<String>,
+    /// Seconds of clock difference allowed when checking `exp` and `nbf`.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            hs256_secret: None,
+            public_keys: Vec::new(),
+            jwks_file: None,
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            leeway_secs: 30,
+        }
+    }
+}
+
+impl AuthSettings {
+    /// Whether any key is configured.
+    pub fn has_keys(&self) -> bool {
+        self.hs256_secret.is_some() || !self.public_keys.is_empty() || self.jwks_file.is_some()
+    }
+}
+
+/// Whether a plugin's clients must present a token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Tokens are neither needed nor looked at.
+    #[default]
+    None,
+    /// A client may connect without a token; one it presents must be valid.
+    Optional,
+    /// A client without a valid token is refused (401).
+    Required,
 }
 
 /// The settings of one plugin (`[plugins.NAME]` in the config file). A plugin without a table
@@ -108,6 +170,8 @@ pub struct PluginSettings {
     pub tick_ms: Option<u64>,
     /// Whether a frame byte-identical to the last one sent on a connection is left unsent.
     pub skip_unchanged: bool,
+    /// Whether its clients must present a token: `"none"`, `"optional"` or `"required"`.
+    pub auth: AuthMode,
 }
 
 impl Default for Config {
@@ -147,6 +211,9 @@ impl Default for Config {
             max_batch_keys: 10_000,
             data_coalesce_ms: 10,
             allowed_origins: Vec::new(),
+            max_handshakes: 4096,
+            max_handshakes_per_ip: 256,
+            auth: AuthSettings::default(),
             plugins: BTreeMap::new(),
         }
     }
@@ -277,8 +344,27 @@ impl Config {
                 });
             }
         }
+        check((1..=1_000_000).contains(&self.max_handshakes), "max_handshakes", "must be between 1 and 1000000")?;
+        check(
+            (1..=self.max_handshakes).contains(&self.max_handshakes_per_ip),
+            "max_handshakes_per_ip",
+            "must be between 1 and max_handshakes",
+        )?;
+        let auth = &self.auth;
+        check(auth.leeway_secs <= 3600, "auth.leeway_secs", "must be at most 3600")?;
+        check(
+            auth.hs256_secret.as_ref().is_none_or(|secret| secret.len() >= 32),
+            "auth.hs256_secret",
+            "must be at least 32 bytes (256 bits)",
+        )?;
         for (name, plugin) in &self.plugins {
             let bad = |reason: String| ConfigError::Plugin { plugin: name.clone(), reason };
+            if plugin.auth != AuthMode::None && !auth.has_keys() {
+                return Err(bad(format!(
+                    "auth = \"{}\" needs a key in [auth]: hs256_secret (or WASMPUSH_JWT_SECRET), public_keys or jwks_file",
+                    if plugin.auth == AuthMode::Required { "required" } else { "optional" }
+                )));
+            }
             if let Some(tick_ms) = plugin.tick_ms.filter(|ms| *ms != 0 && *ms % self.tick_ms != 0) {
                 return Err(bad(format!("tick_ms {tick_ms} is not 0 nor a multiple of tick_ms ({})", self.tick_ms)));
             }
@@ -332,6 +418,9 @@ impl Config {
             max_batch_keys,
             data_coalesce_ms: _,
             allowed_origins,
+            max_handshakes,
+            max_handshakes_per_ip,
+            auth: _,
             plugins: _,
         } = self;
         [
@@ -364,6 +453,8 @@ impl Config {
             ("max_data_mib", *max_data_mib != other.max_data_mib),
             ("max_batch_keys", *max_batch_keys != other.max_batch_keys),
             ("allowed_origins", *allowed_origins != other.allowed_origins),
+            ("max_handshakes", *max_handshakes != other.max_handshakes),
+            ("max_handshakes_per_ip", *max_handshakes_per_ip != other.max_handshakes_per_ip),
         ]
         .into_iter()
         .filter(|(_, changed)| *changed)
@@ -461,6 +552,22 @@ mod tests {
         assert_eq!(refused(Config { max_payload_bytes: usize::MAX, ..Config::default() }), "max_payload_bytes");
         let overflowing = toml::from_str::<Config>("plugin_call_budget_us = 18446744073709551615").unwrap();
         assert!(matches!(overflowing.validate(), Err(ConfigError::Invalid { key: "plugin_call_budget_us", .. })));
+    }
+
+    #[test]
+    fn a_plugin_requiring_tokens_needs_a_key_and_a_secret_must_be_long() {
+        let plugins = [("p".to_owned(), PluginSettings { auth: AuthMode::Required, ..PluginSettings::default() })];
+        let keyless = Config { plugins: plugins.into(), ..Config::default() };
+        let err = keyless.validate().unwrap_err().to_string();
+        assert!(err.contains("plugin `p`") && err.contains("needs a key in [auth]"), "{err}");
+        let short = AuthSettings { hs256_secret: Some("short".into()), ..AuthSettings::default() };
+        let config = Config { auth: short, ..keyless.clone() };
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid { key: "auth.hs256_secret", .. })));
+        let good = AuthSettings { hs256_secret: Some("x".repeat(32)), ..AuthSettings::default() };
+        Config { auth: good, ..keyless }.validate().unwrap();
+        let parsed: Config = toml::from_str("[plugins.p]\nauth = \"optional\"\n").unwrap();
+        assert_eq!(parsed.plugins["p"].auth, AuthMode::Optional);
+        assert!(toml::from_str::<Config>("[plugins.p]\nauth = \"maybe\"\n").is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! One client connection after its handshake: reads the client's frames, validates params and
 //! hands them to the connection's shard; writes the frames the shard queued; pings the client and
-//! closes it when it has been silent (no frame, no pong) for the idle timeout. It owns the socket
-//! and nothing else: all push state lives in the shard.
+//! closes it when it has been silent (no frame, no pong) for the idle timeout; closes it when its
+//! token expires unless the client refreshed it (`{"$token":"JWT"}`). It owns the socket and
+//! nothing else: all push state lives in the shard.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +15,13 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Identity, SharedAuthenticator, TokenError};
+use crate::config::AuthMode;
 use crate::handshake::Route;
 use crate::live::LiveSettings;
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, OutboundQueue, SharedSocket, Waiting};
-use crate::protocol::{ClientError, validate_params};
+use crate::protocol::{ClientError, TOKEN_EXPIRED_CLOSE, token_refresh, validate_params};
 use crate::rate_limit::{MessageBudget, Verdict};
 use crate::shard::ShardCommand;
 
@@ -37,6 +40,8 @@ pub struct ConnectionSettings {
     pub ping_interval: Duration,
     /// Time without any frame from the client (a pong included) after which it is closed.
     pub idle_timeout: Duration,
+    /// Checks the tokens clients send to refresh theirs.
+    pub auth: SharedAuthenticator,
 }
 
 /// Why a connection ended.
@@ -54,6 +59,8 @@ enum End {
     Flood,
     /// The client's params kept making its plugin fault.
     Faulting,
+    /// The client's token expired and it sent no fresh one.
+    TokenExpired,
     /// The client broke the WebSocket protocol: the close code RFC 6455 names, and why.
     Refused(CloseCode, &'static str),
 }
@@ -85,10 +92,21 @@ pub async fn serve(
     settings: ConnectionSettings,
     shutdown: CancellationToken,
 ) {
-    let open = ShardCommand::Open { conn_id, plugin: route.plugin, outbound: outbound.clone(), params: route.params };
+    let mut identity = route.identity.clone();
+    let auth_mode = settings.live.plugin(&route.plugin).auth;
+    let open = ShardCommand::Open {
+        conn_id,
+        plugin: route.plugin,
+        outbound: outbound.clone(),
+        params: route.params,
+        identity: route.identity,
+    };
     if shard.send_async(open).await.is_err() {
         return;
     }
+    // Armed only while the connection has a token.
+    let expiry = tokio::time::sleep_until(token_deadline(&settings, identity.as_deref()));
+    tokio::pin!(expiry);
     let mut heartbeat = tokio::time::interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
@@ -112,6 +130,21 @@ pub async fn serve(
                             outbound.push(Outbound::Error(&ClientError::BinaryFrame.frame()));
                             continue;
                         };
+                        if let Some(token) = token_refresh(text.as_str()) {
+                            match refresh(&settings, auth_mode, identity.as_deref(), &token) {
+                                Ok(fresh) => {
+                                    let fresh = Arc::new(fresh);
+                                    expiry.as_mut().reset(token_deadline(&settings, Some(&fresh)));
+                                    identity = Some(fresh.clone());
+                                    settings.metrics.token_refreshes.inc();
+                                    if shard.send_async(ShardCommand::Identity { conn_id, identity: fresh }).await.is_err() {
+                                        break End::Shutdown;
+                                    }
+                                }
+                                Err(err) => outbound.push(Outbound::Error(&ClientError::TokenRefused(err).frame())),
+                            }
+                            continue;
+                        }
                         match validate_params(text.as_str(), settings.live.max_params_bytes()) {
                             Ok(()) => {
                                 let command = ShardCommand::Params { conn_id, params: text.as_str().to_owned() };
@@ -150,6 +183,7 @@ pub async fn serve(
                     Err(_) => break End::SlowConsumer,
                 }
             }
+            () = &mut expiry, if identity.is_some() => break End::TokenExpired,
             () = &mut cancelled => break End::Shutdown,
         }
     };
@@ -164,6 +198,9 @@ pub async fn serve(
         End::Flood => Some((CloseCode::Policy, "message flood", Some(&metrics.flood_closes))),
         End::Faulting => {
             Some((CloseCode::Policy, "plugin keeps failing on these params", Some(&metrics.faulting_closes)))
+        }
+        End::TokenExpired => {
+            Some((CloseCode::from(TOKEN_EXPIRED_CLOSE), "token expired", Some(&metrics.token_expired_closes)))
         }
         End::Refused(code, reason) => {
             // The WebSocket layer stops after a protocol error: the engine writes the close itself.
@@ -181,5 +218,31 @@ pub async fn serve(
     } else if end == End::Client {
         // The WebSocket layer may have queued its answer to the client's close frame.
         let _ = tokio::time::timeout(settings.write_timeout, outbound.flush()).await;
+    }
+}
+
+/// When a connection whose client is `identity` must have refreshed its token; far off without one.
+fn token_deadline(settings: &ConnectionSettings, identity: Option<&Identity>) -> Instant {
+    const NEVER: Duration = Duration::from_secs(86_400 * 365);
+    let Some(identity) = identity else { return Instant::now() + NEVER };
+    let left = settings.auth.load().deadline(identity).duration_since(std::time::SystemTime::now());
+    Instant::now() + left.unwrap_or_default().min(NEVER)
+}
+
+/// Checks a token a client sent to refresh its own: valid, for a plugin that takes tokens, and for
+/// the same subject as the connection's (a connection cannot become another user's).
+fn refresh(
+    settings: &ConnectionSettings,
+    mode: AuthMode,
+    current: Option<&Identity>,
+    token: &str,
+) -> Result<Identity, String> {
+    if mode == AuthMode::None {
+        return Err("this plugin does not take tokens".to_owned());
+    }
+    let fresh = settings.auth.load().verify(token).map_err(|err| err.to_string())?;
+    match current {
+        Some(current) if current.subject != fresh.subject => Err(TokenError::OtherSubject.to_string()),
+        _ => Ok(fresh),
     }
 }

@@ -1,12 +1,15 @@
 //! The WebSocket handshake's decisions: which plugin a request URL asks for and which params it
-//! carries, whether its `Origin` may connect, or why it is refused. Pure functions of the URL and of which plugins are served (a
-//! lookup the caller passes in); the server applies the decision.
+//! carries, whether its `Origin` may connect, who its client is (its token), or why it is
+//! refused. Pure functions of the request and of which plugins are served (a lookup the caller
+//! passes in); the server applies the decision.
 //!
 //! `/` and `/ws` serve the default plugin, `/ws/NAME` serves plugin NAME; `?params=<JSON>`
 //! (percent-encoded) sets the params at once.
 
 use std::sync::Arc;
 
+use crate::auth::{Authenticator, Identity, TokenError};
+use crate::config::AuthMode;
 use crate::protocol::validate_params;
 
 /// Where an accepted connection goes.
@@ -16,6 +19,8 @@ pub struct Route {
     pub plugin: Arc<str>,
     /// Its params, if the URL carried them (validated).
     pub params: Option<String>,
+    /// Who its client is, if it presented a valid token (see [`authenticate`]).
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// Why a handshake is refused: an HTTP status and a reason sent as the response body.
@@ -57,7 +62,19 @@ pub fn route(
         None => None,
         Some(query) => params_from_query(query, max_params_bytes)?,
     };
-    Ok(Route { plugin, params })
+    Ok(Route { plugin, params, identity: None })
+}
+
+/// Who a handshake's client is, for a plugin whose `auth` is `mode`: no one when tokens are not
+/// used or an optional one is absent; 401 when a required token is absent or any token presented
+/// is invalid (an invalid token is never taken for no token).
+pub fn authenticate(mode: AuthMode, token: Option<&str>, auth: &Authenticator) -> Result<Option<Identity>, Refusal> {
+    let unauthorized = |err: TokenError| Refusal::new(401, err.to_string());
+    match (mode, token) {
+        (AuthMode::None, _) | (AuthMode::Optional, None) => Ok(None),
+        (AuthMode::Required, None) => Err(unauthorized(TokenError::Missing)),
+        (_, Some(token)) => auth.verify(token).map(Some).map_err(unauthorized),
+    }
 }
 
 /// Checks the `Origin` of a handshake: which web pages may open connections. A request without
@@ -137,6 +154,26 @@ mod tests {
         assert_eq!(refusal.status, 403);
         assert!(refusal.reason.contains("https://evil.test"), "{}", refusal.reason);
         assert!(check_origin(Some("https://anyone.test"), None, &["*".to_owned()]).is_ok());
+    }
+
+    #[test]
+    fn tokens_are_required_optional_or_ignored_by_plugin() {
+        let secret = "a-test-secret-of-at-least-32-bytes!!";
+        let settings = crate::config::AuthSettings { hs256_secret: Some(secret.into()), ..Default::default() };
+        let auth = Authenticator::load(&settings).unwrap();
+        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 60;
+        let claims = serde_json::json!({"sub": "u1", "exp": exp});
+        let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap();
+        let good = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+        let bad = format!("{good}x");
+        let subject = |mode, token| authenticate(mode, token, &auth).map(|who| who.and_then(|who| who.subject));
+        assert_eq!(subject(AuthMode::None, Some(bad.as_str())), Ok(None), "not looked at");
+        assert_eq!(subject(AuthMode::Optional, None), Ok(None));
+        assert_eq!(subject(AuthMode::Optional, Some(good.as_str())), Ok(Some("u1".into())));
+        assert_eq!(subject(AuthMode::Optional, Some(bad.as_str())).unwrap_err().status, 401);
+        let missing = subject(AuthMode::Required, None).unwrap_err();
+        assert_eq!((missing.status, missing.reason.contains("required")), (401, true), "{missing}");
+        assert_eq!(subject(AuthMode::Required, Some(good.as_str())), Ok(Some("u1".into())));
     }
 
     #[test]

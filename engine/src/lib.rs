@@ -10,6 +10,7 @@
 //! - [`config`]: every setting, with defaults and validation; depends on nothing of the engine.
 //! - `server`: the accept loop and graceful shutdown; [`run`] is the entry point.
 //! - `admission`: `max_connections` and `max_connections_per_ip`, decided before the handshake.
+//! - `auth`: client tokens (JWT): the keys, the checks, the identity a plugin is given.
 //! - `plain_http`: non-WebSocket requests on the WebSocket port: the demo page, HTTP errors.
 //! - `handshake`: which plugin and params a request URL asks for, or why it is refused.
 //! - `connection`: one client socket: reads params, writes queued frames.
@@ -37,6 +38,7 @@
 
 mod admin;
 mod admission;
+mod auth;
 mod bearer;
 mod cli;
 pub mod config;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, PluginSettings};
+use crate::config::{AuthMode, Config, PluginSettings};
 
 /// What one plugin may do, from its `[plugins.NAME]` table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub struct PluginPolicy {
     pub tick_ms: Option<u64>,
     /// Whether a frame identical to the last one sent on a connection is left unsent.
     pub skip_unchanged: bool,
+    /// Whether its clients must present a token.
+    pub auth: AuthMode,
 }
 
 impl PluginPolicy {
@@ -30,6 +32,7 @@ impl PluginPolicy {
             grants: settings.read.iter().map(|bucket| Arc::from(bucket.as_str())).collect(),
             tick_ms: settings.tick_ms,
             skip_unchanged: settings.skip_unchanged,
+            auth: settings.auth,
         }
     }
 
@@ -144,7 +147,12 @@ mod tests {
         let with_table = Config {
             plugins: [(
                 "portfolio".to_owned(),
-                PluginSettings { read: vec!["prices".into()], tick_ms: Some(0), skip_unchanged: true },
+                PluginSettings {
+                    read: vec!["prices".into()],
+                    tick_ms: Some(0),
+                    skip_unchanged: true,
+                    ..PluginSettings::default()
+                },
             )]
             .into(),
             ..new

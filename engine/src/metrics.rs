@@ -23,8 +23,12 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Handshakes completed.
     pub handshakes_accepted: Counter,
-    /// Handshakes refused (404, 400, 503) or failed (timeout, protocol error).
+    /// Handshakes refused (404, 400, 403) or failed (timeout, protocol error).
     pub handshakes_rejected: Counter,
+    /// Handshakes refused 401: a token missing or invalid.
+    pub handshakes_unauthorized: Counter,
+    /// Sockets answered 503 at once: over a connection or handshake limit.
+    pub handshakes_over_limit: Counter,
     /// Data frames pushed.
     pub frames_pushed: Counter,
     /// Bytes of data frames pushed.
@@ -47,6 +51,10 @@ pub struct Metrics {
     pub flood_closes: Counter,
     /// Connections closed because their plugin kept faulting on them.
     pub faulting_closes: Counter,
+    /// Connections closed because their token expired (not refreshed in time).
+    pub token_expired_closes: Counter,
+    /// Token refreshes accepted.
+    pub token_refreshes: Counter,
     /// Frames left unsent because they were identical to the last one (`skip_unchanged`).
     pub frames_unchanged: Counter,
     /// Frames pushed by calls that a data change triggered.
@@ -118,6 +126,8 @@ impl Default for Metrics {
             "Frames left unsent as identical to the last (skip_unchanged)",
             frames_unchanged.clone(),
         );
+        let token_refreshes = Counter::default();
+        registry.register("token_refreshes", "Token refreshes accepted", token_refreshes.clone());
         let data_pushes = Counter::default();
         registry.register("data_pushes", "Frames pushed by calls a data change triggered", data_pushes.clone());
         let data_updates = Counter::default();
@@ -135,6 +145,8 @@ impl Default for Metrics {
             connections,
             handshakes_accepted: labelled(&handshakes, "result", "accepted"),
             handshakes_rejected: labelled(&handshakes, "result", "rejected"),
+            handshakes_unauthorized: labelled(&handshakes, "result", "unauthorized"),
+            handshakes_over_limit: labelled(&handshakes, "result", "over_limit"),
             frames_pushed,
             bytes_pushed,
             calls: CallCounters {
@@ -156,6 +168,8 @@ impl Default for Metrics {
             idle_closes: labelled(&closes, "reason", "idle"),
             flood_closes: labelled(&closes, "reason", "flood"),
             faulting_closes: labelled(&closes, "reason", "plugin_faults"),
+            token_expired_closes: labelled(&closes, "reason", "token_expired"),
+            token_refreshes,
             frames_unchanged,
             data_pushes,
             data_updates,

@@ -325,19 +325,27 @@ impl OutboundQueue {
 pub struct SharedSocket {
     socket: Arc<TcpStream>,
     outbound: Arc<OutboundQueue>,
+    /// Bytes read from the socket before it was wrapped (the request head), read first.
+    prelude: bytes::Bytes,
 }
 
 impl SharedSocket {
-    /// Wraps an accepted connection; returns it and its outbound side.
-    pub fn new(socket: TcpStream) -> (SharedSocket, Arc<OutboundQueue>) {
+    /// Wraps an accepted connection whose first bytes, `prelude`, were read already; returns it
+    /// and its outbound side.
+    pub fn new(socket: TcpStream, prelude: Vec<u8>) -> (SharedSocket, Arc<OutboundQueue>) {
         let socket = Arc::new(socket);
         let outbound = Arc::new(OutboundQueue::new(socket.clone()));
-        (SharedSocket { socket, outbound: outbound.clone() }, outbound)
+        (SharedSocket { socket, outbound: outbound.clone(), prelude: prelude.into() }, outbound)
     }
 }
 
 impl AsyncRead for SharedSocket {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prelude.is_empty() {
+            let take = self.prelude.len().min(buf.remaining());
+            buf.put_slice(&self.prelude.split_to(take));
+            return Poll::Ready(Ok(()));
+        }
         loop {
             ready!(self.socket.poll_read_ready(cx))?;
             match self.socket.try_read(buf.initialize_unfilled()) {
@@ -383,7 +391,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let (socket, outbound) = SharedSocket::new(server);
+        let (socket, outbound) = SharedSocket::new(server, Vec::new());
         (socket, outbound, client)
     }
 

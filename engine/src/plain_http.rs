@@ -1,11 +1,12 @@
-//! Requests on the WebSocket port that are not WebSocket upgrades: `GET /` serves the demo page
-//! (connect to a plugin, watch frames, edit params); anything else gets a proper HTTP error
-//! instead of a dropped connection. Decided by peeking at the request head, so an upgrade is left
-//! untouched for the WebSocket handshake.
+//! The request head on the WebSocket port, and the requests that are not WebSocket upgrades:
+//! `GET /` serves the demo page (connect to a plugin, watch frames, edit params); anything else
+//! gets a proper HTTP error instead of a dropped connection; a socket over a limit gets 503 at
+//! once. The head is read (waiting for each new piece, never polling) and handed on with an
+//! upgrade, so the WebSocket handshake reads it first.
 
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The demo page.
@@ -30,32 +31,44 @@ pub enum Request {
     Malformed(u16),
 }
 
-/// Peeks at the request head without consuming it; waits (polling, bounded by `timeout`) until the
-/// head is complete. `None` if the client sent nothing complete in time or closed.
-pub async fn peek(stream: &TcpStream, timeout: Duration) -> Option<Request> {
+/// Reads the request head, waiting (up to `timeout`) for each new piece the client sends; returns
+/// what it asks for and every byte read (the head, and anything after it), which the WebSocket
+/// handshake must read first. `None` if the client sent nothing complete in time or closed.
+pub async fn read_head(stream: &mut TcpStream, timeout: Duration) -> Option<(Request, Vec<u8>)> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut buf = vec![0; MAX_HEAD];
+    let mut buf = Vec::with_capacity(1024);
     loop {
-        let read = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await.ok()?.ok()?;
+        let room = (MAX_HEAD - buf.len()) as u64;
+        let read = tokio::time::timeout_at(deadline, (&mut *stream).take(room).read_buf(&mut buf)).await.ok()?.ok()?;
         if read == 0 {
             return None;
         }
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&buf[..read]) {
-            Ok(httparse::Status::Complete(_)) => return Some(classify(&request)),
-            Ok(httparse::Status::Partial) if read == MAX_HEAD => return Some(Request::Malformed(431)),
-            Ok(httparse::Status::Partial) => {
-                // More of the head is on its way; peeking again at once would spin.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                if tokio::time::Instant::now() >= deadline {
-                    return None;
-                }
-            }
-            Err(httparse::Error::TooManyHeaders) => return Some(Request::Malformed(431)),
-            Err(_) => return Some(Request::Malformed(400)),
-        }
+        let head = match request.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => classify(&request),
+            Ok(httparse::Status::Partial) if buf.len() == MAX_HEAD => Request::Malformed(431),
+            Ok(httparse::Status::Partial) => continue,
+            Err(httparse::Error::TooManyHeaders) => Request::Malformed(431),
+            Err(_) => Request::Malformed(400),
+        };
+        return Some((head, buf));
     }
+}
+
+/// Answers a socket over a limit with 503 and `reason`, at once and without waiting on the client:
+/// what it sent so far is discarded, the answer written if the socket takes it, the socket closed.
+pub fn refuse_at_once(stream: TcpStream, reason: &str) {
+    // Unread bytes would turn the close into a reset that can destroy the answer in flight.
+    let mut discard = [0; 1024];
+    while matches!(stream.try_read(&mut discard), Ok(read) if read > 0) {}
+    let body = format!("{reason}\n");
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+         Retry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(answer.as_bytes());
 }
 
 fn classify(request: &httparse::Request<'_, '_>) -> Request {

@@ -42,6 +42,10 @@ pub enum ClientError {
     /// A binary frame: params are JSON text.
     #[error("binary frames are not supported: send params as a JSON text frame")]
     BinaryFrame,
+    /// A token sent to refresh the connection's was refused; the connection keeps the one it
+    /// has (and is closed when that expires).
+    #[error("token refused: {0}")]
+    TokenRefused(String),
     /// The plugin trapped while serving this connection.
     #[error("plugin `{0}` failed")]
     PluginFailed(String),
@@ -73,6 +77,7 @@ impl ClientError {
             ClientError::BinaryFrame => 4004,
             ClientError::TooDeep => 4005,
             ClientError::TooFast { .. } => 4006,
+            ClientError::TokenRefused(_) => 4007,
             ClientError::PluginFailed(_) => 5001,
             ClientError::PluginTimedOut(_) => 5002,
             ClientError::PayloadTooLarge { .. } => 5003,
@@ -84,6 +89,26 @@ impl ClientError {
     pub fn frame(&self) -> String {
         error_frame(self.code(), &self.to_string())
     }
+}
+
+/// The close code of a connection whose token expired before the client sent a fresh one
+/// (in the private range of RFC 6455; like HTTP 401).
+pub const TOKEN_EXPIRED_CLOSE: u16 = 4401;
+
+/// The token of a refresh message, an object whose only key is `$token` (`{"$token":"JWT"}`), or
+/// `None` for any other text, which is params.
+pub fn token_refresh(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Refresh {
+        #[serde(rename = "$token")]
+        token: String,
+    }
+    // Most messages are params: only those naming the key are parsed twice.
+    if !text.contains("\"$token\"") {
+        return None;
+    }
+    serde_json::from_str::<Refresh>(text).ok().map(|refresh| refresh.token)
 }
 
 /// Checks that `text` is a JSON object of at most `limit` bytes, nesting at most [`MAX_DEPTH`]
@@ -188,6 +213,15 @@ impl<'de> serde::de::Visitor<'de> for JsonKindVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refresh_is_an_object_of_one_token_only() {
+        assert_eq!(token_refresh(r#"{"$token":"a.b.c"}"#).as_deref(), Some("a.b.c"));
+        assert_eq!(token_refresh(r#" { "$token" : "a.b.c" } "#).as_deref(), Some("a.b.c"));
+        assert_eq!(token_refresh(r#"{"$token":"a.b.c","symbol":"X"}"#), None, "params");
+        assert_eq!(token_refresh(r#"{"$token":5}"#), None);
+        assert_eq!(token_refresh(r#"{"symbol":"$token"}"#), None);
+    }
 
     #[test]
     fn objects_pass_unchanged() {

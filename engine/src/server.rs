@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -16,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
-use crate::admission::{Admission, Admitted, Refused};
+use crate::admission::{Admission, Admitted};
+use crate::auth::{self, Authenticator, KeyError, SharedAuthenticator};
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, ConnectionSettings};
 use crate::data::{ChangeSet, DataError, DataLimits, DataStore, DataView, DurableStore};
@@ -68,6 +70,9 @@ pub enum ServerError {
     /// stops for its supervisor to restart it.
     #[error("shard thread {0} died; stopping so that the engine can be restarted")]
     ShardDied(usize),
+    /// A key of `[auth]` could not be loaded.
+    #[error("cannot load the keys of [auth]: {0}")]
+    Auth(#[from] KeyError),
     /// The data store could not be opened.
     #[error("cannot open the data store in {path}: {source}")]
     Data {
@@ -101,6 +106,8 @@ struct Shared {
     websocket: WebSocketConfig,
     /// Where handshakes and open connections are counted.
     metrics: Arc<Metrics>,
+    /// Checks client tokens; `wasmpush reload` swaps in new keys.
+    auth: SharedAuthenticator,
     /// Source of connection ids; never reused while the engine runs.
     next_conn_id: AtomicU64,
 }
@@ -148,6 +155,7 @@ pub async fn run_notifying(
     // Watched from the first instant: a stop during start-up (plugins compiling) ends it there.
     tokio::pin!(shutdown);
     let live = Arc::new(LiveSettings::new(&config));
+    let auth: SharedAuthenticator = Arc::new(ArcSwap::from_pointee(Authenticator::load(&config.auth)?));
     let started = std::time::Instant::now();
     let Listeners { websocket: listener, admin, publish } = listeners;
     let metrics = Arc::new(Metrics::default());
@@ -205,7 +213,7 @@ pub async fn run_notifying(
         tracing::info!(plugin = %version.name, version = version.short_hash(), bytes = version.size, "serving plugin");
     }
     let (rescans, rescan_requests) = mpsc::channel(1);
-    tokio::spawn(apply_reloads(reloads, config.clone(), live.clone(), rescans));
+    tokio::spawn(apply_reloads(reloads, config.clone(), live.clone(), auth.clone(), rescans));
     tokio::spawn(reloader.run(changed, overflowed, rescan_requests, cancel.clone()));
     let settings = ShardSettings { live: live.clone(), metrics: metrics.clone(), data: view.clone() };
     let shards = Shards::spawn(config.worker_count(), settings, registry.clone()).map_err(ServerError::Workers)?;
@@ -228,6 +236,7 @@ pub async fn run_notifying(
             write_timeout: Duration::from_secs(config.write_timeout_secs),
             ping_interval: Duration::from_secs(config.ping_secs),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+            auth: auth.clone(),
         },
         // tungstenite zero-fills `read_buffer_size` bytes before every read (128 KiB by default:
         // 40% of the engine's CPU at 10,000 connections, and 128 KiB of memory per socket).
@@ -240,9 +249,15 @@ pub async fn run_notifying(
         shards,
         next_conn_id: AtomicU64::new(1),
         metrics,
+        auth,
         config,
     });
-    let admission = Admission::new(shared.config.max_connections, shared.config.max_connections_per_ip);
+    let admission = Admission::new(
+        shared.config.max_connections,
+        shared.config.max_connections_per_ip,
+        shared.config.max_handshakes,
+        shared.config.max_handshakes_per_ip,
+    );
     let tasks = TaskTracker::new();
     tracing::info!(listen = ?listener.local_addr().ok(), workers = shared.config.worker_count(), "serving");
     health.set_ready();
@@ -252,10 +267,16 @@ pub async fn run_notifying(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let admitted = admission.admit(peer.ip());
-                    tasks.spawn(accept(stream, admitted, shared.clone(), cancel.clone()));
-                }
+                Ok((stream, peer)) => match admission.admit(peer.ip()) {
+                    Ok(admitted) => {
+                        tasks.spawn(accept(stream, admitted, shared.clone(), cancel.clone()));
+                    }
+                    // Answered here: a socket over a limit never gets a task to wait in.
+                    Err(refused) => {
+                        shared.metrics.handshakes_over_limit.inc();
+                        plain_http::refuse_at_once(stream, &refused.to_string());
+                    }
+                },
                 Err(err) => {
                     // Typically out of file descriptors: back off instead of spinning.
                     tracing::error!(cause = %err, "accept failed");
@@ -287,18 +308,25 @@ pub async fn run_notifying(
     Ok(())
 }
 
-/// Applies each reload request: takes over the live settings of a new configuration (naming the
-/// changed settings that need a restart), then asks the reloader to rescan the plugins.
+/// Applies each reload request: takes over the live settings and the `[auth]` keys of a new
+/// configuration (naming the changed settings that need a restart), then asks the reloader to
+/// rescan the plugins.
 async fn apply_reloads(
     mut reloads: mpsc::Receiver<Reload>,
     running: Config,
     live: Arc<LiveSettings>,
+    auth: SharedAuthenticator,
     rescans: mpsc::Sender<()>,
 ) {
     while let Some(Reload { config }) = reloads.recv().await {
         if let Some(config) = config {
-            match config.validate() {
-                Ok(()) => {
+            let checked = config.validate().map_err(|err| err.to_string()).and_then(|()| {
+                let settings = config.auth.clone();
+                Authenticator::load(&settings).map_err(|err| format!("cannot load the keys of [auth]: {err}"))
+            });
+            match checked {
+                Ok(authenticator) => {
+                    auth.store(Arc::new(authenticator));
                     live.apply(&config);
                     let (tick_ms, max_params_bytes, max_payload_bytes) =
                         (config.tick_ms, config.max_params_bytes, config.max_payload_bytes);
@@ -308,7 +336,7 @@ async fn apply_reloads(
                         tracing::warn!(settings = ?pending, "changed settings take effect only after a restart");
                     }
                 }
-                Err(err) => tracing::error!(cause = %err, "new configuration rejected; keeping the running one"),
+                Err(cause) => tracing::error!(%cause, "new configuration rejected; keeping the running one"),
             }
         }
         // A rescan already queued covers this request too.
@@ -368,30 +396,22 @@ pub fn sandbox_limits(config: &Config) -> SandboxLimits {
 }
 
 /// Completes the handshake of one TCP connection and serves it.
-async fn accept(
-    stream: TcpStream,
-    admitted: Result<Admitted, Refused>,
-    shared: Arc<Shared>,
-    cancel: CancellationToken,
-) {
+async fn accept(mut stream: TcpStream, mut admitted: Admitted, shared: Arc<Shared>, cancel: CancellationToken) {
     let _ = stream.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(shared.config.handshake_timeout_secs);
-    match plain_http::peek(&stream, deadline - tokio::time::Instant::now()).await {
-        Some(plain_http::Request::Upgrade) => {}
-        Some(request) => return plain_http::respond(stream, &request).await,
+    let head = match plain_http::read_head(&mut stream, deadline - tokio::time::Instant::now()).await {
+        Some((plain_http::Request::Upgrade, head)) => head,
+        Some((request, _)) => return plain_http::respond(stream, &request).await,
         None => {
             shared.metrics.handshakes_rejected.inc();
             tracing::debug!("no complete request before the handshake timeout");
             return;
         }
-    }
+    };
     let mut routed = None;
     // The callback's signature is tungstenite's; its error is the HTTP response itself.
     #[allow(clippy::result_large_err)]
-    let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
-        if let Err(refused) = &admitted {
-            return Err(refuse(&Refusal { status: 503, reason: refused.to_string() }));
-        }
+    let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
         let config = &shared.config;
         let header = |name| request.headers().get(name).and_then(|value| value.to_str().ok());
         if let Err(refusal) = handshake::check_origin(header("origin"), header("host"), &config.allowed_origins) {
@@ -399,23 +419,32 @@ async fn accept(
         }
         let uri = request.uri();
         let served = |name: &str| shared.registry.get(name).map(|version| version.name.clone());
-        match handshake::route(
-            uri.path(),
-            uri.query(),
-            &config.default_plugin,
-            served,
-            shared.connection.live.max_params_bytes(),
-        ) {
-            Ok(route) => {
-                routed = Some(route);
-                Ok(response)
+        let live = &shared.connection.live;
+        let mut route =
+            handshake::route(uri.path(), uri.query(), &config.default_plugin, served, live.max_params_bytes())
+                .map_err(|refusal| refuse(&refusal))?;
+        let protocols = header("sec-websocket-protocol");
+        let token = auth::handshake_token(uri.query(), protocols, header("authorization"));
+        match handshake::authenticate(live.plugin(&route.plugin).auth, token.as_deref(), &shared.auth.load()) {
+            Ok(identity) => route.identity = identity.map(Arc::new),
+            Err(refusal) => {
+                shared.metrics.handshakes_unauthorized.inc();
+                return Err(refuse(&refusal));
             }
-            Err(refusal) => Err(refuse(&refusal)),
         }
+        // RFC 6455: the server may pick one of the subprotocols the client offered, and a browser
+        // that offered some fails a handshake whose answer picks none.
+        if let Some(protocol) = auth::answered_protocol(protocols).and_then(|p| http::HeaderValue::from_str(p).ok()) {
+            response.headers_mut().insert(http::header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        }
+        routed = Some(route);
+        Ok(response)
     };
-    let (socket, outbound) = SharedSocket::new(stream);
+    let (socket, outbound) = SharedSocket::new(stream, head);
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(socket, callback, Some(shared.websocket));
-    let ws = match tokio::time::timeout_at(deadline, handshake).await {
+    let handshake = tokio::time::timeout_at(deadline, handshake).await;
+    admitted.handshake_done();
+    let ws = match handshake {
         Ok(Ok(ws)) => ws,
         Ok(Err(err)) => {
             shared.metrics.handshakes_rejected.inc();
@@ -439,9 +468,13 @@ async fn accept(
     shared.metrics.connections.dec();
 }
 
-/// The HTTP response refusing a handshake.
+/// The HTTP response refusing a handshake; a 401 names the scheme it wants (RFC 6750).
 fn refuse(refusal: &Refusal) -> ErrorResponse {
     let mut response = http::Response::new(Some(format!("{}\n", refusal.reason)));
     *response.status_mut() = http::StatusCode::from_u16(refusal.status).unwrap_or(http::StatusCode::BAD_REQUEST);
+    if refusal.status == 401 {
+        let challenge = http::HeaderValue::from_static("Bearer realm=\"wasmpush\"");
+        response.headers_mut().insert(http::header::WWW_AUTHENTICATE, challenge);
+    }
     response
 }

@@ -1,9 +1,9 @@
 //! The batch runner behind [`plugin!`](crate::plugin): turns one `run` call of the WIT contract
 //! into one call of the author's function per connection.
 //!
-//! It keeps each connection's parsed params (or the reason they did not parse) from the call
-//! that carried them until the engine reports the connection closed, so params are parsed once
-//! per change, not once per tick. It must never panic on engine input: a connection the engine
+//! It keeps each connection's parsed params (or the reason they did not parse) and its identity
+//! from the call that carried them until the engine reports the connection closed, so params and
+//! claims are parsed once per change, not once per tick. It must never panic on engine input: a connection the engine
 //! sent no params for gets an error outcome.
 //!
 //! Every call's text (payload or error message) is written into one buffer for the whole batch,
@@ -16,15 +16,24 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
 use crate::bindings::wasmpush::plugin::types::Outcome;
 use crate::bindings::{Calls, Outcomes};
-use crate::{Context, Payload};
+use crate::{Context, Identity, Payload};
 
-/// Parsed params (or why they did not parse) by connection id, for the plugin's params type `P`.
-type ParamsCache<P> = HashMap<u64, Result<P, String>, BuildHasherDefault<ConnIdHasher>>;
+/// What a connection's calls are given: its parsed params (or why they did not parse) and who
+/// its client is.
+struct Cached<P> {
+    params: Result<P, String>,
+    identity: Option<Arc<Identity>>,
+}
+
+/// Each connection's [`Cached`] params and identity by connection id, for the plugin's params
+/// type `P`.
+type ParamsCache<P> = HashMap<u64, Cached<P>, BuildHasherDefault<ConnIdHasher>>;
 
 thread_local! {
     /// The plugin's [`ParamsCache`]. A static cannot be generic, so the cache is stored as `Any`
@@ -112,14 +121,17 @@ where
     for (index, ((conn_id, seq), trigger)) in columns.enumerate() {
         while let Some(params) = new_params.next_if(|params| params.index as usize <= index) {
             if params.index as usize == index {
-                cache.insert(conn_id, parse_params::<P>(&params.json));
+                let identity = params.identity.map(|who| Arc::new(Identity::from_engine(who.subject, &who.claims)));
+                cache.insert(conn_id, Cached { params: parse_params::<P>(&params.json), identity });
             }
         }
-        let ctx = Context::new(conn_id, seq, trigger.into(), now_ms);
         let kind = match cache.get(&conn_id) {
             None => write_error(&mut out.text, "no params were sent for this connection"),
-            Some(Err(reason)) => write_error(&mut out.text, reason),
-            Some(Ok(params)) => write_outcome(&mut out.text, tick.call(&ctx, params)),
+            Some(Cached { params: Err(reason), .. }) => write_error(&mut out.text, reason),
+            Some(Cached { params: Ok(params), identity }) => {
+                let ctx = Context::new(conn_id, seq, trigger.into(), now_ms).with_shared_identity(identity.clone());
+                write_outcome(&mut out.text, tick.call(&ctx, params))
+            }
         };
         out.kinds.push(kind);
         out.ends.push(u32::try_from(out.text.len()).unwrap_or(u32::MAX));
@@ -183,7 +195,7 @@ mod tests {
     /// A batch of calls with `seq` 1, each with its params if it has any.
     fn calls(calls: &[(u64, Option<&str>)]) -> Calls {
         let params = calls.iter().enumerate().filter_map(|(index, (_, params))| {
-            params.map(|json| NewParams { index: index as u32, json: json.to_owned() })
+            params.map(|json| NewParams { index: index as u32, json: json.to_owned(), identity: None })
         });
         Calls {
             conn_ids: calls.iter().map(|(conn_id, _)| *conn_id).collect(),
@@ -226,11 +238,29 @@ mod tests {
         }
         run_batch(0, calls(&[(21, Some(r#"{"limit":1}"#)), (22, Some(r#"{"limit":2}"#))]), vec![], vec![], limit);
         let mut batch = calls(&[(21, None), (22, Some(r#"{"limit":5}"#)), (23, None)]);
-        batch.params.push(NewParams { index: 7, json: r#"{"limit":9}"#.to_owned() });
+        batch.params.push(NewParams { index: 7, json: r#"{"limit":9}"#.to_owned(), identity: None });
         let out = run_batch(0, batch, vec![], vec![], limit);
         let expected =
             [(Outcome::Push, "1"), (Outcome::Push, "5"), (Outcome::Error, "no params were sent for this connection")];
         assert_eq!(texts(&out), expected);
+    }
+
+    #[test]
+    fn the_identity_sent_with_params_reaches_every_call_until_it_changes() {
+        use crate::bindings::wasmpush::plugin::types::Identity as WitIdentity;
+        fn who(ctx: &Context, _: &Params) -> Result<Option<String>, crate::Error> {
+            let role: Option<String> = ctx.identity().and_then(|who| who.claim("role"));
+            Ok(Some(format!("{:?} {:?}", ctx.subject(), role)))
+        }
+        let mut first = call(41, Some(r#"{"limit":1}"#));
+        first.params[0].identity =
+            Some(WitIdentity { subject: Some("u7".into()), claims: r#"{"sub":"u7","role":"admin"}"#.into() });
+        let out = run_batch(0, first, vec![], vec![], who);
+        assert_eq!(texts(&out), [(Outcome::Push, r#""Some(\"u7\") Some(\"admin\")""#)]);
+        let cached = run_batch(0, call(41, None), vec![], vec![], who);
+        assert_eq!(texts(&cached), texts(&out), "kept with the params");
+        let anonymous = run_batch(0, call(41, Some(r#"{"limit":1}"#)), vec![], vec![], who);
+        assert_eq!(texts(&anonymous), [(Outcome::Push, r#""None None""#)], "params sent without one clear it");
     }
 
     #[test]

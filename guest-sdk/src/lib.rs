@@ -54,7 +54,7 @@ mod error;
 pub mod log;
 mod payload;
 
-pub use context::{Context, Trigger};
+pub use context::{Context, Identity, Trigger};
 pub use data::FakeData;
 pub use error::Error;
 pub use payload::{Payload, Raw};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use wasmpush_tests::{Client, Frame, KillOnDrop, artifacts};
 
-use crate::util::{BINARY, SOON, encode, write_config};
+use crate::util::{BINARY, SOON, encode, start_in_foreground, write_config};
 
 fn wasmpush(args: &[&str]) -> Output {
     Command::new(BINARY).args(args).output().expect("run wasmpush")
@@ -26,7 +26,7 @@ async fn the_binary_refuses_a_second_start_reloads_on_request_and_stops_graceful
     std::fs::write(&pid_file, "2147483000\n").unwrap();
     let pid_arg = pid_file.to_str().unwrap();
     // Killed if the test fails before `stop` ends it.
-    let mut engine = start_in_foreground(&config, pid_arg);
+    let mut engine = start_in_foreground(&config, Path::new(pid_arg));
 
     let url = |path: &str| format!("ws://127.0.0.1:{port}{path}");
     let mut client = Client::connect_retrying(&url(&format!("/ws/quote?params={}", encode("{}"))), SOON * 10).await;
@@ -71,19 +71,6 @@ async fn stop_and_reload_see_through_a_stale_pid_file() {
     let reload = wasmpush(&["reload", "--pid-file", pid_file.to_str().unwrap()]);
     assert!(!reload.status.success());
     assert!(text(&reload.stderr).contains("not running"), "{}", text(&reload.stderr));
-}
-
-/// The real engine started in the foreground with `config` and `pid_file`, output discarded;
-/// killed if the test ends before it stops.
-fn start_in_foreground(config: &Path, pid_file: &str) -> KillOnDrop {
-    KillOnDrop(
-        Command::new(BINARY)
-            .args(["start", "--config", config.to_str().unwrap(), "--pid-file", pid_file])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
 }
 
 /// `DIR/plugins` holding `quote`.
@@ -229,7 +216,7 @@ async fn a_pid_file_naming_an_unrelated_live_process_is_never_signalled() {
     // `start` takes the stale file over, and `stop` then stops the engine, not the stranger.
     let plugins = plugins_dir_with_quote(dir.path());
     let (config, port, _) = write_config(dir.path(), &plugins, "");
-    let mut engine = start_in_foreground(&config, pid_arg);
+    let mut engine = start_in_foreground(&config, Path::new(pid_arg));
     Client::connect_retrying(&format!("ws://127.0.0.1:{port}/"), SOON * 10).await;
     assert!(std::fs::read_to_string(&pid_file).unwrap().starts_with(&format!("{} ", engine.id())));
     assert!(wasmpush(&["stop", "--pid-file", pid_arg]).status.success());

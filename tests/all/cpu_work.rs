@@ -28,7 +28,7 @@ pub fn work(rounds: u64) -> String {
 pub fn call(hostile: &Arc<PluginVersion>, params: &str) -> Result<String, PluginFault> {
     let mut instance = PluginInstance::new(hostile)?;
     let mut calls = Calls::with_capacity(1);
-    calls.push(1, 1, Trigger::Open, Some(params));
+    calls.push(1, 1, Trigger::Open, Some(params.into()));
     let outcomes = instance.run(0, &calls, &[], &[], &BatchData::none())?;
     match outcomes.get(0)? {
         Outcome::Push(frame) => Ok(frame.to_owned()),

@@ -10,13 +10,13 @@ use wasmpush::config::PluginSettings;
 use wasmpush_tests::http::request;
 use wasmpush_tests::{Client, KillOnDrop, TestEngine, artifacts};
 
-use crate::util::{BINARY, SOON, TICK, encode, error_parts, write_config};
+use crate::util::{BINARY, SOON, TICK, encode, error_parts, start_in_foreground, write_config};
 
 /// Long enough that a frame that should not come would have come.
 const QUIET: Duration = Duration::from_millis(600);
 
 /// `portfolio` granted `accounts` and `prices`, with `settings` applied to its table.
-fn portfolio(config: &mut Config, settings: impl FnOnce(&mut PluginSettings)) {
+pub(crate) fn portfolio(config: &mut Config, settings: impl FnOnce(&mut PluginSettings)) {
     let mut table = PluginSettings { read: vec!["accounts".into(), "prices".into()], ..PluginSettings::default() };
     settings(&mut table);
     config.plugins.insert("portfolio".into(), table);
@@ -27,13 +27,13 @@ async fn engine(settings: impl FnOnce(&mut PluginSettings)) -> TestEngine {
 }
 
 /// Publishes `body` to `path` with `method`; panics unless the API answers 200.
-async fn publish(engine: &TestEngine, method: &str, path: &str, body: Value) {
+pub(crate) async fn publish(engine: &TestEngine, method: &str, path: &str, body: Value) {
     let (status, answer) = request(engine.publish_addr, method, path, None, &body.to_string()).await;
     assert_eq!(status, 200, "{method} {path}: {answer}");
 }
 
 /// Seeds account `a42` (10 AAPL, 5 MSFT) and `a7` (3 MSFT) with both prices.
-async fn seed(engine: &TestEngine) {
+pub(crate) async fn seed(engine: &TestEngine) {
     publish(
         engine,
         "POST",
@@ -54,7 +54,7 @@ async fn connect(engine: &TestEngine, account: &str) -> Client {
     Client::connect(&engine.url(&format!("/ws/portfolio?params={params}"))).await
 }
 
-fn parse(frame: &str) -> Value {
+pub(crate) fn parse(frame: &str) -> Value {
     serde_json::from_str(frame).unwrap_or_else(|err| panic!("{err}: {frame}"))
 }
 
@@ -338,17 +338,7 @@ async fn an_acknowledged_update_survives_kill_9_and_is_served_before_the_first_c
         let parsed: Config = toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
         parsed.publish
     };
-    let start = || {
-        KillOnDrop(
-            Command::new(BINARY)
-                .args(["start", "--config", config.to_str().unwrap(), "--pid-file"])
-                .arg(dir.path().join("wasmpush.pid"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
+    let start = || start_in_foreground(&config, &dir.path().join("wasmpush.pid"));
     let url = format!("ws://127.0.0.1:{port}/ws/portfolio?params={}", encode(r#"{"account":"a42"}"#));
 
     let mut engine = start();

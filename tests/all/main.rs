@@ -1,6 +1,7 @@
 //! End-to-end tests: a real engine on port 0, real WebSocket clients, real plugins compiled from
 //! source by the build script.
 
+mod auth;
 mod bad_input;
 mod cadence;
 mod cli;
@@ -8,6 +9,7 @@ mod cpu_deadline;
 mod cpu_work;
 mod data;
 mod demo_page;
+mod handshake_flood;
 mod heartbeat;
 mod hostile;
 mod loadgen;

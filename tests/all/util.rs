@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use wasmpush_tests::{TestEngine, artifacts};
+use wasmpush_tests::{KillOnDrop, TestEngine, artifacts};
 
 /// The tick interval of the default configuration.
 pub const TICK: Duration = Duration::from_millis(200);
@@ -44,6 +44,20 @@ pub fn seq_of(frame: &str) -> u64 {
 
 /// The real `wasmpush` binary, built by this crate.
 pub const BINARY: &str = env!("CARGO_BIN_EXE_wasmpush-under-test");
+
+/// The real engine started in the foreground with `config` and `pid_file`, output discarded;
+/// killed if the test ends before it stops.
+pub fn start_in_foreground(config: &Path, pid_file: &Path) -> KillOnDrop {
+    KillOnDrop(
+        std::process::Command::new(BINARY)
+            .args(["start", "--config", config.to_str().unwrap(), "--pid-file"])
+            .arg(pid_file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
 
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {

@@ -43,7 +43,7 @@ fn main() {
     let calls = |with_params: bool| -> Calls {
         let mut calls = Calls::with_capacity(BATCH);
         for (i, params) in params.iter().enumerate() {
-            calls.push(i as u64, 7, Trigger::Tick, with_params.then_some(params.as_str()));
+            calls.push(i as u64, 7, Trigger::Tick, with_params.then_some(params.as_str().into()));
         }
         calls
     };
@@ -112,7 +112,7 @@ fn data_path(host: &PluginHost) {
     let batch = |params: &[String], with_params: bool| -> Calls {
         let mut calls = Calls::with_capacity(BATCH);
         for (i, params) in params.iter().enumerate() {
-            calls.push(i as u64, 7, Trigger::Tick, with_params.then_some(params.as_str()));
+            calls.push(i as u64, 7, Trigger::Tick, with_params.then_some(params.as_str().into()));
         }
         calls
     };

@@ -39,6 +39,18 @@ impl Client {
         Ok(Client { ws })
     }
 
+    /// Connects with a request of one's own (headers, subprotocols); returns the client and the
+    /// server's handshake response, or the handshake error.
+    pub async fn try_connect_with(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<
+        (Client, tokio_tungstenite::tungstenite::handshake::client::Response),
+        tokio_tungstenite::tungstenite::Error,
+    > {
+        let (ws, response) = connect_async(request).await?;
+        Ok((Client { ws }, response))
+    }
+
     /// Connects, retrying for up to `within` while the handshake is refused or fails (an engine
     /// still starting, a plugin not yet loaded, a place not yet freed).
     pub async fn connect_retrying(url: &str, within: Duration) -> Client {

@@ -43,6 +43,9 @@ impl TestEngine {
             plugins_dir: dir.path().to_owned(),
             data_dir: data.path().to_owned(),
             plugin_timeout_ms: 2000,
+            // Every test client comes from 127.0.0.1, a thousand at once in some tests: one
+            // address here stands for many clients. Tests of the handshake caps set their own.
+            max_handshakes_per_ip: 4096,
             ..Config::default()
         };
         configure(&mut config);

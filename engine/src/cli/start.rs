@@ -64,6 +64,9 @@ pub(super) struct StartArgs {
     /// variable).
     #[arg(long, value_name = "TOKEN", env = "WASMPUSH_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// HS256 secret of client tokens, `[auth] hs256_secret` (better: the environment variable).
+    #[arg(long, value_name = "SECRET", env = "WASMPUSH_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
     /// Directory of the durable data store [default: runtime/data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -136,6 +139,9 @@ impl StartArgs {
         if let Some(token) = &self.admin_token {
             config.admin_token = Some(token.clone());
         }
+        if let Some(secret) = &self.jwt_secret {
+            config.auth.hs256_secret = Some(secret.clone());
+        }
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
         }
@@ -148,11 +154,14 @@ impl StartArgs {
 pub(super) fn start_daemon(args: &StartArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
     pidfile::refuse_if_running(&args.pid_file)?;
-    let secrets: Vec<(&str, &str)> =
-        [("WASMPUSH_PUBLISH_TOKEN", &args.publish_token), ("WASMPUSH_ADMIN_TOKEN", &args.admin_token)]
-            .into_iter()
-            .filter_map(|(name, token)| token.as_deref().map(|token| (name, token)))
-            .collect();
+    let secrets: Vec<(&str, &str)> = [
+        ("WASMPUSH_PUBLISH_TOKEN", &args.publish_token),
+        ("WASMPUSH_ADMIN_TOKEN", &args.admin_token),
+        ("WASMPUSH_JWT_SECRET", &args.jwt_secret),
+    ]
+    .into_iter()
+    .filter_map(|(name, token)| token.as_deref().map(|token| (name, token)))
+    .collect();
     let pid = daemon::spawn(&args.foreground_args(), &secrets, &args.log_file, &args.pid_file, config.admin)?;
     println!("wasmpush started (pid {pid}), listening on {}, logging to {}", config.listen, args.log_file.display());
     Ok(ExitCode::SUCCESS)

@@ -9,7 +9,7 @@ wasmtime::component::bindgen!({
 });
 
 /// The WIT package (and version) of the contract plugins must implement.
-pub const CONTRACT: &str = "wasmpush:plugin@0.3.0";
+pub const CONTRACT: &str = "wasmpush:plugin@0.4.0";
 
 #[cfg(test)]
 mod tests {

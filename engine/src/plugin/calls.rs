@@ -1,8 +1,25 @@
 //! [`Calls`]: the due connections of one batch, built call by call into the contract's columns
-//! (connection ids, `seq`s and triggers as whole lists, params only for the calls that carry
-//! them), which cross into the guest as a few list copies instead of a record per call.
+//! (connection ids, `seq`s and triggers as whole lists, params and identity only for the calls
+//! that carry them), which cross into the guest as a few list copies instead of a record per call.
 
-use super::bindings::wasmpush::plugin::types::{Calls, NewParams, Trigger};
+use super::bindings::wasmpush::plugin::types::{Calls, Identity, NewParams, Trigger};
+
+/// What an instance must be sent with a call: the connection's params and who its client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallParams<'a> {
+    /// The params JSON object.
+    pub json: &'a str,
+    /// The client's verified identity: its subject (if any) and its claims as a JSON object;
+    /// `None` for a connection without a token.
+    pub identity: Option<(Option<&'a str>, &'a str)>,
+}
+
+impl<'a> From<&'a str> for CallParams<'a> {
+    /// Params of a connection without a token.
+    fn from(json: &'a str) -> Self {
+        CallParams { json, identity: None }
+    }
+}
 
 impl Calls {
     /// An empty batch with room for `capacity` calls.
@@ -16,10 +33,12 @@ impl Calls {
     }
 
     /// Adds a call; `params` when the instance must be sent them.
-    pub fn push(&mut self, conn_id: u64, seq: u64, trigger: Trigger, params: Option<&str>) {
-        if let Some(json) = params {
+    pub fn push(&mut self, conn_id: u64, seq: u64, trigger: Trigger, params: Option<CallParams<'_>>) {
+        if let Some(CallParams { json, identity }) = params {
             let index = u32::try_from(self.len()).expect("a batch holds fewer than 2^32 calls");
-            self.params.push(NewParams { index, json: json.to_owned() });
+            let identity = identity
+                .map(|(subject, claims)| Identity { subject: subject.map(str::to_owned), claims: claims.to_owned() });
+            self.params.push(NewParams { index, json: json.to_owned(), identity });
         }
         self.conn_ids.push(conn_id);
         self.seqs.push(seq);
@@ -44,13 +63,16 @@ mod tests {
     #[test]
     fn params_are_listed_by_the_index_of_their_call() {
         let mut calls = Calls::with_capacity(3);
-        calls.push(7, 1, Trigger::Open, Some("{}"));
+        calls.push(7, 1, Trigger::Open, Some("{}".into()));
         calls.push(8, 4, Trigger::Tick, None);
-        calls.push(9, 2, Trigger::Message, Some(r#"{"a":1}"#));
+        let who = CallParams { json: r#"{"a":1}"#, identity: Some((Some("u7"), r#"{"sub":"u7"}"#)) };
+        calls.push(9, 2, Trigger::Message, Some(who));
         assert_eq!(calls.len(), 3);
         assert_eq!(calls.conn_ids, [7, 8, 9]);
         assert_eq!(calls.seqs, [1, 4, 2]);
         let params: Vec<(u32, &str)> = calls.params.iter().map(|p| (p.index, p.json.as_str())).collect();
         assert_eq!(params, [(0, "{}"), (2, r#"{"a":1}"#)]);
+        assert!(calls.params[0].identity.is_none());
+        assert_eq!(calls.params[1].identity.as_ref().and_then(|who| who.subject.as_deref()), Some("u7"));
     }
 }

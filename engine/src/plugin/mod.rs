@@ -41,6 +41,7 @@ mod store;
 mod version;
 
 pub use bindings::wasmpush::plugin::types::{Calls, Trigger};
+pub use calls::CallParams;
 pub use data::{BatchData, DataRead, DataSource, MAX_KEYS_PER_INSTANCE, ReadKey};
 pub use fault::PluginFault;
 pub use host::{HostError, LoadError, PluginHost};

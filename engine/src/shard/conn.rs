@@ -6,8 +6,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::Identity;
 use crate::outbound::{Outbound, OutboundQueue};
-use crate::plugin::{ReadKey, Trigger};
+use crate::plugin::{CallParams, ReadKey, Trigger};
 
 /// One connection's state, owned by its shard.
 pub(super) struct Conn {
@@ -77,17 +78,19 @@ impl Park {
     }
 }
 
-/// What a connection's calls depend on: its params, how many pushes it had, whether it is parked,
-/// and which plugin instance has seen its params.
+/// What a connection's calls depend on: its params and identity, how many pushes it had, whether
+/// it is parked, and which plugin instance has seen its params.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Session {
     /// The params JSON object; `None` until the client sends one (no calls until then).
     params: Option<Arc<str>>,
+    /// Who the client is, from its verified token; `None` without one.
+    identity: Option<Arc<Identity>>,
     /// Data pushes made so far; the next push has `seq = pushes + 1`.
     pushes: u64,
     /// Why the connection gets no calls, if it does not.
     parked: Option<Park>,
-    /// The instance generation that has seen the current params; 0 when none has.
+    /// The instance generation that has seen the current params and identity; 0 when none has.
     params_seen: u64,
     /// Whether a data change is waiting to re-run the connection.
     data_pending: bool,
@@ -104,9 +107,9 @@ pub(super) struct Session {
 }
 
 impl Session {
-    /// A session opened with `params` (or none yet).
-    pub(super) fn new(params: Option<String>) -> Self {
-        Session { params: params.map(Arc::from), ..Session::default() }
+    /// A session opened with `params` (or none yet), for a client with `identity` (or none).
+    pub(super) fn new(params: Option<String>, identity: Option<Arc<Identity>>) -> Self {
+        Session { params: params.map(Arc::from), identity, ..Session::default() }
     }
 
     /// New params from the client: no instance has seen them, and they lift any park.
@@ -114,6 +117,16 @@ impl Session {
         self.params = Some(Arc::from(params));
         self.params_seen = 0;
         self.parked = None;
+    }
+
+    /// The client refreshed its token: no instance has seen the new identity, and it lifts an
+    /// error park as new params do (what the client may see can have changed).
+    pub(super) fn set_identity(&mut self, identity: Arc<Identity>) {
+        self.identity = Some(identity);
+        self.params_seen = 0;
+        if matches!(self.parked, Some(Park::Error { .. })) {
+            self.parked = None;
+        }
     }
 
     /// Whether a call for `trigger` is due. A data change re-runs a connection parked for an
@@ -172,9 +185,13 @@ impl Session {
         self.pushes + 1
     }
 
-    /// The params to send to instance `generation`: `None` if it has seen them already.
-    pub(super) fn params_for(&self, generation: u64) -> Option<&str> {
-        (self.params_seen != generation).then(|| self.params.as_deref().unwrap_or("{}"))
+    /// The params and identity to send to instance `generation`: `None` if it has seen them
+    /// already.
+    pub(super) fn params_for(&self, generation: u64) -> Option<CallParams<'_>> {
+        (self.params_seen != generation).then(|| CallParams {
+            json: self.params.as_deref().unwrap_or("{}"),
+            identity: self.identity.as_deref().map(|who| (who.subject.as_deref(), who.claims.as_str())),
+        })
     }
 
     /// Instance `generation` was sent the params and ran the call.
@@ -235,12 +252,12 @@ mod tests {
     const RESET: Option<Duration> = Some(Duration::from_secs(5));
 
     fn with_params() -> Session {
-        Session::new(Some(r#"{"a":1}"#.to_owned()))
+        Session::new(Some(r#"{"a":1}"#.to_owned()), None)
     }
 
     #[test]
     fn a_connection_without_params_is_never_due() {
-        let session = Session::new(None);
+        let session = Session::new(None, None);
         assert!(!session.is_due(None, Instant::now()));
         assert!(!session.is_due(RESET, Instant::now() + Duration::from_secs(60)));
         assert!(with_params().is_due(None, Instant::now()));
@@ -300,7 +317,7 @@ mod tests {
         session.park(Park::Unavailable, 9);
         assert_eq!(session.data_changed(now + Duration::from_secs(1), coalesce), None);
         assert!(!session.is_due_for(Trigger::Data, None, now));
-        assert_eq!(Session::new(None).data_changed(now, coalesce), None, "no params, no call");
+        assert_eq!(Session::new(None, None).data_changed(now, coalesce), None, "no params, no call");
     }
 
     #[test]
@@ -339,11 +356,23 @@ mod tests {
     #[test]
     fn params_go_to_each_instance_once_and_again_after_a_change() {
         let mut session = with_params();
-        assert_eq!(session.params_for(1), Some(r#"{"a":1}"#));
+        assert_eq!(session.params_for(1), Some(r#"{"a":1}"#.into()));
         session.seen_by(1);
         assert_eq!(session.params_for(1), None);
-        assert_eq!(session.params_for(2), Some(r#"{"a":1}"#), "a new instance is sent them");
+        assert_eq!(session.params_for(2), Some(r#"{"a":1}"#.into()), "a new instance is sent them");
         session.set_params(r#"{"a":2}"#.to_owned());
-        assert_eq!(session.params_for(1), Some(r#"{"a":2}"#));
+        assert_eq!(session.params_for(1), Some(r#"{"a":2}"#.into()));
+    }
+
+    #[test]
+    fn a_refreshed_identity_is_sent_again_and_lifts_an_error_park() {
+        let mut session = with_params();
+        session.seen_by(1);
+        session.park(Park::error(), 7);
+        let who = Identity { subject: Some("u7".into()), claims: r#"{"sub":"u7"}"#.into(), expires_at: 9 };
+        session.set_identity(Arc::new(who));
+        assert!(session.is_due(None, Instant::now()), "un-parked");
+        let sent = session.params_for(1).expect("sent again");
+        assert_eq!(sent.identity, Some((Some("u7"), r#"{"sub":"u7"}"#)));
     }
 }

@@ -28,6 +28,7 @@ use flume::RecvTimeoutError;
 
 pub use self::slot::ShardSettings;
 use self::slot::{DueCalls, PluginSlot};
+use crate::auth::Identity;
 use crate::data::{ChangeSet, Snapshot};
 use crate::outbound::OutboundQueue;
 use crate::phase_clock::{PHASES, PhaseClock, PhaseLoad};
@@ -57,6 +58,15 @@ pub enum ShardCommand {
         outbound: Arc<OutboundQueue>,
         /// Its params, if the URL carried them (validated).
         params: Option<String>,
+        /// Who its client is, if it presented a valid token.
+        identity: Option<Arc<Identity>>,
+    },
+    /// The client refreshed its token (verified, for the same subject).
+    Identity {
+        /// Whose token it is.
+        conn_id: u64,
+        /// What the new token says.
+        identity: Arc<Identity>,
     },
     /// The client sent new, validated params.
     Params {
@@ -222,12 +232,16 @@ impl Shard {
 
     fn handle(&mut self, command: ShardCommand) {
         match command {
-            ShardCommand::Open { conn_id, plugin, outbound, params } => {
+            ShardCommand::Open { conn_id, plugin, outbound, params, identity } => {
                 let slot = self.slots.entry(plugin.clone()).or_insert_with(|| {
                     PluginSlot::new(plugin.clone(), self.settings.clone(), self.registry.clone(), self.snapshot.clone())
                 });
-                slot.open(conn_id, self.load.join(), outbound, params);
+                slot.open(conn_id, self.load.join(), outbound, params, identity);
                 self.plugin_of.insert(conn_id, plugin);
+            }
+            ShardCommand::Identity { conn_id, identity } => {
+                let Some(slot) = self.plugin_of.get(&conn_id).and_then(|p| self.slots.get_mut(p)) else { return };
+                slot.set_identity(conn_id, identity);
             }
             ShardCommand::Params { conn_id, params } => {
                 let Some(slot) = self.plugin_of.get(&conn_id).and_then(|p| self.slots.get_mut(p)) else { return };

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::conn::{AfterFault, Conn, Park, Session, frame_hash};
 use super::reads::ReadIndex;
+use crate::auth::Identity;
 use crate::data::{ChangeSet, DataView, Snapshot};
 use crate::live::{LiveSettings, PluginPolicy};
 use crate::metrics::Metrics;
@@ -117,15 +118,33 @@ impl PluginSlot {
         self.conns.is_empty()
     }
 
-    /// Takes a new connection into `phase`; with params it is due at once.
-    pub(super) fn open(&mut self, conn_id: u64, phase: u32, outbound: Arc<OutboundQueue>, params: Option<String>) {
+    /// Takes a new connection into `phase`, for a client with `identity` (or none); with params
+    /// it is due at once.
+    pub(super) fn open(
+        &mut self,
+        conn_id: u64,
+        phase: u32,
+        outbound: Arc<OutboundQueue>,
+        params: Option<String>,
+        identity: Option<Arc<Identity>>,
+    ) {
         if params.is_some() {
             self.due_now.push((conn_id, Trigger::Open));
         }
         self.members[phase as usize].push(conn_id);
-        let conn =
-            Conn { phase, outbound, session: Session::new(params), reads: Vec::new(), read_ids: (0, Vec::new()) };
+        let session = Session::new(params, identity);
+        let conn = Conn { phase, outbound, session, reads: Vec::new(), read_ids: (0, Vec::new()) };
         self.conns.insert(conn_id, conn);
+    }
+
+    /// A connection's client refreshed its token: with params, it is due at once.
+    pub(super) fn set_identity(&mut self, conn_id: u64, identity: Arc<Identity>) {
+        if let Some(conn) = self.conns.get_mut(&conn_id) {
+            conn.session.set_identity(identity);
+            if conn.session.is_due(None, Instant::now()) {
+                self.due_now.push((conn_id, Trigger::Message));
+            }
+        }
     }
 
     /// New params from a connection's client: it is due at once.

@@ -6,6 +6,11 @@
 //!
 //! Config: `[plugins.portfolio] read = ["accounts", "prices"]`. Data (docs/data.md):
 //! `accounts/a42` = `{"holdings":{"AAPL":10,"MSFT":5}}`, `prices/AAPL` = `{"price":189.5}`.
+//!
+//! With a token (`auth = "required"` in production; docs/security.md), a client sees only its own
+//! accounts: the token's subject, or one listed in its `accounts` claim. Params naming another
+//! account get an error frame, whatever the client sends: the claims come from the verified token,
+//! never from params.
 
 mod value;
 
@@ -23,12 +28,24 @@ pub struct Params {
 
 /// Reads the account and its prices, and values the holdings.
 pub fn tick(ctx: &Context, params: &Params) -> Result<Option<Portfolio>, Error> {
+    if !may_see(ctx, &params.account) {
+        return Err(Error::msg(format!("account {} is not yours", params.account)));
+    }
     let Some(account) = ctx.get::<Account>("accounts", &params.account)? else {
         return Err(Error::msg(format!("unknown account {}", params.account)));
     };
     let symbols: Vec<&str> = account.holdings.keys().map(String::as_str).collect();
     let prices = ctx.get_many::<Price>("prices", &symbols)?;
     Ok(Some(value(&params.account, &account, prices)))
+}
+
+/// Whether the client may see `account`: anyone without a token (the plugin is then served with
+/// `auth = "none"`, as in the demo); with one, only its subject's account and those its
+/// `accounts` claim lists.
+fn may_see(ctx: &Context, account: &str) -> bool {
+    let Some(who) = ctx.identity() else { return true };
+    who.subject() == Some(account)
+        || who.claim::<Vec<String>>("accounts").is_some_and(|own| own.iter().any(|a| a == account))
 }
 
 wasmpush_sdk::plugin!(tick);
@@ -64,6 +81,18 @@ mod tests {
             Position { symbol: "AAPL".into(), qty: 10.0, price: Some(189.5), value: Some(1895.0) }
         );
         assert!(portfolio.missing.is_empty());
+    }
+
+    #[test]
+    fn a_client_with_a_token_sees_only_its_own_accounts() {
+        use wasmpush_sdk::Identity;
+        let as_user = |sub: &str, claims| ctx().with_identity(Identity::new(Some(sub), claims));
+        let own = data().run(|| tick(&as_user("a42", json!({"sub": "a42"})), &params("a42")));
+        assert!(own.unwrap().is_some());
+        let listed = data().run(|| tick(&as_user("u1", json!({"accounts": ["a7", "a42"]})), &params("a42")));
+        assert!(listed.unwrap().is_some());
+        let other = data().run(|| tick(&as_user("u1", json!({"accounts": ["a7"]})), &params("a42")));
+        assert_eq!(other.unwrap_err().to_string(), "account a42 is not yours");
     }
 
     #[test]

@@ -1,0 +1,109 @@
+//! Handshake limits under attack, against the real binary: 2,000 sockets from ten addresses each
+//! send half a request head and wait. Each address keeps at most `max_handshakes_per_ip` of them
+//! in their handshake, the rest are answered 503 at once and closed, so the engine's open
+//! descriptors stay bounded, and a client from another address still connects and is pushed.
+//! The engine's CPU while the flood waits is printed (measured, not asserted).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use wasmpush_tests::{Client, artifacts};
+
+use crate::util::{SOON, encode, start_in_foreground, write_config};
+
+const ADDRESSES: u8 = 10;
+const SOCKETS_PER_ADDRESS: usize = 200;
+const PER_IP: usize = 16;
+
+/// Open descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
+}
+
+/// CPU time process `pid` has used, in clock ticks (user + system).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at `state`, field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// A socket from `source` to `port` that has sent half a request head.
+async fn half_open(source: Ipv4Addr, port: u16) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).unwrap();
+    let mut stream = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
+    let _ = stream.write_all(b"GET /ws/quote HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n").await;
+    stream
+}
+
+/// Whether the engine answered `stream` 503 and closed it, within `wait`.
+async fn answered_503(stream: &mut TcpStream, wait: Duration) -> bool {
+    let mut answer = Vec::new();
+    match tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await {
+        Ok(_) => answer.starts_with(b"HTTP/1.1 503"),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn two_thousand_half_open_handshakes_stay_bounded_and_others_still_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(artifacts::QUOTE, plugins.join("quote.wasm")).unwrap();
+    let limits = format!("max_handshakes = 1024\nmax_handshakes_per_ip = {PER_IP}\nhandshake_timeout_secs = 30\n");
+    let (config, port, _) = write_config(dir.path(), &plugins, &limits);
+    let engine = start_in_foreground(&config, &dir.path().join("wasmpush.pid"));
+    let url = format!("ws://127.0.0.1:{port}/ws/quote?params={}", encode(r#"{"symbol":"AAPL"}"#));
+    let mut before = Client::connect_retrying(&url, SOON * 10).await;
+    before.next_text(SOON).await;
+    let baseline = open_fds(engine.id());
+
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for address in 0..ADDRESSES {
+        let source = Ipv4Addr::new(127, 0, 0, 2 + address);
+        for _ in 0..SOCKETS_PER_ADDRESS {
+            let mut stream = half_open(source, port).await;
+            if held.iter().filter(|(from, _)| *from == source).count() < PER_IP {
+                held.push((source, stream));
+            } else {
+                assert!(answered_503(&mut stream, SOON).await, "an over-limit socket is answered 503 at once");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, ADDRESSES as usize * (SOCKETS_PER_ADDRESS - PER_IP));
+    let during = open_fds(engine.id());
+    // Each held socket is one descriptor; the refused ones are closed already.
+    assert!(
+        during <= baseline + ADDRESSES as usize * PER_IP + 16,
+        "the engine holds {during} descriptors with the flood waiting (baseline {baseline})"
+    );
+
+    let cpu_before = cpu_ticks(engine.id());
+    let mut after = Client::connect(&url).await;
+    assert!(after.next_text(SOON).await.contains("AAPL"), "a client from another address is pushed");
+    let pushes = after.texts_during(Duration::from_secs(2)).await;
+    // Linux reports CPU time in USER_HZ ticks, 100 a second on every architecture this runs on.
+    let ticks_per_sec = 100.0;
+    let cpu = (cpu_ticks(engine.id()) - cpu_before) as f64 / ticks_per_sec;
+    eprintln!(
+        "handshake flood: {} sockets held of {}, {refused} answered 503; engine descriptors {baseline} -> {during}; \
+         engine CPU {cpu:.2} s over 2 s while the flood waited ({} frames to the other client)",
+        held.len(),
+        ADDRESSES as usize * SOCKETS_PER_ADDRESS,
+        pushes.len()
+    );
+    assert!(!pushes.is_empty());
+    // Held sockets are still waiting for the rest of their head, not answered.
+    let (_, first) = held.first_mut().unwrap();
+    let mut byte = [0; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), first.read(&mut byte)).await.is_err(),
+        "a held socket waits for its head"
+    );
+}
