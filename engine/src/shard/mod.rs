@@ -18,6 +18,7 @@
 mod conn;
 mod reads;
 mod slot;
+mod throttle;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use flume::RecvTimeoutError;
 
 pub use self::slot::ShardSettings;
 use self::slot::{DueCalls, PluginSlot};
+use self::throttle::Throttle;
 use crate::auth::Identity;
 use crate::data::{ChangeSet, Snapshot};
 use crate::outbound::OutboundQueue;
@@ -192,7 +194,7 @@ impl Shard {
                 phase = (phase + steps) % PHASES;
                 // Read every time: `wasmpush reload` may have changed it.
                 if let Some(behind_by) = clock.advance(now, self.settings.live.tick(), steps) {
-                    behind.record(behind_by);
+                    behind.record(behind_by, now);
                 }
             }
             if let Some((plugin, due)) = work.next_chunk()
@@ -329,32 +331,33 @@ const OVERRUN_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Logs that a shard fell a whole tick behind (and dropped that debt) at most once per
 /// [`OVERRUN_LOG_INTERVAL`], with how often and by how much at worst since the last line: under
 /// sustained overload it happens every few phases, and a line each time would flood the log.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct OverrunLog {
-    /// When the last line was written.
-    logged_at: Option<Instant>,
-    /// Times the shard fell a whole tick behind since then.
-    times: u64,
-    /// The furthest behind it was since then.
+    /// Holds lines to one per interval and counts the overruns in between.
+    throttle: Throttle,
+    /// The furthest behind the shard was since the last line.
     worst: Duration,
 }
 
+impl Default for OverrunLog {
+    fn default() -> Self {
+        OverrunLog { throttle: Throttle::new(OVERRUN_LOG_INTERVAL), worst: Duration::ZERO }
+    }
+}
+
 impl OverrunLog {
-    /// Counts one time the shard was `behind_by` behind its schedule (over a whole tick); returns
-    /// whether a line was written.
-    fn record(&mut self, behind_by: Duration) -> bool {
-        self.times += 1;
+    /// Counts one time the shard was `behind_by` behind its schedule (over a whole tick) at
+    /// `now`; returns whether a line was written.
+    fn record(&mut self, behind_by: Duration, now: Instant) -> bool {
         self.worst = self.worst.max(behind_by);
-        let now = Instant::now();
-        if self.logged_at.is_some_and(|at| now.duration_since(at) < OVERRUN_LOG_INTERVAL) {
-            return false;
-        }
+        let Some(held) = self.throttle.ready(now) else { return false };
+        // Taken outside the macro: a disabled level evaluates none of its fields.
+        let worst = std::mem::take(&mut self.worst);
         tracing::warn!(
-            times = self.times,
-            worst_ms = self.worst.as_millis() as u64,
+            times = held + 1,
+            worst_ms = worst.as_millis() as u64,
             "shard fell a whole tick behind; its phases restart from now"
         );
-        *self = OverrunLog { logged_at: Some(now), times: 0, worst: Duration::ZERO };
         true
     }
 }
@@ -382,15 +385,15 @@ mod tests {
     }
 
     #[test]
-    fn an_overrun_is_logged_once_per_interval_with_what_happened_since() {
+    fn an_overrun_is_logged_once_per_interval_with_the_worst_since() {
         let mut log = OverrunLog::default();
-        assert!(log.record(Duration::from_millis(250)), "the first overrun is logged at once");
-        assert!(!log.record(Duration::from_millis(400)));
-        assert!(!log.record(Duration::from_millis(300)));
-        assert_eq!((log.times, log.worst), (2, Duration::from_millis(400)), "counted until the next line");
-        log.logged_at = Some(Instant::now() - OVERRUN_LOG_INTERVAL);
-        assert!(log.record(Duration::from_millis(210)));
-        assert_eq!((log.times, log.worst), (0, Duration::ZERO));
+        let start = Instant::now();
+        assert!(log.record(Duration::from_millis(250), start), "the first overrun is logged at once");
+        assert!(!log.record(Duration::from_millis(400), start + Duration::from_secs(1)));
+        assert!(!log.record(Duration::from_millis(300), start + Duration::from_secs(2)));
+        assert_eq!(log.worst, Duration::from_millis(400), "the worst is kept until the next line");
+        assert!(log.record(Duration::from_millis(210), start + OVERRUN_LOG_INTERVAL));
+        assert_eq!(log.worst, Duration::ZERO);
     }
 
     #[test]
