@@ -98,6 +98,9 @@ pub struct Config {
     /// Sockets one client address (an IPv6 /64) may have in their handshake at once; over it,
     /// 503 at once.
     pub max_handshakes_per_ip: usize,
+    /// Seconds over which an engine handed over to a new one (`wasmpush restart`) closes its
+    /// connections with 1012, so their clients reconnect a few at a time; 0 closes them at once.
+    pub drain_secs: u64,
     /// Token auth: the keys client tokens are checked with and the claims they must carry
     /// (`[auth]`). Which plugins require a token is set per plugin (`auth`).
     pub auth: AuthSettings,
@@ -213,6 +216,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             max_handshakes: 4096,
             max_handshakes_per_ip: 256,
+            drain_secs: 10,
             auth: AuthSettings::default(),
             plugins: BTreeMap::new(),
         }
@@ -350,6 +354,7 @@ impl Config {
             "max_handshakes_per_ip",
             "must be between 1 and max_handshakes",
         )?;
+        check(self.drain_secs <= 3600, "drain_secs", "must be at most 3600")?;
         let auth = &self.auth;
         check(auth.leeway_secs <= 3600, "auth.leeway_secs", "must be at most 3600")?;
         check(
@@ -420,6 +425,7 @@ impl Config {
             allowed_origins,
             max_handshakes,
             max_handshakes_per_ip,
+            drain_secs,
             auth: _,
             plugins: _,
         } = self;
@@ -455,6 +461,7 @@ impl Config {
             ("allowed_origins", *allowed_origins != other.allowed_origins),
             ("max_handshakes", *max_handshakes != other.max_handshakes),
             ("max_handshakes_per_ip", *max_handshakes_per_ip != other.max_handshakes_per_ip),
+            ("drain_secs", *drain_secs != other.drain_secs),
         ]
         .into_iter()
         .filter(|(_, changed)| *changed)

@@ -42,6 +42,30 @@ pub struct ConnectionSettings {
     pub idle_timeout: Duration,
     /// Checks the tokens clients send to refresh theirs.
     pub auth: SharedAuthenticator,
+    /// When each connection closes once the engine stops: at once, or spread out after a
+    /// handover.
+    pub drain: Arc<DrainPlan>,
+}
+
+/// How an engine that stops closes its connections: at once with 1001 (shutdown), or — handed
+/// over to a new engine — each with 1012 at its own moment within the spread, so their clients
+/// reconnect a few at a time.
+#[derive(Debug, Default)]
+pub struct DrainPlan(std::sync::OnceLock<Duration>);
+
+impl DrainPlan {
+    /// The engine was handed over: connections close over `spread` from now.
+    pub fn start(&self, spread: Duration) {
+        let _ = self.0.set(spread);
+    }
+
+    /// How long connection `conn_id` stays once the engine stops: `None` at a shutdown, its share
+    /// of the spread after a handover (connection ids spread evenly over it).
+    fn delay(&self, conn_id: u64) -> Option<Duration> {
+        // Fibonacci hashing: consecutive ids land far apart in [0, 1).
+        let fraction = (conn_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as f64 / (1u64 << 53) as f64;
+        self.0.get().map(|spread| spread.mul_f64(fraction))
+    }
 }
 
 /// Why a connection ended.
@@ -51,6 +75,8 @@ enum End {
     Client,
     /// The engine is shutting down.
     Shutdown,
+    /// The engine was handed over to a new one (a restart).
+    Restart,
     /// The client does not read its frames.
     SlowConsumer,
     /// The client sent nothing, not even a pong, for `idle_timeout`.
@@ -112,8 +138,18 @@ pub async fn serve(
     let mut last_heard = Instant::now();
     let mut budget = MessageBudget::new(settings.max_messages_per_sec, std::time::Instant::now());
     // Created once: a fresh `cancelled()` per loop turn would lock the token's shared node each time.
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
+    // After a handover the connection is served on until its moment in the drain.
+    let ended = async {
+        shutdown.cancelled().await;
+        match settings.drain.delay(conn_id) {
+            Some(delay) => {
+                tokio::time::sleep(delay).await;
+                End::Restart
+            }
+            None => End::Shutdown,
+        }
+    };
+    tokio::pin!(ended);
     let end = loop {
         tokio::select! {
             frame = ws.next() => match frame.inspect(|_| last_heard = Instant::now()) {
@@ -184,7 +220,7 @@ pub async fn serve(
                 }
             }
             () = &mut expiry, if identity.is_some() => break End::TokenExpired,
-            () = &mut cancelled => break End::Shutdown,
+            end = &mut ended => break end,
         }
     };
     outbound.close();
@@ -193,6 +229,7 @@ pub async fn serve(
     let close = match end {
         End::Client => None,
         End::Shutdown => Some((CloseCode::Away, "going away", None)),
+        End::Restart => Some((CloseCode::Restart, "service restart", None)),
         End::SlowConsumer => Some((CloseCode::Policy, "slow consumer", Some(&metrics.slow_consumer_closes))),
         End::Idle => Some((CloseCode::Away, "idle timeout", Some(&metrics.idle_closes))),
         End::Flood => Some((CloseCode::Policy, "message flood", Some(&metrics.flood_closes))),

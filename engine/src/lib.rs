@@ -66,4 +66,4 @@ mod watcher;
 
 pub use cli::{Cli, main};
 pub use config::Config;
-pub use server::{Listeners, Reload, ServerError, run, run_notifying, sandbox_limits};
+pub use server::{Lifecycle, Listeners, Reload, ServerError, run, run_with, sandbox_limits};

@@ -1,6 +1,12 @@
 //! The server: loads the plugins, starts the shards, accepts connections until `shutdown`
 //! resolves, then closes every connection with 1001 "going away" and waits for them (up to
 //! [`DRAIN_TIME`]). It is given its listener and its shutdown signal, so tests run it on port 0.
+//!
+//! A restart hands the engine over ([`Lifecycle`]): the new engine, holding the same listening
+//! sockets, asks the old one to let go once its plugins are compiled; the old one stops
+//! accepting (connections wait in the shared accept queue), closes its data store for the new
+//! one to open, and closes its connections with 1012 "service restart", spread over
+//! `drain_secs`, so their clients reconnect — to the new engine — a few at a time.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,8 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use std::pin::Pin;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -73,6 +81,9 @@ pub enum ServerError {
     /// A key of `[auth]` could not be loaded.
     #[error("cannot load the keys of [auth]: {0}")]
     Auth(#[from] KeyError),
+    /// A restart's new engine could not take over from the old one.
+    #[error("cannot take over from the running engine: {0}")]
+    TakeOver(String),
     /// The data store could not be opened.
     #[error("cannot open the data store in {path}: {source}")]
     Data {
@@ -131,6 +142,30 @@ pub struct Reload {
     pub config: Option<Config>,
 }
 
+/// What a restart's new engine awaits before it opens the data store: the old engine letting go,
+/// or why it did not.
+pub type TakeOver = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// What a restart needs of the engine, besides running it.
+pub struct Lifecycle {
+    /// Called once the engine serves: the data is loaded, the first plugin scan has ended and the
+    /// accept loop runs (what systemd's `READY=1` must mean).
+    pub on_ready: Box<dyn FnOnce() + Send>,
+    /// A restart's new engine: awaited after the first plugin scan and before the data store
+    /// opens; it asks the old engine to let go of the data store and stop accepting.
+    pub take_over: Option<TakeOver>,
+    /// Requests to hand this engine over to a new one: each is answered once this engine has
+    /// stopped accepting and closed its data store, publish API and admin endpoint; then it closes
+    /// its connections with 1012 over `drain_secs` and returns.
+    pub hand_over: Option<mpsc::Receiver<oneshot::Sender<()>>>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle { on_ready: Box::new(|| {}), take_over: None, hand_over: None }
+    }
+}
+
 /// Runs the engine until `shutdown` resolves. Each message on `reloads` is a [`Reload`]; file
 /// changes in the plugins directory are picked up by themselves.
 pub async fn run(
@@ -139,18 +174,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     reloads: mpsc::Receiver<Reload>,
 ) -> Result<(), ServerError> {
-    run_notifying(config, listeners, shutdown, reloads, || {}).await
+    run_with(config, listeners, shutdown, reloads, Lifecycle::default()).await
 }
 
-/// [`run`], calling `on_ready` once the engine serves: the data is loaded, the first plugin scan
-/// has ended and the accept loop runs (what systemd's `READY=1` must mean).
-pub async fn run_notifying(
+/// [`run`], with the hooks of a restart: see [`Lifecycle`].
+pub async fn run_with(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
     reloads: mpsc::Receiver<Reload>,
-    on_ready: impl FnOnce(),
+    lifecycle: Lifecycle,
 ) -> Result<(), ServerError> {
+    let Lifecycle { on_ready, take_over, hand_over } = lifecycle;
     config.validate()?;
     // Watched from the first instant: a stop during start-up (plugins compiling) ends it there.
     tokio::pin!(shutdown);
@@ -159,7 +194,10 @@ pub async fn run_notifying(
     let started = std::time::Instant::now();
     let Listeners { websocket: listener, admin, publish } = listeners;
     let metrics = Arc::new(Metrics::default());
+    // Connections end on `cancel`; the admin endpoint, the publish API and the reloader on
+    // `services` (at once, also when a handover leaves the connections draining).
     let cancel = CancellationToken::new();
+    let services = CancellationToken::new();
     let dir = config.plugins_dir.clone();
     std::fs::read_dir(&dir).map_err(|source| ServerError::PluginsDir { path: dir.clone(), source })?;
     // Watch before the first scan, so a file deployed meanwhile is not missed.
@@ -172,14 +210,6 @@ pub async fn run_notifying(
         ),
         false => None,
     };
-    // The data is in memory before the first connection is accepted.
-    let data_dir = config.data_dir.clone();
-    let (durable, snapshot) = tokio::task::spawn_blocking(move || DurableStore::open(&data_dir))
-        .await
-        .expect("opening the data store does not panic")
-        .map_err(|source| ServerError::Data { path: config.data_dir.clone(), source })?;
-    tracing::info!(keys = snapshot.key_count(), bytes = snapshot.bytes(), dir = %config.data_dir.display(), "data loaded");
-    let view = DataView::new(snapshot);
     let registry = Arc::new(plugin_registry(&config).await?);
     let reloader = Reloader::new(registry.clone(), dir, metrics.clone());
     // The admin endpoint answers from here on: `/healthz` says 503 until the engine serves.
@@ -194,7 +224,7 @@ pub async fn run_notifying(
             health: health.clone(),
             token: config.admin_token.as_deref().map(Arc::from),
         };
-        let shutdown = cancel.clone();
+        let shutdown = services.clone();
         tokio::spawn(async move {
             if let Err(err) = admin::serve(admin, state, shutdown).await {
                 tracing::error!(cause = %err, "admin endpoint failed");
@@ -212,22 +242,35 @@ pub async fn run_notifying(
     for version in registry.snapshot().values() {
         tracing::info!(plugin = %version.name, version = version.short_hash(), bytes = version.size, "serving plugin");
     }
+    if let Some(take_over) = take_over {
+        take_over.await.map_err(ServerError::TakeOver)?;
+        tracing::info!("the engine this one replaces has stopped accepting and released its data store");
+    }
+    // The data is in memory before the first connection is accepted.
+    let data_dir = config.data_dir.clone();
+    let (durable, snapshot) = tokio::task::spawn_blocking(move || DurableStore::open(&data_dir))
+        .await
+        .expect("opening the data store does not panic")
+        .map_err(|source| ServerError::Data { path: config.data_dir.clone(), source })?;
+    tracing::info!(keys = snapshot.key_count(), bytes = snapshot.bytes(), dir = %config.data_dir.display(), "data loaded");
+    let view = DataView::new(snapshot);
     let (rescans, rescan_requests) = mpsc::channel(1);
     tokio::spawn(apply_reloads(reloads, config.clone(), live.clone(), auth.clone(), rescans));
-    tokio::spawn(reloader.run(changed, overflowed, rescan_requests, cancel.clone()));
+    tokio::spawn(reloader.run(changed, overflowed, rescan_requests, services.clone()));
     let settings = ShardSettings { live: live.clone(), metrics: metrics.clone(), data: view.clone() };
     let shards = Shards::spawn(config.worker_count(), settings, registry.clone()).map_err(ServerError::Workers)?;
     let announce = announce_to(&shards, metrics.clone(), view.clone());
-    let store = DataStore::start(durable, view, data_limits(&config), announce).map_err(ServerError::Workers)?;
-    if let Some(publish) = publish {
-        let (token, shutdown) = (config.publish_token.clone(), cancel.clone());
+    let (store, writer) =
+        DataStore::start(durable, view, data_limits(&config), announce).map_err(ServerError::Workers)?;
+    let publishing = publish.map(|publish| {
+        let (store, token, shutdown) = (store.clone(), config.publish_token.clone(), services.clone());
         tracing::info!(publish = ?publish.local_addr().ok(), "publish API listening");
         tokio::spawn(async move {
             if let Err(err) = publish::serve(publish, store, token, shutdown).await {
                 tracing::error!(cause = %err, "publish API failed");
             }
-        });
-    }
+        })
+    });
     let shared = Arc::new(Shared {
         connection: ConnectionSettings {
             metrics: metrics.clone(),
@@ -237,6 +280,7 @@ pub async fn run_notifying(
             ping_interval: Duration::from_secs(config.ping_secs),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
             auth: auth.clone(),
+            drain: Arc::default(),
         },
         // tungstenite zero-fills `read_buffer_size` bytes before every read (128 KiB by default:
         // 40% of the engine's CPU at 10,000 connections, and 128 KiB of memory per socket).
@@ -263,9 +307,15 @@ pub async fn run_notifying(
     health.set_ready();
     on_ready();
     let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
+    let mut hand_over = hand_over;
+    let mut handed_over = None;
 
     loop {
         tokio::select! {
+            Some(reply) = async { match &mut hand_over { Some(requests) => requests.recv().await, None => None } } => {
+                handed_over = Some(reply);
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match admission.admit(peer.ip()) {
                     Ok(admitted) => {
@@ -295,10 +345,27 @@ pub async fn run_notifying(
     }
 
     drop(listener);
-    tracing::info!(connections = tasks.len(), "shutting down: closing connections");
+    services.cancel();
+    // The publish API finishes its requests, then the writer thread ends and closes the data
+    // store: every acknowledged update is on disk, and a restart's new engine can open the file.
+    if let Some(publishing) = publishing {
+        let _ = publishing.await;
+    }
+    drop(store);
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    let mut drain_time = DRAIN_TIME;
+    if let Some(reply) = handed_over {
+        let _ = reply.send(());
+        let spread = Duration::from_secs(shared.config.drain_secs);
+        tracing::info!(connections = tasks.len(), ?spread, "handed over: closing connections with 1012, spread out");
+        shared.connection.drain.start(spread);
+        drain_time += spread;
+    } else {
+        tracing::info!(connections = tasks.len(), "shutting down: closing connections");
+    }
     cancel.cancel();
     tasks.close();
-    if tokio::time::timeout(DRAIN_TIME, tasks.wait()).await.is_err() {
+    if tokio::time::timeout(drain_time, tasks.wait()).await.is_err() {
         tracing::warn!(left = tasks.len(), "drain time over; dropping remaining connections");
     }
     if let Ok(shared) = Arc::try_unwrap(shared) {

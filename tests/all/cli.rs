@@ -82,10 +82,10 @@ fn plugins_dir_with_quote(dir: &Path) -> std::path::PathBuf {
 }
 
 #[tokio::test]
-async fn a_daemon_starts_reports_status_reloads_and_stops() {
+async fn a_daemon_starts_reports_status_reloads_restarts_refusing_no_one_and_stops() {
     let dir = tempfile::tempdir().unwrap();
     let plugins = plugins_dir_with_quote(dir.path());
-    let (config, port, _) = write_config(dir.path(), &plugins, "");
+    let (config, port, _) = write_config(dir.path(), &plugins, "drain_secs = 2\n");
     let config = config.to_str().unwrap();
     let pid_file = dir.path().join("run/wasmpush.pid");
     let log_file = dir.path().join("run/wasmpush.log");
@@ -127,14 +127,60 @@ async fn a_daemon_starts_reports_status_reloads_and_stops() {
     let fast = client.texts_during(Duration::from_secs(2)).await.len();
     assert!((30..=50).contains(&fast), "{fast} frames in 2 s after reloading tick_ms = 50");
 
-    // `restart`: a new process (clients told 1001), serving again once the command returns.
+    // `restart`: a new process takes the listening socket over while a client connects every
+    // 10 ms; not one connection is refused. The old engine's clients get 1012 within
+    // `drain_secs` (2) and reconnect to the new one.
     let old_pid = std::fs::read_to_string(&pid_file).unwrap();
-    let restart = wasmpush(&["restart", "--config", config, "--pid-file", pid, "--log-file", log]);
+    let put = wasmpush(&["data", "--config", config, "put", "prices", "AAPL", r#"{"price":1}"#]);
+    assert!(put.status.success(), "{}", text(&put.stderr));
+    let url = format!("ws://127.0.0.1:{port}/ws/quote?params={}", encode("{}"));
+    let probing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let prober = tokio::spawn({
+        let (url, probing) = (url.clone(), probing.clone());
+        async move {
+            let (mut served, mut refused) = (0, Vec::new());
+            while probing.load(std::sync::atomic::Ordering::Relaxed) {
+                match Client::try_connect(&url).await {
+                    Ok(client) => {
+                        served += 1;
+                        drop(client);
+                    }
+                    Err(err) => refused.push(err.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (served, refused)
+        }
+    });
+    let restart = {
+        let args = ["restart", "--config", config, "--pid-file", pid, "--log-file", log].map(str::to_owned);
+        tokio::task::spawn_blocking(move || Command::new(BINARY).args(&args).output().unwrap()).await.unwrap()
+    };
     assert!(restart.status.success(), "{}", text(&restart.stderr));
-    assert_eq!(client.closing_frame(SOON).await, Some(Frame::Close(Some((1001, "going away".to_owned())))));
-    assert_ne!(std::fs::read_to_string(&pid_file).unwrap(), old_pid);
-    let mut client = Client::connect(&format!("ws://127.0.0.1:{port}/ws/quote?params={}", encode("{}"))).await;
-    assert!(client.next_text(SOON).await.contains("NONE"));
+    assert_ne!(std::fs::read_to_string(&pid_file).unwrap(), old_pid, "the pid file names the new engine");
+    let closed = client.closing_frame(Duration::from_secs(4)).await;
+    assert_eq!(closed, Some(Frame::Close(Some((1012, "service restart".to_owned())))));
+    let mut client = Client::connect(&url).await;
+    assert!(client.next_text(SOON).await.contains("NONE"), "the client reconnects to the new engine");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    probing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (served, refused) = prober.await.unwrap();
+    assert!(
+        refused.is_empty(),
+        "{} of {} connections refused during the restart: {refused:?}",
+        refused.len(),
+        served + refused.len()
+    );
+    assert!(served > 20, "only {served} connections during the restart");
+    eprintln!("restart: {served} connections made during the restart, none refused");
+    let get = wasmpush(&["data", "--config", config, "get", "prices", "AAPL"]);
+    assert_eq!(text(&get.stdout).trim(), r#"{"price":1}"#, "the new engine serves the data: {}", text(&get.stderr));
+    let old_pid: i32 = old_pid.split_whitespace().next().unwrap().parse().unwrap();
+    let old_gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        !std::path::Path::new(&format!("/proc/{old_pid}")).exists()
+    });
+    assert!(old_gone, "the old engine exits once it has drained");
 
     let stop = wasmpush(&["stop", "--pid-file", pid]);
     assert!(stop.status.success(), "{}", text(&stop.stderr));

@@ -11,11 +11,13 @@
 //! - `pidfile`: how the commands find the engine, and how `start` refuses to run twice.
 //! - `error_chain`: an error and its causes on one line.
 //! - `launch`: how the engine was started, kept beside its pid file for `restart` and `status`.
+//! - `handover`: how a restart's new engine takes the sockets and the data store over.
 
 mod control;
 mod daemon;
 mod data;
 mod error_chain;
+mod handover;
 mod http;
 mod launch;
 mod pidfile;
@@ -139,18 +141,26 @@ impl Cli {
                     daemon::detach();
                 }
                 let config = args.config()?;
-                pidfile::refuse_if_running(&args.pid_file)?;
+                if !args.takeover {
+                    pidfile::refuse_if_running(&args.pid_file)?;
+                }
                 start::start(config, args)
             }
-            Command::Restart(args) => {
+            Command::Restart(given) => {
                 // As it was started: its flags, in its directory, with the flags given here on top.
-                let args = match launch::load(&args.pid_file) {
+                let mut args = match launch::load(&given.pid_file) {
                     Some(launch) => {
                         std::env::set_current_dir(&launch.dir)?;
-                        relaunch(&launch, Some(&args))?
+                        relaunch(&launch, Some(&given))?
                     }
-                    None => args,
+                    None => given,
                 };
+                // The new engine takes the running one's sockets over, so no client is refused;
+                // an engine without a handover socket (an older build) is stopped first.
+                if pidfile::running(&args.pid_file)?.is_some() && handover::socket_path(&args.pid_file).exists() {
+                    args.takeover = true;
+                    return start::start_daemon(&args);
+                }
                 control::stop(&args.pid_file, Duration::from_secs(args.stop_timeout))?;
                 start::start_daemon(&args)
             }

@@ -56,7 +56,7 @@ pub struct PidFile {
     /// Where it is.
     path: PathBuf,
     /// The open file and its exclusive lock, released when dropped.
-    _lock: Flock<File>,
+    lock: Flock<File>,
 }
 
 /// Opens `path` for reading and writing (creating it with `create`), never through a symlink.
@@ -94,20 +94,48 @@ impl PidFile {
         if let Some(stale) = contents(&mut lock).filter(|text| !text.trim().is_empty()) {
             tracing::warn!(path = %path.display(), stale = stale.trim(), "replacing a stale pid file");
         }
-        let me = Pid::this();
-        let started =
-            start_time(me).ok_or_else(|| io(path)(std::io::Error::other("cannot read this process's start time")))?;
-        lock.set_len(0).map_err(io(path))?;
-        std::io::Seek::rewind(&mut *lock).map_err(io(path))?;
-        writeln!(lock, "{me} {started}").and_then(|()| lock.sync_all()).map_err(io(path))?;
-        Ok(PidFile { path: path.to_owned(), _lock: lock })
+        write_me(&mut lock, path)?;
+        Ok(PidFile { path: path.to_owned(), lock })
     }
+
+    /// Takes `path` over from the engine holding it (a restart's new engine, while the old one
+    /// drains): writes a new file beside it, locks it and renames it into place in one step, so
+    /// commands find this engine from then on. The old engine keeps its lock on the file it
+    /// replaced, and leaves this one in place when it exits.
+    pub fn replace(path: &Path) -> Result<PidFile, PidFileError> {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{}.new", Pid::this()));
+        let fresh = PathBuf::from(name);
+        let _ = std::fs::remove_file(&fresh);
+        let file = open(&fresh, true).map_err(io(&fresh))?;
+        let mut lock =
+            Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| io(&fresh)(errno.into()))?;
+        write_me(&mut lock, &fresh)?;
+        std::fs::rename(&fresh, path).map_err(io(path))?;
+        Ok(PidFile { path: path.to_owned(), lock })
+    }
+}
+
+/// Writes this process's `PID START` to the locked pid file at `path`.
+fn write_me(lock: &mut Flock<File>, path: &Path) -> Result<(), PidFileError> {
+    let me = Pid::this();
+    let started =
+        start_time(me).ok_or_else(|| io(path)(std::io::Error::other("cannot read this process's start time")))?;
+    lock.set_len(0).map_err(io(path))?;
+    std::io::Seek::rewind(&mut **lock).map_err(io(path))?;
+    writeln!(lock, "{me} {started}").and_then(|()| lock.sync_all()).map_err(io(path))
 }
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        // Removed while still locked: no other engine can have taken it over in between.
-        let _ = std::fs::remove_file(&self.path);
+        // Removed while still locked, and only if it is still this engine's file: a restart's new
+        // engine may have renamed its own into place.
+        use std::os::unix::fs::MetadataExt;
+        let ours = self.lock.metadata().ok().map(|meta| (meta.dev(), meta.ino()));
+        let there = std::fs::symlink_metadata(&self.path).ok().map(|meta| (meta.dev(), meta.ino()));
+        if ours.is_some() && ours == there {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -213,6 +241,21 @@ mod tests {
         assert!(running.is_alive());
         assert!(matches!(PidFile::create(&path), Err(PidFileError::AlreadyRunning { .. })));
         drop(held);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_replacing_engine_takes_the_path_and_the_old_one_leaves_it_in_place() {
+        let dir = std::env::temp_dir().join(format!("wasmpush-pidfile-replace-{}", std::process::id()));
+        let path = dir.join("wasmpush.pid");
+        let old = PidFile::create(&path).unwrap();
+        let new = PidFile::replace(&path).unwrap();
+        assert!(running(&path).unwrap().is_some(), "the new file is held");
+        drop(old);
+        assert!(path.exists(), "the old engine does not remove the new engine's file");
+        assert!(running(&path).unwrap().is_some());
+        drop(new);
         assert!(!path.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }

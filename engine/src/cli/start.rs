@@ -12,11 +12,12 @@ use tokio::sync::mpsc;
 
 use super::daemon::{self, DEFAULT_LOG_FILE};
 use super::error_chain::describe;
+use super::handover::{self, TakeOver};
 use super::launch;
 use super::pidfile::DEFAULT_PID_FILE;
 use super::pidfile::{self, PidFile};
 use crate::config::Config;
-use crate::server::{self, Listeners, Reload};
+use crate::server::{self, Lifecycle, Listeners, Reload};
 
 /// Settings for `start`; each flag overrides the config file.
 #[derive(Debug, Clone, Args)]
@@ -73,6 +74,10 @@ pub(super) struct StartArgs {
     /// Set by `--daemon` for its child: start a new session, without a controlling terminal.
     #[arg(long, hide = true)]
     pub(super) detached: bool,
+    /// Set by `restart` for the new engine: take the listening sockets and the data store over
+    /// from the engine running with this pid file (see `handover`).
+    #[arg(long, hide = true)]
+    pub(super) takeover: bool,
 }
 
 impl StartArgs {
@@ -81,6 +86,9 @@ impl StartArgs {
     fn foreground_args(&self) -> Vec<std::ffi::OsString> {
         let mut args: Vec<std::ffi::OsString> =
             vec!["start".into(), "--detached".into(), "--pid-file".into(), self.pid_file.clone().into()];
+        if self.takeover {
+            args.push("--takeover".into());
+        }
         args.extend(self.setting_flags());
         args
     }
@@ -150,10 +158,13 @@ impl StartArgs {
     }
 }
 
-/// Starts the engine in the background and waits until it listens.
+/// Starts the engine in the background and waits until it listens (with `takeover`, until it
+/// has taken over from the engine running now).
 pub(super) fn start_daemon(args: &StartArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
-    pidfile::refuse_if_running(&args.pid_file)?;
+    if !args.takeover {
+        pidfile::refuse_if_running(&args.pid_file)?;
+    }
     let secrets: Vec<(&str, &str)> = [
         ("WASMPUSH_PUBLISH_TOKEN", &args.publish_token),
         ("WASMPUSH_ADMIN_TOKEN", &args.admin_token),
@@ -167,34 +178,102 @@ pub(super) fn start_daemon(args: &StartArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the engine in the foreground; `args` are re-read on SIGHUP.
+/// Runs the engine in the foreground; `args` are re-read on SIGHUP. With `--takeover` it takes
+/// the listening sockets and the data store over from the engine running with the same pid file
+/// (a restart); either way it offers them to the next restart's engine (see `handover`).
 pub(super) fn start(config: Config, args: StartArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async {
         // Signals are handled from here on: a SIGTERM while plugins compile stops the engine.
         let shutdown = shutdown_signal()?;
         let reloads = reload_signal(args.clone())?;
-        let websocket = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let admin = tokio::net::TcpListener::bind(config.admin)
-            .await
-            .with_context(|| format!("cannot listen on {} (admin)", config.admin))?;
-        let publish = tokio::net::TcpListener::bind(config.publish)
-            .await
-            .with_context(|| format!("cannot listen on {} (publish)", config.publish))?;
-        let listeners = Listeners { websocket, admin: Some(admin), publish: Some(publish) };
-        // Written once the ports are bound: a daemon's parent takes the pid file as a sign of life.
-        let _pid_file = PidFile::create(&args.pid_file)?;
-        if let Err(err) = launch::save(&args.pid_file, &args.setting_flags()) {
-            tracing::warn!(cause = %err, "cannot keep the start flags beside the pid file; restart and status need them repeated");
-        }
-        server::run_notifying(config, listeners, shutdown, reloads, tell_systemd_ready).await?;
+        let handover_path = handover::socket_path(&args.pid_file);
+        let (listeners, take_over) = match args.takeover {
+            true => {
+                let (take_over, [websocket, admin, publish]) = TakeOver::connect(&handover_path)?;
+                let tokio_listener = |listener: std::net::TcpListener| {
+                    listener.set_nonblocking(true)?;
+                    tokio::net::TcpListener::from_std(listener)
+                };
+                let listeners = Listeners {
+                    websocket: tokio_listener(websocket)?,
+                    admin: Some(tokio_listener(admin)?),
+                    publish: Some(tokio_listener(publish)?),
+                };
+                (listeners, Some(take_over))
+            }
+            false => (bind(&config).await?, None),
+        };
+        let offered = offered_sockets(&listeners)?;
+        let (hand_over, hand_over_requests) = mpsc::channel(1);
+        // Held for the engine's life: the pid file, and the handover socket for the next restart.
+        let pid_file = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let publish_ours = {
+            let (path, args, pid_file) = (args.pid_file.clone(), args.clone(), pid_file.clone());
+            move |pid: Result<PidFile, pidfile::PidFileError>| -> anyhow::Result<()> {
+                *pid_file.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(pid?);
+                if let Err(err) = launch::save(&path, &args.setting_flags()) {
+                    tracing::warn!(cause = %err, "cannot keep the start flags beside the pid file; restart and status need them repeated");
+                }
+                handover::serve(&handover_path, offered, hand_over)
+                    .context("cannot open the handover socket for restarts")?;
+                Ok(())
+            }
+        };
+        let lifecycle = match take_over {
+            // Written once the ports are bound: a daemon's parent takes the pid file as a sign of life.
+            None => {
+                publish_ours(PidFile::create(&args.pid_file))?;
+                Lifecycle { on_ready: Box::new(tell_systemd_ready), take_over: None, hand_over: Some(hand_over_requests) }
+            }
+            // The pid file names this engine only once it serves: until then `stop` and `status`
+            // act on the old one.
+            Some(take_over) => {
+                let path = args.pid_file.clone();
+                let on_ready = move || {
+                    if let Err(err) = publish_ours(PidFile::replace(&path)) {
+                        tracing::error!(cause = %format!("{err:#}"), "cannot take over the pid file");
+                    }
+                    tell_systemd_ready();
+                };
+                let release = async move {
+                    tokio::task::spawn_blocking(move || take_over.release())
+                        .await
+                        .map_err(|err| err.to_string())?
+                };
+                Lifecycle { on_ready: Box::new(on_ready), take_over: Some(Box::pin(release)), hand_over: Some(hand_over_requests) }
+            }
+        };
+        server::run_with(config, listeners, shutdown, reloads, lifecycle).await?;
         Ok(ExitCode::SUCCESS)
     });
     // A compile still running on a blocking thread (a stop during start-up) is not waited for.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
+}
+
+/// Binds the engine's three listeners.
+async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+    let websocket = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let admin = tokio::net::TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin)", config.admin))?;
+    let publish = tokio::net::TcpListener::bind(config.publish)
+        .await
+        .with_context(|| format!("cannot listen on {} (publish)", config.publish))?;
+    Ok(Listeners { websocket, admin: Some(admin), publish: Some(publish) })
+}
+
+/// Copies of the listening sockets, for the next restart's engine.
+fn offered_sockets(listeners: &Listeners) -> anyhow::Result<[std::os::fd::OwnedFd; 3]> {
+    use std::os::fd::AsFd;
+    let copy = |listener: &tokio::net::TcpListener| listener.as_fd().try_clone_to_owned();
+    let (Some(admin), Some(publish)) = (&listeners.admin, &listeners.publish) else {
+        anyhow::bail!("the engine runs without its admin or publish listener")
+    };
+    Ok([copy(&listeners.websocket)?, copy(admin)?, copy(publish)?])
 }
 
 /// Tells systemd (`Type=notify`) the engine serves: `READY=1` on `$NOTIFY_SOCKET`, if set.

@@ -78,17 +78,19 @@ impl std::fmt::Debug for WriteRequest {
 impl DataStore {
     /// Starts the writer thread over `durable`, publishing to `view` and announcing each
     /// published batch to `announce` (called on the writer thread, after the snapshot is
-    /// published; it may block, which slows the writer rather than losing a change).
+    /// published; it may block, which slows the writer rather than losing a change). The thread
+    /// ends, closing the durable store, once every clone of the returned store is dropped.
     pub fn start(
         durable: DurableStore,
         view: DataView,
         limits: DataLimits,
         announce: impl Fn(Arc<ChangeSet>) + Send + 'static,
-    ) -> std::io::Result<DataStore> {
+    ) -> std::io::Result<(DataStore, std::thread::JoinHandle<()>)> {
         let (requests, received) = flume::bounded(REQUEST_CAPACITY);
         let writer = Writer { durable, view: view.clone(), limits, announce: Box::new(announce) };
-        std::thread::Builder::new().name("wasmpush-data".to_owned()).spawn(move || writer.run(received))?;
-        Ok(DataStore { requests, view, limits })
+        let thread =
+            std::thread::Builder::new().name("wasmpush-data".to_owned()).spawn(move || writer.run(received))?;
+        Ok((DataStore { requests, view, limits }, thread))
     }
 
     /// The published data.
