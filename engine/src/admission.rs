@@ -1,7 +1,9 @@
 //! [`Admission`]: the limits a socket meets the moment it is accepted — connections
 //! (`max_connections`, `max_connections_per_ip`) and sockets still in their handshake
 //! (`max_handshakes`, `max_handshakes_per_ip`) — so a refused client is answered 503 at once and
-//! never holds a task, a buffer or a half-registered connection.
+//! never holds a task, a buffer or a half-registered connection; and the one it meets once its
+//! plugin is known: a [`Seat`] in that plugin's instance on its shard, so no instance is sent the
+//! params of more connections than its memory cap holds.
 //!
 //! Clients are counted by [`ClientKey`]: an IPv4 address, or the /64 an IPv6 address belongs to
 //! (one subscriber usually holds a whole /64, so counting single IPv6 addresses would limit no
@@ -9,6 +11,7 @@
 //! with a place.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
@@ -34,83 +37,98 @@ impl ClientKey {
     }
 }
 
-/// One limit: places in all and per client.
+/// One limit: places in all and per key (a client, or a plugin instance).
 #[derive(Debug)]
-struct Limit {
+struct Limit<K> {
     /// Places in all.
     total: usize,
-    /// Places per client; 0 for no limit.
-    per_client: usize,
-    /// Places taken, in all and by client (only clients holding one).
-    taken: Mutex<Taken>,
+    /// Places taken, in all and by key (only keys holding one).
+    taken: Mutex<Taken<K>>,
 }
 
-#[derive(Debug, Default)]
-struct Taken {
+#[derive(Debug)]
+struct Taken<K> {
     all: usize,
-    by_client: HashMap<ClientKey, usize>,
+    by_key: HashMap<K, usize>,
 }
 
-impl Limit {
-    fn new(total: usize, per_client: usize) -> Arc<Self> {
-        Arc::new(Limit { total, per_client, taken: Mutex::default() })
+impl<K: Hash + Eq + Clone> Limit<K> {
+    fn new(total: usize) -> Arc<Self> {
+        Arc::new(Limit { total, taken: Mutex::new(Taken { all: 0, by_key: HashMap::new() }) })
     }
 
-    /// Takes a place for `client`: `Err(true)` when all are taken, `Err(false)` when the
-    /// client's are.
-    fn take(self: &Arc<Self>, client: ClientKey) -> Result<Place, bool> {
+    /// Takes a place for `key`, of at most `per_key` (0: no limit per key): `Err(true)` when all
+    /// are taken, `Err(false)` when the key's are.
+    fn take(self: &Arc<Self>, key: K, per_key: usize) -> Result<Place<K>, bool> {
         let mut taken = self.taken.lock().unwrap_or_else(|poison| poison.into_inner());
         if taken.all >= self.total {
             return Err(true);
         }
-        if self.per_client != 0 {
-            // A client seen here for the first time starts at 0 < limit, so no entry is left
-            // behind at 0 when one is refused.
-            let count = taken.by_client.entry(client).or_insert(0);
-            if *count >= self.per_client {
-                return Err(false);
-            }
-            *count += 1;
+        // A key seen here for the first time starts at 0 < limit, so no entry is left behind at
+        // 0 when one is refused.
+        let count = taken.by_key.entry(key.clone()).or_insert(0);
+        if per_key != 0 && *count >= per_key {
+            return Err(false);
         }
+        *count += 1;
         taken.all += 1;
-        Ok(Place { limit: self.clone(), client })
+        Ok(Place { limit: self.clone(), key })
     }
 }
 
 /// One place within a [`Limit`]; given back when dropped.
 #[derive(Debug)]
-struct Place {
-    limit: Arc<Limit>,
-    client: ClientKey,
+struct Place<K: Hash + Eq> {
+    limit: Arc<Limit<K>>,
+    key: K,
 }
 
-impl Drop for Place {
+impl<K: Hash + Eq> Drop for Place<K> {
     fn drop(&mut self) {
         let mut taken = self.limit.taken.lock().unwrap_or_else(|poison| poison.into_inner());
         taken.all -= 1;
-        if let Some(count) = taken.by_client.get_mut(&self.client) {
+        if let Some(count) = taken.by_key.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
-                taken.by_client.remove(&self.client);
+                taken.by_key.remove(&self.key);
             }
         }
     }
 }
 
+/// How many connections' params one plugin instance is sized for: half of `memory_bytes` (the
+/// other half is the plugin's code, stack and working memory) over `max_params_bytes`, the most
+/// one connection's cached params take (the SDK keeps each connection's parsed params for its
+/// life). At least 1.
+pub fn seats_per_instance(memory_bytes: usize, max_params_bytes: usize) -> usize {
+    (memory_bytes / 2 / max_params_bytes.max(1)).max(1)
+}
+
+/// A connection's seat in its plugin's instance on its shard (see [`seats_per_instance`]);
+/// given back when dropped.
+#[derive(Debug)]
+pub struct Seat {
+    _place: Place<(Arc<str>, usize)>,
+}
+
 /// The limits, shared by every accept.
 #[derive(Debug)]
 pub struct Admission {
-    connections: Arc<Limit>,
-    handshakes: Arc<Limit>,
+    connections: Arc<Limit<ClientKey>>,
+    connections_per_ip: usize,
+    handshakes: Arc<Limit<ClientKey>>,
+    handshakes_per_ip: usize,
+    /// Connections by plugin and shard: what each plugin instance holds params for.
+    seats: Arc<Limit<(Arc<str>, usize)>>,
 }
 
 /// An accepted socket's places within the limits; given back when dropped.
 #[derive(Debug)]
 pub struct Admitted {
     /// Its connection place, for its whole life.
-    _connection: Place,
+    _connection: Place<ClientKey>,
     /// Its handshake place, until the handshake ends.
-    handshake: Option<Place>,
+    handshake: Option<Place<ClientKey>>,
 }
 
 impl Admitted {
@@ -142,19 +160,30 @@ impl Admission {
     /// `max_handshakes` sockets in their handshake in all and `handshakes_per_ip` per client.
     pub fn new(max_connections: usize, per_ip: usize, max_handshakes: usize, handshakes_per_ip: usize) -> Self {
         Admission {
-            connections: Limit::new(max_connections, per_ip),
-            handshakes: Limit::new(max_handshakes, handshakes_per_ip),
+            connections: Limit::new(max_connections),
+            connections_per_ip: per_ip,
+            handshakes: Limit::new(max_handshakes),
+            handshakes_per_ip,
+            seats: Limit::new(usize::MAX),
         }
+    }
+
+    /// A seat for a connection of `plugin` on shard `shard`, if the plugin's instance there holds
+    /// fewer than `per_instance` connections.
+    pub fn seat(&self, plugin: Arc<str>, shard: usize, per_instance: usize) -> Option<Seat> {
+        self.seats.take((plugin, shard), per_instance).ok().map(|place| Seat { _place: place })
     }
 
     /// Admits a socket from `ip` into its handshake, or says why not.
     pub fn admit(&self, ip: IpAddr) -> Result<Admitted, Refused> {
         let client = ClientKey::of(ip);
-        let handshake =
-            self.handshakes.take(client).map_err(|all| if all { Refused::Busy } else { Refused::BusyFromAddress })?;
+        let handshake = self
+            .handshakes
+            .take(client, self.handshakes_per_ip)
+            .map_err(|all| if all { Refused::Busy } else { Refused::BusyFromAddress })?;
         let connection = self
             .connections
-            .take(client)
+            .take(client, self.connections_per_ip)
             .map_err(|all| if all { Refused::Full } else { Refused::TooManyFromAddress })?;
         Ok(Admitted { _connection: connection, handshake: Some(handshake) })
     }
@@ -175,7 +204,7 @@ mod tests {
         assert_eq!(admission.admit(b).unwrap_err(), Refused::Full);
         drop(first);
         admission.admit(a).unwrap();
-        assert_eq!(admission.connections.taken.lock().unwrap().by_client.len(), 2);
+        assert_eq!(admission.connections.taken.lock().unwrap().by_key.len(), 2);
     }
 
     #[test]
@@ -190,6 +219,20 @@ mod tests {
         first.handshake_done();
         let _fourth = admission.admit(a).expect("a finished handshake frees its place, not its connection's");
         assert_eq!(admission.connections.taken.lock().unwrap().all, 4);
+    }
+
+    #[test]
+    fn each_plugin_instance_seats_its_share_of_connections() {
+        assert_eq!(seats_per_instance(64 << 20, 4096), 8192);
+        assert_eq!(seats_per_instance(1 << 20, 1 << 20), 1, "at least one");
+        let admission = Admission::new(100, 0, 100, 100);
+        let quote: Arc<str> = Arc::from("quote");
+        let seats: Vec<Seat> = (0..2).map(|_| admission.seat(quote.clone(), 0, 2).unwrap()).collect();
+        assert!(admission.seat(quote.clone(), 0, 2).is_none(), "the instance on shard 0 is full");
+        assert!(admission.seat(quote.clone(), 1, 2).is_some(), "another shard's instance is not");
+        assert!(admission.seat(Arc::from("clock"), 0, 2).is_some(), "nor another plugin's");
+        drop(seats);
+        assert!(admission.seat(quote, 0, 2).is_some(), "a closed connection frees its seat");
     }
 
     #[test]

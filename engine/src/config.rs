@@ -57,6 +57,8 @@ pub struct Config {
     /// Extra time a batch gets per connection it carries, in microseconds.
     pub plugin_call_budget_us: u64,
     /// Memory one plugin instance may hold, in MiB: all its linear memories and tables together.
+    /// Half of it is kept for cached params: an instance (one per plugin and worker) serves at
+    /// most `plugin_memory_mib / 2 / max_params_bytes` connections; one more is refused 503.
     pub plugin_memory_mib: usize,
     /// Core instances, tables and memories one plugin instance may create (each).
     pub plugin_max_instances: usize,
@@ -199,7 +201,7 @@ impl Default for Config {
             idle_timeout_secs: 90,
             plugin_timeout_ms: 100,
             plugin_call_budget_us: 50,
-            plugin_memory_mib: 64,
+            plugin_memory_mib: 256,
             plugin_max_instances: 16,
             plugin_max_table_elements: 100_000,
             max_payload_bytes: 64 * 1024,

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
-use crate::admission::{Admission, Admitted};
+use crate::admission::{self, Admission, Admitted};
 use crate::auth::{self, Authenticator, KeyError, SharedAuthenticator};
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, ConnectionSettings};
@@ -121,6 +121,8 @@ struct Shared {
     auth: SharedAuthenticator,
     /// Source of connection ids; never reused while the engine runs.
     next_conn_id: AtomicU64,
+    /// The limits every socket and connection is admitted within.
+    admission: Admission,
 }
 
 /// The sockets the engine serves on, bound by the caller (tests bind port 0).
@@ -292,16 +294,16 @@ pub async fn run_with(
         registry,
         shards,
         next_conn_id: AtomicU64::new(1),
+        admission: Admission::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.max_handshakes,
+            config.max_handshakes_per_ip,
+        ),
         metrics,
         auth,
         config,
     });
-    let admission = Admission::new(
-        shared.config.max_connections,
-        shared.config.max_connections_per_ip,
-        shared.config.max_handshakes,
-        shared.config.max_handshakes_per_ip,
-    );
     let tasks = TaskTracker::new();
     tracing::info!(listen = ?listener.local_addr().ok(), workers = shared.config.worker_count(), "serving");
     health.set_ready();
@@ -317,7 +319,7 @@ pub async fn run_with(
                 break;
             }
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match admission.admit(peer.ip()) {
+                Ok((stream, peer)) => match shared.admission.admit(peer.ip()) {
                     Ok(admitted) => {
                         tasks.spawn(accept(stream, admitted, shared.clone(), cancel.clone()));
                     }
@@ -475,7 +477,9 @@ async fn accept(mut stream: TcpStream, mut admitted: Admitted, shared: Arc<Share
             return;
         }
     };
+    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let mut routed = None;
+    let mut seated = None;
     // The callback's signature is tungstenite's; its error is the HTTP response itself.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
@@ -497,6 +501,23 @@ async fn accept(mut stream: TcpStream, mut admitted: Admitted, shared: Arc<Share
             Err(refusal) => {
                 shared.metrics.handshakes_unauthorized.inc();
                 return Err(refuse(&refusal));
+            }
+        }
+        // The plugin's instance on this connection's shard is sent the params of so many
+        // connections at most: beyond that its memory cap could not hold them.
+        let memory = config.plugin_memory_mib << 20;
+        let per_instance = admission::seats_per_instance(memory, live.max_params_bytes());
+        let shard = shared.shards.shard_of(conn_id);
+        match shared.admission.seat(route.plugin.clone(), shard, per_instance) {
+            Some(seat) => seated = Some(seat),
+            None => {
+                shared.metrics.handshakes_over_limit.inc();
+                let reason = format!(
+                    "plugin `{}` is at its connection limit on this worker ({per_instance}: its plugin_memory_mib \
+                     holds the params of so many connections of up to max_params_bytes)",
+                    route.plugin
+                );
+                return Err(refuse(&Refusal { status: 503, reason }));
             }
         }
         // RFC 6455: the server may pick one of the subprotocols the client offered, and a browser
@@ -526,8 +547,7 @@ async fn accept(mut stream: TcpStream, mut admitted: Admitted, shared: Arc<Share
             return;
         }
     };
-    let Some(route): Option<Route> = routed else { return };
-    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let (Some(route), Some(_seat)): (Option<Route>, _) = (routed, seated) else { return };
     let shard = shared.shards.sender(conn_id);
     shared.metrics.handshakes_accepted.inc();
     shared.metrics.connections.inc();

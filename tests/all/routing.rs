@@ -84,6 +84,29 @@ async fn over_the_connection_limits_the_handshake_is_refused_with_503() {
 }
 
 #[tokio::test]
+async fn a_plugin_instance_takes_no_more_connections_than_its_memory_holds_params_for() {
+    let plugins = [("quote", wasmpush_tests::artifacts::QUOTE), ("clock", wasmpush_tests::artifacts::CLOCK)];
+    let engine = wasmpush_tests::TestEngine::start(&plugins, |config| {
+        // Half of 2 MiB over 128 KiB params: 8 connections per plugin instance, one worker.
+        config.workers = 1;
+        config.plugin_memory_mib = 2;
+        config.max_params_bytes = 128 << 10;
+        config.max_message_bytes = 128 << 10;
+    })
+    .await;
+    let mut seated = Vec::new();
+    for _ in 0..8 {
+        seated.push(Client::connect_retrying(&engine.url("/ws/quote"), SOON).await);
+    }
+    let (status, body) = refused(&engine, "/ws/quote").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("plugin `quote` is at its connection limit on this worker (8"), "{body}");
+    Client::connect(&engine.url("/ws/clock")).await;
+    seated.pop().unwrap().close().await;
+    Client::connect_retrying(&engine.url("/ws/quote"), SOON).await;
+}
+
+#[tokio::test]
 async fn plain_http_gets_the_demo_page_or_a_clear_error_and_websockets_still_work() {
     let engine = engine().await;
     let page = wasmpush_tests::http::get(engine.addr, "/").await;

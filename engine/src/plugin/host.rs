@@ -120,3 +120,68 @@ fn deny_blocking(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(false);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A component that implements the contract's `run` (it traps if called) and whose core module
+    /// declares two memories of `pages` 64 KiB pages each.
+    fn two_memory_component(pages: u32) -> Vec<u8> {
+        let text = format!(
+            r#"(component
+              (core module $m
+                (memory (export "memory") {pages})
+                (memory (export "second") {pages})
+                (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 8)
+                (func (export "run")
+                  (param i64 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
+                  unreachable))
+              (core instance $i (instantiate $m))
+              (type $trigger' (enum "open" "message" "tick" "data"))
+              (export $trigger "trigger" (type $trigger'))
+              (type $identity' (record (field "subject" (option string)) (field "claims" string)))
+              (export $identity "identity" (type $identity'))
+              (type $new-params' (record (field "index" u32) (field "json" string) (field "identity" (option $identity))))
+              (export $new-params "new-params" (type $new-params'))
+              (type $calls' (record (field "conn-ids" (list u64)) (field "seqs" (list u64))
+                (field "triggers" (list $trigger)) (field "params" (list $new-params))))
+              (export $calls "calls" (type $calls'))
+              (type $outcome' (enum "push" "skip" "error"))
+              (export $outcome "outcome" (type $outcome'))
+              (type $outcomes' (record (field "kinds" (list $outcome)) (field "ends" (list u32))
+                (field "text" (list u8)) (field "reads" (list u32)) (field "read-ends" (list u32))))
+              (export $outcomes "outcomes" (type $outcomes'))
+              (func $run (param "now-ms" u64) (param "calls" $calls) (param "closed" (list u64))
+                (param "stale" (list u32)) (result $outcomes)
+                (canon lift (core func $i "run") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
+              (export "run" (func $run)))"#
+        );
+        wat::parse_str(text).expect("valid component text")
+    }
+
+    fn host(memory_bytes: usize) -> PluginHost {
+        PluginHost::new(SandboxLimits {
+            memory_bytes,
+            call_timeout: Duration::from_secs(1),
+            per_call_budget: Duration::ZERO,
+            max_instances: 16,
+            max_table_elements: 10_000,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_component_with_two_memories_is_held_to_one_cap() {
+        let host = host(64 << 20);
+        // 2 × 20 MiB fit in 64 MiB together.
+        host.load("small", &two_memory_component(320)).expect("two memories within the cap load");
+        // 2 × 40 MiB: each fits a per-memory cap of 64 MiB, together they do not.
+        match host.load("large", &two_memory_component(640)) {
+            Err(LoadError::Instantiate(PluginFault::MemoryLimit)) => {}
+            other => panic!("expected the memory limit, got {:?}", other.map(|_| ())),
+        }
+    }
+}

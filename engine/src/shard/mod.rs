@@ -117,9 +117,14 @@ impl Shards {
         self.senders.clone()
     }
 
+    /// The number of the shard that owns connection `conn_id`.
+    pub fn shard_of(&self, conn_id: u64) -> usize {
+        (conn_id % self.senders.len() as u64) as usize
+    }
+
     /// The channel of the shard that owns connection `conn_id`.
     pub fn sender(&self, conn_id: u64) -> flume::Sender<ShardCommand> {
-        self.senders[(conn_id % self.senders.len() as u64) as usize].clone()
+        self.senders[self.shard_of(conn_id)].clone()
     }
 
     /// The number of a worker thread that ended while the channels were open (it panicked), if
