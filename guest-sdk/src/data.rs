@@ -95,7 +95,7 @@ impl Context {
     /// });
     /// ```
     pub fn get<T: DeserializeOwned + Clone + 'static>(&self, bucket: &str, key: &str) -> Result<Option<T>, Error> {
-        Ok(self.get_many(bucket, &[key])?.pop().flatten())
+        Ok(self.get_shared(bucket, key)?.map(|value| T::clone(&value)))
     }
 
     /// The values of `keys` in `bucket`, in order, each parsed as `T`; the ones not cached are
@@ -114,8 +114,34 @@ impl Context {
         bucket: &str,
         keys: &[&str],
     ) -> Result<Vec<Option<T>>, Error> {
+        let shared = self.get_many_shared::<T>(bucket, keys)?;
+        Ok(shared.into_iter().map(|value| value.map(|value| T::clone(&value))).collect())
+    }
+
+    /// [`Context::get`] without the copy: the cached value itself, shared. Prefer it for values
+    /// that are costly to clone (maps, strings, lists).
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use wasmpush_sdk::{Context, FakeData, Trigger};
+    ///
+    /// let data = FakeData::new().put("accounts", "a1", serde_json::json!({"AAPL": 10}));
+    /// let ctx = Context::new(1, 1, Trigger::Tick, 0);
+    /// let holdings = data.run(|| ctx.get_shared::<HashMap<String, u32>>("accounts", "a1")).unwrap().unwrap();
+    /// assert_eq!(holdings["AAPL"], 10);
+    /// ```
+    pub fn get_shared<T: DeserializeOwned + 'static>(&self, bucket: &str, key: &str) -> Result<Option<Rc<T>>, Error> {
+        Ok(self.get_many_shared(bucket, &[key])?.pop().flatten())
+    }
+
+    /// [`Context::get_many`] without the copies: the cached values themselves, shared.
+    pub fn get_many_shared<T: DeserializeOwned + 'static>(
+        &self,
+        bucket: &str,
+        keys: &[&str],
+    ) -> Result<Vec<Option<Rc<T>>>, Error> {
         let type_id = TypeId::of::<T>();
-        let mut found: Vec<Option<T>> = Vec::with_capacity(keys.len());
+        let mut found: Vec<Option<Rc<T>>> = Vec::with_capacity(keys.len());
         let mut misses = Vec::new();
         CACHE.with_borrow(|cache| {
             CALL_READS.with_borrow_mut(|used| {
@@ -129,7 +155,7 @@ impl Context {
                         }
                         Some((id, Some((cached_type, value)))) if *cached_type == type_id => {
                             used.push(id);
-                            found.push(value.downcast_ref::<T>().cloned());
+                            found.push(value.clone().downcast::<T>().ok());
                         }
                         _ => {
                             misses.push(index);
@@ -157,11 +183,11 @@ impl Context {
                 let value = match answer.json {
                     None => None,
                     Some(json) => {
-                        let value: T = serde_json::from_str(&json).map_err(|err| {
+                        let value: Rc<T> = Rc::new(serde_json::from_str(&json).map_err(|err| {
                             Error::msg(format!("data {bucket}/{key} is not what the plugin expects: {err}"))
-                        })?;
+                        })?);
                         found[index] = Some(value.clone());
-                        Some((type_id, Rc::new(value) as Rc<dyn Any>))
+                        Some((type_id, value as Rc<dyn Any>))
                     }
                 };
                 cache.by_id.insert(answer.key_id, (bucket.to_owned(), key.to_owned()));

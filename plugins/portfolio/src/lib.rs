@@ -31,12 +31,13 @@ pub fn tick(ctx: &Context, params: &Params) -> Result<Option<Portfolio>, Error> 
     if !may_see(ctx, &params.account) {
         return Err(Error::msg(format!("account {} is not yours", params.account)));
     }
-    let Some(account) = ctx.get::<Account>("accounts", &params.account)? else {
+    // Shared, not copied: the cached account and prices are used in place.
+    let Some(account) = ctx.get_shared::<Account>("accounts", &params.account)? else {
         return Err(Error::msg(format!("unknown account {}", params.account)));
     };
     let symbols: Vec<&str> = account.holdings.keys().map(String::as_str).collect();
-    let prices = ctx.get_many::<Price>("prices", &symbols)?;
-    Ok(Some(value(&params.account, &account, prices)))
+    let prices = ctx.get_many_shared::<Price>("prices", &symbols)?;
+    Ok(Some(value(&params.account, &account, prices.iter().map(|price| price.as_ref().map(|price| price.price)))))
 }
 
 /// Whether the client may see `account`: anyone without a token (the plugin is then served with

@@ -47,14 +47,13 @@ pub struct Position {
 }
 
 /// Values `account`'s holdings at `prices` (one per holding, in the holdings' order).
-pub fn value(name: &str, account: &Account, prices: Vec<Option<Price>>) -> Portfolio {
+pub fn value(name: &str, account: &Account, prices: impl IntoIterator<Item = Option<f64>>) -> Portfolio {
     let (mut total, mut missing) = (0.0, Vec::new());
     let positions = account
         .holdings
         .iter()
         .zip(prices)
         .map(|((symbol, qty), price)| {
-            let price = price.map(|p| p.price);
             let value = price.map(|price| price * qty);
             match value {
                 Some(value) => total += value,

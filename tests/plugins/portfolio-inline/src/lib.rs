@@ -17,7 +17,8 @@ struct Params {
 }
 
 fn tick(_: &Context, params: &Params) -> Result<Option<value::Portfolio>, Error> {
-    Ok(Some(value::value(&params.account, &params.holdings, params.prices.clone())))
+    let prices = params.prices.iter().map(|price| price.as_ref().map(|price| price.price));
+    Ok(Some(value::value(&params.account, &params.holdings, prices)))
 }
 
 wasmpush_sdk::plugin!(tick);
