@@ -153,7 +153,9 @@ impl Authenticator {
     /// When a connection whose token says `identity` must have refreshed it: its `exp` plus the
     /// leeway its checks allow.
     pub fn deadline(&self, identity: &Identity) -> SystemTime {
-        UNIX_EPOCH + std::time::Duration::from_secs(identity.expires_at.saturating_add(self.validation.leeway))
+        let secs = identity.expires_at.saturating_add(self.validation.leeway);
+        // An `exp` past what the clock can represent never comes.
+        UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs)).unwrap_or(UNIX_EPOCH + FAR_FUTURE)
     }
 
     /// Verifies `token` and returns who it names.
@@ -251,6 +253,9 @@ fn jwks_keys(path: &Path, json: &[u8]) -> Result<Vec<Key>, KeyError> {
     }
     Ok(keys)
 }
+
+/// A time no token outlives: about 10,000 years after the epoch.
+const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(10_000 * 365 * 86_400);
 
 /// The authenticator in use, swapped whole when `wasmpush reload` brings new keys.
 pub type SharedAuthenticator = Arc<ArcSwap<Authenticator>>;
@@ -368,6 +373,13 @@ mod tests {
         // `alg: none` is not an algorithm here: such a token is malformed, never accepted.
         let none = format!("eyJhbGciOiJub25lIn0.{}.", "eyJzdWIiOiJ1In0");
         assert!(matches!(auth.verify(&none), Err(TokenError::Malformed(_))));
+    }
+
+    #[test]
+    fn an_exp_beyond_the_clock_is_a_deadline_far_off_not_a_panic() {
+        let auth = Authenticator::load(&settings()).unwrap();
+        let who = auth.verify(&hs256(json!({"exp": 1e19}))).unwrap();
+        assert!(auth.deadline(&who) > SystemTime::now() + std::time::Duration::from_secs(86_400 * 365 * 1000));
     }
 
     #[test]

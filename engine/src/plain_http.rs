@@ -59,9 +59,14 @@ pub async fn read_head(stream: &mut TcpStream, timeout: Duration) -> Option<(Req
 /// Answers a socket over a limit with 503 and `reason`, at once and without waiting on the client:
 /// what it sent so far is discarded, the answer written if the socket takes it, the socket closed.
 pub fn refuse_at_once(stream: TcpStream, reason: &str) {
-    // Unread bytes would turn the close into a reset that can destroy the answer in flight.
+    // Unread bytes would turn the close into a reset that can destroy the answer in flight. At
+    // most a request head's worth: a client that keeps sending cannot hold the accept loop here.
     let mut discard = [0; 1024];
-    while matches!(stream.try_read(&mut discard), Ok(read) if read > 0) {}
+    for _ in 0..MAX_HEAD / discard.len() {
+        if !matches!(stream.try_read(&mut discard), Ok(read) if read > 0) {
+            break;
+        }
+    }
     let body = format!("{reason}\n");
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
