@@ -31,11 +31,44 @@ struct Cached {
     value: Option<(TypeId, Rc<dyn Any>)>,
 }
 
-/// Parsed values by bucket and key, and where each id is, to forget stale ones.
+/// Parsed values by bucket and key, and where each id is, to forget stale ones. A plugin reads a
+/// few buckets (those its config grants), so they are found by comparing names in a short list,
+/// which costs less than hashing the name on every read.
 #[derive(Default)]
 struct Cache {
-    values: HashMap<String, HashMap<String, Cached>>,
-    by_id: HashMap<u32, (String, String)>,
+    buckets: Vec<(String, HashMap<String, Cached>)>,
+    by_id: HashMap<u32, (usize, String)>,
+}
+
+impl Cache {
+    /// The keys cached of `bucket`.
+    fn bucket(&self, bucket: &str) -> Option<&HashMap<String, Cached>> {
+        self.buckets.iter().find(|(name, _)| name == bucket).map(|(_, keys)| keys)
+    }
+
+    /// The position of `bucket` in the list, added if it is not there.
+    fn bucket_index(&mut self, bucket: &str) -> usize {
+        match self.buckets.iter().position(|(name, _)| name == bucket) {
+            Some(index) => index,
+            None => {
+                self.buckets.push((bucket.to_owned(), HashMap::new()));
+                self.buckets.len() - 1
+            }
+        }
+    }
+
+    /// The cached value of `key` as a `T`, noting its id as read by the current call: `None` when
+    /// it is not cached (or was cached as another type), `Some(None)` when the key has no value.
+    fn hit<T: 'static>(&self, bucket: Option<&HashMap<String, Cached>>, key: &str) -> Option<Option<Rc<T>>> {
+        let cached = bucket?.get(key)?;
+        let value = match &cached.value {
+            None => None,
+            Some((type_id, value)) if *type_id == TypeId::of::<T>() => Some(value.clone().downcast::<T>().ok()?),
+            Some(_) => return None,
+        };
+        CALL_READS.with_borrow_mut(|used| used.push(cached.id));
+        Some(value)
+    }
 }
 
 thread_local! {
@@ -56,9 +89,9 @@ pub(crate) fn forget_stale(stale: &[u32]) {
     CACHE.with_borrow_mut(|cache| {
         for id in stale {
             if let Some((bucket, key)) = cache.by_id.remove(id)
-                && let Some(values) = cache.values.get_mut(&bucket)
+                && let Some((_, keys)) = cache.buckets.get_mut(bucket)
             {
-                values.remove(&key);
+                keys.remove(&key);
             }
         }
     });
@@ -131,6 +164,9 @@ impl Context {
     /// assert_eq!(holdings["AAPL"], 10);
     /// ```
     pub fn get_shared<T: DeserializeOwned + 'static>(&self, bucket: &str, key: &str) -> Result<Option<Rc<T>>, Error> {
+        if let Some(hit) = CACHE.with_borrow(|cache| cache.hit::<T>(cache.bucket(bucket), key)) {
+            return Ok(hit);
+        }
         Ok(self.get_many_shared(bucket, &[key])?.pop().flatten())
     }
 
@@ -144,26 +180,16 @@ impl Context {
         let mut found: Vec<Option<Rc<T>>> = Vec::with_capacity(keys.len());
         let mut misses = Vec::new();
         CACHE.with_borrow(|cache| {
-            CALL_READS.with_borrow_mut(|used| {
-                let values = cache.values.get(bucket);
-                for (index, key) in keys.iter().enumerate() {
-                    let cached = values.and_then(|values| values.get(*key));
-                    match cached.map(|c| (c.id, &c.value)) {
-                        Some((id, None)) => {
-                            used.push(id);
-                            found.push(None);
-                        }
-                        Some((id, Some((cached_type, value)))) if *cached_type == type_id => {
-                            used.push(id);
-                            found.push(value.clone().downcast::<T>().ok());
-                        }
-                        _ => {
-                            misses.push(index);
-                            found.push(None);
-                        }
+            let cached = cache.bucket(bucket);
+            for (index, key) in keys.iter().enumerate() {
+                match cache.hit::<T>(cached, key) {
+                    Some(hit) => found.push(hit),
+                    None => {
+                        misses.push(index);
+                        found.push(None);
                     }
                 }
-            })
+            }
         });
         if misses.is_empty() {
             return Ok(found);
@@ -190,12 +216,9 @@ impl Context {
                         Some((type_id, value as Rc<dyn Any>))
                     }
                 };
-                cache.by_id.insert(answer.key_id, (bucket.to_owned(), key.to_owned()));
-                cache
-                    .values
-                    .entry(bucket.to_owned())
-                    .or_default()
-                    .insert(key.to_owned(), Cached { id: answer.key_id, value });
+                let at = cache.bucket_index(bucket);
+                cache.by_id.insert(answer.key_id, (at, key.to_owned()));
+                cache.buckets[at].1.insert(key.to_owned(), Cached { id: answer.key_id, value });
             }
             Ok(found)
         })
