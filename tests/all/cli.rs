@@ -448,5 +448,15 @@ async fn a_bare_restart_and_status_act_on_the_engine_as_it_was_started() {
     client.next_text(SOON).await;
     let frames = client.texts_during(Duration::from_secs(1)).await.len();
     assert!((4..=6).contains(&frames), "{frames} frames in 1 s after restarting with --tick-ms 200");
+
+    // A new address given to restart is bound afresh, not the running engine's socket reused.
+    let moved = free();
+    let listen = format!("127.0.0.1:{moved}");
+    let restart = wasmpush(&["restart", "--pid-file", &pid, "--log-file", log.to_str().unwrap(), "--listen", &listen]);
+    assert!(restart.status.success(), "{}", text(&restart.stderr));
+    let mut client = Client::connect(&format!("ws://{listen}/ws/quote?params={}", encode("{}"))).await;
+    client.next_text(SOON).await;
+    let status = wasmpush(&["status", "--pid-file", &pid]);
+    assert!(text(&status.stdout).contains(&format!("listen:         {listen}")), "{}", text(&status.stdout));
     assert!(wasmpush(&["stop", "--pid-file", &pid]).status.success());
 }

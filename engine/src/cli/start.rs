@@ -191,14 +191,10 @@ pub(super) fn start(config: Config, args: StartArgs) -> anyhow::Result<ExitCode>
         let (listeners, take_over) = match args.takeover {
             true => {
                 let (take_over, [websocket, admin, publish]) = TakeOver::connect(&handover_path)?;
-                let tokio_listener = |listener: std::net::TcpListener| {
-                    listener.set_nonblocking(true)?;
-                    tokio::net::TcpListener::from_std(listener)
-                };
                 let listeners = Listeners {
-                    websocket: tokio_listener(websocket)?,
-                    admin: Some(tokio_listener(admin)?),
-                    publish: Some(tokio_listener(publish)?),
+                    websocket: adopt_or_bind(websocket, config.listen, "").await?,
+                    admin: Some(adopt_or_bind(admin, config.admin, " (admin)").await?),
+                    publish: Some(adopt_or_bind(publish, config.publish, " (publish)").await?),
                 };
                 (listeners, Some(take_over))
             }
@@ -254,16 +250,31 @@ pub(super) fn start(config: Config, args: StartArgs) -> anyhow::Result<ExitCode>
 
 /// Binds the engine's three listeners.
 async fn bind(config: &Config) -> anyhow::Result<Listeners> {
-    let websocket = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let admin = tokio::net::TcpListener::bind(config.admin)
-        .await
-        .with_context(|| format!("cannot listen on {} (admin)", config.admin))?;
-    let publish = tokio::net::TcpListener::bind(config.publish)
-        .await
-        .with_context(|| format!("cannot listen on {} (publish)", config.publish))?;
-    Ok(Listeners { websocket, admin: Some(admin), publish: Some(publish) })
+    Ok(Listeners {
+        websocket: bind_one(config.listen, "").await?,
+        admin: Some(bind_one(config.admin, " (admin)").await?),
+        publish: Some(bind_one(config.publish, " (publish)").await?),
+    })
+}
+
+/// Binds `addr`; the error names it and `what` it is for.
+async fn bind_one(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}{what}"))
+}
+
+/// A listener taken over from the running engine, if it listens where this engine should; a
+/// fresh one on `addr` otherwise (a restart given a new address).
+async fn adopt_or_bind(
+    inherited: std::net::TcpListener,
+    addr: SocketAddr,
+    what: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    if inherited.local_addr()? == addr {
+        inherited.set_nonblocking(true)?;
+        return Ok(tokio::net::TcpListener::from_std(inherited)?);
+    }
+    drop(inherited);
+    bind_one(addr, what).await
 }
 
 /// Copies of the listening sockets, for the next restart's engine.
