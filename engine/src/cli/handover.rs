@@ -25,6 +25,9 @@ const LISTENERS: &str = "LISTENERS";
 const RELEASE: &str = "RELEASE";
 const RELEASED: &str = "RELEASED";
 
+/// How long the new engine waits for the running engine's sockets.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long the new engine waits for the old one to let go (its in-flight publishes finish and
 /// its data store closes).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -104,6 +107,8 @@ impl TakeOver {
     pub(super) fn connect(path: &Path) -> anyhow::Result<(TakeOver, [std::net::TcpListener; 3])> {
         let stream = UnixStream::connect(path)
             .with_context(|| format!("cannot reach the running engine's handover socket {}", path.display()))?;
+        // A running engine answers at once; one that does not is not waited for forever.
+        stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
         writeln!(&stream, "{TAKE_OVER}")?;
         let mut text = [0; 64];
         let mut iov = [IoSliceMut::new(&mut text)];
