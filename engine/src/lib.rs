@@ -8,7 +8,8 @@
 //! - `cli`: the command line ([`Cli`]) and its process management (daemon, pid file); the only
 //!   module that knows clap, and the only one using `anyhow`.
 //! - [`config`]: every setting, with defaults and validation; depends on nothing of the engine.
-//! - `server`: the accept loop and graceful shutdown; [`run`] is the entry point.
+//! - `server`: the accept loop, graceful shutdown and restart handover; [`run`] is the entry point.
+//! - `accept`: one accepted socket: its request head, its handshake, its connection served.
 //! - `admission`: `max_connections` and `max_connections_per_ip`, decided before the handshake.
 //! - `auth`: client tokens (JWT): the keys, the checks, the identity a plugin is given.
 //! - `plain_http`: non-WebSocket requests on the WebSocket port: the demo page, HTTP errors.
@@ -36,6 +37,7 @@
 //! The rules of which module may import which are written in ARCHITECTURE.md and checked by the
 //! `module_rules` test.
 
+mod accept;
 mod admin;
 mod admission;
 mod auth;

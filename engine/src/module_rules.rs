@@ -132,7 +132,7 @@ fn only_the_plugin_module_knows_wasmtime() {
 
 #[test]
 fn only_the_cli_knows_clap_and_anyhow_and_only_the_socket_modules_know_tungstenite() {
-    let socket_modules = ["server", "connection", "outbound"];
+    let socket_modules = ["accept", "connection", "outbound"];
     for source in sources() {
         if !within(&source.module, "cli") {
             assert!(!names_crate(&source.code, "clap"), "`{}` names clap", source.module);
