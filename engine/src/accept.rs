@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{self, Admission, Admitted};
-use crate::auth::{self, SharedAuthenticator};
+use crate::auth;
 use crate::config::Config;
 use crate::connection::{self, ConnectionSettings};
 use crate::handshake::{self, Refusal, Route};
@@ -41,8 +41,6 @@ pub(crate) struct Shared {
     pub(crate) websocket: WebSocketConfig,
     /// Where handshakes and open connections are counted.
     pub(crate) metrics: Arc<Metrics>,
-    /// Checks client tokens; `wasmpush reload` swaps in new keys.
-    pub(crate) auth: SharedAuthenticator,
     /// Source of connection ids; never reused while the engine runs.
     pub(crate) next_conn_id: AtomicU64,
     /// The limits every socket and connection is admitted within.
@@ -97,7 +95,8 @@ pub(crate) async fn accept(
                 .map_err(|refusal| refuse(&refusal))?;
         let protocols = header("sec-websocket-protocol");
         let token = auth::handshake_token(uri.query(), protocols, header("authorization"));
-        match handshake::authenticate(live.plugin(&route.plugin).auth, token.as_deref(), &shared.auth.load()) {
+        match handshake::authenticate(live.plugin(&route.plugin).auth, token.as_deref(), &shared.connection.auth.load())
+        {
             Ok(identity) => route.identity = identity.map(Arc::new),
             Err(refusal) => {
                 shared.metrics.handshakes_unauthorized.inc();

@@ -64,13 +64,15 @@ impl<K: Hash + Eq + Clone> Limit<K> {
         if taken.all >= self.total {
             return Err(true);
         }
-        // A key seen here for the first time starts at 0 < limit, so no entry is left behind at
-        // 0 when one is refused.
-        let count = taken.by_key.entry(key.clone()).or_insert(0);
-        if per_key != 0 && *count >= per_key {
-            return Err(false);
+        // Without a limit per key nothing is counted per key. A key seen here for the first time
+        // starts at 0 < limit, so no entry is left behind at 0 when one is refused.
+        if per_key != 0 {
+            let count = taken.by_key.entry(key.clone()).or_insert(0);
+            if *count >= per_key {
+                return Err(false);
+            }
+            *count += 1;
         }
-        *count += 1;
         taken.all += 1;
         Ok(Place { limit: self.clone(), key })
     }

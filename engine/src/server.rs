@@ -158,7 +158,7 @@ pub async fn run_with(
     reloads: mpsc::Receiver<Reload>,
     lifecycle: Lifecycle,
 ) -> Result<(), ServerError> {
-    let Lifecycle { on_ready, take_over, hand_over } = lifecycle;
+    let Lifecycle { on_ready, take_over, mut hand_over } = lifecycle;
     config.validate()?;
     // Watched from the first instant: a stop during start-up (plugins compiling) ends it there.
     tokio::pin!(shutdown);
@@ -266,7 +266,6 @@ pub async fn run_with(
             config.max_handshakes_per_ip,
         ),
         metrics,
-        auth,
         config,
     });
     let tasks = TaskTracker::new();
@@ -274,7 +273,6 @@ pub async fn run_with(
     health.set_ready();
     on_ready();
     let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
-    let mut hand_over = hand_over;
     let mut handed_over = None;
 
     loop {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use wasmpush_tests::{Client, Frame, KillOnDrop, artifacts};
 
-use crate::util::{BINARY, SOON, encode, start_in_foreground, write_config};
+use crate::util::{BINARY, SOON, encode, plugins_dir_with_quote, start_in_foreground, write_config};
 
 fn wasmpush(args: &[&str]) -> Output {
     Command::new(BINARY).args(args).output().expect("run wasmpush")
@@ -71,14 +71,6 @@ async fn stop_and_reload_see_through_a_stale_pid_file() {
     let reload = wasmpush(&["reload", "--pid-file", pid_file.to_str().unwrap()]);
     assert!(!reload.status.success());
     assert!(text(&reload.stderr).contains("not running"), "{}", text(&reload.stderr));
-}
-
-/// `DIR/plugins` holding `quote`.
-fn plugins_dir_with_quote(dir: &Path) -> std::path::PathBuf {
-    let plugins = dir.join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    std::fs::copy(artifacts::QUOTE, plugins.join("quote.wasm")).unwrap();
-    plugins
 }
 
 #[tokio::test]

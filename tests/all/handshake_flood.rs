@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use wasmpush_tests::{Client, artifacts};
+use wasmpush_tests::Client;
 
-use crate::util::{SOON, encode, start_in_foreground, write_config};
+use crate::util::{SOON, encode, plugins_dir_with_quote, start_in_foreground, write_config};
 
 const ADDRESSES: u8 = 10;
 const SOCKETS_PER_ADDRESS: usize = 200;
@@ -51,9 +51,7 @@ async fn answered_503(stream: &mut TcpStream, wait: Duration) -> bool {
 #[tokio::test]
 async fn two_thousand_half_open_handshakes_stay_bounded_and_others_still_connect() {
     let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    std::fs::copy(artifacts::QUOTE, plugins.join("quote.wasm")).unwrap();
+    let plugins = plugins_dir_with_quote(dir.path());
     let limits = format!("max_handshakes = 1024\nmax_handshakes_per_ip = {PER_IP}\nhandshake_timeout_secs = 30\n");
     let (config, port, _) = write_config(dir.path(), &plugins, &limits);
     let engine = start_in_foreground(&config, &dir.path().join("wasmpush.pid"));

@@ -59,6 +59,14 @@ pub fn start_in_foreground(config: &Path, pid_file: &Path) -> KillOnDrop {
     )
 }
 
+/// `DIR/plugins` holding `quote`.
+pub fn plugins_dir_with_quote(dir: &Path) -> std::path::PathBuf {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(artifacts::QUOTE, plugins.join("quote.wasm")).unwrap();
+    plugins
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
