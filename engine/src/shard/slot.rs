@@ -60,9 +60,7 @@ pub(super) struct PluginSlot {
     /// The connections served by this plugin.
     conns: HashMap<u64, Conn>,
     /// The ids of its connections by phase, so a phase's run reads only its own. A closed
-    /// connection's id is dropped when its phase next runs (ids are never reused); a phase left
-    /// without connections is not run, so its stale ids stay until it has some again, no more of
-    /// them than it ever held.
+    /// connection leaves its phase's list at once: a plugin that does not tick never scans them.
     members: Vec<Vec<u64>>,
     /// Connections that closed since the instance's last batch: the next batch tells the
     /// instance to forget them.
@@ -169,22 +167,19 @@ impl PluginSlot {
 
     /// The regular tick of `phase`: every connection of it that is due (has params, and is not
     /// parked or its error park has expired), if the plugin ticks at this visit of the phase
-    /// (see [`PluginPolicy::ticks_every`]). Closed connections leave the phase's list here.
+    /// (see [`PluginPolicy::ticks_every`]). A visit without a tick reads no connection.
     pub(super) fn due_in_phase(&mut self, phase: u32, error_reset: Option<Duration>, now: Instant) -> DueCalls {
         let every = self.settings.live.plugin(&self.name).ticks_every(self.settings.live.tick());
         let visit = &mut self.visits[phase as usize];
         *visit += 1;
-        let ticking = every != 0 && visit.is_multiple_of(every);
-        let mut due = Vec::new();
-        let conns = &self.conns;
-        self.members[phase as usize].retain(|conn_id| {
-            let Some(conn) = conns.get(conn_id) else { return false };
-            if ticking && conn.session.is_due(error_reset, now) {
-                due.push((*conn_id, Trigger::Tick));
-            }
-            true
-        });
-        due
+        if every == 0 || !visit.is_multiple_of(every) {
+            return Vec::new();
+        }
+        let members = self.members[phase as usize].iter();
+        members
+            .filter(|conn_id| self.conns.get(conn_id).is_some_and(|conn| conn.session.is_due(error_reset, now)))
+            .map(|conn_id| (*conn_id, Trigger::Tick))
+            .collect()
     }
 
     /// Data was published: each connection whose last call read a changed key is due with
@@ -226,6 +221,10 @@ impl PluginSlot {
     /// Forgets a connection; returns the phase it had, if it was here.
     pub(super) fn close(&mut self, conn_id: u64) -> Option<u32> {
         let conn = self.conns.remove(&conn_id)?;
+        let members = &mut self.members[conn.phase as usize];
+        if let Some(at) = members.iter().position(|member| *member == conn_id) {
+            members.swap_remove(at);
+        }
         self.reads.forget(conn_id, &conn.reads);
         if self.instance.is_some() {
             self.closed.push(conn_id);
@@ -520,5 +519,58 @@ impl Tally {
         metrics.data_pushes.inc_by(self.data_pushes);
         metrics.frames_unchanged.inc_by(self.unchanged);
         metrics.bytes_pushed.inc_by(self.bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, PluginSettings};
+    use crate::plugin::PluginHost;
+
+    /// A slot for `quote` with engine defaults and the given plugin table; the plugin itself is
+    /// never needed, only the slot's bookkeeping.
+    fn slot(plugin: PluginSettings) -> PluginSlot {
+        let config = Config { plugins: [("quote".to_owned(), plugin)].into(), ..Config::default() };
+        let settings = ShardSettings {
+            live: Arc::new(LiveSettings::new(&config)),
+            metrics: Arc::default(),
+            data: DataView::default(),
+        };
+        let host = PluginHost::new(crate::server::sandbox_limits(&config)).unwrap();
+        PluginSlot::new("quote".into(), settings, Arc::new(PluginRegistry::new(host)), Arc::default())
+    }
+
+    async fn outbound() -> Arc<OutboundQueue> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        Arc::new(OutboundQueue::new(Arc::new(socket)))
+    }
+
+    fn due_ids(slot: &mut PluginSlot, phase: u32) -> Vec<u64> {
+        let mut ids: Vec<u64> = slot.due_in_phase(phase, None, Instant::now()).iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_leaves_its_phase_at_once() {
+        let mut slot = slot(PluginSettings::default());
+        for conn_id in 1..=3 {
+            slot.open(conn_id, 0, outbound().await, Some("{}".into()), None);
+        }
+        assert_eq!(slot.close(2), Some(0));
+        assert_eq!(slot.members[0], [1, 3], "no stale id waits for the phase to run");
+        assert_eq!(due_ids(&mut slot, 0), [1, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_plugin_without_ticks_has_nothing_due_in_any_phase() {
+        let mut slot = slot(PluginSettings { tick_ms: Some(0), ..PluginSettings::default() });
+        slot.open(1, 0, outbound().await, Some("{}".into()), None);
+        assert!((0..3).all(|_| due_ids(&mut slot, 0).is_empty()));
+        let mut ticking = self::slot(PluginSettings::default());
+        ticking.open(1, 0, outbound().await, Some("{}".into()), None);
+        assert_eq!(due_ids(&mut ticking, 0), [1], "the same connection ticks where the plugin does");
     }
 }
