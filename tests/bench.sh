@@ -224,33 +224,64 @@ stop_server
 # data_bench publishes 200 prices a second in batches every 100 ms. $1 connections, $2 the
 # plugin's tick_ms (0: pushes on changes only; 200: ticks too).
 data_run() {
-  local n=$1 tick=$2 before pushes_before json
+  local n=$1 tick=$2
   printf '[plugins.portfolio]\nread = ["accounts", "prices"]\ntick_ms = %s\n' "$tick" > "$work/data.toml"
-  run=$(( run + 1 ))
   sleep 2
   start_engine --config "$work/data.toml"
-  before=$(cpu_ticks "$engine_pid")
-  pushes_before=$(status_field pushes)
-  "$data_bench" --url ws://127.0.0.1:19503/ws/portfolio --publish 127.0.0.1:19507 --connections "$n" \
-    --seconds 20 --tick-ms "$tick" --sources "$(sources_for "$n" "$run")" > "$work/data.txt"
-  used_ticks=$(( $(cpu_ticks "$engine_pid") - before ))
-  made_pushes=$(( $(status_field pushes) - pushes_before ))
+  server_pid=$engine_pid
+  data_row "wasmpush + portfolio" "$n" "$tick" "status_field pushes" --url ws://127.0.0.1:19503/ws/portfolio \
+    --publish 127.0.0.1:19507 --tick-ms "$tick"
   stop_engine
+}
+
+# The same fan-out from push_floor --events (bare sends, no publishing): the latency floor. $1 connections.
+data_floor_run() {
+  sleep 2
+  "$floor" --listen 127.0.0.1:19505 --events > "$work/floor.out" 2> "$work/floor.log" &
+  server_pid=$!
+  for _ in $(seq 50); do
+    [[ -n "$(floor_pushes)" ]] && break
+    sleep 0.1
+  done
+  data_row "push_floor --events (bare sends)" "$1" - floor_pushes --url ws://127.0.0.1:19505/ws/portfolio --floor
+  stop_server
+}
+
+# One data_bench run against the server whose pid is in server_pid, as a table row; its JSON in
+# $work/data.txt. $1 name, $2 connections, $3 tick_ms shown, $4 command printing the server's
+# push count so far, then more data_bench flags.
+data_row() {
+  local name=$1 n=$2 tick=$3 count=$4 before pushes_before json
+  shift 4
+  run=$(( run + 1 ))
+  before=$(cpu_ticks "$server_pid")
+  pushes_before=$($count)
+  "$data_bench" --connections "$n" --seconds 20 --sources "$(sources_for "$n" "$run")" "$@" > "$work/data.txt"
+  used_ticks=$(( $(cpu_ticks "$server_pid") - before ))
+  made_pushes=$(( $($count) - pushes_before ))
   json=$(tail -n 1 "$work/data.txt")
-  awk -v n="$n" -v tick="$tick" -v est="$(json_field established "$json")" -v dropped="$(json_field dropped "$json")" \
+  awk -v name="$name" -v n="$n" -v tick="$tick" -v est="$(json_field established "$json")" -v dropped="$(json_field dropped "$json")" \
     -v ups="$(json_field updates_per_sec "$json")" -v fps="$(json_field frames_per_sec "$json")" \
     -v p50="$(json_field latency_p50_ms "$json")" -v p99="$(json_field latency_p99_ms "$json")" \
     -v max="$(json_field latency_max_ms "$json")" -v stale="$(json_field stale "$json")" \
+    -v post50="$(json_field from_post_p50_ms "$json")" -v post99="$(json_field from_post_p99_ms "$json")" \
+    -v postmax="$(json_field from_post_max_ms "$json")" \
     -v missed="$(json_field missed_ticks "$json")" -v t="$used_ticks" -v clk="$clk" -v p="$made_pushes" \
-    'BEGIN { printf "| %d | %s | %d | %d | %.0f | %.0f | %s / %s / %s | %d | %s | %.3f |\n", n, tick, est, dropped, ups, fps, p50, p99, max, stale, missed, (t/clk) / (p/100000) }'
+    'BEGIN { printf "| %s | %d | %s | %d | %d | %.0f | %.0f | %s / %s / %s | %s / %s / %s | %s | %s | %.3f |\n", name, n, tick, est, dropped, ups, fps, p50, p99, max, post50, post99, postmax, stale, missed, (t/clk) / (p/100000) }' \
+    | tee -a "$work/data_summary"
 }
 
 echo
-echo "## Live data: portfolio under a feed of 200 prices a second (publish acknowledged -> frame)"
-echo "| connections | plugin tick_ms | established | dropped | updates/s | frames/s | latency p50 / p99 / max ms | stale clients | missed ticks | engine cpu_s_per_100k_pushes |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "## Live data: portfolio under a feed of 200 prices a second (for push_floor, both latencies are batch begun -> frame)"
+echo "| server | connections | plugin tick_ms | established | dropped | updates/s | frames/s | acknowledged -> frame p50 / p99 / max ms | posted -> frame p50 / p99 / max ms | stale clients | missed ticks | server cpu_s_per_100k_pushes |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 data_run "${counts[-1]}" 0
+data_floor_run "${counts[-1]}"
 data_run 5000 200
+echo
+awk -F'|' 'NR <= 2 { split($10, l, "/"); p50[NR] = l[1]; p99[NR] = l[2] }
+  END { printf "Event-driven latency at %d connections, posted -> frame, against the floor: p50 %.2fx, p99 %.2fx\n", n, p50[1] / p50[2], p99[1] / p99[2] }' \
+  n="${counts[-1]}" "$work/data_summary"
 
 echo
 echo "## Publish API alone: 4 publishers, batches of 500 updates, each acknowledged (fsynced)"

@@ -13,6 +13,7 @@ mod browser;
 mod child;
 mod client;
 mod engine;
+pub mod feed;
 pub mod http;
 pub mod wire;
 

@@ -137,6 +137,25 @@ pub fn write_close(out: &mut Vec<u8>, mask: [u8; 4]) {
     write_masked(out, CLOSE, &1000u16.to_be_bytes(), mask);
 }
 
+/// Masking keys for the frames a client sends (xorshift: varied, not secret).
+#[derive(Debug)]
+pub struct Mask(u32);
+
+impl Mask {
+    /// Keys seeded from `seed` (any value; zero is made non-zero).
+    pub fn new(seed: u32) -> Self {
+        Mask(seed | 1)
+    }
+
+    /// The next key.
+    pub fn key(&mut self) -> [u8; 4] {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 17;
+        self.0 ^= self.0 << 5;
+        self.0.to_le_bytes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,8 @@
 //!
 //! - `latency_p50_ms`, `latency_p99_ms`, `latency_max_ms`: publish acknowledged → the first frame
 //!   at a client that shows that publish (a frame arriving before the acknowledgement counts 0);
+//! - `from_post_p50_ms`, `from_post_p99_ms`, `from_post_max_ms`: the same from when the publish
+//!   was posted (HTTP, the durable commit and the acknowledgement's way back included);
 //! - `frames`, `dropped` (connections that ended), `established`;
 //! - `stale`: clients whose last frame, once the feed stopped, does not show the last published
 //!   price of every holding (a lost change);
@@ -16,9 +18,14 @@
 //! posting batches of 500 price updates back to back for `--seconds`; it prints `updates_per_sec`
 //! (each acknowledged, so on disk).
 //!
+//! With `--floor` it runs against `push_floor --events` instead, which sends the same frames
+//! itself, batch by batch, with nothing to publish: a frame's latency is then from when the floor
+//! began its batch (the `sent_us` it carries) to its arrival, the least the kernel's sends and this
+//! client's reads cost at this fan-out. `stale` is null.
+//!
 //! Usage: `data_bench --url ws://127.0.0.1:19503/ws/portfolio --publish 127.0.0.1:19505
 //! --connections 19000 --seconds 20 [--prices 1000 --rate 200 --batch-ms 100 --tick-ms 0
-//! --sources IP,IP]`
+//! --sources IP,IP --floor]`
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -27,11 +34,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use wasmpush_tests::feed::{Feed, holdings, symbol};
 use wasmpush_tests::http::request;
+use wasmpush_tests::wire::{self, Frame, Mask};
 
 /// Command-line settings.
 struct Settings {
@@ -45,6 +53,7 @@ struct Settings {
     tick_ms: u64,
     sources: Vec<IpAddr>,
     publish_only: bool,
+    floor: bool,
 }
 
 fn parse_args() -> anyhow::Result<Settings> {
@@ -59,6 +68,7 @@ fn parse_args() -> anyhow::Result<Settings> {
         tick_ms: 0,
         sources: vec![IpAddr::from([127, 0, 0, 1])],
         publish_only: false,
+        floor: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -74,29 +84,21 @@ fn parse_args() -> anyhow::Result<Settings> {
             "--tick-ms" => settings.tick_ms = value()?.parse()?,
             "--sources" => settings.sources = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--publish-only" => settings.publish_only = true,
+            "--floor" => settings.floor = true,
             other => bail!("unknown flag {other}"),
         }
     }
     Ok(settings)
 }
 
-/// The symbols account `i` holds.
-fn holdings(i: usize, prices: usize) -> [usize; 3] {
-    [i % prices, (i * 7 + 1) % prices, (i * 13 + 2) % prices]
-}
-
-fn symbol(index: usize) -> String {
-    format!("S{index:04}")
-}
-
 /// What the feeder and the clients share.
 struct Shared {
     /// When the run started.
     origin: Instant,
+    /// When batch N was posted, in µs since `origin` (0 until then).
+    posted_us: Vec<AtomicU64>,
     /// When batch N was acknowledged, in µs since `origin` (0 until then).
     acked_us: Vec<AtomicU64>,
-    /// Latencies in µs, one per (client, batch) first seen.
-    latencies: Mutex<Vec<u64>>,
     /// Frames received.
     frames: AtomicU64,
     /// Ticks missing between two frames of a client.
@@ -155,11 +157,11 @@ async fn main() -> anyhow::Result<()> {
         return publish_only(&settings).await;
     }
     // Seed: every price at batch 0, one account per connection.
-    for chunk in (0..settings.prices).collect::<Vec<_>>().chunks(5000) {
+    for chunk in (0..settings.prices).collect::<Vec<_>>().chunks(5000).filter(|_| !settings.floor) {
         let put: serde_json::Map<String, Value> = chunk.iter().map(|&s| (symbol(s), json!({"price": 0}))).collect();
         post(settings.publish, "prices", json!({ "put": put })).await?;
     }
-    for chunk in (0..settings.connections).collect::<Vec<_>>().chunks(5000) {
+    for chunk in (0..settings.connections).collect::<Vec<_>>().chunks(5000).filter(|_| !settings.floor) {
         let put: serde_json::Map<String, Value> = chunk
             .iter()
             .map(|&i| {
@@ -173,8 +175,8 @@ async fn main() -> anyhow::Result<()> {
     let batches = (settings.seconds * 1000 / settings.batch_ms) as usize + 1;
     let shared = Arc::new(Shared {
         origin: Instant::now(),
+        posted_us: (0..=batches).map(|_| AtomicU64::new(0)).collect(),
         acked_us: (0..=batches).map(|_| AtomicU64::new(0)).collect(),
-        latencies: Mutex::new(Vec::new()),
         frames: AtomicU64::new(0),
         missed_ticks: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
@@ -182,56 +184,28 @@ async fn main() -> anyhow::Result<()> {
 
     // Connect, then read each connection on its own task; its last frame is kept for the check.
     let host: SocketAddr = settings.url.split('/').nth(2).context("url has no host")?.parse()?;
+    let path = settings.url.splitn(4, '/').nth(3).context("url has no path")?;
     let mut readers = Vec::with_capacity(settings.connections);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for i in 0..settings.connections {
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::new(settings.sources[i % settings.sources.len()], 0))?;
-        let stream = socket.connect(host).await.with_context(|| format!("connection {i}"))?;
-        let url = format!("{}?params=%7B%22account%22%3A%22a{i}%22%7D", settings.url);
-        let (mut ws, _) =
-            tokio_tungstenite::client_async(url, stream).await.with_context(|| format!("handshake {i}"))?;
-        let (shared, mut stopped, measuring) = (shared.clone(), stopped.clone(), measuring.clone());
-        let tick = Duration::from_millis(settings.tick_ms);
-        readers.push(tokio::spawn(async move {
-            let (mut last, mut newest, mut last_at): (Option<String>, u64, Option<Instant>) = (None, 0, None);
-            loop {
-                let message = tokio::select! {
-                    message = ws.next() => message,
-                    _ = stopped.changed() => break,
-                };
-                let Some(Ok(Message::Text(text))) = message else {
-                    if !matches!(message, Some(Ok(Message::Ping(_) | Message::Pong(_)))) {
-                        shared.dropped.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                    continue;
-                };
-                let now = Instant::now();
-                if measuring.load(Ordering::Relaxed) {
-                    shared.frames.fetch_add(1, Ordering::Relaxed);
-                    if let Some(previous) = last_at.filter(|_| !tick.is_zero()) {
-                        let missed = (now - previous).as_millis() as u64 / tick.as_millis() as u64;
-                        shared.missed_ticks.fetch_add(missed.saturating_sub(1), Ordering::Relaxed);
-                    }
-                }
-                last_at = Some(now);
-                let frame: Value = serde_json::from_str(&text).unwrap_or_default();
-                let shows = frame["positions"].as_array().into_iter().flatten().filter_map(|p| p["price"].as_f64());
-                let batch = shows.fold(0.0, f64::max) as u64;
-                if batch > newest {
-                    newest = batch;
-                    let acked = shared.acked_us.get(batch as usize).map_or(0, |a| a.load(Ordering::Acquire));
-                    let arrived = now.duration_since(shared.origin).as_micros() as u64;
-                    // Before the acknowledgement came back (or with it unknown yet): 0.
-                    let latency = if acked == 0 { 0 } else { arrived.saturating_sub(acked) };
-                    shared.latencies.lock().unwrap().push(latency);
-                }
-                last = Some(text.to_string());
-            }
-            last
-        }));
+        let mut stream = socket.connect(host).await.with_context(|| format!("connection {i}"))?;
+        let url = format!("/{path}?params=%7B%22account%22%3A%22a{i}%22%7D");
+        let read_ahead =
+            wire::handshake(&mut stream, &host.to_string(), &url).await.with_context(|| format!("handshake {i}"))?;
+        let report = Arc::new(Mutex::new(ClientReport::default()));
+        let reader = Reader {
+            shared: shared.clone(),
+            measuring: measuring.clone(),
+            tick: Duration::from_millis(settings.tick_ms),
+            floor: settings.floor,
+            mask: Mask::new(i as u32),
+            report: report.clone(),
+            newest: 0,
+            last_at: None,
+        };
+        readers.push((tokio::spawn(reader.run(stream, read_ahead)), report));
     }
     let established = readers.len();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -239,21 +213,24 @@ async fn main() -> anyhow::Result<()> {
 
     // Feed: batch N sets `per_batch` prices to N.
     let per_batch = (settings.rate as u64 * settings.batch_ms / 1000).max(1) as usize;
+    let mut feed = Feed::new(settings.prices, per_batch);
     let mut last_price: HashMap<usize, u64> = HashMap::new();
     let mut pace = tokio::time::interval(Duration::from_millis(settings.batch_ms));
-    let mut next_symbol = 0usize;
     let started = Instant::now();
     let mut batch = 0u64;
     while started.elapsed() < Duration::from_secs(settings.seconds) && (batch as usize) < batches {
         pace.tick().await;
+        if settings.floor {
+            continue;
+        }
         batch += 1;
         let mut put = serde_json::Map::new();
-        for _ in 0..per_batch {
-            // Spread over the symbols: a stride coprime with any count of this kind.
-            next_symbol = (next_symbol + 389) % settings.prices;
-            put.insert(symbol(next_symbol), json!({ "price": batch }));
-            last_price.insert(next_symbol, batch);
+        for moved in feed.next_batch() {
+            put.insert(symbol(moved), json!({ "price": batch }));
+            last_price.insert(moved, batch);
         }
+        let posted = shared.origin.elapsed().as_micros() as u64;
+        shared.posted_us[batch as usize].store(posted.max(1), Ordering::Release);
         post(settings.publish, "prices", json!({ "put": put })).await?;
         let acked = shared.origin.elapsed().as_micros() as u64;
         shared.acked_us[batch as usize].store(acked.max(1), Ordering::Release);
@@ -262,11 +239,13 @@ async fn main() -> anyhow::Result<()> {
     let fed = started.elapsed().as_secs_f64();
     // Let the last changes arrive, then check every client's last frame.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.send(true)?;
-    let mut stale = 0;
-    for (i, reader) in readers.into_iter().enumerate() {
-        let last = reader.await?.unwrap_or_default();
-        let frame: Value = serde_json::from_str(&last).unwrap_or_default();
+    let (mut stale, mut latencies, mut from_post) = (0, Vec::new(), Vec::new());
+    for (i, (reader, report)) in readers.into_iter().enumerate() {
+        reader.abort();
+        let report = std::mem::take(&mut *report.lock().unwrap());
+        latencies.extend(report.latencies);
+        from_post.extend(report.from_post);
+        let frame: Value = serde_json::from_slice(&report.last).unwrap_or_default();
         let fresh = holdings(i, settings.prices).iter().all(|&s| {
             let expected = last_price.get(&s).copied().unwrap_or(0) as f64;
             let positions = frame["positions"].as_array().into_iter().flatten();
@@ -274,11 +253,12 @@ async fn main() -> anyhow::Result<()> {
         });
         stale += usize::from(!fresh);
     }
-    let mut latencies = std::mem::take(&mut *shared.latencies.lock().unwrap());
     latencies.sort_unstable();
-    let quantile =
-        |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)));
-    let ms = |us: Option<&u64>| us.map_or(Value::Null, |us| json!((*us as f64 / 1000.0 * 100.0).round() / 100.0));
+    from_post.sort_unstable();
+    let quantile = |sorted: &[u64], q: f64| {
+        sorted.get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1))).copied()
+    };
+    let ms = |us: Option<u64>| us.map_or(Value::Null, |us| json!((us as f64 / 1000.0 * 100.0).round() / 100.0));
     let report = json!({
         "established": established,
         "dropped": shared.dropped.load(Ordering::Relaxed),
@@ -287,12 +267,143 @@ async fn main() -> anyhow::Result<()> {
         "frames": shared.frames.load(Ordering::Relaxed),
         "frames_per_sec": shared.frames.load(Ordering::Relaxed) as f64 / fed,
         "latency_samples": latencies.len(),
-        "latency_p50_ms": ms(quantile(0.5)),
-        "latency_p99_ms": ms(quantile(0.99)),
-        "latency_max_ms": ms(latencies.last()),
-        "stale": stale,
+        "latency_p50_ms": ms(quantile(&latencies, 0.5)),
+        "latency_p99_ms": ms(quantile(&latencies, 0.99)),
+        "latency_max_ms": ms(latencies.last().copied()),
+        "from_post_p50_ms": ms(quantile(&from_post, 0.5)),
+        "from_post_p99_ms": ms(quantile(&from_post, 0.99)),
+        "from_post_max_ms": ms(from_post.last().copied()),
+        "stale": if settings.floor { Value::Null } else { json!(stale) },
         "missed_ticks": shared.missed_ticks.load(Ordering::Relaxed),
     });
     println!("{report}");
     Ok(())
+}
+
+/// What one client saw: its latencies in µs (one per batch it first showed: from the publish's
+/// acknowledgement, and from its post) and its last frame.
+#[derive(Default)]
+struct ClientReport {
+    latencies: Vec<u64>,
+    from_post: Vec<u64>,
+    last: Vec<u8>,
+}
+
+/// One client's reading: frames parsed in place in its read buffer (as the load generator does),
+/// so the client's cost per frame stays small beside the engine's on the same cores.
+struct Reader {
+    shared: Arc<Shared>,
+    measuring: Arc<std::sync::atomic::AtomicBool>,
+    tick: Duration,
+    /// The server is `push_floor --events`: a frame's latency is from the `sent_us` it carries.
+    floor: bool,
+    mask: Mask,
+    /// What it saw, read by the run's end after it aborted the reader.
+    report: Arc<Mutex<ClientReport>>,
+    /// The newest batch a frame showed so far.
+    newest: u64,
+    /// When the last frame came.
+    last_at: Option<Instant>,
+}
+
+/// Bytes a client reads at once.
+const READ_BYTES: usize = 4096;
+
+impl Reader {
+    /// Reads until the server closes the connection (the run's end aborts it).
+    async fn run(mut self, mut stream: TcpStream, mut pending: Vec<u8>) {
+        let mut buffer = vec![0u8; READ_BYTES];
+        while let Some(pongs) = self.take_frames(&mut pending) {
+            if !pongs.is_empty() && stream.write_all(&pongs).await.is_err() {
+                break;
+            }
+            match stream.read(&mut buffer).await {
+                Ok(read) if read > 0 => pending.extend_from_slice(&buffer[..read]),
+                _ => break,
+            }
+        }
+        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes in the whole frames at the start of `pending`; returns the pongs to send, or `None`
+    /// when the server closed the connection or broke the protocol.
+    fn take_frames(&mut self, pending: &mut Vec<u8>) -> Option<Vec<u8>> {
+        let (mut at, mut pongs) = (0, Vec::new());
+        while let Some((frame, len)) = wire::next_frame(&pending[at..]).ok()? {
+            at += len;
+            match frame {
+                Frame::Text(text) => self.frame(text, Instant::now()),
+                Frame::Ping(payload) => wire::write_pong(&mut pongs, payload, self.mask.key()),
+                Frame::Close => return None,
+                Frame::Other => {}
+            }
+        }
+        pending.drain(..at);
+        Some(pongs)
+    }
+
+    /// Counts a text frame received at `now`, and the latency of the batch it shows first.
+    fn frame(&mut self, text: &[u8], now: Instant) {
+        let shared = &self.shared;
+        if self.measuring.load(Ordering::Relaxed) {
+            shared.frames.fetch_add(1, Ordering::Relaxed);
+            if let Some(previous) = self.last_at.filter(|_| !self.tick.is_zero()) {
+                let missed = (now - previous).as_millis() as u64 / self.tick.as_millis() as u64;
+                shared.missed_ticks.fetch_add(missed.saturating_sub(1), Ordering::Relaxed);
+            }
+        }
+        self.last_at = Some(now);
+        let batch = newest_price(text);
+        if batch > self.newest {
+            self.newest = batch;
+            let latencies = if self.floor {
+                // The floor sends from the start; only the measured window counts. Its batch
+                // begins where a publish would be both posted and acknowledged.
+                let measured = self.measuring.load(Ordering::Relaxed);
+                sent_us(text).filter(|_| measured).map(|sent| [unix_us().saturating_sub(sent); 2])
+            } else {
+                let arrived = now.duration_since(shared.origin).as_micros() as u64;
+                // Before the acknowledgement came back (or with it unknown yet): 0.
+                let since = |at: &[AtomicU64]| match at.get(batch as usize).map_or(0, |a| a.load(Ordering::Acquire)) {
+                    0 => 0,
+                    at => arrived.saturating_sub(at),
+                };
+                Some([since(&shared.acked_us), since(&shared.posted_us)])
+            };
+            if let Some([from_ack, from_post]) = latencies {
+                let mut report = self.report.lock().unwrap();
+                report.latencies.push(from_ack);
+                report.from_post.push(from_post);
+            }
+        }
+        let mut report = self.report.lock().unwrap();
+        report.last.clear();
+        report.last.extend_from_slice(text);
+    }
+}
+
+/// The highest integer `"price"` of a `portfolio` frame: the newest batch it shows.
+fn newest_price(frame: &[u8]) -> u64 {
+    integers_after(frame, b"\"price\":").max().unwrap_or(0)
+}
+
+/// When `push_floor --events` sent a frame, in µs since the Unix epoch.
+fn sent_us(frame: &[u8]) -> Option<u64> {
+    integers_after(frame, b"\"sent_us\":").next()
+}
+
+/// The integers that follow each `key` in `frame`.
+fn integers_after<'a>(frame: &'a [u8], key: &'a [u8]) -> impl Iterator<Item = u64> + 'a {
+    let mut rest = frame;
+    std::iter::from_fn(move || {
+        let at = rest.windows(key.len()).position(|w| w == key)?;
+        rest = &rest[at + key.len()..];
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        Some(std::str::from_utf8(&rest[..digits]).ok().and_then(|d| d.parse().ok()).unwrap_or(0))
+    })
+}
+
+/// Wall-clock time in µs since the Unix epoch: the one clock this process and `push_floor` share.
+fn unix_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_micros() as u64)
 }

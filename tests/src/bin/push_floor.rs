@@ -9,8 +9,15 @@
 //! updates, the engine's CPU per push divided by this one's is what wasmpush adds over the bare
 //! sends. A frame the socket does not take is dropped.
 //!
-//! Usage: `push_floor --listen 127.0.0.1:19505 [--tick-ms 200]`; it runs until killed and prints
-//! `pushes N`, the frames sent so far, once a second.
+//! With `--events` it is the floor of the live-data run instead: no ticks, but every `--batch-ms`
+//! it moves `--rate × batch-ms / 1000` of `--prices` prices (the feed of `data_bench`) and sends
+//! each connection that holds one of them (its account comes from the `a{i}` in its URL) one
+//! `portfolio`-shaped frame, stamped with when the batch began (`sent_us`). `data_bench --floor`
+//! reads them: the latency the kernel's sends alone give that fan-out.
+//!
+//! Usage: `push_floor --listen 127.0.0.1:19505 [--tick-ms 200 | --events --prices 1000 --rate 200
+//! --batch-ms 100]`; it runs until killed and prints `pushes N`, the frames sent so far, once a
+//! second.
 
 use std::io::{ErrorKind, IoSlice};
 use std::net::TcpStream;
@@ -21,7 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use socket2::SockRef;
 use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::server::Request;
 use wasmpush::phase_clock::{PHASES, PhaseClock, PhaseLoad};
+use wasmpush_tests::feed::{Feed, holdings, symbol};
 
 /// Frames sent whole so far; printed to standard output once a second (`pushes N`).
 static PUSHES: AtomicU64 = AtomicU64::new(0);
@@ -31,21 +40,28 @@ struct Conn {
     socket: TcpStream,
     index: u64,
     seq: u64,
+    /// The account its URL names (`a{i}`), for `--events`.
+    account: Option<usize>,
 }
 
 impl Conn {
-    /// Sends the next frame with one non-blocking `sendmsg`; dropped if the socket is full.
-    /// False once the connection is gone.
+    /// Sends the next quote frame. False once the connection is gone.
     fn push(&mut self) -> bool {
         self.seq += 1;
         let seq = self.seq;
-        let ts = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis());
+        let ts = unix_time().as_millis();
         let body = format!(
             r#"{{"symbol":"SYM{}","seq":{seq},"ts":{ts},"price":{}.{:02},"nonce":0}}"#,
             self.index,
             (seq + 4960) / 100,
             (seq + 4960) % 100
         );
+        self.send(&body)
+    }
+
+    /// Sends `body` as a text frame with one non-blocking `sendmsg`; dropped if the socket is
+    /// full. False once the connection is gone.
+    fn send(&mut self, body: &str) -> bool {
         // A final text frame, unmasked; quote-sized bodies are far below 64 KiB.
         let [high, low] = (body.len() as u16).to_be_bytes();
         let header: &[u8] = if body.len() < 126 { &[0x81, low] } else { &[0x81, 126, high, low] };
@@ -62,23 +78,48 @@ impl Conn {
     }
 }
 
+/// The feed `--events` sends, batch by batch.
+#[derive(Debug, Clone, Copy)]
+struct Events {
+    prices: usize,
+    per_batch: usize,
+    every: Duration,
+}
+
 fn main() -> anyhow::Result<()> {
+    const USAGE: &str = "usage: push_floor --listen ADDR [--tick-ms MS | --events --prices N --rate N --batch-ms MS]";
     let mut args = std::env::args().skip(1);
-    let (mut listen, mut tick_ms) = ("127.0.0.1:19505".to_owned(), 200u64);
+    let (mut listen, mut tick_ms, mut events) = ("127.0.0.1:19505".to_owned(), 200u64, false);
+    let (mut prices, mut rate, mut batch_ms) = (1000usize, 200usize, 100u64);
     while let Some(flag) = args.next() {
+        if flag == "--events" {
+            events = true;
+            continue;
+        }
         let value = args.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--listen" => listen = value,
             "--tick-ms" => tick_ms = value.parse()?,
-            other => anyhow::bail!("unknown argument {other}; usage: push_floor --listen ADDR [--tick-ms MS]"),
+            "--prices" => prices = value.parse()?,
+            "--rate" => rate = value.parse()?,
+            "--batch-ms" => batch_ms = value.parse()?,
+            other => anyhow::bail!("unknown argument {other}; {USAGE}"),
         }
     }
+    let events = events.then(|| Events {
+        prices,
+        per_batch: (rate as u64 * batch_ms / 1000).max(1) as usize,
+        every: Duration::from_millis(batch_ms),
+    });
     let pushers: Arc<Vec<Pusher>> =
         Arc::new((0..std::thread::available_parallelism().map_or(1, usize::from)).map(|_| Pusher::new()).collect());
     for pusher in 0..pushers.len() {
         let pushers = pushers.clone();
         let tick = Duration::from_millis(tick_ms);
-        std::thread::Builder::new().name("push-floor".into()).spawn(move || pushers[pusher].push_forever(tick))?;
+        std::thread::Builder::new().name("push-floor".into()).spawn(move || match events {
+            Some(events) => pushers[pusher].push_events_forever(events),
+            None => pushers[pusher].push_forever(tick),
+        })?;
     }
     std::thread::Builder::new().name("push-count".into()).spawn(|| {
         loop {
@@ -128,6 +169,57 @@ impl Pusher {
     }
 }
 
+impl Pusher {
+    /// Every `events.every`, moves the feed's next prices and sends each connection that holds
+    /// one of them a `portfolio`-shaped frame stamped with when the batch began; forgets closed
+    /// connections.
+    fn push_events_forever(&self, events: Events) {
+        let mut feed = Feed::new(events.prices, events.per_batch);
+        let mut prices = vec![0u64; events.prices];
+        let mut next = Instant::now();
+        for batch in 1.. {
+            next += events.every;
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            let sent_us = unix_time().as_micros();
+            let moved = feed.next_batch();
+            for &symbol in &moved {
+                prices[symbol] = batch;
+            }
+            for phase in &self.phases {
+                lock(phase).retain_mut(|conn| {
+                    let Some(account) = conn.account else { return true };
+                    let held = holdings(account, events.prices);
+                    !held.iter().any(|symbol| moved.contains(symbol))
+                        || conn.send(&portfolio_frame(account, &held, &prices, sent_us))
+                });
+            }
+        }
+    }
+}
+
+/// What `portfolio` pushes for `account` holding one of each of `held` at `prices`, plus when
+/// the batch began.
+fn portfolio_frame(account: usize, held: &[usize], prices: &[u64], sent_us: u128) -> String {
+    let positions: Vec<String> = held
+        .iter()
+        .map(|&s| format!(r#"{{"symbol":"{}","qty":1,"price":{},"value":{}}}"#, symbol(s), prices[s], prices[s]))
+        .collect();
+    let total: u64 = held.iter().map(|&s| prices[s]).sum();
+    format!(r#"{{"account":"a{account}","positions":[{}],"total":{total},"sent_us":{sent_us}}}"#, positions.join(","))
+}
+
+/// The account `a{i}` named in a `portfolio` URL's params, if any.
+fn account_of(path_and_query: &str) -> Option<usize> {
+    const KEY: &str = "%22account%22%3A%22a";
+    let rest = &path_and_query[path_and_query.find(KEY)? + KEY.len()..];
+    rest[..rest.find(|c: char| !c.is_ascii_digit())?].parse().ok()
+}
+
+/// Time since the Unix epoch: the one clock this process and `data_bench` share.
+fn unix_time() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
 /// Locks `mutex`, poisoned or not: a pusher that panicked leaves consistent data.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
@@ -144,9 +236,15 @@ async fn accept_forever(listen: &str, pushers: Arc<Vec<Pusher>>) -> anyhow::Resu
         socket.set_nodelay(true)?;
         let pushers = pushers.clone();
         tokio::spawn(async move {
-            let Ok(ws) = tokio_tungstenite::accept_async(socket).await else { return };
+            let mut account = None;
+            #[allow(clippy::result_large_err, reason = "tungstenite's callback type")]
+            let read_url = |request: &Request, response| {
+                account = account_of(&request.uri().to_string());
+                Ok(response)
+            };
+            let Ok(ws) = tokio_tungstenite::accept_hdr_async(socket, read_url).await else { return };
             let Ok(socket) = ws.into_inner().into_std() else { return };
-            pushers[index as usize % pushers.len()].add(Conn { socket, index, seq: 0 });
+            pushers[index as usize % pushers.len()].add(Conn { socket, index, seq: 0, account });
         });
     }
     Ok(())

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
-use wasmpush_tests::wire::{self, Frame};
+use wasmpush_tests::wire::{self, Frame, Mask};
 
 /// What one connection saw after the warm-up.
 #[derive(Debug, Default)]
@@ -72,7 +72,7 @@ const READ_BUFFER: usize = 64 * 1024;
 pub fn measure(clients: Vec<Client>, plan: Plan) -> anyhow::Result<Vec<ConnectionReport>> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     let mut conns: Vec<Conn> = clients.into_iter().map(Conn::new).collect();
-    let mut mask = Mask(0x9E37_79B9);
+    let mut mask = Mask::new(0x9E37_79B9);
     let mut buffer = vec![0u8; READ_BUFFER];
     for (token, conn) in conns.iter_mut().enumerate() {
         epoll.add(conn.client.stream.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token as u64))?;
@@ -119,7 +119,7 @@ pub fn measure(clients: Vec<Client>, plan: Plan) -> anyhow::Result<Vec<Connectio
     }
     for conn in conns.iter_mut().filter(|conn| !conn.done) {
         let mut close = Vec::with_capacity(8);
-        wire::write_close(&mut close, mask.next());
+        wire::write_close(&mut close, mask.key());
         let _ = conn.client.stream.write(&close);
     }
     Ok(conns.into_iter().map(|conn| conn.report).collect())
@@ -157,7 +157,7 @@ impl Conn {
                     at += len;
                     match frame {
                         Frame::Text(text) => self.frame(text, now, plan),
-                        Frame::Ping(payload) => wire::write_pong(&mut self.unsent, payload, mask.next()),
+                        Frame::Ping(payload) => wire::write_pong(&mut self.unsent, payload, mask.key()),
                         Frame::Close => return false,
                         Frame::Other => {}
                     }
@@ -191,7 +191,7 @@ impl Conn {
     fn send_update(&mut self, now: Instant, mask: &mut Mask) {
         self.nonce += 1;
         let params = format!(r#"{{"symbol":"SYM{}","nonce":{}}}"#, self.nonce % 100, self.nonce);
-        wire::write_text(&mut self.unsent, &params, mask.next());
+        wire::write_text(&mut self.unsent, &params, mask.key());
         self.pending_update = Some((self.nonce, now));
     }
 
@@ -270,18 +270,6 @@ impl Updates {
             }
         }
         Ok(())
-    }
-}
-
-/// Masking keys for the frames a client sends (xorshift: varied, not secret).
-struct Mask(u32);
-
-impl Mask {
-    fn next(&mut self) -> [u8; 4] {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 17;
-        self.0 ^= self.0 << 5;
-        self.0.to_le_bytes()
     }
 }
 
