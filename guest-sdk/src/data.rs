@@ -12,6 +12,8 @@
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::rc::Rc;
 
 use serde::de::DeserializeOwned;
@@ -36,13 +38,13 @@ struct Cached {
 /// which costs less than hashing the name on every read.
 #[derive(Default)]
 struct Cache {
-    buckets: Vec<(String, HashMap<String, Cached>)>,
-    by_id: HashMap<u32, (usize, String)>,
+    buckets: Vec<(String, FxHashMap<String, Cached>)>,
+    by_id: FxHashMap<u32, (usize, String)>,
 }
 
 impl Cache {
     /// The keys cached of `bucket`.
-    fn bucket(&self, bucket: &str) -> Option<&HashMap<String, Cached>> {
+    fn bucket(&self, bucket: &str) -> Option<&FxHashMap<String, Cached>> {
         self.buckets.iter().find(|(name, _)| name == bucket).map(|(_, keys)| keys)
     }
 
@@ -51,7 +53,7 @@ impl Cache {
         match self.buckets.iter().position(|(name, _)| name == bucket) {
             Some(index) => index,
             None => {
-                self.buckets.push((bucket.to_owned(), HashMap::new()));
+                self.buckets.push((bucket.to_owned(), FxHashMap::default()));
                 self.buckets.len() - 1
             }
         }
@@ -59,7 +61,7 @@ impl Cache {
 
     /// The cached value of `key` as a `T`, noting its id as read by the current call: `None` when
     /// it is not cached (or was cached as another type), `Some(None)` when the key has no value.
-    fn hit<T: 'static>(&self, bucket: Option<&HashMap<String, Cached>>, key: &str) -> Option<Option<Rc<T>>> {
+    fn hit<T: 'static>(&self, bucket: Option<&FxHashMap<String, Cached>>, key: &str) -> Option<Option<Rc<T>>> {
         let cached = bucket?.get(key)?;
         let value = match &cached.value {
             None => None,
