@@ -7,7 +7,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conn::{AfterFault, Conn, Park, Session, frame_hash};
+use super::conn::{AfterFault, Conn, Park, ReadIds, Session, frame_hash};
 use super::reads::ReadIndex;
 use super::throttle::Throttle;
 use crate::auth::Identity;
@@ -132,7 +132,7 @@ impl PluginSlot {
         }
         self.members[phase as usize].push(conn_id);
         let session = Session::new(params, identity);
-        let conn = Conn { phase, outbound, session, reads: Vec::new(), read_ids: (0, Vec::new()) };
+        let conn = Conn { phase, outbound, session, reads: Vec::new(), read_ids: (0, ReadIds::new()) };
         self.conns.insert(conn_id, conn);
     }
 
@@ -338,14 +338,14 @@ impl PluginSlot {
                     let Some(conn) = self.conns.get_mut(conn_id) else { continue };
                     conn.session.seen_by(generation);
                     let ids = outcomes.reads(index);
-                    if conn.read_ids.0 == generation && conn.read_ids.1 == ids {
+                    if conn.read_ids.0 == generation && conn.read_ids.1.as_slice() == ids {
                         continue;
                     }
                     // Ids the instance never gave are the guest's mistake: they name nothing.
                     let read: Vec<ReadKey> = ids.iter().filter_map(|id| instance.key(*id).cloned()).collect();
                     self.reads.replace(*conn_id, &conn.reads, &read);
                     conn.reads = read;
-                    conn.read_ids = (generation, ids.to_vec());
+                    conn.read_ids = (generation, ReadIds::from_slice(ids));
                 }
                 Ok(outcomes)
             }
