@@ -68,4 +68,4 @@ mod watcher;
 
 pub use cli::{Cli, main};
 pub use config::Config;
-pub use server::{Lifecycle, Listeners, Reload, ServerError, run, run_with, sandbox_limits};
+pub use server::{Follow, Forward, Lifecycle, Listeners, Reload, ServerError, TakeOver, run, run_with, sandbox_limits};

@@ -27,7 +27,7 @@ use crate::admission::Admission;
 use crate::auth::{Authenticator, KeyError, SharedAuthenticator};
 use crate::config::{Config, ConfigError};
 use crate::connection::ConnectionSettings;
-use crate::data::{ChangeSet, DataError, DataLimits, DataStore, DataView, DurableStore};
+use crate::data::{Change, ChangeSet, DataError, DataLimits, DataStore, DataView, DurableStore};
 use crate::health::Health;
 use crate::live::LiveSettings;
 use crate::metrics::Metrics;
@@ -115,9 +115,21 @@ pub struct Reload {
     pub config: Option<Config>,
 }
 
-/// What a restart's new engine awaits before it opens the data store: the old engine letting go,
-/// or why it did not.
-pub type TakeOver = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// What a restart's new engine awaits before it opens the data store: the old engine letting go
+/// (with the way to forward it every batch published from then on), or why it did not.
+pub type TakeOver = Pin<Box<dyn Future<Output = Result<Forward, String>> + Send>>;
+
+/// Where a restart's new engine sends each batch it publishes, for the old engine still draining
+/// its connections: their clients keep getting data pushes until they reconnect. It must not
+/// block (it runs on the data writer's thread).
+pub type Forward = Box<dyn Fn(&ChangeSet) + Send>;
+
+/// An old engine's answer to a handover request, once it has let go: where to send the batches
+/// the new engine forwards (dropped when the new engine stops forwarding).
+pub type Follow = mpsc::Sender<Vec<Change>>;
+
+/// Forwarded batches an old engine holds before the forwarding side waits.
+const FOLLOW_CAPACITY: usize = 1024;
 
 /// What a restart needs of the engine, besides running it.
 pub struct Lifecycle {
@@ -129,8 +141,9 @@ pub struct Lifecycle {
     pub take_over: Option<TakeOver>,
     /// Requests to hand this engine over to a new one: each is answered once this engine has
     /// stopped accepting and closed its data store, publish API and admin endpoint; then it closes
-    /// its connections with 1012 over `drain_secs` and returns.
-    pub hand_over: Option<mpsc::Receiver<oneshot::Sender<()>>>,
+    /// its connections with 1012 over `drain_secs` and returns, following the new engine's data
+    /// (what it is sent through the [`Follow`] of its answer) meanwhile.
+    pub hand_over: Option<mpsc::Receiver<oneshot::Sender<Follow>>>,
 }
 
 impl Default for Lifecycle {
@@ -215,10 +228,14 @@ pub async fn run_with(
     for version in registry.snapshot().values() {
         tracing::info!(plugin = %version.name, version = version.short_hash(), bytes = version.size, "serving plugin");
     }
-    if let Some(take_over) = take_over {
-        take_over.await.map_err(ServerError::TakeOver)?;
-        tracing::info!("the engine this one replaces has stopped accepting and released its data store");
-    }
+    let forward = match take_over {
+        Some(take_over) => {
+            let forward = take_over.await.map_err(ServerError::TakeOver)?;
+            tracing::info!("the engine this one replaces has stopped accepting and released its data store");
+            Some(forward)
+        }
+        None => None,
+    };
     // The data is in memory before the first connection is accepted.
     let data_dir = config.data_dir.clone();
     let (durable, snapshot) = tokio::task::spawn_blocking(move || DurableStore::open(&data_dir))
@@ -233,8 +250,14 @@ pub async fn run_with(
     let settings = ShardSettings { live: live.clone(), metrics: metrics.clone(), data: view.clone() };
     let shards = Shards::spawn(config.worker_count(), settings, registry.clone()).map_err(ServerError::Workers)?;
     let announce = announce_to(&shards, metrics.clone(), view.clone());
+    let announce = move |changes: Arc<ChangeSet>| {
+        if let Some(forward) = &forward {
+            forward(&changes);
+        }
+        announce(changes);
+    };
     let (store, writer) =
-        DataStore::start(durable, view, data_limits(&config), announce).map_err(ServerError::Workers)?;
+        DataStore::start(durable, view.clone(), data_limits(&config), announce).map_err(ServerError::Workers)?;
     let publishing = publish.map(|publish| {
         let (store, token, shutdown) = (store.clone(), config.publish_token.clone(), services.clone());
         tracing::info!(publish = ?publish.local_addr().ok(), "publish API listening");
@@ -319,20 +342,36 @@ pub async fn run_with(
     drop(store);
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     let mut drain_time = DRAIN_TIME;
+    let (follow, mut followed) = mpsc::channel(FOLLOW_CAPACITY);
     if let Some(reply) = handed_over {
-        let _ = reply.send(());
+        let _ = reply.send(follow);
         let spread = Duration::from_secs(shared.config.drain_secs);
         tracing::info!(connections = tasks.len(), ?spread, "handed over: closing connections with 1012, spread out");
         shared.connection.drain.start(spread);
         drain_time += spread;
     } else {
+        drop(follow);
         tracing::info!(connections = tasks.len(), "shutting down: closing connections");
     }
     cancel.cancel();
     tasks.close();
-    if tokio::time::timeout(drain_time, tasks.wait()).await.is_err() {
+    // While they drain, the connections follow the new engine's data.
+    let announce = announce_to(&shared.shards, shared.metrics.clone(), view.clone());
+    let limits = data_limits(&shared.config);
+    let drained = async {
+        let drained = tasks.wait();
+        tokio::pin!(drained);
+        loop {
+            tokio::select! {
+                () = &mut drained => return,
+                Some(changes) = followed.recv() => follow_batch(&view, &limits, &changes, &announce),
+            }
+        }
+    };
+    if tokio::time::timeout(drain_time, drained).await.is_err() {
         tracing::warn!(left = tasks.len(), "drain time over; dropping remaining connections");
     }
+    drop(announce);
     if let Ok(shared) = Arc::try_unwrap(shared) {
         let _ = tokio::task::spawn_blocking(move || shared.shards.join()).await;
     }
@@ -394,6 +433,19 @@ fn data_limits(config: &Config) -> DataLimits {
         max_value_bytes: config.max_value_bytes,
         max_data_bytes: config.max_data_mib << 20,
         max_batch_keys: config.max_batch_keys,
+    }
+}
+
+/// Applies a batch the new engine forwarded to this draining one, in memory, and announces it to
+/// the shards. A batch that breaks a name or value rule is dropped whole.
+fn follow_batch(view: &DataView, limits: &DataLimits, changes: &[Change], announce: &impl Fn(Arc<ChangeSet>)) {
+    match changes.iter().map(|change| limits.check(change)).collect::<Result<Vec<_>, _>>() {
+        Ok(changes) => {
+            if let Some(changed) = view.follow(&changes) {
+                announce(changed);
+            }
+        }
+        Err(err) => tracing::warn!(cause = %err, "a batch forwarded by the new engine was refused"),
     }
 }
 

@@ -184,6 +184,67 @@ async fn a_daemon_starts_reports_status_reloads_restarts_refusing_no_one_and_sto
 }
 
 #[tokio::test]
+async fn the_clients_of_a_draining_engine_are_pushed_the_data_published_to_its_successor() {
+    const CLIENTS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir_with_quote(dir.path());
+    std::fs::copy(artifacts::PORTFOLIO, plugins.join("portfolio.wasm")).unwrap();
+    // No ticks: a frame after the first is a data push, nothing else.
+    let tables = "drain_secs = 3\n[plugins.portfolio]\nread = [\"accounts\", \"prices\"]\ntick_ms = 0\n";
+    let (config, port, _) = write_config(dir.path(), &plugins, tables);
+    let config = config.to_str().unwrap();
+    let pid_file = dir.path().join("wasmpush.pid");
+    let (pid, log) = (pid_file.to_str().unwrap(), dir.path().join("wasmpush.log"));
+    let log = log.to_str().unwrap();
+    let start = wasmpush(&["start", "--daemon", "--config", config, "--pid-file", pid, "--log-file", log]);
+    assert!(start.status.success(), "{}", text(&start.stderr));
+    let put = |bucket: &str, key: &str, value: &str| {
+        let put = wasmpush(&["data", "--config", config, "put", bucket, key, value]);
+        assert!(put.status.success(), "{}", text(&put.stderr));
+    };
+    put("accounts", "a1", r#"{"holdings":{"AAPL":2}}"#);
+    put("prices", "AAPL", r#"{"price":10}"#);
+    let url = format!("ws://127.0.0.1:{port}/ws/portfolio?params={}", encode(r#"{"account":"a1"}"#));
+    let mut old_clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut client = Client::connect(&url).await;
+        assert!(client.next_text(SOON).await.contains(r#""total":20"#));
+        old_clients.push(client);
+    }
+
+    let restart = wasmpush(&["restart", "--config", config, "--pid-file", pid, "--log-file", log]);
+    assert!(restart.status.success(), "{}", text(&restart.stderr));
+    // Published to the new engine (the old one no longer accepts), forwarded to the old one.
+    put("prices", "AAPL", r#"{"price":11}"#);
+    let mut pushed = 0;
+    for mut client in old_clients {
+        // Each old client is closed with 1012 at its own moment within drain_secs; most are
+        // still open when the price moves, and those must see it first.
+        let mut saw_new_price = false;
+        loop {
+            match client.next_within(Duration::from_secs(5)).await {
+                Some(Frame::Text(frame)) => {
+                    assert!(frame.contains(r#""total":22"#), "a data push shows the new price: {frame}");
+                    saw_new_price = true;
+                }
+                Some(Frame::Close(close)) => {
+                    assert_eq!(close, Some((1012, "service restart".to_owned())), "an old engine's client");
+                    break;
+                }
+                other => panic!("an old client got {other:?} before its 1012"),
+            }
+        }
+        pushed += usize::from(saw_new_price);
+    }
+    assert!(pushed >= CLIENTS / 2, "only {pushed} of {CLIENTS} draining clients were pushed the new price");
+    eprintln!("restart: {pushed} of {CLIENTS} draining clients were pushed a price published to the new engine");
+    let mut client = Client::connect(&url).await;
+    assert!(client.next_text(SOON).await.contains(r#""total":22"#), "the new engine serves it too");
+    let stop = wasmpush(&["stop", "--pid-file", pid]);
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+}
+
+#[tokio::test]
 async fn start_failures_are_reported_with_their_reason() {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");

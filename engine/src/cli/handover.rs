@@ -4,21 +4,29 @@
 //! 1. sends `TAKE-OVER`: the running engine answers with its three listening sockets (WebSocket,
 //!    admin, publish) as file descriptors (`SCM_RIGHTS`), and keeps serving on them;
 //! 2. compiles its plugins, then sends `RELEASE`: the running engine stops accepting, closes its
-//!    publish API, admin endpoint and data store, answers `RELEASED`, and drains its connections.
+//!    publish API, admin endpoint and data store, answers `RELEASED`, and drains its connections;
+//! 3. from then on writes every batch it publishes as one line (a JSON array of `[bucket, key,
+//!    value or null]`), which the old engine applies in memory: its clients keep getting data
+//!    pushes until they reconnect. The old engine stops reading when its last connection is gone.
 //!
 //! Both processes hold the same sockets, so a client connecting meanwhile waits in the shared
 //! accept queue until the new engine accepts it: no connection is refused.
 
-use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Write};
+use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::TrySendError;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr, recvmsg, sendmsg};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::data::{Change, ChangeSet};
+use crate::server::{Follow, Forward};
 
 const TAKE_OVER: &str = "TAKE-OVER";
 const LISTENERS: &str = "LISTENERS";
@@ -31,6 +39,13 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the new engine waits for the old one to let go (its in-flight publishes finish and
 /// its data store closes).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Published batches the new engine holds for the old one before it drops them (the old engine
+/// then misses those changes until its clients reconnect).
+const FORWARD_CAPACITY: usize = 4096;
+
+/// The longest forwarded line the old engine reads; a longer one ends the following.
+const MAX_FORWARDED_LINE: u64 = 256 << 20;
 
 /// The handover socket of the engine whose pid file is `pid_file`.
 pub(super) fn socket_path(pid_file: &Path) -> PathBuf {
@@ -45,7 +60,7 @@ pub(super) fn socket_path(pid_file: &Path) -> PathBuf {
 pub(super) fn serve(
     path: &Path,
     listeners: [OwnedFd; 3],
-    release: mpsc::Sender<oneshot::Sender<()>>,
+    release: mpsc::Sender<oneshot::Sender<Follow>>,
 ) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let socket = UnixListener::bind(path)?;
@@ -62,11 +77,11 @@ pub(super) fn serve(
     Ok(())
 }
 
-/// Answers one new engine: its listeners, then its release.
+/// Answers one new engine: its listeners, then its release, then follows its data.
 fn answer(
     stream: UnixStream,
     listeners: &[OwnedFd; 3],
-    release: &mpsc::Sender<oneshot::Sender<()>>,
+    release: &mpsc::Sender<oneshot::Sender<Follow>>,
 ) -> anyhow::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     expect_line(&mut reader, TAKE_OVER)?;
@@ -83,9 +98,65 @@ fn answer(
     expect_line(&mut reader, RELEASE)?;
     let (done, released) = oneshot::channel();
     release.blocking_send(done).context("the engine is stopping")?;
-    released.blocking_recv().context("the engine stopped before it let go")?;
+    let follow = released.blocking_recv().context("the engine stopped before it let go")?;
     writeln!(&stream, "{RELEASED}")?;
+    if let Err(err) = follow_forwarded(&mut reader, &follow) {
+        tracing::warn!(cause = %format!("{err:#}"), "stopped following the new engine's data");
+    }
     Ok(())
+}
+
+/// Hands each batch the new engine forwards to the draining engine, until the new engine stops
+/// forwarding or the draining engine is done.
+fn follow_forwarded(reader: &mut impl BufRead, follow: &Follow) -> anyhow::Result<()> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = Read::take(&mut *reader, MAX_FORWARDED_LINE).read_line(&mut line)?;
+        if read == 0 {
+            return Ok(());
+        }
+        ensure!(line.ends_with('\n'), "a forwarded batch is cut short or over {MAX_FORWARDED_LINE} bytes");
+        let batch: Vec<(String, String, Option<String>)> =
+            serde_json::from_str(&line).context("a forwarded batch is not a JSON list of changes")?;
+        let changes = batch.into_iter().map(|(bucket, key, value)| Change { bucket, key, value }).collect();
+        if follow.blocking_send(changes).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// The new engine's side of step 3: a thread writing each published batch to the old engine, fed
+/// without blocking the data writer. It ends when the old engine closes the socket.
+fn forwarder(stream: UnixStream) -> std::io::Result<Forward> {
+    let (batches, queued) = std::sync::mpsc::sync_channel::<String>(FORWARD_CAPACITY);
+    std::thread::Builder::new().name("wasmpush-forward".to_owned()).spawn(move || {
+        for line in queued {
+            if (&stream).write_all(line.as_bytes()).is_err() {
+                return;
+            }
+        }
+    })?;
+    // Once the old engine is gone, nothing more is written; it is told once that it fell behind.
+    let (gone, behind) = (AtomicBool::new(false), AtomicBool::new(false));
+    let forward = move |changes: &ChangeSet| {
+        if gone.load(Ordering::Relaxed) {
+            return;
+        }
+        let batch: Vec<_> =
+            changes.changes().into_iter().map(|change| (change.bucket, change.key, change.value)).collect();
+        let line = serde_json::to_string(&batch).expect("strings serialize") + "\n";
+        match batches.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Disconnected(_)) => gone.store(true, Ordering::Relaxed),
+            Err(TrySendError::Full(_)) => {
+                if !behind.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("the engine draining before this one falls behind; its clients miss changes");
+                }
+            }
+        }
+    };
+    Ok(Box::new(forward))
 }
 
 /// Reads one line and checks it is `expected`.
@@ -129,12 +200,13 @@ impl TakeOver {
     }
 
     /// Asks the running engine to let go: stop accepting and close its data store. Returns once
-    /// it has.
-    pub(super) fn release(self) -> Result<(), String> {
-        let ask = || -> anyhow::Result<()> {
+    /// it has, with where to forward the batches published from then on.
+    pub(super) fn release(self) -> Result<Forward, String> {
+        let ask = || -> anyhow::Result<Forward> {
             self.stream.set_read_timeout(Some(RELEASE_TIMEOUT))?;
             writeln!(&self.stream, "{RELEASE}")?;
-            expect_line(&mut BufReader::new(&self.stream), RELEASED)
+            expect_line(&mut BufReader::new(&self.stream), RELEASED)?;
+            Ok(forwarder(self.stream)?)
         };
         ask().map_err(|err| format!("{err:#}"))
     }
@@ -145,4 +217,40 @@ impl TakeOver {
 fn owned(fd: RawFd) -> OwnedFd {
     // SAFETY: the kernel installed `fd` in this process for this message; nothing else owns it.
     unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(bucket: &str, key: &str, value: Option<&str>) -> Change {
+        Change { bucket: bucket.into(), key: key.into(), value: value.map(str::to_owned) }
+    }
+
+    #[test]
+    fn forwarded_batches_are_followed_in_order_until_the_stream_ends() {
+        let (follow, mut followed) = mpsc::channel(4);
+        let lines = "[[\"prices\",\"AAPL\",\"{\\\"price\\\":1}\"]]\n[[\"prices\",\"AAPL\",null],[\"a\",\"b\",\"2\"]]\n";
+        follow_forwarded(&mut lines.as_bytes(), &follow).unwrap();
+        assert_eq!(followed.try_recv().unwrap(), [put("prices", "AAPL", Some(r#"{"price":1}"#))]);
+        assert_eq!(followed.try_recv().unwrap(), [put("prices", "AAPL", None), put("a", "b", Some("2"))]);
+        assert!(followed.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_broken_forwarded_line_ends_the_following_with_its_reason() {
+        let (follow, _followed) = mpsc::channel(4);
+        let err = follow_forwarded(&mut "{\"not\":\"a list\"}\n".as_bytes(), &follow).unwrap_err();
+        assert!(format!("{err:#}").contains("not a JSON list of changes"), "{err:#}");
+        let cut = "[[\"prices\",\"AAPL\",null]]";
+        let err = follow_forwarded(&mut cut.as_bytes(), &follow).unwrap_err();
+        assert!(format!("{err:#}").contains("cut short"), "a line without its end is refused: {err:#}");
+    }
+
+    #[test]
+    fn a_draining_engine_that_is_done_ends_the_following_quietly() {
+        let (follow, followed) = mpsc::channel(4);
+        drop(followed);
+        assert!(follow_forwarded(&mut "[[\"a\",\"b\",null]]\n".as_bytes(), &follow).is_ok());
+    }
 }

@@ -111,6 +111,15 @@ impl DataLimits {
         Ok(Change { value: Some(compact), ..change })
     }
 
+    /// `change` as it must be: names checked, the value checked and compact (a change that comes
+    /// from elsewhere, such as another engine, is checked as one from the publish API is).
+    pub fn check(&self, change: &Change) -> Result<Change, DataError> {
+        match &change.value {
+            Some(value) => self.put(&change.bucket, &change.key, value),
+            None => self.delete(&change.bucket, &change.key),
+        }
+    }
+
     /// A change deleting `key` of `bucket`, after checking the names.
     pub fn delete(&self, bucket: &str, key: &str) -> Result<Change, DataError> {
         check_bucket(bucket).map_err(DataError::BadName)?;

@@ -37,6 +37,18 @@ impl DataView {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.0.load_full()
     }
+
+    /// Follows a batch another engine has made durable and published (a restart's new engine
+    /// forwards its batches to the engine draining its connections): applied in memory only, as
+    /// the next snapshot. Returns the change set to announce, if a value changed.
+    pub fn follow(&self, changes: &[Change]) -> Option<Arc<ChangeSet>> {
+        let mut next = Snapshot::clone(&self.snapshot());
+        let revision = next.revision() + 1;
+        let keys = apply(&mut next, changes, revision);
+        let snapshot = Arc::new(next);
+        self.0.store(snapshot.clone());
+        (!keys.is_empty()).then(|| Arc::new(ChangeSet { snapshot, keys }))
+    }
 }
 
 /// The keys one published batch changed (a put of the value a key already had is no change), and
@@ -48,6 +60,19 @@ pub struct ChangeSet {
     pub snapshot: Arc<Snapshot>,
     /// `(bucket, key)` of every key whose value changed, shared with the snapshot.
     pub keys: Vec<KeyName>,
+}
+
+impl ChangeSet {
+    /// The change set as changes to apply elsewhere: each key with its new value, or deleted.
+    pub fn changes(&self) -> Vec<Change> {
+        let value = |bucket: &str, key: &str| self.snapshot.get(bucket, key).map(|entry| entry.json.to_string());
+        let change = |(bucket, key): &KeyName| Change {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            value: value(bucket, key),
+        };
+        self.keys.iter().map(change).collect()
+    }
 }
 
 /// One batch waiting for the writer.
@@ -184,6 +209,19 @@ fn apply_checked(
     revision: u64,
     limits: &DataLimits,
 ) -> Result<Vec<KeyName>, DataError> {
+    let changed = apply(snapshot, changes, revision);
+    if snapshot.bytes() > limits.max_data_bytes {
+        return Err(DataError::OverBudget { needed: snapshot.bytes(), limit: limits.max_data_bytes });
+    }
+    if snapshot.bucket_count() > limits.max_buckets {
+        return Err(DataError::TooManyBuckets { count: snapshot.bucket_count(), limit: limits.max_buckets });
+    }
+    Ok(changed)
+}
+
+/// Applies `changes` to `snapshot` at `revision`; returns the keys whose value changed (a put of
+/// the value a key already has is no change).
+fn apply(snapshot: &mut Snapshot, changes: &[Change], revision: u64) -> Vec<KeyName> {
     let mut changed = Vec::with_capacity(changes.len());
     for change in changes {
         if snapshot.get(&change.bucket, &change.key).map(|entry| &*entry.json) == change.value.as_deref() {
@@ -192,13 +230,7 @@ fn apply_checked(
         let value = change.value.as_deref().map(Arc::from);
         changed.push(snapshot.apply(&change.bucket, &change.key, value, revision));
     }
-    if snapshot.bytes() > limits.max_data_bytes {
-        return Err(DataError::OverBudget { needed: snapshot.bytes(), limit: limits.max_data_bytes });
-    }
-    if snapshot.bucket_count() > limits.max_buckets {
-        return Err(DataError::TooManyBuckets { count: snapshot.bucket_count(), limit: limits.max_buckets });
-    }
-    Ok(changed)
+    changed
 }
 
 #[cfg(test)]
@@ -229,6 +261,20 @@ mod tests {
             Err(DataError::OverBudget { .. })
         ));
         assert_eq!(snapshot.key_count(), 1);
+    }
+
+    #[test]
+    fn a_followed_batch_is_published_and_announced_as_the_writer_would() {
+        let view = DataView::default();
+        let first = view.follow(&[put("prices", "AAPL", "1"), put("prices", "MSFT", "2")]).unwrap();
+        let delete = Change { bucket: "prices".into(), key: "MSFT".into(), value: None };
+        let second = view.follow(&[put("prices", "AAPL", "1"), delete]).unwrap();
+        assert_eq!(second.changes(), [Change { bucket: "prices".into(), key: "MSFT".into(), value: None }]);
+        assert!(view.follow(&[put("prices", "AAPL", "1")]).is_none(), "no change, nothing to announce");
+        assert_eq!(first.changes().len(), 2);
+        assert_eq!(view.snapshot().get("prices", "AAPL").map(|e| &*e.json), Some("1"));
+        assert!(view.snapshot().get("prices", "MSFT").is_none());
+        assert!(view.snapshot().revision() > first.snapshot.revision());
     }
 
     #[test]
