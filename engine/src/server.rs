@@ -478,3 +478,26 @@ pub fn sandbox_limits(config: &Config) -> SandboxLimits {
         max_table_elements: config.plugin_max_table_elements,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[test]
+    fn a_forwarded_batch_is_checked_as_a_published_one_and_refused_whole() {
+        let (view, limits) = (DataView::default(), data_limits(&Config::default()));
+        let announced = Mutex::new(Vec::new());
+        let announce = |set: Arc<ChangeSet>| announced.lock().unwrap().push(set.changes());
+        let good = Change::new("prices", "AAPL", Some("{ \"price\" : 1 }"));
+        for bad in [Change::new("bad/name", "k", Some("1")), Change::new("prices", "MSFT", Some("{oops"))] {
+            follow_batch(&view, &limits, &[good.clone(), bad], &announce);
+        }
+        assert_eq!(view.snapshot().key_count(), 0, "nothing of a refused batch is applied");
+        assert!(announced.lock().unwrap().is_empty());
+        follow_batch(&view, &limits, &[good], &announce);
+        assert_eq!(view.snapshot().get("prices", "AAPL").map(|entry| &*entry.json), Some(r#"{"price":1}"#));
+        assert_eq!(*announced.lock().unwrap(), [vec![Change::new("prices", "AAPL", Some(r#"{"price":1}"#))]]);
+    }
+}

@@ -223,17 +223,16 @@ fn owned(fd: RawFd) -> OwnedFd {
 mod tests {
     use super::*;
 
-    fn put(bucket: &str, key: &str, value: Option<&str>) -> Change {
-        Change { bucket: bucket.into(), key: key.into(), value: value.map(str::to_owned) }
-    }
-
     #[test]
     fn forwarded_batches_are_followed_in_order_until_the_stream_ends() {
         let (follow, mut followed) = mpsc::channel(4);
         let lines = "[[\"prices\",\"AAPL\",\"{\\\"price\\\":1}\"]]\n[[\"prices\",\"AAPL\",null],[\"a\",\"b\",\"2\"]]\n";
         follow_forwarded(&mut lines.as_bytes(), &follow).unwrap();
-        assert_eq!(followed.try_recv().unwrap(), [put("prices", "AAPL", Some(r#"{"price":1}"#))]);
-        assert_eq!(followed.try_recv().unwrap(), [put("prices", "AAPL", None), put("a", "b", Some("2"))]);
+        assert_eq!(followed.try_recv().unwrap(), [Change::new("prices", "AAPL", Some(r#"{"price":1}"#))]);
+        assert_eq!(
+            followed.try_recv().unwrap(),
+            [Change::new("prices", "AAPL", None), Change::new("a", "b", Some("2"))]
+        );
         assert!(followed.try_recv().is_err());
     }
 

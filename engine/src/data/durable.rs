@@ -86,12 +86,16 @@ impl DurableStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn change(bucket: &str, key: &str, value: Option<&str>) -> Change {
+impl Change {
+    /// A change, unchecked: for tests.
+    pub(crate) fn new(bucket: &str, key: &str, value: Option<&str>) -> Change {
         Change { bucket: bucket.into(), key: key.into(), value: value.map(Into::into) }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn what_was_written_is_read_back_after_reopening() {
@@ -100,8 +104,8 @@ mod tests {
         {
             let (store, snapshot) = DurableStore::open(&dir).unwrap();
             assert_eq!(snapshot.key_count(), 0);
-            store.write(&[change("prices", "AAPL", Some("1")), change("prices", "MSFT", Some("2"))]).unwrap();
-            store.write(&[change("prices", "MSFT", None), change("accounts", "a1", Some("{}"))]).unwrap();
+            store.write(&[Change::new("prices", "AAPL", Some("1")), Change::new("prices", "MSFT", Some("2"))]).unwrap();
+            store.write(&[Change::new("prices", "MSFT", None), Change::new("accounts", "a1", Some("{}"))]).unwrap();
         }
         let (_, snapshot) = DurableStore::open(&dir).unwrap();
         assert_eq!(snapshot.get("prices", "AAPL").map(|e| &*e.json), Some("1"));

@@ -238,7 +238,7 @@ mod tests {
     use super::*;
 
     fn put(bucket: &str, key: &str, value: &str) -> Change {
-        Change { bucket: bucket.into(), key: key.into(), value: Some(value.into()) }
+        Change::new(bucket, key, Some(value))
     }
 
     fn limits() -> DataLimits {
@@ -267,9 +267,9 @@ mod tests {
     fn a_followed_batch_is_published_and_announced_as_the_writer_would() {
         let view = DataView::default();
         let first = view.follow(&[put("prices", "AAPL", "1"), put("prices", "MSFT", "2")]).unwrap();
-        let delete = Change { bucket: "prices".into(), key: "MSFT".into(), value: None };
-        let second = view.follow(&[put("prices", "AAPL", "1"), delete]).unwrap();
-        assert_eq!(second.changes(), [Change { bucket: "prices".into(), key: "MSFT".into(), value: None }]);
+        let delete = Change::new("prices", "MSFT", None);
+        let second = view.follow(&[put("prices", "AAPL", "1"), delete.clone()]).unwrap();
+        assert_eq!(second.changes(), [delete]);
         assert!(view.follow(&[put("prices", "AAPL", "1")]).is_none(), "no change, nothing to announce");
         assert_eq!(first.changes().len(), 2);
         assert_eq!(view.snapshot().get("prices", "AAPL").map(|e| &*e.json), Some("1"));
