@@ -121,8 +121,8 @@ pub type TakeOver = Pin<Box<dyn Future<Output = Result<Forward, String>> + Send>
 
 /// Where a restart's new engine sends each batch it publishes, for the old engine still draining
 /// its connections: their clients keep getting data pushes until they reconnect. It must not
-/// block (it runs on the data writer's thread).
-pub type Forward = Box<dyn Fn(&ChangeSet) + Send>;
+/// block, nor do the work of forwarding (it runs on the data writer's thread).
+pub type Forward = Box<dyn Fn(&Arc<ChangeSet>) + Send>;
 
 /// An old engine's answer to a handover request, once it has let go: where to send the batches
 /// the new engine forwards (dropped when the new engine stops forwarding).

@@ -40,3 +40,9 @@ impl Feed {
             .collect()
     }
 }
+
+/// Time since the Unix epoch: the one clock `push_floor --events` stamps its frames with and
+/// `data_bench --floor` reads them by (two processes on one machine).
+pub fn unix_time() -> std::time::Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}

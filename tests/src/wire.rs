@@ -137,6 +137,21 @@ pub fn write_close(out: &mut Vec<u8>, mask: [u8; 4]) {
     write_masked(out, CLOSE, &1000u16.to_be_bytes(), mask);
 }
 
+/// The integers that follow each `key` in a frame's JSON text (`b"\"nonce\":"`, say), in order,
+/// read without parsing the JSON: what the load generators need of a frame, at a fraction of a
+/// parse's cost on cores they share with the engine. An occurrence not followed by digits is
+/// skipped.
+pub fn integers_after<'a>(text: &'a [u8], key: &'a [u8]) -> impl Iterator<Item = u64> + 'a {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        let at = rest.windows(key.len()).position(|w| w == key)?;
+        rest = &rest[at + key.len()..];
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        Some(std::str::from_utf8(&rest[..digits]).ok().and_then(|d| d.parse().ok()))
+    })
+    .flatten()
+}
+
 /// Masking keys for the frames a client sends (xorshift: varied, not secret).
 #[derive(Debug)]
 pub struct Mask(u32);
@@ -159,6 +174,14 @@ impl Mask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_integers_after_a_key_are_found_in_order_and_garbage_is_skipped() {
+        let frame = br#"{"positions":[{"price":3},{"price":x},{"price":12}],"nonce":7}"#;
+        assert_eq!(integers_after(frame, br#""price":"#).collect::<Vec<_>>(), [3, 12]);
+        assert_eq!(integers_after(frame, br#""nonce":"#).last(), Some(7));
+        assert_eq!(integers_after(frame, br#""seq":"#).next(), None);
+    }
 
     #[test]
     fn frames_are_read_whole_or_not_at_all() {

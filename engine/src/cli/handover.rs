@@ -17,6 +17,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::TrySendError;
 use std::time::Duration;
@@ -126,27 +127,28 @@ fn follow_forwarded(reader: &mut impl BufRead, follow: &Follow) -> anyhow::Resul
     }
 }
 
-/// The new engine's side of step 3: a thread writing each published batch to the old engine, fed
-/// without blocking the data writer. It ends when the old engine closes the socket.
+/// The new engine's side of step 3: a thread turning each published batch into a line for the
+/// old engine, fed without blocking the data writer (which only queues the change set). It ends
+/// when the old engine closes the socket.
 fn forwarder(stream: UnixStream) -> std::io::Result<Forward> {
-    let (batches, queued) = std::sync::mpsc::sync_channel::<String>(FORWARD_CAPACITY);
+    let (batches, queued) = std::sync::mpsc::sync_channel::<Arc<ChangeSet>>(FORWARD_CAPACITY);
     std::thread::Builder::new().name("wasmpush-forward".to_owned()).spawn(move || {
-        for line in queued {
+        for changes in queued {
+            let batch: Vec<_> =
+                changes.changes().into_iter().map(|change| (change.bucket, change.key, change.value)).collect();
+            let line = serde_json::to_string(&batch).expect("strings serialize") + "\n";
             if (&stream).write_all(line.as_bytes()).is_err() {
                 return;
             }
         }
     })?;
-    // Once the old engine is gone, nothing more is written; it is told once that it fell behind.
+    // Once the old engine is gone, nothing more is queued; it is told once that it fell behind.
     let (gone, behind) = (AtomicBool::new(false), AtomicBool::new(false));
-    let forward = move |changes: &ChangeSet| {
+    let forward = move |changes: &Arc<ChangeSet>| {
         if gone.load(Ordering::Relaxed) {
             return;
         }
-        let batch: Vec<_> =
-            changes.changes().into_iter().map(|change| (change.bucket, change.key, change.value)).collect();
-        let line = serde_json::to_string(&batch).expect("strings serialize") + "\n";
-        match batches.try_send(line) {
+        match batches.try_send(changes.clone()) {
             Ok(()) => {}
             Err(TrySendError::Disconnected(_)) => gone.store(true, Ordering::Relaxed),
             Err(TrySendError::Full(_)) => {

@@ -37,9 +37,9 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use wasmpush_tests::feed::{Feed, holdings, symbol};
+use wasmpush_tests::feed::{Feed, holdings, symbol, unix_time};
 use wasmpush_tests::http::request;
-use wasmpush_tests::wire::{self, Frame, Mask};
+use wasmpush_tests::wire::{self, Frame, Mask, integers_after};
 
 /// Command-line settings.
 struct Settings {
@@ -353,6 +353,9 @@ impl Reader {
             }
         }
         self.last_at = Some(now);
+        let mut report = self.report.lock().unwrap();
+        report.last.clear();
+        report.last.extend_from_slice(text);
         let batch = newest_price(text);
         if batch > self.newest {
             self.newest = batch;
@@ -360,7 +363,9 @@ impl Reader {
                 // The floor sends from the start; only the measured window counts. Its batch
                 // begins where a publish would be both posted and acknowledged.
                 let measured = self.measuring.load(Ordering::Relaxed);
-                sent_us(text).filter(|_| measured).map(|sent| [unix_us().saturating_sub(sent); 2])
+                sent_us(text)
+                    .filter(|_| measured)
+                    .map(|sent| [(unix_time().as_micros() as u64).saturating_sub(sent); 2])
             } else {
                 let arrived = now.duration_since(shared.origin).as_micros() as u64;
                 // Before the acknowledgement came back (or with it unknown yet): 0.
@@ -371,14 +376,10 @@ impl Reader {
                 Some([since(&shared.acked_us), since(&shared.posted_us)])
             };
             if let Some([from_ack, from_post]) = latencies {
-                let mut report = self.report.lock().unwrap();
                 report.latencies.push(from_ack);
                 report.from_post.push(from_post);
             }
         }
-        let mut report = self.report.lock().unwrap();
-        report.last.clear();
-        report.last.extend_from_slice(text);
     }
 }
 
@@ -390,20 +391,4 @@ fn newest_price(frame: &[u8]) -> u64 {
 /// When `push_floor --events` sent a frame, in µs since the Unix epoch.
 fn sent_us(frame: &[u8]) -> Option<u64> {
     integers_after(frame, b"\"sent_us\":").next()
-}
-
-/// The integers that follow each `key` in `frame`.
-fn integers_after<'a>(frame: &'a [u8], key: &'a [u8]) -> impl Iterator<Item = u64> + 'a {
-    let mut rest = frame;
-    std::iter::from_fn(move || {
-        let at = rest.windows(key.len()).position(|w| w == key)?;
-        rest = &rest[at + key.len()..];
-        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        Some(std::str::from_utf8(&rest[..digits]).ok().and_then(|d| d.parse().ok()).unwrap_or(0))
-    })
-}
-
-/// Wall-clock time in µs since the Unix epoch: the one clock this process and `push_floor` share.
-fn unix_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_micros() as u64)
 }

@@ -23,14 +23,14 @@ use std::io::{ErrorKind, IoSlice};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use socket2::SockRef;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::server::Request;
 use wasmpush::phase_clock::{PHASES, PhaseClock, PhaseLoad};
-use wasmpush_tests::feed::{Feed, holdings, symbol};
+use wasmpush_tests::feed::{Feed, holdings, symbol, unix_time};
 
 /// Frames sent whole so far; printed to standard output once a second (`pushes N`).
 static PUSHES: AtomicU64 = AtomicU64::new(0);
@@ -213,11 +213,6 @@ fn account_of(path_and_query: &str) -> Option<usize> {
     const KEY: &str = "%22account%22%3A%22a";
     let rest = &path_and_query[path_and_query.find(KEY)? + KEY.len()..];
     rest[..rest.find(|c: char| !c.is_ascii_digit())?].parse().ok()
-}
-
-/// Time since the Unix epoch: the one clock this process and `data_bench` share.
-fn unix_time() -> Duration {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
 /// Locks `mutex`, poisoned or not: a pusher that panicked leaves consistent data.

@@ -275,7 +275,5 @@ impl Updates {
 
 /// The integer `nonce` of a quote frame.
 fn nonce_of(frame: &[u8]) -> Option<u64> {
-    const KEY: &[u8] = b"\"nonce\":";
-    let at = frame.windows(KEY.len()).rposition(|w| w == KEY)? + KEY.len();
-    std::str::from_utf8(&frame[at..]).ok()?.trim_end_matches('}').parse().ok()
+    wire::integers_after(frame, b"\"nonce\":").last()
 }
