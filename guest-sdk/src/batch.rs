@@ -9,7 +9,8 @@
 //! Every call's text (payload or error message) is written into one buffer for the whole batch,
 //! so no call allocates its own string to hand over and the engine copies one buffer out; the ids
 //! of the data keys each call used go into one list the same way. Stale data keys are forgotten
-//! before the first call.
+//! before the first call, and each connection keeps the keys its last call read (its
+//! [`Memo`]), which its next call's reads are checked against first.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -22,6 +23,7 @@ use serde::de::DeserializeOwned;
 
 use crate::bindings::wasmpush::plugin::types::Outcome;
 use crate::bindings::{Calls, Outcomes};
+use crate::data::{Memo, end_call, start_call};
 use crate::{Context, Identity, Payload};
 
 /// What a connection's calls are given: its parsed params (or why they did not parse) and who
@@ -29,6 +31,8 @@ use crate::{Context, Identity, Payload};
 struct Cached<P> {
     params: Result<P, String>,
     identity: Option<Arc<Identity>>,
+    /// The data keys the connection's previous call read.
+    memo: Memo,
 }
 
 /// Each connection's [`Cached`] params and identity by connection id, for the plugin's params
@@ -122,20 +126,23 @@ where
         while let Some(params) = new_params.next_if(|params| params.index as usize <= index) {
             if params.index as usize == index {
                 let identity = params.identity.map(|who| Arc::new(Identity::from_engine(who.subject, &who.claims)));
-                cache.insert(conn_id, Cached { params: parse_params::<P>(&params.json), identity });
+                let memo = Memo::default();
+                cache.insert(conn_id, Cached { params: parse_params::<P>(&params.json), identity, memo });
             }
         }
-        let kind = match cache.get(&conn_id) {
+        let kind = match cache.get_mut(&conn_id) {
             None => write_error(&mut out.text, "no params were sent for this connection"),
             Some(Cached { params: Err(reason), .. }) => write_error(&mut out.text, reason),
-            Some(Cached { params: Ok(params), identity }) => {
+            Some(Cached { params: Ok(params), identity, memo }) => {
                 let ctx = Context::new(conn_id, seq, trigger.into(), now_ms).with_shared_identity(identity.clone());
-                write_outcome(&mut out.text, tick.call(&ctx, params))
+                start_call(std::mem::take(memo));
+                let kind = write_outcome(&mut out.text, tick.call(&ctx, params));
+                *memo = end_call(&mut out.reads);
+                kind
             }
         };
         out.kinds.push(kind);
         out.ends.push(u32::try_from(out.text.len()).unwrap_or(u32::MAX));
-        crate::data::take_call_reads(&mut out.reads);
         out.read_ends.push(u32::try_from(out.reads.len()).unwrap_or(u32::MAX));
     }
     PARAMS.set(Some(cache));

@@ -35,8 +35,7 @@ pub fn tick(ctx: &Context, params: &Params) -> Result<Option<Portfolio>, Error> 
     let Some(account) = ctx.get_shared::<Account>("accounts", &params.account)? else {
         return Err(Error::msg(format!("unknown account {}", params.account)));
     };
-    let symbols: Vec<&str> = account.holdings.keys().map(String::as_str).collect();
-    let prices = ctx.get_many_shared::<Price>("prices", &symbols)?;
+    let prices = ctx.get_many_shared::<Price>("prices", account.holdings.keys())?;
     Ok(Some(value(&params.account, &account, prices.iter().map(|price| price.as_ref().map(|price| price.price)))))
 }
 

@@ -9,75 +9,22 @@
 //!
 //! In a plugin's native unit tests there is no engine: [`FakeData`] supplies the values.
 
-use std::any::{Any, TypeId};
+mod cache;
+mod call;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
-
-use rustc_hash::FxHashMap;
 use std::rc::Rc;
 
 use serde::de::DeserializeOwned;
 
 use crate::bindings::wasmpush::plugin::data::Value;
 use crate::{Context, Error};
-
-/// Values the cache holds at most; past that it starts over (the engine bounds the data, but a
-/// plugin's memory is smaller).
-const MAX_CACHED: usize = 1 << 16;
-
-/// What the cache knows of one key.
-struct Cached {
-    /// The id the engine knows the key by in this instance.
-    id: u32,
-    /// Its value parsed, with the type it was parsed as; `None` when the key has no value.
-    value: Option<(TypeId, Rc<dyn Any>)>,
-}
-
-/// Parsed values by bucket and key, and where each id is, to forget stale ones. A plugin reads a
-/// few buckets (those its config grants), so they are found by comparing names in a short list,
-/// which costs less than hashing the name on every read.
-#[derive(Default)]
-struct Cache {
-    buckets: Vec<(String, FxHashMap<String, Cached>)>,
-    by_id: FxHashMap<u32, (usize, String)>,
-}
-
-impl Cache {
-    /// The keys cached of `bucket`.
-    fn bucket(&self, bucket: &str) -> Option<&FxHashMap<String, Cached>> {
-        self.buckets.iter().find(|(name, _)| name == bucket).map(|(_, keys)| keys)
-    }
-
-    /// The position of `bucket` in the list, added if it is not there.
-    fn bucket_index(&mut self, bucket: &str) -> usize {
-        match self.buckets.iter().position(|(name, _)| name == bucket) {
-            Some(index) => index,
-            None => {
-                self.buckets.push((bucket.to_owned(), FxHashMap::default()));
-                self.buckets.len() - 1
-            }
-        }
-    }
-
-    /// The cached value of `key` as a `T`, noting its id as read by the current call: `None` when
-    /// it is not cached (or was cached as another type), `Some(None)` when the key has no value.
-    fn hit<T: 'static>(&self, bucket: Option<&FxHashMap<String, Cached>>, key: &str) -> Option<Option<Rc<T>>> {
-        let cached = bucket?.get(key)?;
-        let value = match &cached.value {
-            None => None,
-            Some((type_id, value)) if *type_id == TypeId::of::<T>() => Some(value.clone().downcast::<T>().ok()?),
-            Some(_) => return None,
-        };
-        CALL_READS.with_borrow_mut(|used| used.push(cached.id));
-        Some(value)
-    }
-}
+use cache::Cache;
+pub(crate) use call::{Memo, end as end_call, start as start_call};
 
 thread_local! {
-    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
-
-    /// The ids of the keys the current call used, for its outcome.
-    static CALL_READS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    static CACHE: RefCell<Cache> = RefCell::default();
 
     /// The data native tests installed with [`FakeData::run`].
     static FAKE: RefCell<Option<FakeData>> = const { RefCell::new(None) };
@@ -89,22 +36,9 @@ pub(crate) fn forget_stale(stale: &[u32]) {
         return;
     }
     CACHE.with_borrow_mut(|cache| {
-        for id in stale {
-            if let Some((bucket, key)) = cache.by_id.remove(id)
-                && let Some((_, keys)) = cache.buckets.get_mut(bucket)
-            {
-                keys.remove(&key);
-            }
+        for &id in stale {
+            cache.forget(id);
         }
-    });
-}
-
-/// Takes the ids the call that just ran used, appending them to `reads`.
-pub(crate) fn take_call_reads(reads: &mut Vec<u32>) {
-    CALL_READS.with_borrow_mut(|used| {
-        used.sort_unstable();
-        used.dedup();
-        reads.append(used);
     });
 }
 
@@ -134,7 +68,8 @@ impl Context {
     }
 
     /// The values of `keys` in `bucket`, in order, each parsed as `T`; the ones not cached are
-    /// fetched in one crossing into the engine.
+    /// fetched in one crossing into the engine. `keys` is any list of strings: an array of
+    /// `&str`, a `Vec<String>`, a map's keys.
     ///
     /// ```
     /// use wasmpush_sdk::{Context, FakeData, Trigger};
@@ -147,7 +82,7 @@ impl Context {
     pub fn get_many<T: DeserializeOwned + Clone + 'static>(
         &self,
         bucket: &str,
-        keys: &[&str],
+        keys: impl IntoIterator<Item = impl AsRef<str>>,
     ) -> Result<Vec<Option<T>>, Error> {
         let shared = self.get_many_shared::<T>(bucket, keys)?;
         Ok(shared.into_iter().map(|value| value.map(|value| T::clone(&value))).collect())
@@ -166,28 +101,38 @@ impl Context {
     /// assert_eq!(holdings["AAPL"], 10);
     /// ```
     pub fn get_shared<T: DeserializeOwned + 'static>(&self, bucket: &str, key: &str) -> Result<Option<Rc<T>>, Error> {
-        if let Some(hit) = CACHE.with_borrow(|cache| cache.hit::<T>(cache.bucket(bucket), key)) {
+        if let Some(hit) = CACHE.with_borrow(|cache| call::hit::<T>(cache, bucket, key)) {
             return Ok(hit);
         }
-        Ok(self.get_many_shared(bucket, &[key])?.pop().flatten())
+        Ok(self.get_many_shared(bucket, [key])?.pop().flatten())
     }
 
     /// [`Context::get_many`] without the copies: the cached values themselves, shared.
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use wasmpush_sdk::{Context, FakeData, Trigger};
+    ///
+    /// let data = FakeData::new().put("prices", "AAPL", 189.5).put("prices", "MSFT", 400.0);
+    /// let holdings = BTreeMap::from([("AAPL".to_owned(), 10.0), ("MSFT".to_owned(), 5.0)]);
+    /// let ctx = Context::new(1, 1, Trigger::Tick, 0);
+    /// let prices = data.run(|| ctx.get_many_shared::<f64>("prices", holdings.keys())).unwrap();
+    /// assert_eq!(*prices[1].as_ref().unwrap().as_ref(), 400.0);
+    /// ```
     pub fn get_many_shared<T: DeserializeOwned + 'static>(
         &self,
         bucket: &str,
-        keys: &[&str],
+        keys: impl IntoIterator<Item = impl AsRef<str>>,
     ) -> Result<Vec<Option<Rc<T>>>, Error> {
-        let type_id = TypeId::of::<T>();
-        let mut found: Vec<Option<Rc<T>>> = Vec::with_capacity(keys.len());
+        let keys = keys.into_iter();
+        let mut found: Vec<Option<Rc<T>>> = Vec::with_capacity(keys.size_hint().0);
         let mut misses = Vec::new();
         CACHE.with_borrow(|cache| {
-            let cached = cache.bucket(bucket);
-            for (index, key) in keys.iter().enumerate() {
-                match cache.hit::<T>(cached, key) {
+            for (index, key) in keys.enumerate() {
+                match call::hit::<T>(cache, bucket, key.as_ref()) {
                     Some(hit) => found.push(hit),
                     None => {
-                        misses.push(index);
+                        misses.push((index, key));
                         found.push(None);
                     }
                 }
@@ -196,31 +141,22 @@ impl Context {
         if misses.is_empty() {
             return Ok(found);
         }
-        let wanted: Vec<&str> = misses.iter().map(|&index| keys[index]).collect();
+        let wanted: Vec<&str> = misses.iter().map(|(_, key)| key.as_ref()).collect();
         let answers = fetch(bucket, &wanted).map_err(Error::msg)?;
         if answers.len() != wanted.len() {
             return Err(Error::msg(format!("the engine answered {} of {} keys", answers.len(), wanted.len())));
         }
         CACHE.with_borrow_mut(|cache| {
-            if cache.by_id.len() + wanted.len() > MAX_CACHED {
-                *cache = Cache::default();
-            }
-            for (&index, answer) in misses.iter().zip(answers) {
-                let key = keys[index];
-                CALL_READS.with_borrow_mut(|used| used.push(answer.key_id));
+            for ((index, key), answer) in misses.iter().zip(answers) {
+                let key = key.as_ref();
                 let value = match answer.json {
                     None => None,
-                    Some(json) => {
-                        let value: Rc<T> = Rc::new(serde_json::from_str(&json).map_err(|err| {
-                            Error::msg(format!("data {bucket}/{key} is not what the plugin expects: {err}"))
-                        })?);
-                        found[index] = Some(value.clone());
-                        Some((type_id, value as Rc<dyn Any>))
-                    }
+                    Some(json) => Some(Rc::new(serde_json::from_str::<T>(&json).map_err(|err| {
+                        Error::msg(format!("data {bucket}/{key} is not what the plugin expects: {err}"))
+                    })?)),
                 };
-                let at = cache.bucket_index(bucket);
-                cache.by_id.insert(answer.key_id, (at, key.to_owned()));
-                cache.buckets[at].1.insert(key.to_owned(), Cached { id: answer.key_id, value });
+                found[*index] = value.clone();
+                call::fetched(cache.insert(bucket, key, answer.key_id, value));
             }
             Ok(found)
         })
@@ -294,8 +230,8 @@ impl FakeData {
 
     /// Runs `body` with this data as what [`Context::get`] reads (and an empty cache).
     pub fn run<R>(&self, body: impl FnOnce() -> R) -> R {
-        CACHE.with_borrow_mut(|cache| *cache = Cache::default());
-        CALL_READS.with_borrow_mut(Vec::clear);
+        CACHE.with_borrow_mut(Cache::clear);
+        call::reset();
         let previous = FAKE.replace(Some(self.clone()));
         let result = body();
         FAKE.set(previous);
@@ -339,11 +275,44 @@ mod tests {
             FAKE.with_borrow_mut(|fake| fake.as_mut().unwrap().buckets.clear());
             assert_eq!(ctx.get::<Price>("prices", "AAPL").unwrap(), Some(Price { price: 1.5 }));
             let mut reads = Vec::new();
-            take_call_reads(&mut reads);
+            end_call(&mut reads);
             assert_eq!(reads, [0, 1], "every key used is reported, once");
             forget_stale(&[0]);
             assert_eq!(ctx.get::<Price>("prices", "AAPL").unwrap(), None, "read again once stale");
             assert_eq!(ctx.get::<Price>("prices", "MSFT").unwrap(), None);
+        });
+    }
+
+    #[test]
+    fn a_connections_next_call_is_served_from_its_memo_until_a_key_is_stale() {
+        let data = FakeData::new().put("prices", "AAPL", serde_json::json!({"price": 1.5})).put(
+            "prices",
+            "MSFT",
+            serde_json::json!({"price": 2.5}),
+        );
+        let ctx = Context::new(1, 1, Trigger::Tick, 0);
+        let read = || [ctx.get::<Price>("prices", "AAPL").unwrap(), ctx.get::<Price>("prices", "MSFT").unwrap()];
+        let price = |price| Some(Price { price });
+        data.run(|| {
+            let mut ids = Vec::new();
+            start_call(Memo::default());
+            assert_eq!(read(), [price(1.5), price(2.5)]);
+            let memo = end_call(&mut ids);
+            // The engine's value changes; until it says so, the cached value stands.
+            let set = |json: &str| {
+                let mut fake = FAKE.take().unwrap();
+                fake.buckets.get_mut("prices").unwrap().insert("AAPL".into(), json.into());
+                FAKE.set(Some(fake));
+            };
+            set(r#"{"price":9.0}"#);
+            start_call(memo);
+            assert_eq!(read(), [price(1.5), price(2.5)]);
+            let memo = end_call(&mut ids);
+            forget_stale(&[0]);
+            start_call(memo);
+            assert_eq!(read(), [price(9.0), price(2.5)], "the stale key in the memo is read again");
+            end_call(&mut ids);
+            assert_eq!(ids, [0, 1, 0, 1, 0, 1], "each call's keys, once each");
         });
     }
 
