@@ -63,9 +63,13 @@ mod rate_limit;
 mod registry;
 mod reload;
 mod server;
+mod services;
 mod shard;
 mod watcher;
 
 pub use cli::{Cli, main};
 pub use config::Config;
-pub use server::{Follow, Forward, Lifecycle, Listeners, Reload, ServerError, TakeOver, run, run_with, sandbox_limits};
+pub use server::{
+    Forward, HandOver, Lifecycle, Listeners, Released, Reload, ServerError, Successor, TakeOver, run, run_with,
+    sandbox_limits,
+};

@@ -4,9 +4,10 @@
 //!
 //! A restart hands the engine over ([`Lifecycle`]): the new engine, holding the same listening
 //! sockets, asks the old one to let go once its plugins are compiled; the old one stops
-//! accepting (connections wait in the shared accept queue), closes its data store for the new
-//! one to open, and closes its connections with 1012 "service restart", spread over
-//! `drain_secs`, so their clients reconnect — to the new engine — a few at a time.
+//! accepting (connections wait in the shared accept queue) and closes its data store for the new
+//! one to open. Once the new one serves, the old one closes its connections with 1012 "service
+//! restart", spread over `drain_secs`, so their clients reconnect — to the new engine — a few at
+//! a time; if the new one fails first, the old one opens its data store again and serves on.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,20 +23,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::accept::{self, Shared};
-use crate::admin::{self, AdminState};
+use crate::admin::AdminState;
 use crate::admission::Admission;
 use crate::auth::{Authenticator, KeyError, SharedAuthenticator};
 use crate::config::{Config, ConfigError};
 use crate::connection::ConnectionSettings;
-use crate::data::{Change, ChangeSet, DataError, DataLimits, DataStore, DataView, DurableStore};
+use crate::data::{Change, ChangeSet, DataError, DataLimits, DataView, DurableStore, Snapshot};
 use crate::health::Health;
 use crate::live::LiveSettings;
 use crate::metrics::Metrics;
 use crate::plain_http;
 use crate::plugin::{HostError, PluginHost, SandboxLimits};
-use crate::publish;
 use crate::registry::PluginRegistry;
 use crate::reload::Reloader;
+use crate::services::Services;
 use crate::shard::{ShardCommand, ShardSettings, Shards};
 use crate::watcher::{CHANGE_CAPACITY, PluginWatcher};
 
@@ -115,21 +116,42 @@ pub struct Reload {
     pub config: Option<Config>,
 }
 
-/// What a restart's new engine awaits before it opens the data store: the old engine letting go
-/// (with the way to forward it every batch published from then on), or why it did not.
-pub type TakeOver = Pin<Box<dyn Future<Output = Result<Forward, String>> + Send>>;
+/// What a restart's new engine awaits before it opens the data store: the old engine letting go,
+/// or why it did not.
+pub type TakeOver = Pin<Box<dyn Future<Output = Result<Released, String>> + Send>>;
+
+/// What a restart's new engine gets once the old engine has let go.
+pub struct Released {
+    /// Where to send each batch published from then on.
+    pub forward: Forward,
+    /// Tells the old engine that this one serves. Until then the old engine keeps its
+    /// connections, and serves on if this one fails; from then on it drains them.
+    pub serving: Box<dyn FnOnce() + Send>,
+}
 
 /// Where a restart's new engine sends each batch it publishes, for the old engine still draining
 /// its connections: their clients keep getting data pushes until they reconnect. It must not
 /// block, nor do the work of forwarding (it runs on the data writer's thread).
 pub type Forward = Box<dyn Fn(&Arc<ChangeSet>) + Send>;
 
-/// An old engine's answer to a handover request, once it has let go: where to send the batches
-/// the new engine forwards (dropped when the new engine stops forwarding).
-pub type Follow = mpsc::Sender<Vec<Change>>;
+/// A restart's new engine asking this one to let go.
+pub struct HandOver {
+    /// Answered once this engine has stopped accepting and closed its admin endpoint, publish
+    /// API and data store.
+    pub released: oneshot::Sender<()>,
+    /// What became of the new engine then; dropped unanswered if it failed.
+    pub successor: oneshot::Receiver<Successor>,
+}
 
-/// Forwarded batches an old engine holds before the forwarding side waits.
-const FOLLOW_CAPACITY: usize = 1024;
+/// A restart's new engine, after the old one let go.
+pub enum Successor {
+    /// It serves: the old engine closes its connections with 1012 over `drain_secs`, applying
+    /// the batches the new engine forwards (through this channel) meanwhile.
+    Serving(mpsc::Receiver<Vec<Change>>),
+    /// It failed before it served (for this reason): the old engine opens its data store again
+    /// and serves on.
+    Failed(String),
+}
 
 /// What a restart needs of the engine, besides running it.
 pub struct Lifecycle {
@@ -139,11 +161,8 @@ pub struct Lifecycle {
     /// A restart's new engine: awaited after the first plugin scan and before the data store
     /// opens; it asks the old engine to let go of the data store and stop accepting.
     pub take_over: Option<TakeOver>,
-    /// Requests to hand this engine over to a new one: each is answered once this engine has
-    /// stopped accepting and closed its data store, publish API and admin endpoint; then it closes
-    /// its connections with 1012 over `drain_secs` and returns, following the new engine's data
-    /// (what it is sent through the [`Follow`] of its answer) meanwhile.
-    pub hand_over: Option<mpsc::Receiver<oneshot::Sender<Follow>>>,
+    /// Requests to hand this engine over to a restart's new one (see [`HandOver`]).
+    pub hand_over: Option<mpsc::Receiver<HandOver>>,
 }
 
 impl Default for Lifecycle {
@@ -180,10 +199,9 @@ pub async fn run_with(
     let started = std::time::Instant::now();
     let Listeners { websocket: listener, admin, publish } = listeners;
     let metrics = Arc::new(Metrics::default());
-    // Connections end on `cancel`; the admin endpoint, the publish API and the reloader on
-    // `services` (at once, also when a handover leaves the connections draining).
+    // Connections end on `cancel`; the reloader on `reloading`, when the engine stops.
     let cancel = CancellationToken::new();
-    let services = CancellationToken::new();
+    let reloading = CancellationToken::new();
     let dir = config.plugins_dir.clone();
     std::fs::read_dir(&dir).map_err(|source| ServerError::PluginsDir { path: dir.clone(), source })?;
     // Watch before the first scan, so a file deployed meanwhile is not missed.
@@ -200,23 +218,22 @@ pub async fn run_with(
     let reloader = Reloader::new(registry.clone(), dir, metrics.clone());
     // The admin endpoint answers from here on: `/healthz` says 503 until the engine serves.
     let health = Arc::new(Health::default());
-    if let Some(admin) = admin {
-        let state = AdminState {
-            registry: registry.clone(),
-            metrics: metrics.clone(),
-            listen: listener.local_addr().map_err(ServerError::Listener)?,
-            started,
-            pushes_per_sec: Default::default(),
-            health: health.clone(),
-            token: config.admin_token.as_deref().map(Arc::from),
-        };
-        let shutdown = services.clone();
-        tokio::spawn(async move {
-            if let Err(err) = admin::serve(admin, state, shutdown).await {
-                tracing::error!(cause = %err, "admin endpoint failed");
-            }
-        });
-    }
+    let admin_state = AdminState {
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        listen: listener.local_addr().map_err(ServerError::Listener)?,
+        started,
+        pushes_per_sec: Default::default(),
+        health: health.clone(),
+        token: config.admin_token.as_deref().map(Arc::from),
+    };
+    let admin = admin.map(|admin| admin.into_std().map(|admin| (admin, admin_state)));
+    let publish = publish.map(|publish| publish.into_std().map(|publish| (publish, config.publish_token.clone())));
+    let mut services = Services::new(
+        admin.transpose().map_err(ServerError::Listener)?,
+        publish.transpose().map_err(ServerError::Listener)?,
+    );
+    services.start_admin().map_err(ServerError::Listener)?;
     tokio::select! {
         biased;
         () = &mut shutdown => {
@@ -228,25 +245,21 @@ pub async fn run_with(
     for version in registry.snapshot().values() {
         tracing::info!(plugin = %version.name, version = version.short_hash(), bytes = version.size, "serving plugin");
     }
-    let forward = match take_over {
+    let (forward, serving) = match take_over {
         Some(take_over) => {
-            let forward = take_over.await.map_err(ServerError::TakeOver)?;
+            let Released { forward, serving } = take_over.await.map_err(ServerError::TakeOver)?;
             tracing::info!("the engine this one replaces has stopped accepting and released its data store");
-            Some(forward)
+            (Some(forward), Some(serving))
         }
-        None => None,
+        None => (None, None),
     };
     // The data is in memory before the first connection is accepted.
-    let data_dir = config.data_dir.clone();
-    let (durable, snapshot) = tokio::task::spawn_blocking(move || DurableStore::open(&data_dir))
-        .await
-        .expect("opening the data store does not panic")
-        .map_err(|source| ServerError::Data { path: config.data_dir.clone(), source })?;
+    let (durable, snapshot) = open_data(&config).await?;
     tracing::info!(keys = snapshot.key_count(), bytes = snapshot.bytes(), dir = %config.data_dir.display(), "data loaded");
     let view = DataView::new(snapshot);
     let (rescans, rescan_requests) = mpsc::channel(1);
     tokio::spawn(apply_reloads(reloads, config.clone(), live.clone(), auth.clone(), rescans));
-    tokio::spawn(reloader.run(changed, overflowed, rescan_requests, services.clone()));
+    tokio::spawn(reloader.run(changed, overflowed, rescan_requests, reloading.clone()));
     let settings = ShardSettings { live: live.clone(), metrics: metrics.clone(), data: view.clone() };
     let shards = Shards::spawn(config.worker_count(), settings, registry.clone()).map_err(ServerError::Workers)?;
     let announce = announce_to(&shards, metrics.clone(), view.clone());
@@ -256,17 +269,7 @@ pub async fn run_with(
         }
         announce(changes);
     };
-    let (store, writer) =
-        DataStore::start(durable, view.clone(), data_limits(&config), announce).map_err(ServerError::Workers)?;
-    let publishing = publish.map(|publish| {
-        let (store, token, shutdown) = (store.clone(), config.publish_token.clone(), services.clone());
-        tracing::info!(publish = ?publish.local_addr().ok(), "publish API listening");
-        tokio::spawn(async move {
-            if let Err(err) = publish::serve(publish, store, token, shutdown).await {
-                tracing::error!(cause = %err, "publish API failed");
-            }
-        })
-    });
+    services.start_data(durable, &view, data_limits(&config), announce).map_err(ServerError::Workers)?;
     let shared = Arc::new(Shared {
         connection: ConnectionSettings {
             metrics: metrics.clone(),
@@ -295,64 +298,71 @@ pub async fn run_with(
     tracing::info!(listen = ?listener.local_addr().ok(), workers = shared.config.worker_count(), "serving");
     health.set_ready();
     on_ready();
-    let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
-    let mut handed_over = None;
-
-    loop {
-        tokio::select! {
-            Some(reply) = async { match &mut hand_over { Some(requests) => requests.recv().await, None => None } } => {
-                handed_over = Some(reply);
-                break;
-            }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match shared.admission.admit(peer.ip()) {
-                    Ok(admitted) => {
-                        tasks.spawn(accept::accept(stream, admitted, shared.clone(), cancel.clone()));
-                    }
-                    // Answered here: a socket over a limit never gets a task to wait in.
-                    Err(refused) => {
-                        shared.metrics.handshakes_over_limit.inc();
-                        plain_http::refuse_at_once(stream, &refused.to_string());
-                    }
-                },
-                Err(err) => {
-                    // Typically out of file descriptors: back off instead of spinning.
-                    tracing::error!(cause = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            () = &mut shutdown => break,
-            _ = watchdog.tick() => {
-                if let Some(shard) = shared.shards.dead() {
-                    health.fail(format!("shard thread {shard} died"));
-                    tracing::error!(shard, "a shard thread died; stopping so that the engine can be restarted");
-                    return Err(ServerError::ShardDied(shard));
-                }
-            }
-        }
+    // The engine this one replaces drains from here on; nothing is published before it is told.
+    if let Some(serving) = serving {
+        serving();
     }
+    services.start_publish().map_err(ServerError::Listener)?;
+    let accepting = Accepting { listener: &listener, shared: &shared, tasks: &tasks, cancel: &cancel, health: &health };
+
+    // Why the engine stops with an error after its connections are closed.
+    let mut failure = None;
+    let successor = loop {
+        let request = match accepting.until_stopped(&mut hand_over, &mut shutdown).await? {
+            Stopped::Shutdown => {
+                services.stop().await;
+                break None;
+            }
+            Stopped::HandOver(request) => request,
+        };
+        services.stop().await;
+        let _ = request.released.send(());
+        tracing::info!(connections = tasks.len(), "let go for a restart's new engine; waiting for it to serve");
+        let outcome = tokio::select! {
+            outcome = request.successor => outcome,
+            () = &mut shutdown => break None,
+        };
+        match outcome {
+            Ok(Successor::Serving(followed)) => break Some(followed),
+            Ok(Successor::Failed(reason)) => tracing::warn!(%reason, "the restart failed; serving on"),
+            Err(_) => tracing::warn!("the restart's new engine failed before it served; serving on"),
+        }
+        // The new engine never served, so it published nothing: the store holds what `view` does.
+        let durable = match open_data(&shared.config).await {
+            Ok((durable, _)) => durable,
+            Err(err) => {
+                tracing::error!(cause = %err, "cannot serve on without the data store: stopping");
+                failure = Some(err);
+                break None;
+            }
+        };
+        let announce = announce_to(&shared.shards, shared.metrics.clone(), view.clone());
+        services.start_data(durable, &view, data_limits(&shared.config), announce).map_err(ServerError::Workers)?;
+        services.start_admin().map_err(ServerError::Listener)?;
+        services.start_publish().map_err(ServerError::Listener)?;
+        tracing::info!("serving again");
+    };
 
     drop(listener);
-    services.cancel();
-    // The publish API finishes its requests, then the writer thread ends and closes the data
-    // store: every acknowledged update is on disk, and a restart's new engine can open the file.
-    if let Some(publishing) = publishing {
-        let _ = publishing.await;
-    }
-    drop(store);
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    reloading.cancel();
     let mut drain_time = DRAIN_TIME;
-    let (follow, mut followed) = mpsc::channel(FOLLOW_CAPACITY);
-    if let Some(reply) = handed_over {
-        let _ = reply.send(follow);
-        let spread = Duration::from_secs(shared.config.drain_secs);
-        tracing::info!(connections = tasks.len(), ?spread, "handed over: closing connections with 1012, spread out");
-        shared.connection.drain.start(spread);
-        drain_time += spread;
-    } else {
-        drop(follow);
-        tracing::info!(connections = tasks.len(), "shutting down: closing connections");
-    }
+    let mut followed = match successor {
+        Some(followed) => {
+            let spread = Duration::from_secs(shared.config.drain_secs);
+            tracing::info!(
+                connections = tasks.len(),
+                ?spread,
+                "handed over: closing connections with 1012, spread out"
+            );
+            shared.connection.drain.start(spread);
+            drain_time += spread;
+            followed
+        }
+        None => {
+            tracing::info!(connections = tasks.len(), "shutting down: closing connections");
+            mpsc::channel(1).1
+        }
+    };
     cancel.cancel();
     tasks.close();
     // While they drain, the connections follow the new engine's data.
@@ -376,7 +386,77 @@ pub async fn run_with(
         let _ = tokio::task::spawn_blocking(move || shared.shards.join()).await;
     }
     tracing::info!("stopped");
-    Ok(())
+    failure.map_or(Ok(()), Err)
+}
+
+/// Why the accept loop stopped.
+enum Stopped {
+    /// The engine is stopping.
+    Shutdown,
+    /// A restart's new engine asks this one to let go.
+    HandOver(HandOver),
+}
+
+/// What the accept loop serves with.
+struct Accepting<'a> {
+    listener: &'a TcpListener,
+    shared: &'a Arc<Shared>,
+    tasks: &'a TaskTracker,
+    cancel: &'a CancellationToken,
+    health: &'a Health,
+}
+
+impl Accepting<'_> {
+    /// Accepts connections until the engine stops or is handed over; an error if a shard thread
+    /// died.
+    async fn until_stopped(
+        &self,
+        hand_over: &mut Option<mpsc::Receiver<HandOver>>,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Stopped, ServerError> {
+        let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
+        loop {
+            tokio::select! {
+                Some(request) = async { match hand_over { Some(requests) => requests.recv().await, None => None } } => {
+                    return Ok(Stopped::HandOver(request));
+                }
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => match self.shared.admission.admit(peer.ip()) {
+                        Ok(admitted) => {
+                            self.tasks.spawn(accept::accept(stream, admitted, self.shared.clone(), self.cancel.clone()));
+                        }
+                        // Answered here: a socket over a limit never gets a task to wait in.
+                        Err(refused) => {
+                            self.shared.metrics.handshakes_over_limit.inc();
+                            plain_http::refuse_at_once(stream, &refused.to_string());
+                        }
+                    },
+                    Err(err) => {
+                        // Typically out of file descriptors: back off instead of spinning.
+                        tracing::error!(cause = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                () = &mut *shutdown => return Ok(Stopped::Shutdown),
+                _ = watchdog.tick() => {
+                    if let Some(shard) = self.shared.shards.dead() {
+                        self.health.fail(format!("shard thread {shard} died"));
+                        tracing::error!(shard, "a shard thread died; stopping so that the engine can be restarted");
+                        return Err(ServerError::ShardDied(shard));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Opens the data store in `data_dir` and reads it into memory.
+async fn open_data(config: &Config) -> Result<(DurableStore, Snapshot), ServerError> {
+    let dir = config.data_dir.clone();
+    tokio::task::spawn_blocking(move || DurableStore::open(&dir))
+        .await
+        .expect("opening the data store does not panic")
+        .map_err(|source| ServerError::Data { path: config.data_dir.clone(), source })
 }
 
 /// Applies each reload request: takes over the live settings and the `[auth]` keys of a new

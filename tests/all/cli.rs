@@ -183,39 +183,68 @@ async fn a_daemon_starts_reports_status_reloads_restarts_refusing_no_one_and_sto
     assert!(std::fs::read_to_string(&log_file).unwrap().contains("serving"), "the daemon logs to its file");
 }
 
+/// A daemon serving `portfolio` without ticks (a frame after the first is a data push), with
+/// account `a1` holding 2 AAPL at 10, and `clients` connected to it.
+struct PortfolioDaemon {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl PortfolioDaemon {
+    async fn start(clients: usize) -> (PortfolioDaemon, Vec<Client>) {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = plugins_dir_with_quote(dir.path());
+        std::fs::copy(artifacts::PORTFOLIO, plugins.join("portfolio.wasm")).unwrap();
+        let tables = "drain_secs = 3\n[plugins.portfolio]\nread = [\"accounts\", \"prices\"]\ntick_ms = 0\n";
+        let (_, port, _) = write_config(dir.path(), &plugins, tables);
+        let url = format!("ws://127.0.0.1:{port}/ws/portfolio?params={}", encode(r#"{"account":"a1"}"#));
+        let daemon = PortfolioDaemon { dir, url };
+        let start = daemon.wasmpush(&["start", "--daemon"]);
+        assert!(start.status.success(), "{}", text(&start.stderr));
+        daemon.put("accounts", "a1", r#"{"holdings":{"AAPL":2}}"#);
+        daemon.put("prices", "AAPL", r#"{"price":10}"#);
+        let mut connected = Vec::new();
+        for _ in 0..clients {
+            let mut client = Client::connect(&daemon.url).await;
+            assert!(client.next_text(SOON).await.contains(r#""total":20"#));
+            connected.push(client);
+        }
+        (daemon, connected)
+    }
+
+    /// Runs `command` (start, restart, status) on this daemon's config, pid file and log file.
+    fn wasmpush(&self, command: &[&str]) -> Output {
+        let path = |name: &str| self.dir.path().join(name).to_str().unwrap().to_owned();
+        let (config, pid, log) = (path("wasmpush.toml"), path("wasmpush.pid"), path("wasmpush.log"));
+        let mut args: Vec<&str> = command.to_vec();
+        args.extend(["--config", &config, "--pid-file", &pid]);
+        if command[0] != "status" {
+            args.extend(["--log-file", &log]);
+        }
+        wasmpush(&args)
+    }
+
+    /// Publishes `value` as `key` of `bucket` through the CLI.
+    fn put(&self, bucket: &str, key: &str, value: &str) {
+        let config = self.dir.path().join("wasmpush.toml");
+        let put = wasmpush(&["data", "--config", config.to_str().unwrap(), "put", bucket, key, value]);
+        assert!(put.status.success(), "{}", text(&put.stderr));
+    }
+
+    fn stop(&self) {
+        let stop = wasmpush(&["stop", "--pid-file", self.dir.path().join("wasmpush.pid").to_str().unwrap()]);
+        assert!(stop.status.success(), "{}", text(&stop.stderr));
+    }
+}
+
 #[tokio::test]
 async fn the_clients_of_a_draining_engine_are_pushed_the_data_published_to_its_successor() {
     const CLIENTS: usize = 8;
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = plugins_dir_with_quote(dir.path());
-    std::fs::copy(artifacts::PORTFOLIO, plugins.join("portfolio.wasm")).unwrap();
-    // No ticks: a frame after the first is a data push, nothing else.
-    let tables = "drain_secs = 3\n[plugins.portfolio]\nread = [\"accounts\", \"prices\"]\ntick_ms = 0\n";
-    let (config, port, _) = write_config(dir.path(), &plugins, tables);
-    let config = config.to_str().unwrap();
-    let pid_file = dir.path().join("wasmpush.pid");
-    let (pid, log) = (pid_file.to_str().unwrap(), dir.path().join("wasmpush.log"));
-    let log = log.to_str().unwrap();
-    let start = wasmpush(&["start", "--daemon", "--config", config, "--pid-file", pid, "--log-file", log]);
-    assert!(start.status.success(), "{}", text(&start.stderr));
-    let put = |bucket: &str, key: &str, value: &str| {
-        let put = wasmpush(&["data", "--config", config, "put", bucket, key, value]);
-        assert!(put.status.success(), "{}", text(&put.stderr));
-    };
-    put("accounts", "a1", r#"{"holdings":{"AAPL":2}}"#);
-    put("prices", "AAPL", r#"{"price":10}"#);
-    let url = format!("ws://127.0.0.1:{port}/ws/portfolio?params={}", encode(r#"{"account":"a1"}"#));
-    let mut old_clients = Vec::new();
-    for _ in 0..CLIENTS {
-        let mut client = Client::connect(&url).await;
-        assert!(client.next_text(SOON).await.contains(r#""total":20"#));
-        old_clients.push(client);
-    }
-
-    let restart = wasmpush(&["restart", "--config", config, "--pid-file", pid, "--log-file", log]);
+    let (daemon, old_clients) = PortfolioDaemon::start(CLIENTS).await;
+    let restart = daemon.wasmpush(&["restart"]);
     assert!(restart.status.success(), "{}", text(&restart.stderr));
     // Published to the new engine (the old one no longer accepts), forwarded to the old one.
-    put("prices", "AAPL", r#"{"price":11}"#);
+    daemon.put("prices", "AAPL", r#"{"price":11}"#);
     let mut pushed = 0;
     for mut client in old_clients {
         // Each old client is closed with 1012 at its own moment within drain_secs; most are
@@ -238,10 +267,51 @@ async fn the_clients_of_a_draining_engine_are_pushed_the_data_published_to_its_s
     }
     assert!(pushed >= CLIENTS / 2, "only {pushed} of {CLIENTS} draining clients were pushed the new price");
     eprintln!("restart: {pushed} of {CLIENTS} draining clients were pushed a price published to the new engine");
-    let mut client = Client::connect(&url).await;
+    let mut client = Client::connect(&daemon.url).await;
     assert!(client.next_text(SOON).await.contains(r#""total":22"#), "the new engine serves it too");
-    let stop = wasmpush(&["stop", "--pid-file", pid]);
-    assert!(stop.status.success(), "{}", text(&stop.stderr));
+    daemon.stop();
+}
+
+#[tokio::test]
+async fn a_restart_whose_new_engine_fails_after_the_old_one_let_go_leaves_the_old_one_serving() {
+    const CLIENTS: usize = 4;
+    let (daemon, mut old_clients) = PortfolioDaemon::start(CLIENTS).await;
+    let pid_before = std::fs::read_to_string(daemon.dir.path().join("wasmpush.pid")).unwrap();
+    // The new engine takes the sockets, compiles its plugins and has the old one let go; then
+    // its data store cannot be created (its directory's parent is a file), and it exits.
+    let file = daemon.dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let bad_data_dir = file.join("data");
+    let restart = daemon.wasmpush(&["restart", "--data-dir", bad_data_dir.to_str().unwrap()]);
+    assert!(!restart.status.success(), "the restart is reported as failed");
+    assert!(text(&restart.stderr).contains("cannot open the data store"), "{}", text(&restart.stderr));
+
+    // The old engine serves on: its publish API commits again, and its clients, never closed,
+    // are pushed the change.
+    daemon.put("prices", "AAPL", r#"{"price":11}"#);
+    for client in &mut old_clients {
+        match client.next_within(Duration::from_secs(5)).await {
+            Some(Frame::Text(frame)) => assert!(frame.contains(r#""total":22"#), "{frame}"),
+            other => panic!("an old engine's client got {other:?}, not the new price"),
+        }
+    }
+    let mut client = Client::connect(&daemon.url).await;
+    assert!(client.next_text(SOON).await.contains(r#""total":22"#), "a new client is served by the old engine");
+    assert_eq!(std::fs::read_to_string(daemon.dir.path().join("wasmpush.pid")).unwrap(), pid_before);
+    let status = daemon.wasmpush(&["status"]);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+
+    // It still answers the next restart, which goes through.
+    let restart = daemon.wasmpush(&["restart"]);
+    assert!(restart.status.success(), "{}", text(&restart.stderr));
+    assert_ne!(std::fs::read_to_string(daemon.dir.path().join("wasmpush.pid")).unwrap(), pid_before);
+    match old_clients[0].next_within(Duration::from_secs(5)).await {
+        Some(Frame::Close(close)) => assert_eq!(close, Some((1012, "service restart".to_owned()))),
+        other => panic!("an old engine's client got {other:?}, not its 1012"),
+    }
+    let mut client = Client::connect(&daemon.url).await;
+    assert!(client.next_text(SOON).await.contains(r#""total":22"#), "the new engine serves the same data");
+    daemon.stop();
 }
 
 #[tokio::test]

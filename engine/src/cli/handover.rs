@@ -4,13 +4,18 @@
 //! 1. sends `TAKE-OVER`: the running engine answers with its three listening sockets (WebSocket,
 //!    admin, publish) as file descriptors (`SCM_RIGHTS`), and keeps serving on them;
 //! 2. compiles its plugins, then sends `RELEASE`: the running engine stops accepting, closes its
-//!    publish API, admin endpoint and data store, answers `RELEASED`, and drains its connections;
-//! 3. from then on writes every batch it publishes as one line (a JSON array of `[bucket, key,
+//!    publish API, admin endpoint and data store, and answers `RELEASED`, keeping its
+//!    connections;
+//! 3. opens the data store and starts serving, then sends `SERVING`: the old engine closes its
+//!    connections over `drain_secs`. If the socket closes before `SERVING` (the new engine
+//!    failed: its data store did not open, it was killed), the old engine opens its data store
+//!    again and serves on, and waits for the next restart;
+//! 4. from then on writes every batch it publishes as one line (a JSON array of `[bucket, key,
 //!    value or null]`), which the old engine applies in memory: its clients keep getting data
 //!    pushes until they reconnect. The old engine stops reading when its last connection is gone.
 //!
 //! Both processes hold the same sockets, so a client connecting meanwhile waits in the shared
-//! accept queue until the new engine accepts it: no connection is refused.
+//! accept queue until one of them accepts it: no connection is refused.
 
 use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -27,12 +32,13 @@ use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr, 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::data::{Change, ChangeSet};
-use crate::server::{Follow, Forward};
+use crate::server::{HandOver, Released, Successor};
 
 const TAKE_OVER: &str = "TAKE-OVER";
 const LISTENERS: &str = "LISTENERS";
 const RELEASE: &str = "RELEASE";
 const RELEASED: &str = "RELEASED";
+const SERVING: &str = "SERVING";
 
 /// How long the new engine waits for the running engine's sockets.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,6 +51,9 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(30);
 /// then misses those changes until its clients reconnect).
 const FORWARD_CAPACITY: usize = 4096;
 
+/// Forwarded batches the old engine holds before it waits to read more.
+const FOLLOW_CAPACITY: usize = 1024;
+
 /// The longest forwarded line the old engine reads; a longer one ends the following.
 const MAX_FORWARDED_LINE: u64 = 256 << 20;
 
@@ -56,13 +65,9 @@ pub(super) fn socket_path(pid_file: &Path) -> PathBuf {
 }
 
 /// The running engine's side: listens on `path` (replacing a stale socket file) and hands
-/// `listeners` to the first new engine that asks; its `RELEASE` goes to the server through
-/// `release`, and is answered once the server has let go. Runs on a thread of its own.
-pub(super) fn serve(
-    path: &Path,
-    listeners: [OwnedFd; 3],
-    release: mpsc::Sender<oneshot::Sender<Follow>>,
-) -> std::io::Result<()> {
+/// `listeners` to each new engine that asks; its `RELEASE` goes to the server through `release`.
+/// Runs on a thread of its own until a new engine serves.
+pub(super) fn serve(path: &Path, listeners: [OwnedFd; 3], release: mpsc::Sender<HandOver>) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let socket = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -70,7 +75,7 @@ pub(super) fn serve(
         for stream in socket.incoming() {
             match stream.map_err(anyhow::Error::from).and_then(|stream| answer(stream, &listeners, &release)) {
                 Ok(()) => return,
-                // A new engine that died half-way: this one serves on, and waits for the next.
+                // A new engine that failed half-way: this one serves on, and waits for the next.
                 Err(err) => tracing::warn!(cause = %format!("{err:#}"), "a restart's handover failed; serving on"),
             }
         }
@@ -78,12 +83,9 @@ pub(super) fn serve(
     Ok(())
 }
 
-/// Answers one new engine: its listeners, then its release, then follows its data.
-fn answer(
-    stream: UnixStream,
-    listeners: &[OwnedFd; 3],
-    release: &mpsc::Sender<oneshot::Sender<Follow>>,
-) -> anyhow::Result<()> {
+/// Answers one new engine: its listeners, then its release; then, once it serves, follows its
+/// data. An error once this engine let go means the new engine failed, and this one serves on.
+fn answer(stream: UnixStream, listeners: &[OwnedFd; 3], release: &mpsc::Sender<HandOver>) -> anyhow::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     expect_line(&mut reader, TAKE_OVER)?;
     let fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
@@ -97,10 +99,20 @@ fn answer(
     )?;
     tracing::info!("a new engine took the listening sockets; it will ask this one to let go");
     expect_line(&mut reader, RELEASE)?;
-    let (done, released) = oneshot::channel();
-    release.blocking_send(done).context("the engine is stopping")?;
-    let follow = released.blocking_recv().context("the engine stopped before it let go")?;
+    let (released, stopped) = oneshot::channel();
+    let (successor, outcome) = oneshot::channel();
+    release.blocking_send(HandOver { released, successor: outcome }).context("the engine is stopping")?;
+    stopped.blocking_recv().context("the engine stopped before it let go")?;
     writeln!(&stream, "{RELEASED}")?;
+    if let Err(err) = expect_line(&mut reader, SERVING) {
+        let reason = format!("the new engine failed before it served ({err:#})");
+        let _ = successor.send(Successor::Failed(reason.clone()));
+        bail!(reason);
+    }
+    let (follow, followed) = mpsc::channel(FOLLOW_CAPACITY);
+    if successor.send(Successor::Serving(followed)).is_err() {
+        return Ok(());
+    }
     if let Err(err) = follow_forwarded(&mut reader, &follow) {
         tracing::warn!(cause = %format!("{err:#}"), "stopped following the new engine's data");
     }
@@ -109,7 +121,7 @@ fn answer(
 
 /// Hands each batch the new engine forwards to the draining engine, until the new engine stops
 /// forwarding or the draining engine is done.
-fn follow_forwarded(reader: &mut impl BufRead, follow: &Follow) -> anyhow::Result<()> {
+fn follow_forwarded(reader: &mut impl BufRead, follow: &mpsc::Sender<Vec<Change>>) -> anyhow::Result<()> {
     let mut line = String::new();
     loop {
         line.clear();
@@ -127,12 +139,17 @@ fn follow_forwarded(reader: &mut impl BufRead, follow: &Follow) -> anyhow::Resul
     }
 }
 
-/// The new engine's side of step 3: a thread turning each published batch into a line for the
-/// old engine, fed without blocking the data writer (which only queues the change set). It ends
-/// when the old engine closes the socket.
-fn forwarder(stream: UnixStream) -> std::io::Result<Forward> {
+/// The new engine's side of steps 3 and 4: a thread that says `SERVING` when told to, then turns
+/// each published batch into a line for the old engine, fed without blocking the data writer
+/// (which only queues the change set). It ends when the old engine closes the socket, or when
+/// this engine fails before it serves (the socket then closes without `SERVING`).
+fn forwarder(stream: UnixStream) -> std::io::Result<Released> {
     let (batches, queued) = std::sync::mpsc::sync_channel::<Arc<ChangeSet>>(FORWARD_CAPACITY);
+    let (serving, go) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new().name("wasmpush-forward".to_owned()).spawn(move || {
+        if go.recv().is_err() || writeln!(&stream, "{SERVING}").is_err() {
+            return;
+        }
         for changes in queued {
             let batch: Vec<_> =
                 changes.changes().into_iter().map(|change| (change.bucket, change.key, change.value)).collect();
@@ -158,7 +175,10 @@ fn forwarder(stream: UnixStream) -> std::io::Result<Forward> {
             }
         }
     };
-    Ok(Box::new(forward))
+    let serving = move || {
+        let _ = serving.send(());
+    };
+    Ok(Released { forward: Box::new(forward), serving: Box::new(serving) })
 }
 
 /// Reads one line and checks it is `expected`.
@@ -202,9 +222,10 @@ impl TakeOver {
     }
 
     /// Asks the running engine to let go: stop accepting and close its data store. Returns once
-    /// it has, with where to forward the batches published from then on.
-    pub(super) fn release(self) -> Result<Forward, String> {
-        let ask = || -> anyhow::Result<Forward> {
+    /// it has, with how to tell it this engine serves and where to forward the batches published
+    /// from then on.
+    pub(super) fn release(self) -> Result<Released, String> {
+        let ask = || -> anyhow::Result<Released> {
             self.stream.set_read_timeout(Some(RELEASE_TIMEOUT))?;
             writeln!(&self.stream, "{RELEASE}")?;
             expect_line(&mut BufReader::new(&self.stream), RELEASED)?;

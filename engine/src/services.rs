@@ -1,0 +1,97 @@
+//! The parts of a running engine that a restart's handover stops, and starts again if the new
+//! engine fails before it serves: the admin endpoint and the publish API, each on a copy of its
+//! listening socket (both engines hold the sockets, so each start serves a fresh copy), and the
+//! data writer, which holds the data store (one process at a time may open it).
+
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::data::{ChangeSet, DataLimits, DataStore, DataView, DurableStore};
+use crate::publish;
+
+/// The admin endpoint, the publish API and the data writer, started and stopped together.
+pub(crate) struct Services {
+    /// The admin endpoint's socket and what it reads, if it has one.
+    admin: Option<(std::net::TcpListener, AdminState)>,
+    /// The publish API's socket and bearer token, if it has one.
+    publish: Option<(std::net::TcpListener, Option<String>)>,
+    /// Ends the admin endpoint and the publish API.
+    stop: CancellationToken,
+    /// The admin endpoint and the publish API, while they run.
+    running: Vec<JoinHandle<()>>,
+    /// The data writer's handle and thread, while it runs.
+    data: Option<(DataStore, std::thread::JoinHandle<()>)>,
+}
+
+impl Services {
+    /// Services on these sockets, none started yet.
+    pub(crate) fn new(
+        admin: Option<(std::net::TcpListener, AdminState)>,
+        publish: Option<(std::net::TcpListener, Option<String>)>,
+    ) -> Self {
+        Services { admin, publish, stop: CancellationToken::new(), running: Vec::new(), data: None }
+    }
+
+    /// Starts the admin endpoint.
+    pub(crate) fn start_admin(&mut self) -> std::io::Result<()> {
+        let Some((socket, state)) = &self.admin else { return Ok(()) };
+        let (listener, state, stop) = (copy(socket)?, state.clone(), self.stop.clone());
+        self.running.push(tokio::spawn(async move {
+            if let Err(err) = admin::serve(listener, state, stop).await {
+                tracing::error!(cause = %err, "admin endpoint failed");
+            }
+        }));
+        Ok(())
+    }
+
+    /// Starts the data writer on `durable`, applying each change to `view` and handing it to
+    /// `announce`.
+    pub(crate) fn start_data(
+        &mut self,
+        durable: DurableStore,
+        view: &DataView,
+        limits: DataLimits,
+        announce: impl Fn(Arc<ChangeSet>) + Send + 'static,
+    ) -> std::io::Result<()> {
+        self.data = Some(DataStore::start(durable, view.clone(), limits, announce)?);
+        Ok(())
+    }
+
+    /// Starts the publish API in front of the data writer.
+    pub(crate) fn start_publish(&mut self) -> std::io::Result<()> {
+        let (Some((socket, token)), Some((store, _))) = (&self.publish, &self.data) else { return Ok(()) };
+        let (listener, store, token, stop) = (copy(socket)?, store.clone(), token.clone(), self.stop.clone());
+        tracing::info!(publish = ?listener.local_addr().ok(), "publish API listening");
+        self.running.push(tokio::spawn(async move {
+            if let Err(err) = publish::serve(listener, store, token, stop).await {
+                tracing::error!(cause = %err, "publish API failed");
+            }
+        }));
+        Ok(())
+    }
+
+    /// Stops them all: the admin endpoint and the publish API finish their requests, then the
+    /// data writer ends and closes the data store, so every acknowledged update is on disk and
+    /// another process can open the store.
+    pub(crate) async fn stop(&mut self) {
+        self.stop.cancel();
+        for task in self.running.drain(..) {
+            let _ = task.await;
+        }
+        self.stop = CancellationToken::new();
+        if let Some((store, writer)) = self.data.take() {
+            drop(store);
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+    }
+}
+
+/// A listener on a copy of `socket`, for one start of a service.
+fn copy(socket: &std::net::TcpListener) -> std::io::Result<tokio::net::TcpListener> {
+    let copy = socket.try_clone()?;
+    copy.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(copy)
+}
