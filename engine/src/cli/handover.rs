@@ -245,6 +245,7 @@ fn owned(fd: RawFd) -> OwnedFd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::DataView;
 
     #[test]
     fn forwarded_batches_are_followed_in_order_until_the_stream_ends() {
@@ -267,6 +268,38 @@ mod tests {
         let cut = "[[\"prices\",\"AAPL\",null]]";
         let err = follow_forwarded(&mut cut.as_bytes(), &follow).unwrap_err();
         assert!(format!("{err:#}").contains("cut short"), "a line without its end is refused: {err:#}");
+    }
+
+    /// Has the engine serving on `path` let go for a new engine, and returns what each side got.
+    async fn let_go(path: &Path, requests: &mut mpsc::Receiver<HandOver>) -> (Released, oneshot::Receiver<Successor>) {
+        let (take_over, _listeners) = TakeOver::connect(path).unwrap();
+        let releasing = tokio::task::spawn_blocking(move || take_over.release());
+        let HandOver { released, successor } = requests.recv().await.unwrap();
+        released.send(()).unwrap();
+        (releasing.await.unwrap().unwrap(), successor)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_new_engine_failing_before_it_serves_leaves_the_old_one_to_answer_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wasmpush.pid.handover");
+        let sockets = [(); 3].map(|()| OwnedFd::from(std::net::TcpListener::bind("127.0.0.1:0").unwrap()));
+        let (release, mut requests) = mpsc::channel(1);
+        serve(&path, sockets, release).unwrap();
+
+        let (failed, successor) = let_go(&path, &mut requests).await;
+        drop(failed);
+        match successor.await {
+            Ok(Successor::Failed(reason)) => assert!(reason.contains("failed before it served"), "{reason}"),
+            _ => panic!("a new engine gone before SERVING is a failed successor"),
+        }
+
+        let (Released { forward, serving }, successor) = let_go(&path, &mut requests).await;
+        serving();
+        let Ok(Successor::Serving(mut followed)) = successor.await else { panic!("the second one serves") };
+        let published = DataView::default().follow(&[Change::new("prices", "AAPL", Some("1"))]).unwrap();
+        forward(&published);
+        assert_eq!(followed.recv().await.unwrap(), [Change::new("prices", "AAPL", Some("1"))]);
     }
 
     #[test]
