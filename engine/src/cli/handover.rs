@@ -16,6 +16,11 @@
 //!
 //! Both processes hold the same sockets, so a client connecting meanwhile waits in the shared
 //! accept queue until one of them accepts it: no connection is refused.
+//!
+//! Restarts also upgrade and roll back the binary, so the two engines may be different builds.
+//! Version 2 of this protocol added `SERVING`; an engine of version 2 says its version after
+//! `LISTENERS` and `RELEASE` (`LISTENERS 2`, `RELEASE 2`), and speaks version 1 (no `SERVING`:
+//! the old engine drains as soon as it has let go) with an engine that says none.
 
 use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -39,6 +44,9 @@ const LISTENERS: &str = "LISTENERS";
 const RELEASE: &str = "RELEASE";
 const RELEASED: &str = "RELEASED";
 const SERVING: &str = "SERVING";
+
+/// The version of the protocol this build speaks.
+const VERSION: u32 = 2;
 
 /// How long the new engine waits for the running engine's sockets.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,7 +97,7 @@ fn answer(stream: UnixStream, listeners: &[OwnedFd; 3], release: &mpsc::Sender<H
     let mut reader = BufReader::new(stream.try_clone()?);
     expect_line(&mut reader, TAKE_OVER)?;
     let fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
-    let message = format!("{LISTENERS}\n");
+    let message = format!("{LISTENERS} {VERSION}\n");
     sendmsg::<UnixAddr>(
         stream.as_raw_fd(),
         &[IoSlice::new(message.as_bytes())],
@@ -98,13 +106,14 @@ fn answer(stream: UnixStream, listeners: &[OwnedFd; 3], release: &mpsc::Sender<H
         None,
     )?;
     tracing::info!("a new engine took the listening sockets; it will ask this one to let go");
-    expect_line(&mut reader, RELEASE)?;
+    let version = versioned_line(&mut reader, RELEASE)?;
     let (released, stopped) = oneshot::channel();
     let (successor, outcome) = oneshot::channel();
     release.blocking_send(HandOver { released, successor: outcome }).context("the engine is stopping")?;
     stopped.blocking_recv().context("the engine stopped before it let go")?;
     writeln!(&stream, "{RELEASED}")?;
-    if let Err(err) = expect_line(&mut reader, SERVING) {
+    // An engine of version 1 never says it serves: it does once this one let go.
+    if let Err(err) = if version >= 2 { expect_line(&mut reader, SERVING) } else { Ok(()) } {
         let reason = format!("the new engine failed before it served ({err:#})");
         let _ = successor.send(Successor::Failed(reason.clone()));
         bail!(reason);
@@ -143,11 +152,11 @@ fn follow_forwarded(reader: &mut impl BufRead, follow: &mpsc::Sender<Vec<Change>
 /// each published batch into a line for the old engine, fed without blocking the data writer
 /// (which only queues the change set). It ends when the old engine closes the socket, or when
 /// this engine fails before it serves (the socket then closes without `SERVING`).
-fn forwarder(stream: UnixStream) -> std::io::Result<Released> {
+fn forwarder(stream: UnixStream, version: u32) -> std::io::Result<Released> {
     let (batches, queued) = std::sync::mpsc::sync_channel::<Arc<ChangeSet>>(FORWARD_CAPACITY);
     let (serving, go) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new().name("wasmpush-forward".to_owned()).spawn(move || {
-        if go.recv().is_err() || writeln!(&stream, "{SERVING}").is_err() {
+        if go.recv().is_err() || (version >= 2 && writeln!(&stream, "{SERVING}").is_err()) {
             return;
         }
         for changes in queued {
@@ -189,9 +198,27 @@ fn expect_line(reader: &mut impl BufRead, expected: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Reads one line and checks it is `word`, with or without a protocol version; returns the
+/// version both engines speak (1 for none said).
+fn versioned_line(reader: &mut impl BufRead, word: &str) -> anyhow::Result<u32> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    spoken_version(line.trim_end(), word).with_context(|| format!("expected `{word}`, got `{}`", line.trim_end()))
+}
+
+/// The version both engines speak, from a line that should be `word` or `word VERSION`.
+fn spoken_version(line: &str, word: &str) -> Option<u32> {
+    match line.strip_prefix(word)? {
+        "" => Some(1),
+        version => Some(version.strip_prefix(' ')?.parse::<u32>().ok()?.min(VERSION)),
+    }
+}
+
 /// The new engine's side of a handover in progress.
 pub(super) struct TakeOver {
     stream: UnixStream,
+    /// The protocol version both engines speak.
+    version: u32,
 }
 
 impl TakeOver {
@@ -213,12 +240,16 @@ impl TakeOver {
                 fds.extend(received.into_iter().map(owned));
             }
         }
+        let read = message.bytes;
         let [websocket, admin, publish]: [OwnedFd; 3] = match fds.try_into() {
             Ok(fds) => fds,
             Err(fds) => bail!("the running engine sent {} sockets, not 3", fds.len()),
         };
+        let said = String::from_utf8_lossy(&text[..read]);
+        let version = spoken_version(said.trim_end(), LISTENERS)
+            .with_context(|| format!("expected `{LISTENERS}`, got `{}`", said.trim_end()))?;
         let listeners = [websocket, admin, publish].map(std::net::TcpListener::from);
-        Ok((TakeOver { stream }, listeners))
+        Ok((TakeOver { stream, version }, listeners))
     }
 
     /// Asks the running engine to let go: stop accepting and close its data store. Returns once
@@ -227,9 +258,12 @@ impl TakeOver {
     pub(super) fn release(self) -> Result<Released, String> {
         let ask = || -> anyhow::Result<Released> {
             self.stream.set_read_timeout(Some(RELEASE_TIMEOUT))?;
-            writeln!(&self.stream, "{RELEASE}")?;
+            match self.version {
+                1 => writeln!(&self.stream, "{RELEASE}")?,
+                version => writeln!(&self.stream, "{RELEASE} {version}")?,
+            }
             expect_line(&mut BufReader::new(&self.stream), RELEASED)?;
-            Ok(forwarder(self.stream)?)
+            Ok(forwarder(self.stream, self.version)?)
         };
         ask().map_err(|err| format!("{err:#}"))
     }
@@ -281,9 +315,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_new_engine_failing_before_it_serves_leaves_the_old_one_to_answer_the_next() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("wasmpush.pid.handover");
-        let sockets = [(); 3].map(|()| OwnedFd::from(std::net::TcpListener::bind("127.0.0.1:0").unwrap()));
+        let (_dir, path, sockets) = offered();
         let (release, mut requests) = mpsc::channel(1);
         serve(&path, sockets, release).unwrap();
 
@@ -300,6 +332,85 @@ mod tests {
         let published = DataView::default().follow(&[Change::new("prices", "AAPL", Some("1"))]).unwrap();
         forward(&published);
         assert_eq!(followed.recv().await.unwrap(), [Change::new("prices", "AAPL", Some("1"))]);
+    }
+
+    #[test]
+    fn the_version_spoken_is_the_lower_of_the_two() {
+        assert_eq!(spoken_version("RELEASE", RELEASE), Some(1), "a version 1 engine says none");
+        assert_eq!(spoken_version("RELEASE 2", RELEASE), Some(2));
+        assert_eq!(spoken_version("RELEASE 7", RELEASE), Some(VERSION), "a newer engine is spoken to in this one's");
+        for wrong in ["RELEASED", "RELEASE x", "RELEASE  2", "RELEASE -1", "TAKE-OVER"] {
+            assert_eq!(spoken_version(wrong, RELEASE), None, "{wrong}");
+        }
+    }
+
+    /// A handover socket at a fresh path, with three listening sockets to offer.
+    fn offered() -> (tempfile::TempDir, PathBuf, [OwnedFd; 3]) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wasmpush.pid.handover");
+        let sockets = [(); 3].map(|()| OwnedFd::from(std::net::TcpListener::bind("127.0.0.1:0").unwrap()));
+        (dir, path, sockets)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_new_engine_of_version_1_is_followed_as_soon_as_the_old_one_let_go() {
+        let (_dir, path, sockets) = offered();
+        let (release, mut requests) = mpsc::channel(1);
+        serve(&path, sockets, release).unwrap();
+        let new_engine = tokio::task::spawn_blocking(move || {
+            let stream = UnixStream::connect(&path).unwrap();
+            writeln!(&stream, "{TAKE_OVER}").unwrap();
+            let mut space = nix::cmsg_space!([RawFd; 3]);
+            let mut text = [0; 64];
+            recvmsg::<UnixAddr>(
+                stream.as_raw_fd(),
+                &mut [IoSliceMut::new(&mut text)],
+                Some(&mut space),
+                MsgFlags::empty(),
+            )
+            .unwrap();
+            writeln!(&stream, "{RELEASE}").unwrap();
+            expect_line(&mut BufReader::new(&stream), RELEASED).unwrap();
+            writeln!(&stream, "[[\"prices\",\"AAPL\",\"1\"]]").unwrap();
+            stream
+        });
+        let HandOver { released, successor } = requests.recv().await.unwrap();
+        released.send(()).unwrap();
+        let Ok(Successor::Serving(mut followed)) = successor.await else { panic!("version 1 serves once let go") };
+        assert_eq!(followed.recv().await.unwrap(), [Change::new("prices", "AAPL", Some("1"))]);
+        drop(new_engine.await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_old_engine_of_version_1_is_released_and_forwarded_to_without_serving() {
+        let (_dir, path, sockets) = offered();
+        let socket = UnixListener::bind(&path).unwrap();
+        let old_engine = std::thread::spawn(move || {
+            let (stream, _) = socket.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            expect_line(&mut reader, TAKE_OVER).unwrap();
+            let fds: Vec<RawFd> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
+            let listeners = [IoSlice::new(b"LISTENERS\n")];
+            sendmsg::<UnixAddr>(
+                stream.as_raw_fd(),
+                &listeners,
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+            expect_line(&mut reader, RELEASE).unwrap();
+            writeln!(&stream, "{RELEASED}").unwrap();
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            line
+        });
+        let (take_over, _listeners) = TakeOver::connect(&path).unwrap();
+        let Released { forward, serving } =
+            tokio::task::spawn_blocking(move || take_over.release()).await.unwrap().unwrap();
+        serving();
+        forward(&DataView::default().follow(&[Change::new("prices", "AAPL", Some("1"))]).unwrap());
+        assert_eq!(old_engine.join().unwrap(), "[[\"prices\",\"AAPL\",\"1\"]]\n", "a batch, not SERVING");
     }
 
     #[test]
