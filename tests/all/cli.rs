@@ -231,6 +231,21 @@ impl PortfolioDaemon {
         assert!(put.status.success(), "{}", text(&put.stderr));
     }
 
+    /// Checks that the engine which started serves on after a failed restart: its publish API
+    /// commits (AAPL moves to 11), its clients, never closed, are pushed the change, and a new
+    /// client is served.
+    async fn serves_on(&self, old_clients: &mut [Client]) {
+        self.put("prices", "AAPL", r#"{"price":11}"#);
+        for client in old_clients {
+            match client.next_within(Duration::from_secs(5)).await {
+                Some(Frame::Text(frame)) => assert!(frame.contains(r#""total":22"#), "{frame}"),
+                other => panic!("an old engine's client got {other:?}, not the new price"),
+            }
+        }
+        let mut client = Client::connect(&self.url).await;
+        assert!(client.next_text(SOON).await.contains(r#""total":22"#), "a new client is served by the old engine");
+    }
+
     fn stop(&self) {
         let stop = wasmpush(&["stop", "--pid-file", self.dir.path().join("wasmpush.pid").to_str().unwrap()]);
         assert!(stop.status.success(), "{}", text(&stop.stderr));
@@ -286,17 +301,7 @@ async fn a_restart_whose_new_engine_fails_after_the_old_one_let_go_leaves_the_ol
     assert!(!restart.status.success(), "the restart is reported as failed");
     assert!(text(&restart.stderr).contains("cannot open the data store"), "{}", text(&restart.stderr));
 
-    // The old engine serves on: its publish API commits again, and its clients, never closed,
-    // are pushed the change.
-    daemon.put("prices", "AAPL", r#"{"price":11}"#);
-    for client in &mut old_clients {
-        match client.next_within(Duration::from_secs(5)).await {
-            Some(Frame::Text(frame)) => assert!(frame.contains(r#""total":22"#), "{frame}"),
-            other => panic!("an old engine's client got {other:?}, not the new price"),
-        }
-    }
-    let mut client = Client::connect(&daemon.url).await;
-    assert!(client.next_text(SOON).await.contains(r#""total":22"#), "a new client is served by the old engine");
+    daemon.serves_on(&mut old_clients).await;
     assert_eq!(std::fs::read_to_string(daemon.dir.path().join("wasmpush.pid")).unwrap(), pid_before);
     let status = daemon.wasmpush(&["status"]);
     assert!(status.status.success(), "{}", text(&status.stderr));
@@ -311,6 +316,44 @@ async fn a_restart_whose_new_engine_fails_after_the_old_one_let_go_leaves_the_ol
     }
     let mut client = Client::connect(&daemon.url).await;
     assert!(client.next_text(SOON).await.contains(r#""total":22"#), "the new engine serves the same data");
+    daemon.stop();
+}
+
+/// The pid of the process whose command line has all of `words`, once one runs (within 10 s).
+fn wait_for_process(words: &[&str]) -> u32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            let args: Vec<String> = cmdline.split(|b| *b == 0).map(text).collect();
+            if words.iter().all(|word| args.iter().any(|arg| arg == word)) {
+                return pid;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("no process with {words:?} within 10 s");
+}
+
+#[tokio::test]
+async fn a_restart_whose_new_engine_hangs_kills_it_at_the_start_timeout_and_the_old_one_serves_on() {
+    let (daemon, mut old_clients) = PortfolioDaemon::start(2).await;
+    // The new engine is stopped (SIGSTOP) as soon as it runs: it hangs wherever it got to.
+    let pid_file = daemon.dir.path().join("wasmpush.pid").to_str().unwrap().to_owned();
+    let freezer = std::thread::spawn(move || {
+        let pid = wait_for_process(&["--takeover", &pid_file]);
+        assert!(Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success());
+        pid
+    });
+    let restart = daemon.wasmpush(&["restart", "--start-timeout", "2"]);
+    let hung = freezer.join().unwrap();
+    assert!(!restart.status.success(), "the restart is reported as failed");
+    let stderr = text(&restart.stderr);
+    assert!(stderr.contains("it was killed, and the running engine serves on"), "{stderr}");
+    assert!(!Path::new(&format!("/proc/{hung}")).exists(), "the hung engine {hung} is gone");
+
+    daemon.serves_on(&mut old_clients).await;
     daemon.stop();
 }
 

@@ -18,9 +18,6 @@ use super::pidfile::running;
 /// Where a daemon logs.
 pub(super) const DEFAULT_LOG_FILE: &str = "runtime/wasmpush.log";
 
-/// How long a daemon may take to start listening (loading plugins compiles them).
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// In the daemon's child: leaves the caller's session and process group, so the child has no
 /// controlling terminal and no job-control signal of the shell that ran `start --daemon` reaches
 /// it. A failure is logged and the engine runs on (it is already detached from the terminal's
@@ -29,6 +26,15 @@ pub fn detach() {
     if let Err(err) = nix::unistd::setsid() {
         tracing::warn!(cause = %err, "cannot start a new session; running in the caller's");
     }
+}
+
+/// How [`spawn`] waits for the engine it started.
+pub struct Wait {
+    /// How long the engine has to become ready.
+    pub timeout: Duration,
+    /// Whether an engine not ready in time is killed (a restart's new engine: while it lives, the
+    /// running engine it replaces may be waiting for it).
+    pub kill_if_late: bool,
 }
 
 /// Starts `args` (this program's `start` arguments without `--daemon`, with `--detached`) in the
@@ -40,6 +46,7 @@ pub fn spawn(
     log_file: &Path,
     pid_file: &Path,
     admin: SocketAddr,
+    wait: Wait,
 ) -> anyhow::Result<u32> {
     if let Some(dir) = log_file.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -60,7 +67,7 @@ pub fn spawn(
         .spawn()
         .context("cannot start the engine process")?;
     let pid = child.id();
-    let deadline = Instant::now() + START_TIMEOUT;
+    let deadline = Instant::now() + wait.timeout;
     loop {
         if let Some(status) = child.try_wait()? {
             bail!("the engine exited during start ({status}):\n{}", log_since(log_file, log_len));
@@ -72,10 +79,13 @@ pub fn spawn(
             return Ok(pid);
         }
         if Instant::now() > deadline {
-            bail!(
-                "the engine (pid {pid}) was not ready (GET {admin}/healthz) within {START_TIMEOUT:?}; see {}",
-                log_file.display()
-            );
+            let late = format!("the engine (pid {pid}) was not ready (GET {admin}/healthz) within {:?}", wait.timeout);
+            if wait.kill_if_late {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{late}; it was killed, and the running engine serves on; see {}", log_file.display());
+            }
+            bail!("{late}; see {}", log_file.display());
         }
         std::thread::sleep(Duration::from_millis(50));
     }

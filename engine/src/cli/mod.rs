@@ -198,6 +198,7 @@ fn relaunch(launch: &Launch, given: Option<&StartArgs>) -> anyhow::Result<StartA
             given.log_file.clone().into(),
         ]);
         argv.extend(["--stop-timeout".into(), given.stop_timeout.to_string().into()]);
+        argv.extend(["--start-timeout".into(), given.start_timeout.to_string().into()]);
     }
     match Cli::try_parse_from(argv)?.command {
         Command::Start(args) => Ok(args),

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -31,6 +32,10 @@ pub(super) struct StartArgs {
     /// Seconds `restart` waits for the old engine to exit before SIGKILL.
     #[arg(long, value_name = "SECS", default_value_t = 15)]
     pub(super) stop_timeout: u64,
+    /// Seconds a daemon's start (and a restart's new engine) has to become ready. A restart's new
+    /// engine that is not ready by then is killed, and the running engine serves on.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub(super) start_timeout: u64,
     /// Pid file to write; `start` refuses to run if it names a live process.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_PID_FILE)]
     pub(super) pid_file: PathBuf,
@@ -173,7 +178,8 @@ pub(super) fn start_daemon(args: &StartArgs) -> anyhow::Result<ExitCode> {
     .into_iter()
     .filter_map(|(name, token)| token.as_deref().map(|token| (name, token)))
     .collect();
-    let pid = daemon::spawn(&args.foreground_args(), &secrets, &args.log_file, &args.pid_file, config.admin)?;
+    let wait = daemon::Wait { timeout: Duration::from_secs(args.start_timeout), kill_if_late: args.takeover };
+    let pid = daemon::spawn(&args.foreground_args(), &secrets, &args.log_file, &args.pid_file, config.admin, wait)?;
     println!("wasmpush started (pid {pid}), listening on {}, logging to {}", config.listen, args.log_file.display());
     Ok(ExitCode::SUCCESS)
 }
