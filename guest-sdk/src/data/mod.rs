@@ -7,6 +7,11 @@
 //! outcome: that is how the engine knows which connections to re-run when data changes (trigger
 //! [`Trigger::Data`](crate::Trigger::Data)), so read through these functions, never around them.
 //!
+//! - `cache`: the parsed values, one entry per key, marked stale when the engine says so;
+//! - `call`: what the current call reads, checked first against what the connection's previous
+//!   call read (its memo), which a call reading the same keys in the same order finds without a
+//!   lookup.
+//!
 //! In a plugin's native unit tests there is no engine: [`FakeData`] supplies the values.
 
 mod cache;
