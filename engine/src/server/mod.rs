@@ -9,16 +9,18 @@
 //! restart", spread over `drain_secs`, so their clients reconnect — to the new engine — a few at
 //! a time; if the new one fails first, the old one opens its data store again and serves on.
 
+mod accepting;
+mod data;
+mod lifecycle;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use std::pin::Pin;
 use tokio::net::TcpListener;
-
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -28,17 +30,19 @@ use crate::admission::Admission;
 use crate::auth::{Authenticator, KeyError, SharedAuthenticator};
 use crate::config::{Config, ConfigError};
 use crate::connection::ConnectionSettings;
-use crate::data::{Change, ChangeSet, DataError, DataLimits, DataView, DurableStore, Snapshot};
+use crate::data::{ChangeSet, DataError, DataView};
 use crate::health::Health;
 use crate::live::LiveSettings;
 use crate::metrics::Metrics;
-use crate::plain_http;
 use crate::plugin::{HostError, PluginHost, SandboxLimits};
 use crate::registry::PluginRegistry;
 use crate::reload::Reloader;
 use crate::services::Services;
-use crate::shard::{ShardCommand, ShardSettings, Shards};
+use crate::shard::{ShardSettings, Shards};
 use crate::watcher::{CHANGE_CAPACITY, PluginWatcher};
+use accepting::{Accepting, Stopped};
+use data::{announce_to, data_limits, follow_batch, open_data};
+pub use lifecycle::{Forward, HandOver, Lifecycle, Released, Successor, TakeOver};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -91,9 +95,6 @@ pub enum ServerError {
     },
 }
 
-/// How often the server checks that every shard thread is alive.
-const WATCHDOG_PERIOD: Duration = Duration::from_secs(1);
-
 /// How long connections get to close after shutdown begins.
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
@@ -114,61 +115,6 @@ pub struct Listeners {
 pub struct Reload {
     /// The configuration as it reads now, if the engine was started from a file.
     pub config: Option<Config>,
-}
-
-/// What a restart's new engine awaits before it opens the data store: the old engine letting go,
-/// or why it did not.
-pub type TakeOver = Pin<Box<dyn Future<Output = Result<Released, String>> + Send>>;
-
-/// What a restart's new engine gets once the old engine has let go.
-pub struct Released {
-    /// Where to send each batch published from then on.
-    pub forward: Forward,
-    /// Tells the old engine that this one serves. Until then the old engine keeps its
-    /// connections, and serves on if this one fails; from then on it drains them.
-    pub serving: Box<dyn FnOnce() + Send>,
-}
-
-/// Where a restart's new engine sends each batch it publishes, for the old engine still draining
-/// its connections: their clients keep getting data pushes until they reconnect. It must not
-/// block, nor do the work of forwarding (it runs on the data writer's thread).
-pub type Forward = Box<dyn Fn(&Arc<ChangeSet>) + Send>;
-
-/// A restart's new engine asking this one to let go.
-pub struct HandOver {
-    /// Answered once this engine has stopped accepting and closed its admin endpoint, publish
-    /// API and data store.
-    pub released: oneshot::Sender<()>,
-    /// What became of the new engine then; dropped unanswered if it failed.
-    pub successor: oneshot::Receiver<Successor>,
-}
-
-/// A restart's new engine, after the old one let go.
-pub enum Successor {
-    /// It serves: the old engine closes its connections with 1012 over `drain_secs`, applying
-    /// the batches the new engine forwards (through this channel) meanwhile.
-    Serving(mpsc::Receiver<Vec<Change>>),
-    /// It failed before it served (for this reason): the old engine opens its data store again
-    /// and serves on.
-    Failed(String),
-}
-
-/// What a restart needs of the engine, besides running it.
-pub struct Lifecycle {
-    /// Called once the engine serves: the data is loaded, the first plugin scan has ended and the
-    /// accept loop runs (what systemd's `READY=1` must mean).
-    pub on_ready: Box<dyn FnOnce() + Send>,
-    /// A restart's new engine: awaited after the first plugin scan and before the data store
-    /// opens; it asks the old engine to let go of the data store and stop accepting.
-    pub take_over: Option<TakeOver>,
-    /// Requests to hand this engine over to a restart's new one (see [`HandOver`]).
-    pub hand_over: Option<mpsc::Receiver<HandOver>>,
-}
-
-impl Default for Lifecycle {
-    fn default() -> Self {
-        Lifecycle { on_ready: Box::new(|| {}), take_over: None, hand_over: None }
-    }
 }
 
 /// Runs the engine until `shutdown` resolves. Each message on `reloads` is a [`Reload`]; file
@@ -389,76 +335,6 @@ pub async fn run_with(
     failure.map_or(Ok(()), Err)
 }
 
-/// Why the accept loop stopped.
-enum Stopped {
-    /// The engine is stopping.
-    Shutdown,
-    /// A restart's new engine asks this one to let go.
-    HandOver(HandOver),
-}
-
-/// What the accept loop serves with.
-struct Accepting<'a> {
-    listener: &'a TcpListener,
-    shared: &'a Arc<Shared>,
-    tasks: &'a TaskTracker,
-    cancel: &'a CancellationToken,
-    health: &'a Health,
-}
-
-impl Accepting<'_> {
-    /// Accepts connections until the engine stops or is handed over; an error if a shard thread
-    /// died.
-    async fn until_stopped(
-        &self,
-        hand_over: &mut Option<mpsc::Receiver<HandOver>>,
-        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
-    ) -> Result<Stopped, ServerError> {
-        let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
-        loop {
-            tokio::select! {
-                Some(request) = async { match hand_over { Some(requests) => requests.recv().await, None => None } } => {
-                    return Ok(Stopped::HandOver(request));
-                }
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => match self.shared.admission.admit(peer.ip()) {
-                        Ok(admitted) => {
-                            self.tasks.spawn(accept::accept(stream, admitted, self.shared.clone(), self.cancel.clone()));
-                        }
-                        // Answered here: a socket over a limit never gets a task to wait in.
-                        Err(refused) => {
-                            self.shared.metrics.handshakes_over_limit.inc();
-                            plain_http::refuse_at_once(stream, &refused.to_string());
-                        }
-                    },
-                    Err(err) => {
-                        // Typically out of file descriptors: back off instead of spinning.
-                        tracing::error!(cause = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                () = &mut *shutdown => return Ok(Stopped::Shutdown),
-                _ = watchdog.tick() => {
-                    if let Some(shard) = self.shared.shards.dead() {
-                        self.health.fail(format!("shard thread {shard} died"));
-                        tracing::error!(shard, "a shard thread died; stopping so that the engine can be restarted");
-                        return Err(ServerError::ShardDied(shard));
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Opens the data store in `data_dir` and reads it into memory.
-async fn open_data(config: &Config) -> Result<(DurableStore, Snapshot), ServerError> {
-    let dir = config.data_dir.clone();
-    tokio::task::spawn_blocking(move || DurableStore::open(&dir))
-        .await
-        .expect("opening the data store does not panic")
-        .map_err(|source| ServerError::Data { path: config.data_dir.clone(), source })
-}
-
 /// Applies each reload request: takes over the live settings and the `[auth]` keys of a new
 /// configuration (naming the changed settings that need a restart), then asks the reloader to
 /// rescan the plugins.
@@ -505,49 +381,6 @@ async fn plugin_registry(config: &Config) -> Result<PluginRegistry, ServerError>
     Ok(PluginRegistry::new(host))
 }
 
-/// The data store's limits, from the configuration.
-fn data_limits(config: &Config) -> DataLimits {
-    DataLimits {
-        max_buckets: config.max_buckets,
-        max_key_bytes: config.max_key_bytes,
-        max_value_bytes: config.max_value_bytes,
-        max_data_bytes: config.max_data_mib << 20,
-        max_batch_keys: config.max_batch_keys,
-    }
-}
-
-/// Applies a batch the new engine forwarded to this draining one, in memory, and announces it to
-/// the shards. A batch that breaks a name or value rule is dropped whole.
-fn follow_batch(view: &DataView, limits: &DataLimits, changes: &[Change], announce: &impl Fn(Arc<ChangeSet>)) {
-    match changes.iter().map(|change| limits.check(change)).collect::<Result<Vec<_>, _>>() {
-        Ok(changes) => {
-            if let Some(changed) = view.follow(&changes) {
-                announce(changed);
-            }
-        }
-        Err(err) => tracing::warn!(cause = %err, "a batch forwarded by the new engine was refused"),
-    }
-}
-
-/// What the data writer does with each published change: count it, and tell every shard (which
-/// waits while a shard's channel is full: a change is never dropped).
-fn announce_to(shards: &Shards, metrics: Arc<Metrics>, view: DataView) -> impl Fn(Arc<ChangeSet>) + Send + 'static {
-    let senders = shards.senders();
-    let measure = move |metrics: &Metrics| {
-        let snapshot = view.snapshot();
-        metrics.data_keys.set(snapshot.key_count() as i64);
-        metrics.data_bytes.set(snapshot.bytes() as i64);
-    };
-    measure(&metrics);
-    move |changes| {
-        metrics.data_updates.inc_by(changes.keys.len() as u64);
-        measure(&metrics);
-        for shard in &senders {
-            let _ = shard.send(ShardCommand::Data(changes.clone()));
-        }
-    }
-}
-
 /// The limits every plugin instance runs under, from the configuration.
 pub fn sandbox_limits(config: &Config) -> SandboxLimits {
     SandboxLimits {
@@ -556,28 +389,5 @@ pub fn sandbox_limits(config: &Config) -> SandboxLimits {
         per_call_budget: Duration::from_micros(config.plugin_call_budget_us),
         max_instances: config.plugin_max_instances,
         max_table_elements: config.plugin_max_table_elements,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-
-    use super::*;
-
-    #[test]
-    fn a_forwarded_batch_is_checked_as_a_published_one_and_refused_whole() {
-        let (view, limits) = (DataView::default(), data_limits(&Config::default()));
-        let announced = Mutex::new(Vec::new());
-        let announce = |set: Arc<ChangeSet>| announced.lock().unwrap().push(set.changes());
-        let good = Change::new("prices", "AAPL", Some("{ \"price\" : 1 }"));
-        for bad in [Change::new("bad/name", "k", Some("1")), Change::new("prices", "MSFT", Some("{oops"))] {
-            follow_batch(&view, &limits, &[good.clone(), bad], &announce);
-        }
-        assert_eq!(view.snapshot().key_count(), 0, "nothing of a refused batch is applied");
-        assert!(announced.lock().unwrap().is_empty());
-        follow_batch(&view, &limits, &[good], &announce);
-        assert_eq!(view.snapshot().get("prices", "AAPL").map(|entry| &*entry.json), Some(r#"{"price":1}"#));
-        assert_eq!(*announced.lock().unwrap(), [vec![Change::new("prices", "AAPL", Some(r#"{"price":1}"#))]]);
     }
 }

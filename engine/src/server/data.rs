@@ -1,0 +1,95 @@
+//! The server's side of the data: opening the store, its limits from the configuration, and
+//! handing each change set to the shards — published here, or forwarded by a restart's new
+//! engine to this one while it drains.
+
+use std::sync::Arc;
+
+use super::ServerError;
+use crate::config::Config;
+use crate::data::{Change, ChangeSet, DataLimits, DataView, DurableStore, Snapshot};
+use crate::metrics::Metrics;
+use crate::shard::{ShardCommand, Shards};
+
+/// Opens the data store in `data_dir` and reads it into memory.
+pub(super) async fn open_data(config: &Config) -> Result<(DurableStore, Snapshot), ServerError> {
+    let dir = config.data_dir.clone();
+    tokio::task::spawn_blocking(move || DurableStore::open(&dir))
+        .await
+        .expect("opening the data store does not panic")
+        .map_err(|source| ServerError::Data { path: config.data_dir.clone(), source })
+}
+
+/// The data store's limits, from the configuration.
+pub(super) fn data_limits(config: &Config) -> DataLimits {
+    DataLimits {
+        max_buckets: config.max_buckets,
+        max_key_bytes: config.max_key_bytes,
+        max_value_bytes: config.max_value_bytes,
+        max_data_bytes: config.max_data_mib << 20,
+        max_batch_keys: config.max_batch_keys,
+    }
+}
+
+/// Applies a batch the new engine forwarded to this draining one, in memory, and announces it to
+/// the shards. A batch that breaks a name or value rule is dropped whole.
+pub(super) fn follow_batch(
+    view: &DataView,
+    limits: &DataLimits,
+    changes: &[Change],
+    announce: &impl Fn(Arc<ChangeSet>),
+) {
+    match changes.iter().map(|change| limits.check(change)).collect::<Result<Vec<_>, _>>() {
+        Ok(changes) => {
+            if let Some(changed) = view.follow(&changes) {
+                announce(changed);
+            }
+        }
+        Err(err) => tracing::warn!(cause = %err, "a batch forwarded by the new engine was refused"),
+    }
+}
+
+/// What the data writer does with each published change: count it, and tell every shard (which
+/// waits while a shard's channel is full: a change is never dropped).
+pub(super) fn announce_to(
+    shards: &Shards,
+    metrics: Arc<Metrics>,
+    view: DataView,
+) -> impl Fn(Arc<ChangeSet>) + Send + 'static {
+    let senders = shards.senders();
+    let measure = move |metrics: &Metrics| {
+        let snapshot = view.snapshot();
+        metrics.data_keys.set(snapshot.key_count() as i64);
+        metrics.data_bytes.set(snapshot.bytes() as i64);
+    };
+    measure(&metrics);
+    move |changes| {
+        metrics.data_updates.inc_by(changes.keys.len() as u64);
+        measure(&metrics);
+        for shard in &senders {
+            let _ = shard.send(ShardCommand::Data(changes.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[test]
+    fn a_forwarded_batch_is_checked_as_a_published_one_and_refused_whole() {
+        let (view, limits) = (DataView::default(), data_limits(&Config::default()));
+        let announced = Mutex::new(Vec::new());
+        let announce = |set: Arc<ChangeSet>| announced.lock().unwrap().push(set.changes());
+        let good = Change::new("prices", "AAPL", Some("{ \"price\" : 1 }"));
+        for bad in [Change::new("bad/name", "k", Some("1")), Change::new("prices", "MSFT", Some("{oops"))] {
+            follow_batch(&view, &limits, &[good.clone(), bad], &announce);
+        }
+        assert_eq!(view.snapshot().key_count(), 0, "nothing of a refused batch is applied");
+        assert!(announced.lock().unwrap().is_empty());
+        follow_batch(&view, &limits, &[good], &announce);
+        assert_eq!(view.snapshot().get("prices", "AAPL").map(|entry| &*entry.json), Some(r#"{"price":1}"#));
+        assert_eq!(*announced.lock().unwrap(), [vec![Change::new("prices", "AAPL", Some(r#"{"price":1}"#))]]);
+    }
+}
