@@ -5,22 +5,12 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use wasmpush_tests::{Client, Frame, TestEngine, artifacts};
 
-use crate::util::{SOON, TICK, encode, seq_of};
+use crate::util::{SOON, TICK, encode, number_of, seq_of};
 
 /// The `version` of a `versioned` frame.
 fn version_of(frame: &str) -> String {
-    field(frame, "version").as_str().unwrap_or_else(|| panic!("no version in {frame}")).to_owned()
-}
-
-/// Field `name` of a `versioned` frame.
-fn field(frame: &str, name: &str) -> serde_json::Value {
-    let mut value: serde_json::Value = serde_json::from_str(frame).unwrap_or_else(|e| panic!("{e}: {frame}"));
-    value[name].take()
-}
-
-/// The engine's time of the batch that made a `versioned` frame, in ms.
-fn batch_time_of(frame: &str) -> u64 {
-    field(frame, "at").as_u64().unwrap_or_else(|| panic!("no batch time in {frame}"))
+    let value: serde_json::Value = serde_json::from_str(frame).unwrap_or_else(|e| panic!("{e}: {frame}"));
+    value["version"].as_str().unwrap_or_else(|| panic!("no version in {frame}")).to_owned()
 }
 
 /// An engine serving `versioned` v1 (and `quote`).
@@ -86,7 +76,7 @@ async fn a_hot_swap_under_load_drops_misses_and_doubles_nothing() {
         // No tick missed by the engine (its batch times), and every frame delivered: the test's
         // clients share two cores with the engine and three other tests, so a client may read
         // a frame late, but not by more than another tick.
-        let at: Vec<u64> = frames.iter().map(|(_, f)| batch_time_of(f)).collect();
+        let at: Vec<u64> = frames.iter().map(|(_, f)| number_of(f, "at")).collect();
         let worst_tick = at.windows(2).map(|w| w[1].saturating_sub(w[0])).max().unwrap();
         assert!(
             Duration::from_millis(worst_tick) <= TICK * 3 / 2,

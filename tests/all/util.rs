@@ -38,8 +38,13 @@ pub fn error_parts(frame: &str) -> (u64, String) {
 
 /// The `seq` of a data frame.
 pub fn seq_of(frame: &str) -> u64 {
+    number_of(frame, "seq")
+}
+
+/// The whole-number field `name` of a data frame.
+pub fn number_of(frame: &str, name: &str) -> u64 {
     let value: serde_json::Value = serde_json::from_str(frame).unwrap_or_else(|e| panic!("{e}: {frame}"));
-    value["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {frame}"))
+    value[name].as_u64().unwrap_or_else(|| panic!("no {name} in {frame}"))
 }
 
 /// The real `wasmpush` binary, built by this crate.
