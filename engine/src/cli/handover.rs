@@ -113,7 +113,9 @@ fn answer(stream: UnixStream, listeners: &[OwnedFd; 3], release: &mpsc::Sender<H
     stopped.blocking_recv().context("the engine stopped before it let go")?;
     writeln!(&stream, "{RELEASED}")?;
     // An engine of version 1 never says it serves: it does once this one let go.
-    if let Err(err) = if version >= 2 { expect_line(&mut reader, SERVING) } else { Ok(()) } {
+    if version >= 2
+        && let Err(err) = expect_line(&mut reader, SERVING)
+    {
         let reason = format!("the new engine failed before it served ({err:#})");
         let _ = successor.send(Successor::Failed(reason.clone()));
         bail!(reason);

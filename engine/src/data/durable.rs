@@ -1,7 +1,8 @@
 //! [`DurableStore`]: the buckets on disk, in one redb file (`DATA_DIR/buckets.redb`). A batch of
 //! changes is one write transaction committed with redb's default, immediate durability (fsync),
 //! so a change the publish API acknowledged survives `kill -9`. Only the writer thread writes;
-//! the file is read once, at start, into the first [`Snapshot`].
+//! the file is read once, at start, into the first [`Snapshot`] (not again when a failed
+//! restart has the engine open it anew: it already holds the same data in memory).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -45,14 +46,18 @@ fn storage(err: impl std::fmt::Display) -> DataError {
 }
 
 impl DurableStore {
-    /// Opens (or creates) the store in `dir` and reads every key into a snapshot; revisions are
-    /// numbered from 1 in the order keys are read.
-    pub fn open(dir: &Path) -> Result<(DurableStore, Snapshot), DataError> {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<DurableStore, DataError> {
         std::fs::create_dir_all(dir).map_err(|err| storage(format!("cannot create {}: {err}", dir.display())))?;
         let path = dir.join(FILE_NAME);
         let db = Database::create(&path).map_err(|err| storage(format!("cannot open {}: {err}", path.display())))?;
+        Ok(DurableStore { db })
+    }
+
+    /// Reads every key into a snapshot; revisions are numbered from 1 in the order keys are read.
+    pub fn load(&self) -> Result<Snapshot, DataError> {
         let mut snapshot = Snapshot::default();
-        let read = db.begin_read().map_err(storage)?;
+        let read = self.db.begin_read().map_err(storage)?;
         match read.open_table(ENTRIES) {
             Ok(table) => {
                 for row in table.iter().map_err(storage)? {
@@ -65,7 +70,7 @@ impl DurableStore {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(err) => return Err(storage(err)),
         }
-        Ok((DurableStore { db }, snapshot))
+        Ok(snapshot)
     }
 
     /// Writes `changes` in one transaction and returns once it is on disk.
@@ -102,12 +107,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wasmpush-durable-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         {
-            let (store, snapshot) = DurableStore::open(&dir).unwrap();
-            assert_eq!(snapshot.key_count(), 0);
+            let store = DurableStore::open(&dir).unwrap();
+            assert_eq!(store.load().unwrap().key_count(), 0);
             store.write(&[Change::new("prices", "AAPL", Some("1")), Change::new("prices", "MSFT", Some("2"))]).unwrap();
             store.write(&[Change::new("prices", "MSFT", None), Change::new("accounts", "a1", Some("{}"))]).unwrap();
         }
-        let (_, snapshot) = DurableStore::open(&dir).unwrap();
+        let snapshot = DurableStore::open(&dir).unwrap().load().unwrap();
         assert_eq!(snapshot.get("prices", "AAPL").map(|e| &*e.json), Some("1"));
         assert_eq!(snapshot.get("prices", "MSFT"), None);
         assert_eq!(snapshot.get("accounts", "a1").map(|e| &*e.json), Some("{}"));

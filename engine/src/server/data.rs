@@ -2,18 +2,38 @@
 //! handing each change set to the shards — published here, or forwarded by a restart's new
 //! engine to this one while it drains.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use super::ServerError;
 use crate::config::Config;
-use crate::data::{Change, ChangeSet, DataLimits, DataView, DurableStore, Snapshot};
+use crate::data::{Change, ChangeSet, DataError, DataLimits, DataView, DurableStore, Snapshot};
 use crate::metrics::Metrics;
 use crate::shard::{ShardCommand, Shards};
 
 /// Opens the data store in `data_dir` and reads it into memory.
 pub(super) async fn open_data(config: &Config) -> Result<(DurableStore, Snapshot), ServerError> {
+    in_data_dir(config, |dir| {
+        let store = DurableStore::open(dir)?;
+        let snapshot = store.load()?;
+        Ok((store, snapshot))
+    })
+    .await
+}
+
+/// Opens the data store in `data_dir` again, without reading it: the engine holds its data in
+/// memory already (a failed restart's new engine published nothing).
+pub(super) async fn reopen_data(config: &Config) -> Result<DurableStore, ServerError> {
+    in_data_dir(config, DurableStore::open).await
+}
+
+/// Runs `work` on `data_dir` on a blocking thread; its error names the directory.
+async fn in_data_dir<T: Send + 'static>(
+    config: &Config,
+    work: impl FnOnce(&Path) -> Result<T, DataError> + Send + 'static,
+) -> Result<T, ServerError> {
     let dir = config.data_dir.clone();
-    tokio::task::spawn_blocking(move || DurableStore::open(&dir))
+    tokio::task::spawn_blocking(move || work(&dir))
         .await
         .expect("opening the data store does not panic")
         .map_err(|source| ServerError::Data { path: config.data_dir.clone(), source })

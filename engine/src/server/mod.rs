@@ -41,7 +41,7 @@ use crate::services::Services;
 use crate::shard::{ShardSettings, Shards};
 use crate::watcher::{CHANGE_CAPACITY, PluginWatcher};
 use accepting::{Accepting, Stopped};
-use data::{announce_to, data_limits, follow_batch, open_data};
+use data::{announce_to, data_limits, follow_batch, open_data, reopen_data};
 pub use lifecycle::{Forward, HandOver, Lifecycle, Released, Successor, TakeOver};
 
 /// Why the server could not start.
@@ -274,8 +274,8 @@ pub async fn run_with(
             Err(_) => tracing::warn!("the restart's new engine failed before it served; serving on"),
         }
         // The new engine never served, so it published nothing: the store holds what `view` does.
-        let durable = match open_data(&shared.config).await {
-            Ok((durable, _)) => durable,
+        let durable = match reopen_data(&shared.config).await {
+            Ok(durable) => durable,
             Err(err) => {
                 tracing::error!(cause = %err, "cannot serve on without the data store: stopping");
                 failure = Some(err);
