@@ -6,6 +6,11 @@
 wasmtime::component::bindgen!({
     path: "../guest-sdk/wit",
     world: "push-plugin",
+    // A data read over the host's bounds traps the call (see `data`).
+    imports: {
+        "wasmpush:plugin/data.get": trappable,
+        "wasmpush:plugin/data.get-many": trappable,
+    },
 });
 
 /// The WIT package (and version) of the contract plugins must implement.

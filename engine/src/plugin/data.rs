@@ -7,15 +7,35 @@
 //! keep a value and use it again without a host call until the engine lists the key's id as stale,
 //! and it reports the ids each call used in the call's outcome: a value that did not change costs
 //! no crossing, and the engine still learns what every call read.
+//!
+//! What the host allocates on a plugin's behalf is bounded and counted against that instance, so
+//! no guest can make the engine allocate what its own memory cap would not hold: the value bytes
+//! one batch's reads copy out ([`DataAccess::batch_budget`], the instance's memory cap), the keys
+//! one `get-many` lists ([`MAX_KEYS_PER_READ`]), the length of a bucket name and a key, and the
+//! bytes of the names an instance's key table holds ([`KeyTable`], a quarter of its memory cap).
+//! A read over a bound traps its call ([`HostMemoryRefused`]): the instance and its key table go,
+//! the batch is replayed call by call, and only the culprit is faulted — never the host's
+//! memory, a stalled shard, or a neighbour left with a full key table.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::bindings::wasmpush::plugin::data::Value;
+use super::fault::HostMemoryRefused;
 
 /// Keys one instance may know; past them a read of a new key is an error for its call (a new
 /// instance starts with none).
 pub const MAX_KEYS_PER_INSTANCE: usize = 1 << 20;
+
+/// Keys one `get-many` may list.
+pub const MAX_KEYS_PER_READ: usize = 10_000;
+
+/// Bytes of a bucket name or a key a plugin may ask for: no stored name is longer (the data
+/// store's own limits are at most this).
+const MAX_NAME_BYTES: usize = 1024;
+
+/// What the key table counts for one key besides its names: its map entry and its slot.
+const KEY_OVERHEAD_BYTES: usize = 64;
 
 /// Where a batch's reads are served from.
 pub trait DataSource: Send + Sync {
@@ -80,24 +100,45 @@ impl BatchData {
     }
 }
 
-/// The keys an instance has read, by id.
-#[derive(Debug, Default)]
+/// The keys an instance has read, by id, and the host memory they hold.
+#[derive(Debug)]
 pub(super) struct KeyTable {
     /// Id by key.
     ids: HashMap<ReadKey, u32>,
     /// Key by id (ids are indexes).
     names: Vec<ReadKey>,
+    /// Host bytes the table holds: each key's overhead, and the names it had to copy (a key the
+    /// store does not hold has no shared name).
+    bytes: usize,
+    /// Bytes it may hold.
+    budget: usize,
 }
 
 impl KeyTable {
-    /// The id of `key`, given one now if it has none.
-    fn intern(&mut self, key: ReadKey) -> Result<u32, String> {
+    /// An empty table that may hold `budget` bytes.
+    fn new(budget: usize) -> Self {
+        KeyTable { ids: HashMap::new(), names: Vec::new(), bytes: 0, budget }
+    }
+
+    /// The id of `key`, given one now if it has none; `copied` is the bytes of its names that
+    /// were copied for it (not shared with the store).
+    fn intern(&mut self, key: ReadKey, copied: usize) -> Result<u32, HostMemoryRefused> {
         if let Some(id) = self.ids.get(&key) {
             return Ok(*id);
         }
         if self.names.len() >= MAX_KEYS_PER_INSTANCE {
-            return Err(format!("this plugin instance has read more than {MAX_KEYS_PER_INSTANCE} distinct keys"));
+            return Err(HostMemoryRefused(format!(
+                "the instance read more than {MAX_KEYS_PER_INSTANCE} distinct keys"
+            )));
         }
+        let cost = KEY_OVERHEAD_BYTES + copied;
+        if self.bytes + cost > self.budget {
+            return Err(HostMemoryRefused(format!(
+                "the instance read more distinct keys than {} bytes of key names hold",
+                self.budget
+            )));
+        }
+        self.bytes += cost;
         let id = self.names.len() as u32;
         self.names.push(key.clone());
         self.ids.insert(key, id);
@@ -118,29 +159,85 @@ impl KeyTable {
 /// An instance's access to data: the batch in progress and the keys it knows.
 pub(super) struct DataAccess {
     /// What the batch in progress may read.
-    pub(super) batch: BatchData,
+    batch: BatchData,
     /// The keys the instance has read.
     pub(super) keys: KeyTable,
+    /// Value bytes the reads of one batch may copy out.
+    batch_budget: usize,
+    /// Value bytes the batch in progress has copied out.
+    copied: usize,
 }
 
 impl DataAccess {
-    /// Access with no data and no keys yet.
-    pub(super) fn new() -> Self {
-        DataAccess { batch: BatchData::none(), keys: KeyTable::default() }
+    /// Access with no data and no keys yet, for an instance capped at `memory_bytes`: a batch
+    /// may copy out that many value bytes, its key table hold a quarter of it.
+    pub(super) fn new(memory_bytes: usize) -> Self {
+        DataAccess {
+            batch: BatchData::none(),
+            keys: KeyTable::new(memory_bytes / 4),
+            batch_budget: memory_bytes,
+            copied: 0,
+        }
     }
 
-    /// Reads `key` of `bucket`, if the bucket is granted.
-    pub(super) fn read(&mut self, bucket: &str, key: &str) -> Result<Value, String> {
+    /// Starts a batch reading `batch` (or, with [`BatchData::none`], ends one).
+    pub(super) fn set_batch(&mut self, batch: BatchData) {
+        self.batch = batch;
+        self.copied = 0;
+    }
+
+    /// Reads `key` of `bucket`: its value, or the guest's error (the bucket is not granted); or
+    /// a refusal that traps the call, when the names or the batch's budget do not allow it.
+    pub(super) fn read(&mut self, bucket: &str, key: &str) -> Result<Result<Value, String>, HostMemoryRefused> {
         if !self.batch.grants.iter().any(|granted| **granted == *bucket) {
-            return Err(format!("bucket `{bucket}` is not granted to this plugin (config: [plugins.NAME] read)"));
+            return Ok(Err(format!("bucket `{bucket}` is not granted to this plugin (config: [plugins.NAME] read)")));
+        }
+        if key.len() > MAX_NAME_BYTES {
+            return Err(HostMemoryRefused(format!(
+                "a key of {} bytes is longer than any can be ({MAX_NAME_BYTES})",
+                key.len()
+            )));
         }
         let found = self.batch.source.read(bucket, key);
+        let size = found.json.map_or(0, |json| json.len());
+        if self.copied + size > self.batch_budget {
+            return Err(HostMemoryRefused(format!(
+                "a batch read more than {} bytes of data, the plugin's memory cap",
+                self.batch_budget
+            )));
+        }
+        let copied = match (found.bucket, found.key) {
+            (Some(_), Some(_)) => 0,
+            (Some(_), None) => key.len(),
+            _ => bucket.len() + key.len(),
+        };
         let name = ReadKey {
             bucket: found.bucket.cloned().unwrap_or_else(|| Arc::from(bucket)),
             key: found.key.cloned().unwrap_or_else(|| Arc::from(key)),
         };
-        let key_id = self.keys.intern(name)?;
-        Ok(Value { key_id, json: found.json.map(|json| json.to_string()) })
+        let key_id = self.keys.intern(name, copied)?;
+        self.copied += size;
+        Ok(Ok(Value { key_id, json: found.json.map(|json| json.to_string()) }))
+    }
+
+    /// Reads each of `keys` of `bucket`: one answer per key, in order, or the first error. A list
+    /// over [`MAX_KEYS_PER_READ`] is refused before anything is read.
+    pub(super) fn read_many(
+        &mut self,
+        bucket: &str,
+        keys: &[String],
+    ) -> Result<Result<Vec<Value>, String>, HostMemoryRefused> {
+        if keys.len() > MAX_KEYS_PER_READ {
+            return Err(HostMemoryRefused(format!("a get-many of {} keys, more than {MAX_KEYS_PER_READ}", keys.len())));
+        }
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            match self.read(bucket, key)? {
+                Ok(value) => values.push(value),
+                Err(err) => return Ok(Err(err)),
+            }
+        }
+        Ok(Ok(values))
     }
 }
 
@@ -158,19 +255,42 @@ mod tests {
         }
     }
 
-    fn access() -> DataAccess {
+    fn access_capped(memory_bytes: usize) -> DataAccess {
         let source = OneKey(Arc::from("prices"), Arc::from("AAPL"), Arc::from(r#"{"price":1}"#));
         let grants: Arc<[Arc<str>]> = Arc::from([Arc::from("prices")]);
-        DataAccess { batch: BatchData { source: Arc::new(source), grants }, keys: KeyTable::default() }
+        let mut access = DataAccess::new(memory_bytes);
+        access.set_batch(BatchData { source: Arc::new(source), grants });
+        access
+    }
+
+    fn access() -> DataAccess {
+        access_capped(1 << 20)
+    }
+
+    #[test]
+    fn what_a_plugin_makes_the_host_copy_or_keep_is_bounded_by_its_memory_cap() {
+        let mut access = access_capped(1024);
+        let repeated = vec!["AAPL".to_owned(); 200];
+        let err = access.read_many("prices", &repeated).unwrap_err().0;
+        assert!(err.contains("more than 1024 bytes of data"), "one key listed many times is copied many times: {err}");
+        access.set_batch(access.batch.clone());
+        assert!(access.read("prices", "AAPL").unwrap().is_ok(), "the budget is per batch");
+        let err = access.read_many("prices", &vec![String::new(); MAX_KEYS_PER_READ + 1]).unwrap_err().0;
+        assert!(err.contains("more than 10000"), "{err}");
+        assert!(access.read("prices", &"k".repeat(MAX_NAME_BYTES + 1)).unwrap_err().0.contains("longer than any"));
+        let names_held =
+            (0..100).map(|i| access.read("prices", &format!("missing-{i:0>100}"))).position(|r| r.is_err());
+        assert_eq!(names_held, Some(1), "a quarter of 1 KiB holds one copied name of this length and no second");
+        assert!(access.keys.bytes <= 256);
     }
 
     #[test]
     fn each_key_gets_one_id_for_the_instance_and_missing_keys_get_one_too() {
         let mut access = access();
-        let first = access.read("prices", "AAPL").unwrap();
+        let first = access.read("prices", "AAPL").unwrap().unwrap();
         assert_eq!((first.key_id, first.json.as_deref()), (0, Some(r#"{"price":1}"#)));
-        assert_eq!(access.read("prices", "AAPL").unwrap().key_id, 0);
-        let missing = access.read("prices", "MSFT").unwrap();
+        assert_eq!(access.read("prices", "AAPL").unwrap().unwrap().key_id, 0);
+        let missing = access.read("prices", "MSFT").unwrap().unwrap();
         assert_eq!((missing.key_id, missing.json), (1, None));
         let aapl = ReadKey { bucket: Arc::from("prices"), key: Arc::from("AAPL") };
         assert_eq!(access.keys.id(&aapl), Some(0));
@@ -181,7 +301,7 @@ mod tests {
     #[test]
     fn a_bucket_not_granted_is_an_error_and_gets_no_id() {
         let mut access = access();
-        assert!(access.read("accounts", "a1").unwrap_err().contains("not granted"));
+        assert!(access.read("accounts", "a1").unwrap().unwrap_err().contains("not granted"), "the guest's error");
         assert!(access.keys.name(0).is_none());
     }
 }

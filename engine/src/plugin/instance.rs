@@ -62,14 +62,14 @@ impl PluginInstance {
     ) -> Result<Outcomes, PluginFault> {
         let limits = self.version.limits;
         let budget = limits.call_timeout + limits.per_call_budget * calls.len() as u32;
-        self.store.data_mut().data.batch = data.clone();
+        self.store.data_mut().data.set_batch(data.clone());
         self.store.data_mut().deadline = Some(CallDeadline::starting_now(budget));
         self.store.set_epoch_deadline(deadline::ticks(budget));
         let calling = self.version.epoch_clock.calling();
         let result = self.bindings.call_run(&mut self.store, now_ms, calls, closed, stale);
         drop(calling);
         let state = self.store.data_mut();
-        state.data.batch = BatchData::none();
+        state.data.set_batch(BatchData::none());
         // A refusal the guest recovered from (an allocation it retried smaller) is no fault.
         let memory_denied = state.limiter.take_denied();
         let raw = result.map_err(|err| classify(&err, memory_denied))?;

@@ -9,6 +9,11 @@
 use super::bindings::wasmpush::plugin::types::{self, Outcome as Kind};
 use super::fault::PluginFault;
 
+/// Data keys one call may report as used. The engine holds a connection's last reads for its
+/// life (to re-run it when one changes), so this bounds what each connection may hold; a call
+/// over it is a contract fault, which lands on that call alone once the batch is replayed.
+pub const MAX_READS_PER_CALL: usize = 4096;
+
 /// What one call produced, borrowed from its batch's [`Outcomes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome<'a> {
@@ -58,6 +63,16 @@ impl Outcomes {
         }
         check_ends(&ends, text.len(), "text")?;
         check_ends(&read_ends, reads.len(), "reads")?;
+        let mut start = 0;
+        for end in &read_ends {
+            let used = *end as usize - start;
+            if used > MAX_READS_PER_CALL {
+                return Err(PluginFault::Contract(format!(
+                    "a call reported {used} data keys used, more than {MAX_READS_PER_CALL}"
+                )));
+            }
+            start = *end as usize;
+        }
         let text = String::from_utf8(text).map_or_else(|err| Text::Bytes(err.into_bytes()), Text::Utf8);
         Ok(Outcomes { kinds, ends, text, reads, read_ends })
     }
@@ -165,6 +180,11 @@ mod tests {
         assert_eq!((outcomes.reads(0), outcomes.reads(1), outcomes.reads(2)), (&[4, 9][..], &[][..], &[9][..]));
         let mut past = raw(&[Kind::Skip], &[0], b"");
         (past.reads, past.read_ends) = (vec![1], vec![2]);
+        let mut too_many = raw(&[Kind::Skip], &[0], b"");
+        (too_many.reads, too_many.read_ends) = (vec![0; MAX_READS_PER_CALL + 1], vec![MAX_READS_PER_CALL as u32 + 1]);
+        assert!(
+            matches!(Outcomes::check(too_many, 1), Err(PluginFault::Contract(msg)) if msg.contains("more than 4096"))
+        );
         assert!(matches!(Outcomes::check(past, 1), Err(PluginFault::Contract(msg)) if msg.starts_with("reads end 2")));
     }
 

@@ -64,7 +64,7 @@ pub(super) fn new_store(
         limiter: InstanceLimiter::new(limits),
         log_budget,
         deadline: None,
-        data: DataAccess::new(),
+        data: DataAccess::new(limits.memory_bytes),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
@@ -156,18 +156,20 @@ impl host::Host for HostState {
 impl types::Host for HostState {}
 
 impl data::Host for HostState {
-    fn get(&mut self, bucket: String, key: String) -> Result<Value, String> {
-        self.data.read(&bucket, &key)
+    fn get(&mut self, bucket: String, key: String) -> wasmtime::Result<Result<Value, String>> {
+        Ok(self.data.read(&bucket, &key)?)
     }
 
-    fn get_many(&mut self, bucket: String, keys: Vec<String>) -> Result<Vec<Value>, String> {
-        keys.iter().map(|key| self.data.read(&bucket, key)).collect()
+    fn get_many(&mut self, bucket: String, keys: Vec<String>) -> wasmtime::Result<Result<Vec<Value>, String>> {
+        Ok(self.data.read_many(&bucket, &keys)?)
     }
 }
 
-/// Writes one guest log line to the engine's log, under target `plugin`.
+/// Writes one guest log line to the engine's log, under target `plugin`: cut to size, and its
+/// control characters escaped, so a plugin can neither forge lines (a line break) nor drive the
+/// operator's terminal (ANSI codes).
 fn log_line(plugin: &str, level: Level, message: &str) {
-    let message = truncate(message, MAX_LOG_LINE);
+    let message = printable(truncate(message, MAX_LOG_LINE));
     match level {
         Level::Trace => tracing::trace!(target: "plugin", plugin, "{message}"),
         Level::Debug => tracing::debug!(target: "plugin", plugin, "{message}"),
@@ -175,6 +177,15 @@ fn log_line(plugin: &str, level: Level, message: &str) {
         Level::Warn => tracing::warn!(target: "plugin", plugin, "{message}"),
         Level::Error => tracing::error!(target: "plugin", plugin, "{message}"),
     }
+}
+
+/// `text` with every control character written as its escape (`\n`, `\u{1b}`).
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let escape = |c: char| if c.is_control() { c.escape_default().to_string() } else { c.to_string() };
+    std::borrow::Cow::Owned(text.chars().map(escape).collect())
 }
 
 /// `text` cut to at most `max` bytes, on a character boundary.
@@ -250,6 +261,13 @@ mod tests {
         assert_eq!(budget.take_at(1), (true, Some(2)), "a new second: the drops of the last are reported once");
         assert_eq!(budget.take_at(1), (true, None));
         assert_eq!(budget.take_at(5), (true, None), "nothing was dropped in second 1");
+    }
+
+    #[test]
+    fn a_plugin_cannot_forge_log_lines_or_send_terminal_codes() {
+        assert_eq!(printable("fine: \"quoted\" é"), "fine: \"quoted\" é");
+        let forged = "done\n2026-01-01T00:00:00Z  INFO wasmpush: admin login ok\x1b[2J\r";
+        assert_eq!(printable(forged), "done\\n2026-01-01T00:00:00Z  INFO wasmpush: admin login ok\\u{1b}[2J\\r");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! [`ReadIndex`]: which connections of a plugin slot read which data key in their last call, so a
-//! published change re-runs exactly those connections; and the glue that lets plugins read a data
-//! [`Snapshot`] through the plugin host's [`DataSource`].
+//! published change re-runs exactly those connections; [`StaleIds`], the changed keys an instance
+//! is told of at its next batch, bounded however long that batch waits; and the glue that lets
+//! plugins read a data [`Snapshot`] through the plugin host's [`DataSource`].
 
 use std::collections::{HashMap, HashSet};
 
@@ -11,6 +12,42 @@ impl DataSource for Snapshot {
     fn read(&self, bucket: &str, key: &str) -> DataRead<'_> {
         let found = self.lookup(bucket, key);
         DataRead { bucket: found.bucket, key: found.key, json: found.entry.map(|entry| &entry.json) }
+    }
+}
+
+/// Ids (in one instance) of the keys whose value changed since its last batch. However many
+/// changes come before that batch (a quiet shard with no ticks may wait long), the list stays
+/// bounded: repeated ids are folded once it reaches [`StaleIds::CAPACITY`], and if that does not
+/// halve it the list overflows — the instance must then be dropped, which tells its successor
+/// that everything changed.
+#[derive(Debug, Default)]
+pub(super) struct StaleIds(Vec<u32>);
+
+impl StaleIds {
+    /// Ids held at most.
+    pub(super) const CAPACITY: usize = 1 << 16;
+
+    /// Notes that the key of `id` changed; `false` when the list overflowed.
+    pub(super) fn push(&mut self, id: u32) -> bool {
+        self.0.push(id);
+        if self.0.len() < Self::CAPACITY {
+            return true;
+        }
+        self.0.sort_unstable();
+        self.0.dedup();
+        self.0.len() <= Self::CAPACITY / 2
+    }
+
+    /// The ids, each once, in order.
+    pub(super) fn ids(&mut self) -> &[u32] {
+        self.0.sort_unstable();
+        self.0.dedup();
+        &self.0
+    }
+
+    /// Forgets them all (the instance was told, or is gone).
+    pub(super) fn clear(&mut self) {
+        self.0.clear();
     }
 }
 
@@ -80,6 +117,18 @@ mod tests {
         index.forget(2, &[aapl]);
         assert!(readers(&index, "prices", "AAPL").is_empty());
         assert_eq!(index.readers.len(), 1, "a key nobody reads is dropped");
+    }
+
+    #[test]
+    fn stale_ids_stay_bounded_however_many_changes_wait_for_a_batch() {
+        let mut stale = StaleIds::default();
+        // One price changing millions of times before the next batch: folded, never grown.
+        assert!((0..3_200_000).all(|_| stale.push(7) && stale.push(9)));
+        assert!(stale.0.capacity() <= StaleIds::CAPACITY * 2);
+        assert_eq!(stale.ids(), [7, 9]);
+        // As many distinct keys as it holds: it overflows, and the instance must go.
+        let mut distinct = StaleIds::default();
+        assert_eq!((0..StaleIds::CAPACITY as u32).position(|id| !distinct.push(id)), Some(StaleIds::CAPACITY - 1));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::conn::{AfterFault, Conn, Park, ReadIds, Session, frame_hash};
-use super::reads::ReadIndex;
+use super::reads::{ReadIndex, StaleIds};
 use super::throttle::Throttle;
 use crate::auth::Identity;
 use crate::data::{ChangeSet, DataView, Snapshot};
@@ -75,7 +75,7 @@ pub(super) struct PluginSlot {
     /// instance is told of every change between two of its batches (`stale`).
     snapshot: Arc<Snapshot>,
     /// Ids (in the instance) of the keys whose value changed since the instance's last batch.
-    stale: Vec<u32>,
+    stale: StaleIds,
     /// Data-triggered calls waiting out the coalescing time: when each may run.
     deferred: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Visits of each phase so far, for a plugin that ticks every few of them.
@@ -105,7 +105,7 @@ impl PluginSlot {
             unavailable: false,
             reads: ReadIndex::default(),
             snapshot,
-            stale: Vec::new(),
+            stale: StaleIds::default(),
             deferred: BinaryHeap::new(),
             visits: vec![0; PHASES as usize],
             fault_log: Throttle::new(FAULT_LOG_INTERVAL),
@@ -189,8 +189,11 @@ impl PluginSlot {
         self.snapshot = changes.snapshot.clone();
         for (bucket, key) in &changes.keys {
             let changed = ReadKey { bucket: bucket.clone(), key: key.clone() };
-            if let Some(id) = self.instance.as_ref().and_then(|instance| instance.key_id(&changed)) {
-                self.stale.push(id);
+            if let Some(id) = self.instance.as_ref().and_then(|instance| instance.key_id(&changed))
+                && !self.stale.push(id)
+            {
+                // Too many changes before its next batch: a new instance knows no stale value.
+                self.drop_instance();
             }
             for conn_id in self.reads.readers(&changed) {
                 let Some(conn) = self.conns.get_mut(&conn_id) else { continue };
@@ -328,24 +331,25 @@ impl PluginSlot {
             conn.outbound.warm();
         }
         let instance = self.instance.as_mut().expect("built above");
-        self.stale.sort_unstable();
-        self.stale.dedup();
-        match instance.run(now_ms, &calls, &self.closed, &self.stale, data) {
+        match instance.run(now_ms, &calls, &self.closed, self.stale.ids(), data) {
             Ok(outcomes) => {
                 self.closed.clear();
                 self.stale.clear();
                 for (index, (conn_id, _)) in due.iter().enumerate() {
                     let Some(conn) = self.conns.get_mut(conn_id) else { continue };
                     conn.session.seen_by(generation);
-                    let ids = outcomes.reads(index);
-                    if conn.read_ids.0 == generation && conn.read_ids.1.as_slice() == ids {
+                    let mut ids = ReadIds::from_slice(outcomes.reads(index));
+                    // A key used many times is held once, for the connection's life.
+                    ids.sort_unstable();
+                    ids.dedup();
+                    if conn.read_ids.0 == generation && conn.read_ids.1 == ids {
                         continue;
                     }
                     // Ids the instance never gave are the guest's mistake: they name nothing.
                     let read: Vec<ReadKey> = ids.iter().filter_map(|id| instance.key(*id).cloned()).collect();
                     self.reads.replace(*conn_id, &conn.reads, &read);
                     conn.reads = read;
-                    conn.read_ids = (generation, ReadIds::from_slice(ids));
+                    conn.read_ids = (generation, ids);
                 }
                 Ok(outcomes)
             }
@@ -449,7 +453,7 @@ impl PluginSlot {
         let calls = &self.settings.metrics.calls;
         match fault {
             PluginFault::Timeout => calls.timeout.inc(),
-            PluginFault::MemoryLimit => calls.memory_limit.inc(),
+            PluginFault::MemoryLimit | PluginFault::HostMemory(_) => calls.memory_limit.inc(),
             PluginFault::Trap(_) => calls.trap.inc(),
             PluginFault::Contract(_) => calls.contract.inc(),
             PluginFault::Host(_) => calls.host_error.inc(),

@@ -2,6 +2,13 @@
 //! business code (`big` is a legal 32 KiB payload, for slow-consumer tests; `work` computes
 //! `rounds` hash rounds, a fixed amount of CPU, for deadline tests; `invalid-utf8` returns a frame
 //! that is not UTF-8). `{"do":"ok"}` (or no `do`) behaves and pushes `{"seq":N}`.
+//!
+//! Host-memory tricks, on bucket `blobs` (whose key `big` holds a large value): `get-many-repeat`
+//! lists `big` ten thousand times in one `get-many` (the host copies a value per listed key);
+//! `get-many-huge` lists a hundred thousand keys; `long-keys` reads a hundred thousand distinct missing
+//! keys of a kilobyte each (the host keeps each name for the instance's life); `wide-reads` reads
+//! five thousand distinct keys in one call (the host keeps what each call read for the
+//! connection's life).
 
 use wasmpush_sdk::{Context, Error, Payload, Raw};
 
@@ -66,6 +73,20 @@ fn text(ctx: &Context, params: &Params) -> Result<Option<Raw>, Error> {
             Ok(Some(Raw(format!("{{\"seq\":{},\"hash\":{hash}}}", ctx.seq))))
         }
         "huge" => Ok(Some(Raw("x".repeat(1 << 20)))),
+        "get-many-repeat" => raw_get_many(vec!["big".to_owned(); 10_000]),
+        "get-many-huge" => raw_get_many((0..100_000).map(|i| format!("k{i}")).collect()),
+        "long-keys" => {
+            for i in 0..100_000 {
+                ctx.get::<serde_json::Value>("blobs", &format!("{i:0>1000}"))?;
+            }
+            Ok(Some(Raw(format!("{{\"seq\":{}}}", ctx.seq))))
+        }
+        "wide-reads" => {
+            for i in 0..5_000 {
+                ctx.get::<serde_json::Value>("blobs", &format!("k{i}"))?;
+            }
+            Ok(Some(Raw(format!("{{\"seq\":{}}}", ctx.seq))))
+        }
         "big" => Ok(Some(Raw(format!("{{\"seq\":{},\"pad\":\"{}\"}}", ctx.seq, "x".repeat(32 * 1024))))),
         "log" => {
             for line in 0..10_000 {
@@ -75,6 +96,12 @@ fn text(ctx: &Context, params: &Params) -> Result<Option<Raw>, Error> {
         }
         _ => Ok(Some(Raw(format!("{{\"seq\":{}}}", ctx.seq)))),
     }
+}
+
+/// Calls the `get-many` import directly with `keys` (the SDK would not send such a list).
+fn raw_get_many(keys: Vec<String>) -> Result<Option<Raw>, Error> {
+    let values = wasmpush_sdk::bindings::wasmpush::plugin::data::get_many("blobs", &keys).map_err(Error::msg)?;
+    Ok(Some(Raw(format!("{{\"values\":{}}}", values.len()))))
 }
 
 wasmpush_sdk::plugin!(tick);
