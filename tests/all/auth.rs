@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use wasmpush::config::{AuthMode, AuthSettings};
 use wasmpush_tests::{Client, Frame, TestEngine, artifacts};
 
-use crate::data::{parse, portfolio, seed};
+use crate::data::{parse, portfolio, publish, seed};
 use crate::util::{SOON, encode, error_parts};
 
 const SECRET: &str = "an-hs256-secret-for-tests-32-bytes!";
@@ -131,9 +131,14 @@ async fn claims_reach_the_plugin_which_refuses_params_naming_another_users_accou
     client.send_text(r#"{"account":"a42"}"#).await;
     let (code, message) = error_parts(&client.next_error_frame(SOON).await);
     assert_eq!((code, message.as_str()), (0, "account a42 is not yours"));
-    // Optional: a client without a token connects, and the plugin serves it as anonymous.
+    // Optional: a client without a token connects, and the plugin serves it as anonymous: public
+    // accounts only. Regression (#23.9): the example used to fail open and show any account.
     let mut anonymous = Client::connect(&url(&engine, "a42", None)).await;
     assert_eq!(parse(&anonymous.next_text(SOON).await)["account"], "a42");
+    publish(&engine, "PUT", "/v1/buckets/accounts/keys/p1", json!({"holdings": {"AAPL": 1}})).await;
+    anonymous.send_text(r#"{"account":"p1"}"#).await;
+    let (code, message) = error_parts(&anonymous.next_error_frame(SOON).await);
+    assert_eq!((code, message.as_str()), (0, "account p1 needs a token"), "a private account");
     // A bad token is refused even where a token is optional: it is never taken for none.
     let (status, _) = refusal(&url(&engine, "a42", Some("bad.token.here"))).await;
     assert_eq!(status, 401);

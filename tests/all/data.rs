@@ -39,9 +39,9 @@ pub(crate) async fn seed(engine: &TestEngine) {
         "POST",
         "/v1/buckets/accounts",
         json!({"put": {
-            "a42": {"holdings": {"AAPL": 10, "MSFT": 5}},
-            "a7": {"holdings": {"MSFT": 3}},
-            "a1": {"holdings": {"GOOG": 1}},
+            "a42": {"holdings": {"AAPL": 10, "MSFT": 5}, "public": true},
+            "a7": {"holdings": {"MSFT": 3}, "public": true},
+            "a1": {"holdings": {"GOOG": 1}, "public": true},
         }}),
     )
     .await;
@@ -77,7 +77,7 @@ async fn a_plugin_reads_published_data_and_values_the_portfolio() {
 
     let mut unknown = connect(&engine, "nobody").await;
     let (code, message) = error_parts(&unknown.next_text(SOON).await);
-    assert_eq!((code, message.as_str()), (0, "unknown account nobody"));
+    assert_eq!((code, message.as_str()), (0, "account nobody needs a token"), "anonymous: unknown or private");
 
     let mut no_price = connect(&engine, "a1").await;
     let frame = parse(&no_price.next_text(SOON).await);
@@ -132,11 +132,11 @@ async fn an_account_published_after_the_error_resumes_the_parked_connection() {
     let engine = engine(|table| table.tick_ms = Some(0)).await;
     seed(&engine).await;
     let mut client = connect(&engine, "a99").await;
-    assert_eq!(error_parts(&client.next_text(SOON).await).1, "unknown account a99");
+    assert_eq!(error_parts(&client.next_text(SOON).await).1, "account a99 needs a token");
     // A change to a key the erroring call did not read changes nothing.
-    publish(&engine, "PUT", "/v1/buckets/accounts/keys/a7", json!({"holdings": {"MSFT": 4}})).await;
+    publish(&engine, "PUT", "/v1/buckets/accounts/keys/a7", json!({"holdings": {"MSFT": 4}, "public": true})).await;
     assert!(client.texts_during(QUIET).await.is_empty());
-    publish(&engine, "PUT", "/v1/buckets/accounts/keys/a99", json!({"holdings": {"AAPL": 1}})).await;
+    publish(&engine, "PUT", "/v1/buckets/accounts/keys/a99", json!({"holdings": {"AAPL": 1}, "public": true})).await;
     assert_eq!(parse(&client.next_text(SOON).await)["total"], 189.5);
 }
 
@@ -343,7 +343,7 @@ async fn an_acknowledged_update_survives_kill_9_and_is_served_before_the_first_c
 
     let mut engine = start();
     let _ready = Client::connect_retrying(&url, SOON * 10).await;
-    let body = json!({"put": {"a42": {"holdings": {"AAPL": 2}}}}).to_string();
+    let body = json!({"put": {"a42": {"holdings": {"AAPL": 2}, "public": true}}}).to_string();
     assert_eq!(request(publish, "POST", "/v1/buckets/accounts", None, &body).await.0, 200);
     assert_eq!(request(publish, "PUT", "/v1/buckets/prices/keys/AAPL", None, r#"{"price":10}"#).await.0, 200);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(engine.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();

@@ -7,10 +7,11 @@
 //! Config: `[plugins.portfolio] read = ["accounts", "prices"]`. Data (docs/data.md):
 //! `accounts/a42` = `{"holdings":{"AAPL":10,"MSFT":5}}`, `prices/AAPL` = `{"price":189.5}`.
 //!
-//! With a token (`auth = "required"` in production; docs/security.md), a client sees only its own
-//! accounts: the token's subject, or one listed in its `accounts` claim. Params naming another
-//! account get an error frame, whatever the client sends: the claims come from the verified token,
-//! never from params.
+//! It fails closed. With a token (`auth = "required"` in production; docs/security.md), a client
+//! sees only its own accounts: the token's subject, or one listed in its `accounts` claim. Without
+//! one (`auth = "none"`, or `"optional"` and no token sent) it sees only accounts published as
+//! public (`"public": true`, as the demo's are). Params naming another account get an error
+//! frame, whatever the client sends: the claims come from the verified token, never from params.
 
 mod value;
 
@@ -28,22 +29,26 @@ pub struct Params {
 
 /// Reads the account and its prices, and values the holdings.
 pub fn tick(ctx: &Context, params: &Params) -> Result<Option<Portfolio>, Error> {
-    if !may_see(ctx, &params.account) {
+    let owner = ctx.identity().is_some();
+    if owner && !may_see(ctx, &params.account) {
         return Err(Error::msg(format!("account {} is not yours", params.account)));
     }
     // Shared, not copied: the cached account and prices are used in place.
-    let Some(account) = ctx.get_shared::<Account>("accounts", &params.account)? else {
-        return Err(Error::msg(format!("unknown account {}", params.account)));
+    let account = ctx.get_shared::<Account>("accounts", &params.account)?;
+    let account = match account {
+        Some(account) if owner || account.public => account,
+        // Without a token, a private account and a missing one look the same.
+        _ if !owner => return Err(Error::msg(format!("account {} needs a token", params.account))),
+        _ => return Err(Error::msg(format!("unknown account {}", params.account))),
     };
     let prices = ctx.get_many_shared::<Price>("prices", account.holdings.keys())?;
     Ok(Some(value(&params.account, &account, prices.iter().map(|price| price.as_ref().map(|price| price.price)))))
 }
 
-/// Whether the client may see `account`: anyone without a token (the plugin is then served with
-/// `auth = "none"`, as in the demo); with one, only its subject's account and those its
+/// Whether a client with a token may see `account`: only its subject's account and those its
 /// `accounts` claim lists.
 fn may_see(ctx: &Context, account: &str) -> bool {
-    let Some(who) = ctx.identity() else { return true };
+    let Some(who) = ctx.identity() else { return false };
     who.subject() == Some(account)
         || who.claim::<Vec<String>>("accounts").is_some_and(|own| own.iter().any(|a| a == account))
 }
@@ -63,7 +68,8 @@ mod tests {
 
     fn data() -> FakeData {
         FakeData::new()
-            .put("accounts", "a42", json!({"holdings": {"AAPL": 10, "MSFT": 5}}))
+            .put("accounts", "a42", json!({"holdings": {"AAPL": 10, "MSFT": 5}, "public": true}))
+            .put("accounts", "a7", json!({"holdings": {"AAPL": 1}}))
             .put("prices", "AAPL", json!({"price": 189.5}))
             .put("prices", "MSFT", json!({"price": 400.0}))
     }
@@ -96,12 +102,19 @@ mod tests {
     }
 
     #[test]
+    fn a_client_without_a_token_sees_public_accounts_only() {
+        let private = data().run(|| tick(&ctx(), &params("a7"))).unwrap_err();
+        assert_eq!(private.to_string(), "account a7 needs a token");
+        let missing = data().run(|| tick(&ctx(), &params("nobody"))).unwrap_err();
+        assert_eq!(missing.to_string(), "account nobody needs a token", "no way to probe which accounts exist");
+        assert!(data().run(|| tick(&ctx(), &params("a42"))).unwrap().is_some(), "a public account");
+    }
+
+    #[test]
     fn a_missing_price_is_left_out_of_the_total_and_named() {
-        let data = FakeData::new().put("accounts", "a42", json!({"holdings": {"AAPL": 10, "MSFT": 5}})).put(
-            "prices",
-            "AAPL",
-            json!({"price": 189.5}),
-        );
+        let data = FakeData::new()
+            .put("accounts", "a42", json!({"holdings": {"AAPL": 10, "MSFT": 5}, "public": true}))
+            .put("prices", "AAPL", json!({"price": 189.5}));
         let portfolio = data.run(|| tick(&ctx(), &params("a42"))).unwrap().unwrap();
         assert_eq!((portfolio.total, portfolio.missing), (1895.0, vec!["MSFT".to_owned()]));
         assert_eq!(portfolio.positions[1].value, None);
@@ -109,7 +122,8 @@ mod tests {
 
     #[test]
     fn an_unknown_account_is_an_error() {
-        let err = data().run(|| tick(&ctx(), &params("nobody"))).unwrap_err();
+        let as_owner = ctx().with_identity(wasmpush_sdk::Identity::new(Some("nobody"), json!({"sub": "nobody"})));
+        let err = data().run(|| tick(&as_owner, &params("nobody"))).unwrap_err();
         assert_eq!(err.to_string(), "unknown account nobody");
     }
 

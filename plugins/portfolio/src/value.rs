@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 pub struct Account {
     /// Quantity held, by symbol.
     pub holdings: BTreeMap<String, f64>,
+    /// Whether a client without a token may see it (a demo account); private by default.
+    #[serde(default)]
+    pub public: bool,
 }
 
 /// A price as the `prices` bucket holds it.

@@ -167,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|&i| {
                 let held: serde_json::Map<String, Value> =
                     holdings(i, settings.prices).iter().map(|&s| (symbol(s), json!(1))).collect();
-                (format!("a{i}"), json!({ "holdings": held }))
+                (format!("a{i}"), json!({ "holdings": held, "public": true }))
             })
             .collect();
         post(settings.publish, "accounts", json!({ "put": put })).await?;

@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
             let holdings: serde_json::Map<String, Value> = (0..3)
                 .map(|h| (SYMBOLS[(a * 5 + h * 3) % SYMBOLS.len()].to_owned(), json!((a * 7 + h) % 20 + 1)))
                 .collect();
-            (format!("a{a}"), json!({ "holdings": holdings }))
+            (format!("a{a}"), json!({ "holdings": holdings, "public": true }))
         })
         .collect();
     post(publish, token, "accounts", json!({ "put": accounts })).await?;

@@ -6,6 +6,8 @@ use serde::Deserialize;
 use wasmpush_sdk::{Context, Error};
 
 #[path = "../../../../plugins/portfolio/src/value.rs"]
+// `Account::public` is `portfolio`'s access rule; this benchmark plugin values holdings only.
+#[allow(dead_code)]
 mod value;
 
 /// The account and its prices, as `portfolio` would read them.
