@@ -58,24 +58,41 @@ pub(crate) fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message_bytes))
 }
 
-/// Completes the handshake of one TCP connection and serves it.
+/// Completes the handshake of one TCP connection from `peer` and serves it.
 pub(crate) async fn accept(
     mut stream: TcpStream,
+    peer: std::net::IpAddr,
     mut admitted: Admitted,
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(shared.config.handshake_timeout_secs);
-    let head = match plain_http::read_head(&mut stream, deadline - tokio::time::Instant::now()).await {
-        Some((plain_http::Request::Upgrade, head)) => head,
+    // Over its address's cap, a socket holds no place of its address, for a moment only.
+    let head_time = match admitted.in_grace {
+        true => admission::GRACE,
+        false => deadline - tokio::time::Instant::now(),
+    };
+    let (forwarded_for, head) = match plain_http::read_head(&mut stream, head_time).await {
+        Some((plain_http::Request::Upgrade { forwarded_for }, head)) => (forwarded_for, head),
         Some((request, _)) => return plain_http::respond(stream, &request).await,
+        None if admitted.in_grace => {
+            shared.metrics.handshakes_over_limit.inc();
+            return plain_http::refuse_at_once(stream, &admission::Refused::BusyFromAddress.to_string());
+        }
         None => {
             shared.metrics.handshakes_rejected.inc();
             tracing::debug!("no complete request before the handshake timeout");
             return;
         }
     };
+    if admitted.proxied {
+        let client = shared.admission.client(peer, forwarded_for.as_deref());
+        if let Err(refused) = shared.admission.connect(&mut admitted, client) {
+            shared.metrics.handshakes_over_limit.inc();
+            return plain_http::refuse_at_once(stream, &refused.to_string());
+        }
+    }
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let mut routed = None;
     let mut seated = None;

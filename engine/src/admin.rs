@@ -1,5 +1,5 @@
 //! The admin HTTP endpoint (default `127.0.0.1:9504`): `GET /status` (JSON), `GET /metrics`
-//! (Prometheus text) and `GET /healthz` (200 only while the engine serves).
+//! (Prometheus text) and `GET /healthz` (200 only while the engine serves, undegraded).
 //! Read-only: it reports what the registry and the counters hold and changes nothing. [`Status`]
 //! is also what `wasmpush status` reads back, so the printer cannot drift from the endpoint.
 
@@ -18,7 +18,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::bearer;
+use crate::data::StoreFault;
 use crate::health::{Health, HealthState};
+use crate::http_server::{self, HttpLimits};
 use crate::metrics::Metrics;
 use crate::registry::PluginRegistry;
 
@@ -40,6 +42,10 @@ pub struct AdminState {
     /// The bearer token `/status` and `/metrics` require, if one is configured (`/healthz` stays
     /// open to health checkers).
     pub token: Option<Arc<str>>,
+    /// Why the data store cannot write, if it cannot: the engine is degraded until it recovers.
+    pub data_fault: StoreFault,
+    /// Time and connection limits of the endpoint's HTTP clients.
+    pub limits: HttpLimits,
 }
 
 /// The `/status` document.
@@ -65,6 +71,9 @@ pub struct Status {
     pub plugins: Vec<PluginStatus>,
     /// The most recent failed plugin load, if no later load of that plugin succeeded.
     pub last_reload_error: Option<ReloadErrorStatus>,
+    /// Why the engine is degraded (it serves, but the data store refuses writes), if it is.
+    #[serde(default)]
+    pub degraded: Option<String>,
 }
 
 /// One served plugin.
@@ -119,29 +128,38 @@ impl AdminState {
                 reason: failed.reason,
                 at_ms: unix_ms(failed.at),
             }),
+            degraded: self.degraded(),
         }
+    }
+
+    /// Why the engine is degraded, if it is.
+    fn degraded(&self) -> Option<String> {
+        self.data_fault.get().map(|fault| format!("data store: {fault}"))
     }
 }
 
 /// Serves the admin endpoint on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
     tokio::spawn(sample_push_rate(state.clone(), shutdown.clone()));
     let token = state.token.clone();
     let guarded = Router::new()
         .route("/status", get(|State(state): State<AdminState>| async move { Json(state.status()) }))
         .route("/metrics", get(|State(state): State<AdminState>| async move { metrics(&state) }))
         .layer(axum::middleware::from_fn(move |request, next| bearer::require(token.clone(), request, next)));
-    let router = guarded
-        .route("/healthz", get(|State(state): State<AdminState>| async move { healthz(&state.health) }))
-        .with_state(state);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    let limits = state.limits;
+    let router = guarded.route("/healthz", get(|State(state): State<AdminState>| async move { healthz(&state) }));
+    http_server::serve(listener, router.with_state(state), limits, shutdown).await;
 }
 
-/// `/healthz`: 200 once the engine serves; 503 while it starts and once it failed, with why.
-fn healthz(health: &Health) -> impl IntoResponse + use<> {
+/// `/healthz`: 200 once the engine serves; 503 while it starts, while it is degraded (its data
+/// store refuses writes) and once it failed, with why.
+fn healthz(state: &AdminState) -> impl IntoResponse + use<> {
     use axum::http::StatusCode;
-    match health.state() {
-        HealthState::Ready => (StatusCode::OK, "ok\n".to_owned()),
+    match state.health.state() {
+        HealthState::Ready => match state.degraded() {
+            None => (StatusCode::OK, "ok\n".to_owned()),
+            Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("degraded: {why}\n")),
+        },
         HealthState::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting: plugins are loading\n".to_owned()),
         HealthState::Failed(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {why}\n")),
     }

@@ -9,11 +9,25 @@
 //! (one subscriber usually holds a whole /64, so counting single IPv6 addresses would limit no
 //! one). Nothing here is sized by a fixed table: the counts live in maps that hold only clients
 //! with a place.
+//!
+//! The limits must never refuse honest traffic: a burst of clients from one address (an office
+//! behind NAT, a proxy, everyone reconnecting after a restart) is honest.
+//! - `max_handshakes_per_ip` binds slow handshakes only. A socket over it is not refused at once:
+//!   it gets [`GRACE`] to send its whole request head, holding no place of its address, and is
+//!   refused only if it does not. A fast client never counts against it; a slow one (slowloris)
+//!   is still bounded, by the cap and, in all, by `max_handshakes`.
+//! - Behind a reverse proxy every socket comes from the proxy. Sockets from `trusted_proxies`
+//!   are not counted per address at accept; their connection is counted, once the head is read,
+//!   under the client their `X-Forwarded-For` names ([`Admission::client`]).
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a socket over its address's handshake cap has to send its whole request head.
+pub const GRACE: Duration = Duration::from_millis(250);
 
 /// Where a client is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,7 +53,7 @@ impl ClientKey {
 
 /// One limit: places in all and per key (a client, or a plugin instance).
 #[derive(Debug)]
-struct Limit<K> {
+pub(crate) struct Limit<K> {
     /// Places in all.
     total: usize,
     /// Places taken, in all and by key (only keys holding one).
@@ -53,46 +67,62 @@ struct Taken<K> {
 }
 
 impl<K: Hash + Eq + Clone> Limit<K> {
-    fn new(total: usize) -> Arc<Self> {
+    pub(crate) fn new(total: usize) -> Arc<Self> {
         Arc::new(Limit { total, taken: Mutex::new(Taken { all: 0, by_key: HashMap::new() }) })
     }
 
     /// Takes a place for `key`, of at most `per_key` (0: no limit per key): `Err(true)` when all
     /// are taken, `Err(false)` when the key's are.
-    fn take(self: &Arc<Self>, key: K, per_key: usize) -> Result<Place<K>, bool> {
+    pub(crate) fn take(self: &Arc<Self>, key: K, per_key: usize) -> Result<Place<K>, bool> {
         let mut taken = self.taken.lock().unwrap_or_else(|poison| poison.into_inner());
         if taken.all >= self.total {
             return Err(true);
         }
         // Without a limit per key nothing is counted per key. A key seen here for the first time
         // starts at 0 < limit, so no entry is left behind at 0 when one is refused.
-        if per_key != 0 {
+        let counted = if per_key != 0 {
             let count = taken.by_key.entry(key.clone()).or_insert(0);
             if *count >= per_key {
                 return Err(false);
             }
             *count += 1;
+            Some(key)
+        } else {
+            None
+        };
+        taken.all += 1;
+        Ok(Place { limit: self.clone(), key: counted })
+    }
+
+    /// Takes a place counted in all only, not under any key; `None` when all are taken.
+    fn take_uncounted(self: &Arc<Self>) -> Option<Place<K>> {
+        let mut taken = self.taken.lock().unwrap_or_else(|poison| poison.into_inner());
+        if taken.all >= self.total {
+            return None;
         }
         taken.all += 1;
-        Ok(Place { limit: self.clone(), key })
+        Some(Place { limit: self.clone(), key: None })
     }
 }
 
 /// One place within a [`Limit`]; given back when dropped.
 #[derive(Debug)]
-struct Place<K: Hash + Eq> {
+pub(crate) struct Place<K: Hash + Eq> {
     limit: Arc<Limit<K>>,
-    key: K,
+    /// The key it is counted under, if it is counted under one.
+    key: Option<K>,
 }
 
 impl<K: Hash + Eq> Drop for Place<K> {
     fn drop(&mut self) {
         let mut taken = self.limit.taken.lock().unwrap_or_else(|poison| poison.into_inner());
         taken.all -= 1;
-        if let Some(count) = taken.by_key.get_mut(&self.key) {
+        if let Some(key) = &self.key
+            && let Some(count) = taken.by_key.get_mut(key)
+        {
             *count -= 1;
             if *count == 0 {
-                taken.by_key.remove(&self.key);
+                taken.by_key.remove(key);
             }
         }
     }
@@ -122,15 +152,21 @@ pub struct Admission {
     handshakes_per_ip: usize,
     /// Connections by plugin and shard: what each plugin instance holds params for.
     seats: Arc<Limit<(Arc<str>, usize)>>,
+    /// The reverse proxies whose `X-Forwarded-For` names the real client.
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// An accepted socket's places within the limits; given back when dropped.
 #[derive(Debug)]
 pub struct Admitted {
-    /// Its connection place, for its whole life.
-    _connection: Place<ClientKey>,
+    /// Its connection place, for its whole life, once its client is known ([`Admission::connect`]).
+    connection: Option<Place<ClientKey>>,
     /// Its handshake place, until the handshake ends.
     handshake: Option<Place<ClientKey>>,
+    /// Over its address's handshake cap: it must send its head within [`GRACE`].
+    pub in_grace: bool,
+    /// From a trusted proxy: its client is the one `X-Forwarded-For` names.
+    pub proxied: bool,
 }
 
 impl Admitted {
@@ -159,15 +195,44 @@ pub enum Refused {
 
 impl Admission {
     /// Limits of `max_connections` in all and `per_ip` per client (0: none), and of
-    /// `max_handshakes` sockets in their handshake in all and `handshakes_per_ip` per client.
-    pub fn new(max_connections: usize, per_ip: usize, max_handshakes: usize, handshakes_per_ip: usize) -> Self {
+    /// `max_handshakes` sockets in their handshake in all and `handshakes_per_ip` per client; the
+    /// sockets of `trusted_proxies` are counted under the client they forward.
+    pub fn new(
+        max_connections: usize,
+        per_ip: usize,
+        max_handshakes: usize,
+        handshakes_per_ip: usize,
+        trusted_proxies: Vec<ipnet::IpNet>,
+    ) -> Self {
         Admission {
             connections: Limit::new(max_connections),
             connections_per_ip: per_ip,
             handshakes: Limit::new(max_handshakes),
             handshakes_per_ip,
             seats: Limit::new(usize::MAX),
+            trusted_proxies,
         }
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted_proxies.iter().any(|proxy| proxy.contains(&ip))
+    }
+
+    /// The client a socket from `peer` stands for: with a trusted proxy, the rightmost address of
+    /// its `forwarded_for` (`X-Forwarded-For`) that is not a trusted proxy itself (the one the
+    /// proxies saw); otherwise `peer`, whatever the socket claims.
+    pub fn client(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+        let (true, Some(chain)) = (self.trusts(peer), forwarded_for) else { return peer };
+        let mut client = peer;
+        for hop in chain.rsplit(',').map(str::trim) {
+            let Some(ip) = parse_hop(hop) else { break };
+            client = ip;
+            if !self.trusts(ip) {
+                break;
+            }
+        }
+        client
     }
 
     /// A seat for a connection of `plugin` on shard `shard`, if the plugin's instance there holds
@@ -176,19 +241,38 @@ impl Admission {
         self.seats.take((plugin, shard), per_instance).ok().map(|place| Seat { _place: place })
     }
 
-    /// Admits a socket from `ip` into its handshake, or says why not.
+    /// Admits a socket from `ip` into its handshake, or says why not. Over its address's cap it
+    /// is admitted [`in grace`](Admitted::in_grace); a trusted proxy's sockets are not counted
+    /// per address.
     pub fn admit(&self, ip: IpAddr) -> Result<Admitted, Refused> {
-        let client = ClientKey::of(ip);
-        let handshake = self
-            .handshakes
-            .take(client, self.handshakes_per_ip)
-            .map_err(|all| if all { Refused::Busy } else { Refused::BusyFromAddress })?;
-        let connection = self
-            .connections
-            .take(client, self.connections_per_ip)
-            .map_err(|all| if all { Refused::Full } else { Refused::TooManyFromAddress })?;
-        Ok(Admitted { _connection: connection, handshake: Some(handshake) })
+        let proxied = self.trusts(ip);
+        let per_ip = if proxied { 0 } else { self.handshakes_per_ip };
+        let (handshake, in_grace) = match self.handshakes.take(ClientKey::of(ip), per_ip) {
+            Ok(place) => (place, false),
+            Err(true) => return Err(Refused::Busy),
+            Err(false) => (self.handshakes.take_uncounted().ok_or(Refused::Busy)?, true),
+        };
+        let mut admitted = Admitted { connection: None, handshake: Some(handshake), in_grace, proxied };
+        if !proxied {
+            self.connect(&mut admitted, ip)?;
+        }
+        Ok(admitted)
     }
+
+    /// Gives `admitted` its connection place, counted under `client`, or says why not.
+    pub fn connect(&self, admitted: &mut Admitted, client: IpAddr) -> Result<(), Refused> {
+        let place = self
+            .connections
+            .take(ClientKey::of(client), self.connections_per_ip)
+            .map_err(|all| if all { Refused::Full } else { Refused::TooManyFromAddress })?;
+        admitted.connection = Some(place);
+        Ok(())
+    }
+}
+
+/// One address of an `X-Forwarded-For` list: an IP, an IPv4 with a port, or `[IPv6]:port`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse().ok().or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|addr| addr.ip()))
 }
 
 #[cfg(test)]
@@ -197,7 +281,7 @@ mod tests {
 
     #[test]
     fn limits_hold_and_places_come_back_when_dropped() {
-        let admission = Admission::new(3, 2, 100, 100);
+        let admission = Admission::new(3, 2, 100, 100, Vec::new());
         let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
         let first = admission.admit(a).unwrap();
         let _second = admission.admit(a).unwrap();
@@ -210,24 +294,47 @@ mod tests {
     }
 
     #[test]
-    fn handshakes_are_limited_until_they_end() {
-        let admission = Admission::new(100, 0, 3, 2);
+    fn handshakes_over_an_address_cap_are_admitted_in_grace_and_the_total_still_binds() {
+        let admission = Admission::new(100, 0, 4, 2, Vec::new());
         let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
         let mut first = admission.admit(a).unwrap();
         let _second = admission.admit(a).unwrap();
-        assert_eq!(admission.admit(a).unwrap_err(), Refused::BusyFromAddress);
-        let _third = admission.admit(b).unwrap();
-        assert_eq!(admission.admit(b).unwrap_err(), Refused::Busy);
+        let third = admission.admit(a).unwrap();
+        assert!(!first.in_grace && third.in_grace, "over its address's cap, a socket gets grace, not a 503");
+        let _fourth = admission.admit(b).unwrap();
+        assert_eq!(admission.admit(b).unwrap_err(), Refused::Busy, "grace still takes a place in all");
+        drop(third);
+        assert_eq!(admission.handshakes.taken.lock().unwrap().by_key[&ClientKey::of(a)], 2, "grace counted no key");
         first.handshake_done();
-        let _fourth = admission.admit(a).expect("a finished handshake frees its place, not its connection's");
+        let fifth = admission.admit(a).expect("a finished handshake frees its place, not its connection's");
+        assert!(!fifth.in_grace);
         assert_eq!(admission.connections.taken.lock().unwrap().all, 4);
+    }
+
+    #[test]
+    fn a_trusted_proxys_sockets_are_counted_under_the_client_it_forwards() {
+        let proxy = IpAddr::from([127, 0, 0, 1]);
+        let admission = Admission::new(100, 1, 100, 1, vec!["127.0.0.0/8".parse().unwrap()]);
+        let from_proxy: Vec<Admitted> = (0..3).map(|_| admission.admit(proxy).unwrap()).collect();
+        assert!(from_proxy.iter().all(|admitted| admitted.proxied && !admitted.in_grace), "no per-address cap");
+        let client = admission.client(proxy, Some("203.0.113.9, 127.0.0.2"));
+        assert_eq!(client, IpAddr::from([203, 0, 113, 9]), "the rightmost address that is not a proxy");
+        let [mut first, mut second, mut third] = <[Admitted; 3]>::try_from(from_proxy).unwrap();
+        admission.connect(&mut first, client).unwrap();
+        assert_eq!(admission.connect(&mut second, client).unwrap_err(), Refused::TooManyFromAddress);
+        admission.connect(&mut third, admission.client(proxy, Some("198.51.100.1"))).unwrap();
+        let stranger = IpAddr::from([192, 0, 2, 1]);
+        assert_eq!(admission.client(stranger, Some("203.0.113.9")), stranger, "only a trusted proxy is believed");
+        assert_eq!(admission.client(proxy, Some("junk, 203.0.113.9")), IpAddr::from([203, 0, 113, 9]));
+        assert_eq!(admission.client(proxy, Some("not an address")), proxy);
+        assert_eq!(admission.client(proxy, Some("[2001:db8::1]:4711")), "2001:db8::1".parse::<IpAddr>().unwrap());
     }
 
     #[test]
     fn each_plugin_instance_seats_its_share_of_connections() {
         assert_eq!(seats_per_instance(64 << 20, 4096), 8192);
         assert_eq!(seats_per_instance(1 << 20, 1 << 20), 1, "at least one");
-        let admission = Admission::new(100, 0, 100, 100);
+        let admission = Admission::new(100, 0, 100, 100, Vec::new());
         let quote: Arc<str> = Arc::from("quote");
         let seats: Vec<Seat> = (0..2).map(|_| admission.seat(quote.clone(), 0, 2).unwrap()).collect();
         assert!(admission.seat(quote.clone(), 0, 2).is_none(), "the instance on shard 0 is full");
@@ -239,7 +346,7 @@ mod tests {
 
     #[test]
     fn two_addresses_of_one_ipv6_64_share_a_limit() {
-        let admission = Admission::new(100, 1, 100, 100);
+        let admission = Admission::new(100, 1, 100, 100, Vec::new());
         let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let same_64: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
         let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();

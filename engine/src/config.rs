@@ -108,6 +108,27 @@ pub struct Config {
     pub auth: AuthSettings,
     /// Per-plugin settings, by plugin name (`[plugins.NAME]`).
     pub plugins: BTreeMap<String, PluginSettings>,
+    /// Bytes of one publish batch's body (`POST /v1/buckets/NAME`); a larger body is refused
+    /// with 413 before it is read. A single `PUT` may send at most twice `max_value_bytes` plus
+    /// 1 KiB (room for white space the store compacts away).
+    pub max_batch_bytes: usize,
+    /// Addresses of reverse proxies (IPs or CIDR blocks, such as `127.0.0.1` or `10.0.0.0/8`)
+    /// whose `X-Forwarded-For` names the real client: the per-address limits count that client,
+    /// not the proxy. Sockets from other addresses are counted by their own address, whatever
+    /// they claim.
+    pub trusted_proxies: Vec<String>,
+    /// Seconds an HTTP client of the admin endpoint or the publish API has to send its request
+    /// head, and again its body; a client too slow is dropped.
+    pub http_timeout_secs: u64,
+    /// Connections the admin endpoint and the publish API each hold at once; one more is closed
+    /// at once.
+    pub http_max_connections: usize,
+    /// Connections one client address may hold on the admin endpoint and on the publish API.
+    pub http_max_connections_per_ip: usize,
+    /// Set by `start --recover-data`: a data store that cannot be read is moved aside and the
+    /// engine starts with an empty one. Never read from a file.
+    #[serde(skip)]
+    pub recover_data: bool,
 }
 
 /// The keys client tokens (JWT) are checked with, and the claims they must carry (`[auth]`).
@@ -221,8 +242,19 @@ impl Default for Config {
             drain_secs: 10,
             auth: AuthSettings::default(),
             plugins: BTreeMap::new(),
+            max_batch_bytes: 8 << 20,
+            trusted_proxies: Vec::new(),
+            http_timeout_secs: 10,
+            http_max_connections: 256,
+            http_max_connections_per_ip: 32,
+            recover_data: false,
         }
     }
+}
+
+/// A `trusted_proxies` entry as a network: an address is a block of one.
+pub fn parse_proxy(entry: &str) -> Option<ipnet::IpNet> {
+    entry.parse().ok().or_else(|| entry.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 /// Why a configuration was rejected.
@@ -357,6 +389,28 @@ impl Config {
             "must be between 1 and max_handshakes",
         )?;
         check(self.drain_secs <= 3600, "drain_secs", "must be at most 3600")?;
+        check(
+            (self.max_value_bytes..=1 << 30).contains(&self.max_batch_bytes),
+            "max_batch_bytes",
+            "must be at least max_value_bytes and at most 1 GiB",
+        )?;
+        if let Some(bad) = self.trusted_proxies.iter().find(|proxy| parse_proxy(proxy).is_none()) {
+            return Err(ConfigError::Invalid {
+                key: "trusted_proxies",
+                reason: format!("`{bad}` is not an IP address nor a CIDR block (ADDRESS/PREFIX)"),
+            });
+        }
+        check((1..=3600).contains(&self.http_timeout_secs), "http_timeout_secs", "must be between 1 and 3600")?;
+        check(
+            (1..=100_000).contains(&self.http_max_connections),
+            "http_max_connections",
+            "must be between 1 and 100000",
+        )?;
+        check(
+            (1..=self.http_max_connections).contains(&self.http_max_connections_per_ip),
+            "http_max_connections_per_ip",
+            "must be between 1 and http_max_connections",
+        )?;
         let auth = &self.auth;
         check(auth.leeway_secs <= 3600, "auth.leeway_secs", "must be at most 3600")?;
         check(
@@ -430,6 +484,12 @@ impl Config {
             drain_secs,
             auth: _,
             plugins: _,
+            max_batch_bytes,
+            trusted_proxies,
+            http_timeout_secs,
+            http_max_connections,
+            http_max_connections_per_ip,
+            recover_data: _,
         } = self;
         [
             ("listen", *listen != other.listen),
@@ -464,6 +524,11 @@ impl Config {
             ("max_handshakes", *max_handshakes != other.max_handshakes),
             ("max_handshakes_per_ip", *max_handshakes_per_ip != other.max_handshakes_per_ip),
             ("drain_secs", *drain_secs != other.drain_secs),
+            ("max_batch_bytes", *max_batch_bytes != other.max_batch_bytes),
+            ("trusted_proxies", *trusted_proxies != other.trusted_proxies),
+            ("http_timeout_secs", *http_timeout_secs != other.http_timeout_secs),
+            ("http_max_connections", *http_max_connections != other.http_max_connections),
+            ("http_max_connections_per_ip", *http_max_connections_per_ip != other.http_max_connections_per_ip),
         ]
         .into_iter()
         .filter(|(_, changed)| *changed)

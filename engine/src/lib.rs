@@ -48,6 +48,7 @@ mod connection;
 mod data;
 mod handshake;
 mod health;
+mod http_server;
 mod live;
 mod metrics;
 #[cfg(test)]

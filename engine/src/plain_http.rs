@@ -19,7 +19,10 @@ const MAX_HEAD: usize = 8192;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
     /// A WebSocket upgrade: hand the stream to the handshake.
-    Upgrade,
+    Upgrade {
+        /// Its `X-Forwarded-For`, if it has one (believed only from a trusted proxy).
+        forwarded_for: Option<String>,
+    },
     /// A plain HTTP request, answered here.
     Plain {
         /// Its method.
@@ -82,7 +85,15 @@ fn classify(request: &httparse::Request<'_, '_>) -> Request {
         .iter()
         .any(|h| h.name.eq_ignore_ascii_case("upgrade") && h.value.eq_ignore_ascii_case(b"websocket"));
     if upgrade {
-        return Request::Upgrade;
+        let forwarded_for = request
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+            .filter_map(|h| std::str::from_utf8(h.value).ok())
+            .collect::<Vec<_>>();
+        // Several such headers make one list, in order.
+        let forwarded_for = (!forwarded_for.is_empty()).then(|| forwarded_for.join(","));
+        return Request::Upgrade { forwarded_for };
     }
     let path = request.path.unwrap_or("/");
     Request::Plain {
@@ -108,7 +119,7 @@ pub async fn respond(mut stream: TcpStream, request: &Request) {
             format!("no such path `{path}`: WebSocket clients connect to /ws/PLUGIN\n"),
         ),
         Request::Malformed(status) => (*status, "text/plain; charset=utf-8", "malformed HTTP request\n".to_owned()),
-        Request::Upgrade => return,
+        Request::Upgrade { .. } => return,
     };
     let reason = match status {
         200 => "OK",

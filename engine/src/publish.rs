@@ -9,31 +9,59 @@
 //! - `GET /v1/buckets/{bucket}?after=KEY&limit=N` lists keys by page.
 //!
 //! Writes answer `{"revision": N}`; errors answer `{"error": "…"}` with 400 (bad JSON or name),
-//! 401/403 (token missing or wrong), 404, 413 (too large), 507 (over the store's budget). With a
-//! token configured every request needs `Authorization: Bearer TOKEN`.
+//! 401/403 (token missing or wrong), 404, 408 (a body not sent in time), 413 (too large), 415 (a
+//! write whose `Content-Type` is not `application/json`), 503 (the data store cannot write until
+//! it is reopened), 507 (over the store's budget). With a token configured every request needs
+//! `Authorization: Bearer TOKEN`.
+//!
+//! Web pages must not reach it: a request with an `Origin` (only browsers send one) is refused,
+//! and on loopback so is one whose `Host` is not a loopback name with this listener's port (a
+//! page on a rebound DNS name). A body's size is checked before it is read (its
+//! `Content-Length`, then the bytes as they come), against what one value or one batch may hold.
 
 use std::collections::BTreeMap;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{StatusCode, header};
-use axum::middleware;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::bearer;
 use crate::data::{Change, DataError, DataStore, check_bucket};
+use crate::http_server::{self, HttpLimits};
 
 /// Keys one listing page holds at most, and by default.
 const MAX_PAGE: usize = 1000;
 
-/// The largest request body: a batch of many keys, not a bulk import.
-const MAX_BODY_BYTES: usize = 64 << 20;
+/// Batch bodies read and parsed at once at most; more wait their turn (a parsed batch takes a
+/// few times its size in memory).
+const BATCHES_AT_ONCE: usize = 4;
+
+/// How much a request may send, and how fast.
+#[derive(Debug, Clone)]
+struct BodyLimits {
+    /// Bytes of a `PUT` body: one value, with room for white space.
+    put: usize,
+    /// Bytes of a `POST` body: one batch (`max_batch_bytes`).
+    batch: usize,
+    /// Time to send the body.
+    timeout: std::time::Duration,
+    /// Batch bodies in progress.
+    batches: Arc<Semaphore>,
+    /// The listener's address: on loopback, the `Host` a request must name.
+    local: SocketAddr,
+}
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -42,24 +70,122 @@ struct Publish {
     store: DataStore,
 }
 
-/// Serves the publish API on `listener` until `shutdown`.
+/// Serves the publish API on `listener` until `shutdown`, each batch at most `max_batch_bytes`.
 pub async fn serve(
     listener: TcpListener,
     store: DataStore,
     token: Option<String>,
+    limits: HttpLimits,
+    max_batch_bytes: usize,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let body_limit = MAX_BODY_BYTES.min(store.limits().max_data_bytes.saturating_mul(2).max(1 << 20));
-    let token: Option<std::sync::Arc<str>> = token.map(std::sync::Arc::from);
+    let body = BodyLimits {
+        put: store.limits().max_value_bytes.saturating_mul(2) + 1024,
+        batch: max_batch_bytes,
+        timeout: limits.timeout,
+        batches: Arc::new(Semaphore::new(BATCHES_AT_ONCE)),
+        local: listener.local_addr()?,
+    };
+    let token: Option<Arc<str>> = token.map(Arc::from);
     let state = Publish { store };
     let router = Router::new()
         .route("/v1/buckets/{bucket}/keys/{key}", get(get_key).put(put_key).delete(delete_key))
         .route("/v1/buckets/{bucket}", post(post_batch).get(list_keys))
         .fallback(|| async { failure(StatusCode::NOT_FOUND, "no such endpoint: see docs/data.md") })
-        .layer(DefaultBodyLimit::max(body_limit))
+        // The body is read whole by `read_body`, within its own limit.
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(body.clone(), read_body))
         .layer(middleware::from_fn(move |request, next| bearer::require(token.clone(), request, next)))
+        .layer(middleware::from_fn_with_state(body, refuse_web_pages))
         .with_state(state);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    http_server::serve(listener, router, limits, shutdown).await;
+    Ok(())
+}
+
+/// Refuses what a web page could send: a request with an `Origin`, and on loopback one whose
+/// `Host` is not a loopback name with this listener's port (DNS rebinding).
+async fn refuse_web_pages(State(limits): State<BodyLimits>, request: Request, next: Next) -> Response {
+    if request.headers().contains_key(header::ORIGIN) {
+        return failure(StatusCode::FORBIDDEN, "the publish API takes no requests from web pages (Origin is set)");
+    }
+    if limits.local.ip().is_loopback() {
+        let host = request.headers().get(header::HOST).and_then(|host| host.to_str().ok()).unwrap_or("");
+        if !names_loopback(host, limits.local.port()) {
+            return failure(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Host `{host}` is not this listener's: use localhost:{0} or 127.0.0.1:{0}",
+                    limits.local.port()
+                ),
+            );
+        }
+    }
+    next.run(request).await
+}
+
+/// Whether `host` (a `Host` header) names a loopback address, with `port` if it has one.
+fn names_loopback(host: &str, port: u16) -> bool {
+    let (name, given_port) = match host.rsplit_once(':') {
+        Some((name, given)) if !name.ends_with(':') && !given.ends_with(']') => (name, Some(given)),
+        _ => (host, None),
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let loopback =
+        name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    loopback && given_port.is_none_or(|given| given.parse() == Ok(port))
+}
+
+/// Reads a request's body whole before it is parsed: a write must say `application/json`, and
+/// its size is checked against what one value (`PUT`) or one batch (`POST`) may hold, first by
+/// its `Content-Length`, then as it comes; a body not sent within the timeout is answered 408.
+async fn read_body(State(limits): State<BodyLimits>, request: Request, next: Next) -> Response {
+    let limit = match *request.method() {
+        Method::PUT => limits.put,
+        Method::POST => limits.batch,
+        _ => 0,
+    };
+    if limit > 0 {
+        let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
+        let json = content_type.is_some_and(|value| {
+            value.split(';').next().is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if !json {
+            return failure(StatusCode::UNSUPPORTED_MEDIA_TYPE, "a write needs `Content-Type: application/json`");
+        }
+    }
+    // The rest of a refused body is not read: the connection ends with the answer.
+    let closing = |mut response: Response| {
+        response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        response
+    };
+    let too_large = || closing(failure(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {limit} bytes")));
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse().ok());
+    if declared.is_some_and(|length: usize| length > limit) {
+        return too_large();
+    }
+    let _turn = match limit > limits.put {
+        true => Some(limits.batches.acquire().await.expect("the semaphore is never closed")),
+        false => None,
+    };
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(limits.timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(Err(err)) if is_length_limit(&err) => too_large(),
+        Ok(Err(err)) => closing(failure(StatusCode::BAD_REQUEST, format!("the body could not be read: {err}"))),
+        Err(_) => closing(failure(StatusCode::REQUEST_TIMEOUT, "the body was not sent in time")),
+    }
+}
+
+/// Whether reading a body failed on its size limit.
+fn is_length_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// An error response: `status` and `{"error": reason}`.
@@ -74,7 +200,7 @@ fn refused(err: &DataError) -> Response {
         DataError::ValueTooLarge { .. } | DataError::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         DataError::OverBudget { .. } | DataError::TooManyBuckets { .. } => StatusCode::INSUFFICIENT_STORAGE,
         DataError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        DataError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        DataError::Closed | DataError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     failure(status, err.to_string())
 }
@@ -188,4 +314,19 @@ async fn list_keys(
         snapshot.keys_after(&bucket, query.after.as_deref(), limit).iter().map(|key| key.to_string()).collect();
     let next = (keys.len() == limit).then(|| keys.last().cloned()).flatten();
     Json(serde_json::json!({ "keys": keys, "next": next })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_names_with_the_listeners_port_are_this_listeners_host() {
+        for host in ["localhost:9505", "127.0.0.1:9505", "127.0.0.1", "[::1]:9505", "LOCALHOST", "[::1]"] {
+            assert!(names_loopback(host, 9505), "{host}");
+        }
+        for host in ["evil.example:9505", "127.0.0.1:80", "", "10.0.0.1:9505", "localhost.evil.example", "[::2]:9505"] {
+            assert!(!names_loopback(host, 9505), "{host}");
+        }
+    }
 }

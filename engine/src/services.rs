@@ -9,41 +9,42 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::data::{ChangeSet, DataLimits, DataStore, DataView, DurableStore};
+use crate::data::{ChangeSet, DataLimits, DataStore, DataView, DurableStore, StoreFault};
+use crate::http_server::HttpLimits;
 use crate::publish;
 
 /// The admin endpoint, the publish API and the data writer, started and stopped together.
 pub(crate) struct Services {
     /// The admin endpoint's socket and what it reads, if it has one.
     admin: Option<(std::net::TcpListener, AdminState)>,
-    /// The publish API's socket and bearer token, if it has one.
-    publish: Option<(std::net::TcpListener, Option<String>)>,
+    /// The publish API's socket and settings, if it has one.
+    publish: Option<(std::net::TcpListener, PublishSettings)>,
     /// Ends the admin endpoint and the publish API.
     stop: CancellationToken,
     /// The admin endpoint and the publish API, while they run.
     running: Vec<JoinHandle<()>>,
     /// The data writer's handle and thread, while it runs.
     data: Option<(DataStore, std::thread::JoinHandle<()>)>,
+    /// Why the data store cannot write, if it cannot: one for every start of the writer, read by
+    /// the admin endpoint.
+    fault: StoreFault,
 }
 
 impl Services {
     /// Services on these sockets, none started yet.
     pub(crate) fn new(
         admin: Option<(std::net::TcpListener, AdminState)>,
-        publish: Option<(std::net::TcpListener, Option<String>)>,
+        publish: Option<(std::net::TcpListener, PublishSettings)>,
+        fault: StoreFault,
     ) -> Self {
-        Services { admin, publish, stop: CancellationToken::new(), running: Vec::new(), data: None }
+        Services { admin, publish, stop: CancellationToken::new(), running: Vec::new(), data: None, fault }
     }
 
     /// Starts the admin endpoint.
     pub(crate) fn start_admin(&mut self) -> std::io::Result<()> {
         let Some((socket, state)) = &self.admin else { return Ok(()) };
         let (listener, state, stop) = (copy(socket)?, state.clone(), self.stop.clone());
-        self.running.push(tokio::spawn(async move {
-            if let Err(err) = admin::serve(listener, state, stop).await {
-                tracing::error!(cause = %err, "admin endpoint failed");
-            }
-        }));
+        self.running.push(tokio::spawn(admin::serve(listener, state, stop)));
         Ok(())
     }
 
@@ -56,24 +57,26 @@ impl Services {
         limits: DataLimits,
         announce: impl Fn(Arc<ChangeSet>) + Send + 'static,
     ) -> std::io::Result<()> {
-        self.data = Some(DataStore::start(durable, view.clone(), limits, announce)?);
+        self.data = Some(DataStore::start(durable, view.clone(), limits, self.fault.clone(), announce)?);
         Ok(())
     }
 
     /// Starts the publish API in front of the data writer.
     pub(crate) fn start_publish(&mut self) -> std::io::Result<()> {
-        let (Some((socket, token)), Some((store, _))) = (&self.publish, &self.data) else { return Ok(()) };
-        let (listener, store, token, stop) = (copy(socket)?, store.clone(), token.clone(), self.stop.clone());
+        let (Some((socket, settings)), Some((store, _))) = (&self.publish, &self.data) else { return Ok(()) };
+        let (listener, store, settings, stop) = (copy(socket)?, store.clone(), settings.clone(), self.stop.clone());
         tracing::info!(publish = ?listener.local_addr().ok(), "publish API listening");
         self.running.push(tokio::spawn(async move {
-            if let Err(err) = publish::serve(listener, store, token, stop).await {
+            let PublishSettings { token, limits, max_batch_bytes } = settings;
+            if let Err(err) = publish::serve(listener, store, token, limits, max_batch_bytes, stop).await {
                 tracing::error!(cause = %err, "publish API failed");
             }
         }));
         Ok(())
     }
 
-    /// Stops them all: the admin endpoint and the publish API finish their requests, then the
+    /// Stops them all: the admin endpoint and the publish API finish their requests (within
+    /// `http_server::STOP_GRACE`: a client that holds one longer is dropped), then the
     /// data writer ends and closes the data store, so every acknowledged update is on disk and
     /// another process can open the store.
     pub(crate) async fn stop(&mut self) {
@@ -87,6 +90,17 @@ impl Services {
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
     }
+}
+
+/// What the publish API is started with.
+#[derive(Debug, Clone)]
+pub(crate) struct PublishSettings {
+    /// The bearer token it requires, if any.
+    pub(crate) token: Option<String>,
+    /// Its clients' time and connection limits.
+    pub(crate) limits: HttpLimits,
+    /// Bytes of one batch's body.
+    pub(crate) max_batch_bytes: usize,
 }
 
 /// A listener on a copy of `socket`, for one start of a service.

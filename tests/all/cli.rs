@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use wasmpush_tests::{Client, Frame, KillOnDrop, artifacts};
 
-use crate::util::{BINARY, SOON, encode, plugins_dir_with_quote, start_in_foreground, write_config};
+use crate::util::{BINARY, SOON, config_address, encode, plugins_dir_with_quote, start_in_foreground, write_config};
 
 fn wasmpush(args: &[&str]) -> Output {
     Command::new(BINARY).args(args).output().expect("run wasmpush")
@@ -201,7 +201,7 @@ impl PortfolioDaemon {
         let daemon = PortfolioDaemon { dir, url };
         let start = daemon.wasmpush(&["start", "--daemon"]);
         assert!(start.status.success(), "{}", text(&start.stderr));
-        daemon.put("accounts", "a1", r#"{"holdings":{"AAPL":2}}"#);
+        daemon.put("accounts", "a1", r#"{"holdings":{"AAPL":2},"public":true}"#);
         daemon.put("prices", "AAPL", r#"{"price":10}"#);
         let mut connected = Vec::new();
         for _ in 0..clients {
@@ -625,4 +625,65 @@ async fn a_bare_restart_and_status_act_on_the_engine_as_it_was_started() {
     let status = wasmpush(&["status", "--pid-file", &pid]);
     assert!(text(&status.stdout).contains(&format!("listen:         {listen}")), "{}", text(&status.stdout));
     assert!(wasmpush(&["stop", "--pid-file", &pid]).status.success());
+}
+
+/// Regression (#23.6): a restart from a shell without the secrets the engine was started with
+/// used to start an engine without them (the publish API open, the admin endpoint open, or the
+/// restart failing on a plugin that requires tokens).
+#[tokio::test]
+async fn a_restart_from_a_shell_without_the_secrets_keeps_the_running_engines_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir_with_quote(dir.path());
+    let (config, port, admin) = write_config(dir.path(), &plugins, "[plugins.quote]\nauth = \"required\"\n");
+    let publish = config_address(&config, "publish");
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let (config, pid, log) = (config.to_str().unwrap().to_owned(), path("wasmpush.pid"), path("wasmpush.log"));
+    let run = |command: &str, secrets: &[(&str, &str)]| {
+        let mut run = Command::new(BINARY);
+        run.args([command, "--daemon", "--config", &config, "--pid-file", &pid, "--log-file", &log]);
+        for name in ["WASMPUSH_PUBLISH_TOKEN", "WASMPUSH_ADMIN_TOKEN", "WASMPUSH_JWT_SECRET"] {
+            run.env_remove(name);
+        }
+        run.envs(secrets.iter().copied()).output().unwrap()
+    };
+    let secrets = [
+        ("WASMPUSH_PUBLISH_TOKEN", "publish-token-0123456789"),
+        ("WASMPUSH_ADMIN_TOKEN", "admin-token-0123456789"),
+        ("WASMPUSH_JWT_SECRET", "a-jwt-secret-of-at-least-32-bytes!!"),
+    ];
+    let start = run("start", &secrets);
+    assert!(start.status.success(), "{}", text(&start.stderr));
+    let closed = async || {
+        let put = wasmpush_tests::http::request(publish, "PUT", "/v1/buckets/b/keys/k", None, "1").await;
+        let status = wasmpush_tests::http::exchange(
+            ([127, 0, 0, 1], admin).into(),
+            "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let anonymous = Client::try_connect(&format!("ws://127.0.0.1:{port}/ws/quote")).await;
+        (put.0, status.0, anonymous.is_err())
+    };
+    assert_eq!(closed().await, (401, 401, true), "started with its secrets");
+
+    let restart = run("restart", &[]);
+    assert!(restart.status.success(), "{}", text(&restart.stderr));
+    assert_eq!(closed().await, (401, 401, true), "after a restart from a shell without them");
+    let (status, _) =
+        wasmpush_tests::http::request(publish, "PUT", "/v1/buckets/b/keys/k", Some("publish-token-0123456789"), "1")
+            .await;
+    assert_eq!(status, 200, "the running engine's token still opens the publish API");
+    let stop = wasmpush(&["stop", "--pid-file", &pid]);
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+}
+
+/// Regression (#23.12): `data` wrote unchecked bucket and key names into its request line.
+#[test]
+fn the_data_command_refuses_a_name_that_would_break_its_request_line() {
+    // Nothing listens on port 1: a name that passed the check would fail to connect instead.
+    let injected = wasmpush(&["data", "--publish", "127.0.0.1:1", "put", "b", "k HTTP/1.1\r\nX-Evil: 1", "1"]);
+    assert!(!injected.status.success());
+    let stderr = text(&injected.stderr);
+    assert!(stderr.contains("has ' '") && !stderr.contains("does not answer"), "{stderr}");
+    let bucket = wasmpush(&["data", "--publish", "127.0.0.1:1", "ls", "a/b"]);
+    assert!(text(&bucket.stderr).contains("bucket name `a/b` has '/'"), "{}", text(&bucket.stderr));
 }

@@ -91,3 +91,17 @@ pub fn write_config(dir: &Path, plugins: &Path, extra: &str) -> (PathBuf, u16, u
     std::fs::write(&config, text).unwrap();
     (config, port, admin)
 }
+
+/// The address the config file `config` gives `key` (`listen`, `admin`, `publish`).
+pub fn config_address(config: &Path, key: &str) -> std::net::SocketAddr {
+    let text = std::fs::read_to_string(config).unwrap();
+    let line = text.lines().find_map(|line| line.strip_prefix(&format!("{key} = \""))).unwrap();
+    line.trim_end_matches('"').parse().unwrap()
+}
+
+/// The peak resident memory of process `pid` so far (`VmHWM`), in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find_map(|line| line.strip_prefix("VmHWM:")).unwrap();
+    line.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap() * 1024
+}

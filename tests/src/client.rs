@@ -39,6 +39,21 @@ impl Client {
         Ok(Client { ws })
     }
 
+    /// Connects from the local address `source` (127.0.0.2 and up stand for other clients), or
+    /// returns the handshake error.
+    pub async fn try_connect_from(
+        source: std::net::IpAddr,
+        url: &str,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let host = url.split('/').nth(2).expect("ws://HOST:PORT/…");
+        let addr: std::net::SocketAddr = host.parse().expect("a numeric host and port");
+        let socket = if source.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        let stream = socket.connect(addr).await?;
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
+        Ok(Client { ws })
+    }
+
     /// Connects with a request of one's own (headers, subprotocols); returns the client and the
     /// server's handshake response, or the handshake error.
     pub async fn try_connect_with(

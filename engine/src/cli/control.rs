@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use nix::sys::signal::Signal;
 
 use super::http::request;
-use super::pidfile::running;
+use super::pidfile::{self, running};
 use crate::admin::Status;
 
 /// The LSB exit code of `status` for "not running".
@@ -78,7 +78,12 @@ pub(super) fn stop(pid_file: &Path, timeout: Duration) -> anyhow::Result<ExitCod
     if engine.is_alive() {
         eprintln!("wasmpush: pid {pid} did not exit within {timeout:?}; sending SIGKILL");
         engine.signal(Signal::SIGKILL).context("cannot kill the engine")?;
-        let _ = std::fs::remove_file(pid_file);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while engine.is_alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Not by path alone: a new engine may have written its own file there meanwhile.
+        pidfile::remove_stale(pid_file);
     }
     println!("stopped (pid {pid})");
     Ok(ExitCode::SUCCESS)

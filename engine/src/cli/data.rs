@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 
 use super::http::request;
 use crate::config::Config;
+use crate::data::{check_bucket, check_key};
 
 /// Where the publish API is and how to authenticate.
 #[derive(Debug, Args)]
@@ -89,6 +90,19 @@ pub(super) fn run(args: DataArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(answer);
         anyhow::bail!("{status}: {reason}")
     };
+    // Checked here, before they go into a request line: a name with a space or a line break
+    // would make another request of it.
+    let max_key = config.max_key_bytes;
+    let names = |bucket: &str, key: Option<&str>| -> anyhow::Result<()> {
+        check_bucket(bucket).map_err(anyhow::Error::msg)?;
+        key.map_or(Ok(()), |key| check_key(key, max_key)).map_err(anyhow::Error::msg)
+    };
+    match &args.command {
+        DataCommand::Put { bucket, key, .. } | DataCommand::Get { bucket, key } | DataCommand::Del { bucket, key } => {
+            names(bucket, Some(key))?;
+        }
+        DataCommand::Ls { bucket, after, .. } => names(bucket, after.as_deref())?,
+    }
     match args.command {
         DataCommand::Put { bucket, key, value } => {
             let value = match value.as_str() {
@@ -124,8 +138,8 @@ pub(super) fn run(args: DataArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The API path of one key. Names are checked by the engine; they hold no character a path must
-/// escape (docs/data.md), and anything else is refused there with 400.
+/// The API path of one key, whose names are checked: they hold no character a path must escape
+/// (docs/data.md).
 fn key_path(bucket: &str, key: &str) -> String {
     format!("/v1/buckets/{bucket}/keys/{key}")
 }

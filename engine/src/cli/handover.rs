@@ -2,7 +2,10 @@
 //! (`PIDFILE.handover`, mode 0600). The running engine listens on it for its whole life; a
 //! restart's new engine connects and
 //! 1. sends `TAKE-OVER`: the running engine answers with its three listening sockets (WebSocket,
-//!    admin, publish) as file descriptors (`SCM_RIGHTS`), and keeps serving on them;
+//!    admin, publish) as file descriptors (`SCM_RIGHTS`), and keeps serving on them; the new
+//!    engine then sends `SECRETS`, and the running engine answers `SECRETS {json}` with the tokens
+//!    and the JWT secret it was given by flag or environment, so a restart from a shell without
+//!    them never starts an engine that is more open than the one it replaces;
 //! 2. compiles its plugins, then sends `RELEASE`: the running engine stops accepting, closes its
 //!    publish API, admin endpoint and data store, and answers `RELEASED`, keeping its
 //!    connections;
@@ -18,9 +21,13 @@
 //! accept queue until one of them accepts it: no connection is refused.
 //!
 //! Restarts also upgrade and roll back the binary, so the two engines may be different builds.
-//! Version 2 of this protocol added `SERVING`; an engine of version 2 says its version after
-//! `LISTENERS` and `RELEASE` (`LISTENERS 2`, `RELEASE 2`), and speaks version 1 (no `SERVING`:
-//! the old engine drains as soon as it has let go) with an engine that says none.
+//! Version 2 of this protocol added `SERVING`, version 3 `SECRETS`; an engine says its version
+//! after `LISTENERS` and `RELEASE` (`LISTENERS 3`, `RELEASE 3`), and speaks the lower of the two
+//! versions: version 1 (no `SERVING`: the old engine drains as soon as it has let go) with an
+//! engine that says none, no `SECRETS` below version 3.
+//!
+//! Every read on the socket has a time limit, except the following of forwarded batches (a quiet
+//! stream is normal there): a peer that connects and says nothing cannot hold the handover.
 
 use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -36,6 +43,7 @@ use anyhow::{Context, bail, ensure};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr, recvmsg, sendmsg};
 use tokio::sync::{mpsc, oneshot};
 
+use super::secrets::Secrets;
 use crate::data::{Change, ChangeSet};
 use crate::server::{HandOver, Released, Successor};
 
@@ -44,12 +52,19 @@ const LISTENERS: &str = "LISTENERS";
 const RELEASE: &str = "RELEASE";
 const RELEASED: &str = "RELEASED";
 const SERVING: &str = "SERVING";
+const SECRETS: &str = "SECRETS";
 
 /// The version of the protocol this build speaks.
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
-/// How long the new engine waits for the running engine's sockets.
+/// How long either engine waits for an answer the other gives at once (the sockets, the
+/// secrets, `TAKE-OVER` after connecting).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the running engine waits for a new engine's `RELEASE` (it compiles its plugins
+/// first) and then for its `SERVING` (it loads its data first); past it, the new engine is taken
+/// for failed and this one serves on.
+const STEP_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How long the new engine waits for the old one to let go (its in-flight publishes finish and
 /// its data store closes).
@@ -73,15 +88,22 @@ pub(super) fn socket_path(pid_file: &Path) -> PathBuf {
 }
 
 /// The running engine's side: listens on `path` (replacing a stale socket file) and hands
-/// `listeners` to each new engine that asks; its `RELEASE` goes to the server through `release`.
-/// Runs on a thread of its own until a new engine serves.
-pub(super) fn serve(path: &Path, listeners: [OwnedFd; 3], release: mpsc::Sender<HandOver>) -> std::io::Result<()> {
+/// `listeners` and `secrets` to each new engine that asks; its `RELEASE` goes to the server
+/// through `release`. Runs on a thread of its own until a new engine serves.
+pub(super) fn serve(
+    path: &Path,
+    listeners: [OwnedFd; 3],
+    secrets: Secrets,
+    release: mpsc::Sender<HandOver>,
+) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let socket = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     std::thread::Builder::new().name("wasmpush-handover".to_owned()).spawn(move || {
         for stream in socket.incoming() {
-            match stream.map_err(anyhow::Error::from).and_then(|stream| answer(stream, &listeners, &release)) {
+            let answered =
+                stream.map_err(anyhow::Error::from).and_then(|stream| answer(stream, &listeners, &secrets, &release));
+            match answered {
                 Ok(()) => return,
                 // A new engine that failed half-way: this one serves on, and waits for the next.
                 Err(err) => tracing::warn!(cause = %format!("{err:#}"), "a restart's handover failed; serving on"),
@@ -93,7 +115,13 @@ pub(super) fn serve(path: &Path, listeners: [OwnedFd; 3], release: mpsc::Sender<
 
 /// Answers one new engine: its listeners, then its release; then, once it serves, follows its
 /// data. An error once this engine let go means the new engine failed, and this one serves on.
-fn answer(stream: UnixStream, listeners: &[OwnedFd; 3], release: &mpsc::Sender<HandOver>) -> anyhow::Result<()> {
+fn answer(
+    stream: UnixStream,
+    listeners: &[OwnedFd; 3],
+    secrets: &Secrets,
+    release: &mpsc::Sender<HandOver>,
+) -> anyhow::Result<()> {
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     expect_line(&mut reader, TAKE_OVER)?;
     let fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
@@ -106,7 +134,14 @@ fn answer(stream: UnixStream, listeners: &[OwnedFd; 3], release: &mpsc::Sender<H
         None,
     )?;
     tracing::info!("a new engine took the listening sockets; it will ask this one to let go");
-    let version = versioned_line(&mut reader, RELEASE)?;
+    stream.set_read_timeout(Some(STEP_TIMEOUT))?;
+    let mut line = read_line(&mut reader)?;
+    if line == SECRETS {
+        let json = serde_json::to_string(secrets).expect("strings serialize");
+        writeln!(&stream, "{SECRETS} {json}")?;
+        line = read_line(&mut reader)?;
+    }
+    let version = spoken_version(&line, RELEASE).with_context(|| format!("expected `{RELEASE}`, got `{line}`"))?;
     let (released, stopped) = oneshot::channel();
     let (successor, outcome) = oneshot::channel();
     release.blocking_send(HandOver { released, successor: outcome }).context("the engine is stopping")?;
@@ -120,6 +155,7 @@ fn answer(stream: UnixStream, listeners: &[OwnedFd; 3], release: &mpsc::Sender<H
         let _ = successor.send(Successor::Failed(reason.clone()));
         bail!(reason);
     }
+    stream.set_read_timeout(None)?;
     let (follow, followed) = mpsc::channel(FOLLOW_CAPACITY);
     if successor.send(Successor::Serving(followed)).is_err() {
         return Ok(());
@@ -192,20 +228,23 @@ fn forwarder(stream: UnixStream, version: u32) -> std::io::Result<Released> {
     Ok(Released { forward: Box::new(forward), serving: Box::new(serving) })
 }
 
-/// Reads one line and checks it is `expected`.
-fn expect_line(reader: &mut impl BufRead, expected: &str) -> anyhow::Result<()> {
+/// The longest protocol line read (secrets included).
+const MAX_LINE: u64 = 64 << 10;
+
+/// Reads one protocol line, without its end.
+fn read_line(reader: &mut impl BufRead) -> anyhow::Result<String> {
     let mut line = String::new();
-    reader.read_line(&mut line)?;
-    ensure!(line.trim_end() == expected, "expected `{expected}`, got `{}`", line.trim_end());
-    Ok(())
+    Read::take(&mut *reader, MAX_LINE).read_line(&mut line)?;
+    ensure!(line.ends_with('\n'), "the other engine closed the handover or sent a line over {MAX_LINE} bytes");
+    line.pop();
+    Ok(line)
 }
 
-/// Reads one line and checks it is `word`, with or without a protocol version; returns the
-/// version both engines speak (1 for none said).
-fn versioned_line(reader: &mut impl BufRead, word: &str) -> anyhow::Result<u32> {
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    spoken_version(line.trim_end(), word).with_context(|| format!("expected `{word}`, got `{}`", line.trim_end()))
+/// Reads one line and checks it is `expected`.
+fn expect_line(reader: &mut impl BufRead, expected: &str) -> anyhow::Result<()> {
+    let line = read_line(reader)?;
+    ensure!(line == expected, "expected `{expected}`, got `{line}`");
+    Ok(())
 }
 
 /// The version both engines speak, from a line that should be `word` or `word VERSION`.
@@ -223,10 +262,15 @@ pub(super) struct TakeOver {
     version: u32,
 }
 
+/// What a new engine takes over: the handover in progress, the listening sockets (WebSocket,
+/// admin, publish), and the running engine's secrets (`None` from an engine of a version before
+/// 3, which cannot send them).
+pub(super) type Taken = (TakeOver, [std::net::TcpListener; 3], Option<Secrets>);
+
 impl TakeOver {
     /// Connects to the running engine's handover socket at `path` and takes its listening
-    /// sockets: WebSocket, admin, publish.
-    pub(super) fn connect(path: &Path) -> anyhow::Result<(TakeOver, [std::net::TcpListener; 3])> {
+    /// sockets and its secrets.
+    pub(super) fn connect(path: &Path) -> anyhow::Result<Taken> {
         let stream = UnixStream::connect(path)
             .with_context(|| format!("cannot reach the running engine's handover socket {}", path.display()))?;
         // A running engine answers at once; one that does not is not waited for forever.
@@ -251,7 +295,17 @@ impl TakeOver {
         let version = spoken_version(said.trim_end(), LISTENERS)
             .with_context(|| format!("expected `{LISTENERS}`, got `{}`", said.trim_end()))?;
         let listeners = [websocket, admin, publish].map(std::net::TcpListener::from);
-        Ok((TakeOver { stream, version }, listeners))
+        let secrets = match version {
+            3.. => {
+                writeln!(&stream, "{SECRETS}")?;
+                let line = read_line(&mut BufReader::new(&stream))?;
+                let json = line.strip_prefix(SECRETS).and_then(|rest| rest.strip_prefix(' '));
+                let json = json.with_context(|| format!("expected `{SECRETS} {{…}}`, got another line"))?;
+                Some(serde_json::from_str(json).context("the running engine's secrets are not readable")?)
+            }
+            _ => None,
+        };
+        Ok((TakeOver { stream, version }, listeners, secrets))
     }
 
     /// Asks the running engine to let go: stop accepting and close its data store. Returns once
@@ -308,7 +362,7 @@ mod tests {
 
     /// Has the engine serving on `path` let go for a new engine, and returns what each side got.
     async fn let_go(path: &Path, requests: &mut mpsc::Receiver<HandOver>) -> (Released, oneshot::Receiver<Successor>) {
-        let (take_over, _listeners) = TakeOver::connect(path).unwrap();
+        let (take_over, _listeners, _) = TakeOver::connect(path).unwrap();
         let releasing = tokio::task::spawn_blocking(move || take_over.release());
         let HandOver { released, successor } = requests.recv().await.unwrap();
         released.send(()).unwrap();
@@ -319,7 +373,7 @@ mod tests {
     async fn a_new_engine_failing_before_it_serves_leaves_the_old_one_to_answer_the_next() {
         let (_dir, path, sockets) = offered();
         let (release, mut requests) = mpsc::channel(1);
-        serve(&path, sockets, release).unwrap();
+        serve(&path, sockets, Secrets::default(), release).unwrap();
 
         let (failed, successor) = let_go(&path, &mut requests).await;
         drop(failed);
@@ -336,10 +390,27 @@ mod tests {
         assert_eq!(followed.recv().await.unwrap(), [Change::new("prices", "AAPL", Some("1"))]);
     }
 
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_new_engine_gets_the_running_engines_secrets_and_the_handover_goes_on() {
+        let (_dir, path, sockets) = offered();
+        let (release, mut requests) = mpsc::channel(1);
+        let secrets: Secrets =
+            serde_json::from_str(r#"{"publish_token":"p-0123456789abcdef","admin_token":null,"jwt_secret":"j"}"#)
+                .unwrap();
+        serve(&path, sockets, secrets.clone(), release).unwrap();
+        let (take_over, _listeners, taken) = TakeOver::connect(&path).unwrap();
+        assert_eq!(taken, Some(secrets));
+        let releasing = tokio::task::spawn_blocking(move || take_over.release());
+        let HandOver { released, successor: _ } = requests.recv().await.unwrap();
+        released.send(()).unwrap();
+        releasing.await.unwrap().expect("RELEASE follows SECRETS");
+    }
+
     #[test]
     fn the_version_spoken_is_the_lower_of_the_two() {
         assert_eq!(spoken_version("RELEASE", RELEASE), Some(1), "a version 1 engine says none");
         assert_eq!(spoken_version("RELEASE 2", RELEASE), Some(2));
+        assert_eq!(spoken_version("RELEASE 3", RELEASE), Some(3));
         assert_eq!(spoken_version("RELEASE 7", RELEASE), Some(VERSION), "a newer engine is spoken to in this one's");
         for wrong in ["RELEASED", "RELEASE x", "RELEASE  2", "RELEASE -1", "TAKE-OVER"] {
             assert_eq!(spoken_version(wrong, RELEASE), None, "{wrong}");
@@ -358,7 +429,7 @@ mod tests {
     async fn a_new_engine_of_version_1_is_followed_as_soon_as_the_old_one_let_go() {
         let (_dir, path, sockets) = offered();
         let (release, mut requests) = mpsc::channel(1);
-        serve(&path, sockets, release).unwrap();
+        serve(&path, sockets, Secrets::default(), release).unwrap();
         let new_engine = tokio::task::spawn_blocking(move || {
             let stream = UnixStream::connect(&path).unwrap();
             writeln!(&stream, "{TAKE_OVER}").unwrap();
@@ -407,7 +478,8 @@ mod tests {
             reader.read_line(&mut line).unwrap();
             line
         });
-        let (take_over, _listeners) = TakeOver::connect(&path).unwrap();
+        let (take_over, _listeners, secrets) = TakeOver::connect(&path).unwrap();
+        assert!(secrets.is_none(), "an engine of version 1 sends no secrets");
         let Released { forward, serving } =
             tokio::task::spawn_blocking(move || take_over.release()).await.unwrap().unwrap();
         serving();

@@ -11,7 +11,8 @@
 //! - `pidfile`: how the commands find the engine, and how `start` refuses to run twice.
 //! - `error_chain`: an error and its causes on one line.
 //! - `launch`: how the engine was started, kept beside its pid file for `restart` and `status`.
-//! - `handover`: how a restart's new engine takes the sockets and the data store over.
+//! - `handover`: how a restart's new engine takes the sockets, the secrets and the data store over.
+//! - `secrets`: the tokens and the JWT secret a start is given by flag or environment.
 
 mod control;
 mod daemon;
@@ -21,6 +22,7 @@ mod handover;
 mod http;
 mod launch;
 mod pidfile;
+mod secrets;
 mod start;
 
 use std::ffi::OsString;
@@ -55,7 +57,8 @@ enum Command {
     /// Runs the engine (in the foreground, or with --daemon in the background) until SIGINT or
     /// SIGTERM (`stop`); SIGHUP rescans plugins.
     Start(StartArgs),
-    /// Stops the running engine, then starts it again in the background.
+    /// Starts a new engine in the background as the running one was started, which takes its
+    /// sockets and secrets over (no client is refused), then lets the old one drain.
     Restart(StartArgs),
     /// Shows whether the engine runs and what it serves; exit code 0 when running, 3 when not.
     Status {
@@ -140,11 +143,10 @@ impl Cli {
                 if args.detached {
                     daemon::detach();
                 }
-                let config = args.config()?;
                 if !args.takeover {
                     pidfile::refuse_if_running(&args.pid_file)?;
                 }
-                start::start(config, args)
+                start::start(args)
             }
             Command::Restart(given) => {
                 // As it was started: its flags, in its directory, with the flags given here on top.

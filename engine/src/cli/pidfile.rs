@@ -82,14 +82,25 @@ impl PidFile {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io(path))?;
         }
-        let file = open(path, true).map_err(io(path))?;
-        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((mut file, Errno::EWOULDBLOCK)) => {
-                let pid = contents(&mut file).and_then(|text| parse(&text)).map_or(0, |(pid, _)| pid.as_raw());
-                return Err(PidFileError::AlreadyRunning { pid, path: path.to_owned() });
+        // The file may be removed (an engine exiting) or replaced (a restart's new engine) between
+        // opening and locking it: a lock on a file no longer at `path` guards nothing, so retry.
+        let mut attempts = 0;
+        let mut lock = loop {
+            let file = open(path, true).map_err(io(path))?;
+            let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => lock,
+                Err((mut file, Errno::EWOULDBLOCK)) => {
+                    let pid = contents(&mut file).and_then(|text| parse(&text)).map_or(0, |(pid, _)| pid.as_raw());
+                    return Err(PidFileError::AlreadyRunning { pid, path: path.to_owned() });
+                }
+                Err((_, errno)) => return Err(io(path)(errno.into())),
+            };
+            attempts += 1;
+            match is_at(&lock, path) {
+                true => break lock,
+                false if attempts < 10 => continue,
+                false => return Err(io(path)(std::io::Error::other("the file keeps being replaced while locked"))),
             }
-            Err((_, errno)) => return Err(io(path)(errno.into())),
         };
         if let Some(stale) = contents(&mut lock).filter(|text| !text.trim().is_empty()) {
             tracing::warn!(path = %path.display(), stale = stale.trim(), "replacing a stale pid file");
@@ -130,12 +141,28 @@ impl Drop for PidFile {
     fn drop(&mut self) {
         // Removed while still locked, and only if it is still this engine's file: a restart's new
         // engine may have renamed its own into place.
-        use std::os::unix::fs::MetadataExt;
-        let ours = self.lock.metadata().ok().map(|meta| (meta.dev(), meta.ino()));
-        let there = std::fs::symlink_metadata(&self.path).ok().map(|meta| (meta.dev(), meta.ino()));
-        if ours.is_some() && ours == there {
+        if is_at(&self.lock, &self.path) {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// Whether `file` is the file at `path` now (not one removed or replaced since it was opened).
+fn is_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ours = file.metadata().ok().map(|meta| (meta.dev(), meta.ino()));
+    let there = std::fs::symlink_metadata(path).ok().map(|meta| (meta.dev(), meta.ino()));
+    ours.is_some() && ours == there
+}
+
+/// Removes the pid file at `path` if it is stale (nobody holds it), holding its lock meanwhile:
+/// never a file another engine has written and locked since.
+pub fn remove_stale(path: &Path) {
+    let Ok(file) = open(path, false) else { return };
+    if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        && is_at(&lock, path)
+    {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -272,6 +299,21 @@ mod tests {
         assert_eq!(running(&path).unwrap().map(|r| r.pid), Some(me));
         drop(replaced);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_a_stale_file_still_at_its_path_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wasmpush.pid");
+        let held = PidFile::create(&path).unwrap();
+        remove_stale(&path);
+        assert!(path.exists(), "a file an engine holds is not stale");
+        let file = open(&path, false).unwrap();
+        drop(held);
+        assert!(!is_at(&file, &path), "a lock on a removed file is not a lock on the path");
+        std::fs::write(&path, "1 1\n").unwrap();
+        remove_stale(&path);
+        assert!(!path.exists(), "an unlocked file is removed");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::handover::{self, TakeOver};
 use super::launch;
 use super::pidfile::DEFAULT_PID_FILE;
 use super::pidfile::{self, PidFile};
+use super::secrets::Secrets;
 use crate::config::Config;
 use crate::server::{self, Lifecycle, Listeners, Reload};
 
@@ -76,6 +77,10 @@ pub(super) struct StartArgs {
     /// Directory of the durable data store [default: runtime/data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// If the data store cannot be read (a damaged file), move it aside (`buckets.redb.damaged-SECS`)
+    /// and start with an empty store instead of refusing to start.
+    #[arg(long)]
+    recover_data: bool,
     /// Set by `--daemon` for its child: start a new session, without a controlling terminal.
     #[arg(long, hide = true)]
     pub(super) detached: bool,
@@ -93,6 +98,9 @@ impl StartArgs {
             vec!["start".into(), "--detached".into(), "--pid-file".into(), self.pid_file.clone().into()];
         if self.takeover {
             args.push("--takeover".into());
+        }
+        if self.recover_data {
+            args.push("--recover-data".into());
         }
         args.extend(self.setting_flags());
         args
@@ -121,6 +129,34 @@ impl StartArgs {
 
     /// The config file's settings (or the defaults) with the flags applied, validated.
     pub(super) fn config(&self) -> anyhow::Result<Config> {
+        let config = self.unchecked_config()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The secrets given by flag or environment.
+    pub(super) fn secrets(&self) -> Secrets {
+        Secrets {
+            publish_token: self.publish_token.clone(),
+            admin_token: self.admin_token.clone(),
+            jwt_secret: self.jwt_secret.clone(),
+        }
+    }
+
+    /// Takes each secret the running engine was given by flag or environment and this start was
+    /// not: a restart from a shell without them must not start an engine without them. Returns
+    /// the names of the secrets taken.
+    pub(super) fn adopt(&mut self, running: Secrets) -> Vec<&'static str> {
+        let mut secrets = self.secrets();
+        let taken = secrets.adopt(running);
+        Secrets { publish_token: self.publish_token, admin_token: self.admin_token, jwt_secret: self.jwt_secret } =
+            secrets;
+        taken
+    }
+
+    /// The config file's settings (or the defaults) with the flags applied, not validated: a
+    /// restart's new engine validates once it has the running engine's secrets.
+    fn unchecked_config(&self) -> anyhow::Result<Config> {
         let mut config = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
@@ -158,7 +194,7 @@ impl StartArgs {
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
         }
-        config.validate()?;
+        config.recover_data = self.recover_data;
         Ok(config)
     }
 }
@@ -166,18 +202,13 @@ impl StartArgs {
 /// Starts the engine in the background and waits until it listens (with `takeover`, until it
 /// has taken over from the engine running now).
 pub(super) fn start_daemon(args: &StartArgs) -> anyhow::Result<ExitCode> {
-    let config = args.config()?;
+    // A restart's new engine validates its settings once it has the running engine's secrets.
+    let config = if args.takeover { args.unchecked_config()? } else { args.config()? };
     if !args.takeover {
         pidfile::refuse_if_running(&args.pid_file)?;
     }
-    let secrets: Vec<(&str, &str)> = [
-        ("WASMPUSH_PUBLISH_TOKEN", &args.publish_token),
-        ("WASMPUSH_ADMIN_TOKEN", &args.admin_token),
-        ("WASMPUSH_JWT_SECRET", &args.jwt_secret),
-    ]
-    .into_iter()
-    .filter_map(|(name, token)| token.as_deref().map(|token| (name, token)))
-    .collect();
+    let secrets = args.secrets();
+    let secrets = secrets.as_env();
     let wait = daemon::Wait { timeout: Duration::from_secs(args.start_timeout), kill_if_late: args.takeover };
     let pid = daemon::spawn(&args.foreground_args(), &secrets, &args.log_file, &args.pid_file, config.admin, wait)?;
     println!("wasmpush started (pid {pid}), listening on {}, logging to {}", config.listen, args.log_file.display());
@@ -185,18 +216,35 @@ pub(super) fn start_daemon(args: &StartArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs the engine in the foreground; `args` are re-read on SIGHUP. With `--takeover` it takes
-/// the listening sockets and the data store over from the engine running with the same pid file
-/// (a restart); either way it offers them to the next restart's engine (see `handover`).
-pub(super) fn start(config: Config, args: StartArgs) -> anyhow::Result<ExitCode> {
+/// the listening sockets, the secrets and the data store over from the engine running with the
+/// same pid file (a restart); either way it offers them to the next restart's engine (see
+/// `handover`).
+pub(super) fn start(mut args: StartArgs) -> anyhow::Result<ExitCode> {
+    // A file-size limit (RLIMIT_FSIZE) must fail the write that meets it, which the data store
+    // recovers from, not kill the engine.
+    // SAFETY: ignoring a signal installs no handler code.
+    #[allow(unsafe_code)]
+    let _ =
+        unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGXFSZ, nix::sys::signal::SigHandler::SigIgn) };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async {
         // Signals are handled from here on: a SIGTERM while plugins compile stops the engine.
         let shutdown = shutdown_signal()?;
-        let reloads = reload_signal(args.clone())?;
         let handover_path = handover::socket_path(&args.pid_file);
-        let (listeners, take_over) = match args.takeover {
-            true => {
-                let (take_over, [websocket, admin, publish]) = TakeOver::connect(&handover_path)?;
+        let taken = match args.takeover {
+            true => Some(TakeOver::connect(&handover_path)?),
+            false => None,
+        };
+        if let Some((_, _, Some(running))) = &taken {
+            let adopted = args.adopt(running.clone());
+            if !adopted.is_empty() {
+                tracing::info!(secrets = ?adopted, "kept the running engine's secrets, which this start was not given");
+            }
+        }
+        let config = args.config()?;
+        let reloads = reload_signal(args.clone())?;
+        let (listeners, take_over) = match taken {
+            Some((take_over, [websocket, admin, publish], _)) => {
                 let listeners = Listeners {
                     websocket: adopt_or_bind(websocket, config.listen, "").await?,
                     admin: Some(adopt_or_bind(admin, config.admin, " (admin)").await?),
@@ -204,7 +252,7 @@ pub(super) fn start(config: Config, args: StartArgs) -> anyhow::Result<ExitCode>
                 };
                 (listeners, Some(take_over))
             }
-            false => (bind(&config).await?, None),
+            None => (bind(&config).await?, None),
         };
         let offered = offered_sockets(&listeners)?;
         let (hand_over, hand_over_requests) = mpsc::channel(1);
@@ -217,7 +265,7 @@ pub(super) fn start(config: Config, args: StartArgs) -> anyhow::Result<ExitCode>
                 if let Err(err) = launch::save(&path, &args.setting_flags()) {
                     tracing::warn!(cause = %err, "cannot keep the start flags beside the pid file; restart and status need them repeated");
                 }
-                handover::serve(&handover_path, offered, hand_over)
+                handover::serve(&handover_path, offered, args.secrets(), hand_over)
                     .context("cannot open the handover socket for restarts")?;
                 Ok(())
             }
@@ -263,9 +311,21 @@ async fn bind(config: &Config) -> anyhow::Result<Listeners> {
     })
 }
 
-/// Binds `addr`; the error names it and `what` it is for.
+/// Connections the kernel queues for a listener before the engine accepts them. Between a
+/// restart's let-go and its new engine serving, nobody accepts (the new engine loads its data):
+/// a client past the queue would wait for SYN retries (1, 3, 7 s). The kernel caps it at
+/// `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds `addr` with [`LISTEN_BACKLOG`]; the error names it and `what` it is for.
 async fn bind_one(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}{what}"))
+    let bind = || -> std::io::Result<tokio::net::TcpListener> {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bind().with_context(|| format!("cannot listen on {addr}{what}"))
 }
 
 /// A listener taken over from the running engine, if it listens where this engine should; a

@@ -17,10 +17,10 @@ mod names;
 mod snapshot;
 mod writer;
 
-pub use durable::{Change, DurableStore};
+pub use durable::{Change, DurableStore, FILE_NAME, Loaded};
 pub use names::{check_bucket, check_key};
 pub use snapshot::Snapshot;
-pub use writer::{ChangeSet, DataStore, DataView};
+pub use writer::{ChangeSet, DataStore, DataView, StoreFault};
 
 /// The limits of the store; each change that would break one is refused with its own error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +88,9 @@ pub enum DataError {
     /// The disk write failed; nothing of the batch was published.
     #[error("storage failed: {0}")]
     Storage(String),
+    /// The store failed earlier and cannot be reopened yet: nothing is written until it can.
+    #[error("the data store is unavailable until it can be reopened: {0}")]
+    Unavailable(String),
     /// The engine is shutting down.
     #[error("the data store is shut down")]
     Closed,

@@ -11,7 +11,9 @@ pub fn check_bucket(name: &str) -> Result<(), String> {
         return Err(format!("bucket name must be 1 to {MAX_BUCKET_NAME} bytes, not {}", name.len()));
     }
     match name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
-        Some(c) => Err(format!("bucket name `{name}` has {c:?}: use ASCII letters, digits, `-` and `_`")),
+        Some(c) => {
+            Err(format!("bucket name `{}` has {c:?}: use ASCII letters, digits, `-` and `_`", name.escape_debug()))
+        }
         None => Ok(()),
     }
 }

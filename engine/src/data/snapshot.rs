@@ -52,6 +52,11 @@ impl Snapshot {
         self.revision
     }
 
+    /// Sets the revision of the last change applied (a store's, which deletes move too).
+    pub(crate) fn set_revision(&mut self, revision: u64) {
+        self.revision = revision;
+    }
+
     /// Bytes of every key and value held.
     pub fn bytes(&self) -> usize {
         self.bytes

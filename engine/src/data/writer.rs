@@ -7,6 +7,11 @@
 //! one transaction (one fsync), so many small concurrent requests cost one commit, not one each.
 //! A batch that breaks a limit is refused alone; the others in its group go on. A change reaches
 //! memory only after it is on disk, and a batch is published whole or not at all.
+//!
+//! A disk error fails the group it hit (nothing of it is published), and the writer reopens the
+//! store at once. While it cannot (the disk is still full, the file is gone), every write is
+//! refused as unavailable, the [`StoreFault`] given to [`DataStore::start`] says why (for `/healthz` and status), and the
+//! writer tries again at each write and every [`RETRY_PERIOD`].
 
 use std::sync::Arc;
 
@@ -22,6 +27,25 @@ const REQUEST_CAPACITY: usize = 1024;
 
 /// Batches the writer commits in one transaction at most.
 const MAX_GROUP: usize = 256;
+
+/// How often a writer whose store failed tries to reopen it while no write comes.
+const RETRY_PERIOD: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Why the data store cannot write now, if it cannot: shared by the writer, which sets and
+/// clears it, and whoever reports the engine's health.
+#[derive(Debug, Clone, Default)]
+pub struct StoreFault(Arc<std::sync::Mutex<Option<String>>>);
+
+impl StoreFault {
+    /// Why the store cannot write, if it cannot.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|poison| poison.into_inner()).clone()
+    }
+
+    fn set(&self, fault: Option<String>) {
+        *self.0.lock().unwrap_or_else(|poison| poison.into_inner()) = fault;
+    }
+}
 
 /// The data plugins read: the latest [`Snapshot`], swapped whole. Cheap to clone.
 #[derive(Debug, Clone, Default)]
@@ -101,18 +125,20 @@ impl std::fmt::Debug for WriteRequest {
 }
 
 impl DataStore {
-    /// Starts the writer thread over `durable`, publishing to `view` and announcing each
-    /// published batch to `announce` (called on the writer thread, after the snapshot is
+    /// Starts the writer thread over `durable`, publishing to `view`, reporting a disk error it
+    /// has not recovered from in `fault`, and announcing each published batch to `announce` (called on the writer thread, after the snapshot is
     /// published; it may block, which slows the writer rather than losing a change). The thread
     /// ends, closing the durable store, once every clone of the returned store is dropped.
     pub fn start(
         durable: DurableStore,
         view: DataView,
         limits: DataLimits,
+        fault: StoreFault,
         announce: impl Fn(Arc<ChangeSet>) + Send + 'static,
     ) -> std::io::Result<(DataStore, std::thread::JoinHandle<()>)> {
         let (requests, received) = flume::bounded(REQUEST_CAPACITY);
-        let writer = Writer { durable, view: view.clone(), limits, announce: Box::new(announce) };
+        fault.set(None);
+        let writer = Writer { durable, view: view.clone(), limits, announce: Box::new(announce), fault };
         let thread =
             std::thread::Builder::new().name("wasmpush-data".to_owned()).spawn(move || writer.run(received))?;
         Ok((DataStore { requests, view, limits }, thread))
@@ -150,21 +176,63 @@ struct Writer {
     limits: DataLimits,
     /// Told of every published batch.
     announce: Box<dyn Fn(Arc<ChangeSet>) + Send>,
+    /// Set while the store cannot write.
+    fault: StoreFault,
 }
 
 impl Writer {
     /// Commits the waiting batches group by group until every [`DataStore`] is dropped.
-    fn run(self, requests: flume::Receiver<WriteRequest>) {
-        while let Ok(first) = requests.recv() {
-            let group: Vec<WriteRequest> =
-                std::iter::once(first).chain(requests.try_iter().take(MAX_GROUP - 1)).collect();
-            self.commit(group);
+    fn run(mut self, requests: flume::Receiver<WriteRequest>) {
+        loop {
+            let first = match self.fault.get() {
+                None => requests.recv().map_err(|_| flume::RecvTimeoutError::Disconnected),
+                Some(_) => requests.recv_timeout(RETRY_PERIOD),
+            };
+            match first {
+                Ok(first) => {
+                    let group: Vec<WriteRequest> =
+                        std::iter::once(first).chain(requests.try_iter().take(MAX_GROUP - 1)).collect();
+                    self.commit(group);
+                }
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    self.recover();
+                }
+                Err(flume::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Reopens the store after a disk error, checking it holds what was last acknowledged;
+    /// whether it can write now.
+    fn recover(&mut self) -> bool {
+        match self.durable.reopen(self.view.snapshot().revision()) {
+            Ok(()) => {
+                if self.fault.get().is_some() {
+                    tracing::info!(file = %self.durable.path().display(), "data store reopened: writes are accepted again");
+                }
+                self.fault.set(None);
+                true
+            }
+            Err(err) => {
+                if self.fault.get().is_none() {
+                    tracing::error!(cause = %err, "data store cannot be reopened: writes are refused until it can");
+                }
+                self.fault.set(Some(err.to_string()));
+                false
+            }
         }
     }
 
     /// Checks each batch of `group` against the limits on top of the ones before it, writes the
     /// accepted ones in one transaction, then publishes and answers.
-    fn commit(&self, group: Vec<WriteRequest>) {
+    fn commit(&mut self, group: Vec<WriteRequest>) {
+        if self.fault.get().is_some() && !self.recover() {
+            let reason = self.fault.get().unwrap_or_default();
+            for request in group {
+                let _ = request.reply.send(Err(DataError::Unavailable(reason.clone())));
+            }
+            return;
+        }
         let mut next = Snapshot::clone(&self.view.snapshot());
         let (mut written, mut accepted, mut changed) = (Vec::new(), Vec::new(), Vec::new());
         for request in group {
@@ -174,7 +242,7 @@ impl Writer {
                 Ok(keys) => {
                     next = trial;
                     changed.extend(keys);
-                    written.extend(request.changes);
+                    written.push((revision, request.changes));
                     accepted.push((request.reply, revision));
                 }
                 Err(err) => drop(request.reply.send(Err(err))),
@@ -183,11 +251,13 @@ impl Writer {
         if accepted.is_empty() {
             return;
         }
-        if let Err(err) = self.durable.write(&written) {
+        if let Err(err) = self.durable.write(&written, next.revision()) {
             tracing::error!(cause = %err, batches = accepted.len(), "data write failed; nothing of it was published");
             for (reply, _) in accepted {
                 let _ = reply.send(Err(err.clone()));
             }
+            // redb refuses every later write until it is reopened.
+            self.recover();
             return;
         }
         let snapshot = Arc::new(next);

@@ -54,7 +54,7 @@ impl Accepting<'_> {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => match self.shared.admission.admit(peer.ip()) {
                         Ok(admitted) => {
-                            self.tasks.spawn(accept::accept(stream, admitted, self.shared.clone(), self.cancel.clone()));
+                            self.tasks.spawn(accept::accept(stream, peer.ip(), admitted, self.shared.clone(), self.cancel.clone()));
                         }
                         // Answered here: a socket over a limit never gets a task to wait in.
                         Err(refused) => {

@@ -7,18 +7,42 @@ use std::sync::Arc;
 
 use super::ServerError;
 use crate::config::Config;
-use crate::data::{Change, ChangeSet, DataError, DataLimits, DataView, DurableStore, Snapshot};
+use crate::data::{Change, ChangeSet, DataError, DataLimits, DataView, DurableStore, FILE_NAME, Loaded, Snapshot};
 use crate::metrics::Metrics;
 use crate::shard::{ShardCommand, Shards};
 
-/// Opens the data store in `data_dir` and reads it into memory.
+/// Opens the data store in `data_dir` and reads it into memory. A store that cannot be read is
+/// an error naming its file; with `recover_data` it is moved aside instead (`FILE.damaged-SECS`,
+/// kept for inspection) and the engine starts with an empty store.
 pub(super) async fn open_data(config: &Config) -> Result<(DurableStore, Snapshot), ServerError> {
-    in_data_dir(config, |dir| {
-        let store = DurableStore::open(dir)?;
-        let snapshot = store.load()?;
+    let (limits, recover) = (data_limits(config), config.recover_data);
+    in_data_dir(config, move |dir| {
+        let loaded = DurableStore::open(dir).and_then(|mut store| Ok((store.load(&limits)?, store)));
+        let (Loaded { snapshot, skipped }, store) = match loaded {
+            Ok(loaded) => loaded,
+            Err(err) if recover => {
+                let damaged = move_aside(&dir.join(FILE_NAME))?;
+                tracing::warn!(cause = %err, moved_to = %damaged.display(), "data store unreadable: moved aside, starting empty");
+                let mut store = DurableStore::open(dir)?;
+                (store.load(&limits)?, store)
+            }
+            Err(err) => return Err(err),
+        };
+        if skipped > 0 {
+            tracing::warn!(skipped, "stored entries that are not valid were left out");
+        }
         Ok((store, snapshot))
     })
     .await
+}
+
+/// Moves the store's file at `file` aside; returns where it went.
+fn move_aside(file: &Path) -> Result<std::path::PathBuf, DataError> {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let aside = file.with_extension(format!("redb.damaged-{secs}"));
+    std::fs::rename(file, &aside)
+        .map_err(|err| DataError::Storage(format!("cannot move {} aside: {err}", file.display())))?;
+    Ok(aside)
 }
 
 /// Opens the data store in `data_dir` again, without reading it: the engine holds its data in
@@ -35,7 +59,7 @@ async fn in_data_dir<T: Send + 'static>(
     let dir = config.data_dir.clone();
     tokio::task::spawn_blocking(move || work(&dir))
         .await
-        .expect("opening the data store does not panic")
+        .unwrap_or_else(|panic| Err(DataError::Storage(format!("opening the data store panicked: {panic}"))))
         .map_err(|source| ServerError::Data { path: config.data_dir.clone(), source })
 }
 

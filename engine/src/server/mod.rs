@@ -30,14 +30,15 @@ use crate::admission::Admission;
 use crate::auth::{Authenticator, KeyError, SharedAuthenticator};
 use crate::config::{Config, ConfigError};
 use crate::connection::ConnectionSettings;
-use crate::data::{ChangeSet, DataError, DataView};
+use crate::data::{ChangeSet, DataError, DataView, StoreFault};
 use crate::health::Health;
+use crate::http_server::HttpLimits;
 use crate::live::LiveSettings;
 use crate::metrics::Metrics;
 use crate::plugin::{HostError, PluginHost, SandboxLimits};
 use crate::registry::PluginRegistry;
 use crate::reload::Reloader;
-use crate::services::Services;
+use crate::services::{PublishSettings, Services};
 use crate::shard::{ShardSettings, Shards};
 use crate::watcher::{CHANGE_CAPACITY, PluginWatcher};
 use accepting::{Accepting, Stopped};
@@ -86,7 +87,10 @@ pub enum ServerError {
     #[error("cannot take over from the running engine: {0}")]
     TakeOver(String),
     /// The data store could not be opened.
-    #[error("cannot open the data store in {path}: {source}")]
+    #[error(
+        "cannot open the data store in {path}: {source} (a damaged file: `start --recover-data` moves it aside and \
+         starts with an empty store; see docs/data.md)"
+    )]
     Data {
         /// `data_dir`.
         path: std::path::PathBuf,
@@ -164,6 +168,7 @@ pub async fn run_with(
     let reloader = Reloader::new(registry.clone(), dir, metrics.clone());
     // The admin endpoint answers from here on: `/healthz` says 503 until the engine serves.
     let health = Arc::new(Health::default());
+    let store_fault = StoreFault::default();
     let admin_state = AdminState {
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -172,12 +177,20 @@ pub async fn run_with(
         pushes_per_sec: Default::default(),
         health: health.clone(),
         token: config.admin_token.as_deref().map(Arc::from),
+        data_fault: store_fault.clone(),
+        limits: http_limits(&config),
+    };
+    let publish_settings = PublishSettings {
+        token: config.publish_token.clone(),
+        limits: http_limits(&config),
+        max_batch_bytes: config.max_batch_bytes,
     };
     let admin = admin.map(|admin| admin.into_std().map(|admin| (admin, admin_state)));
-    let publish = publish.map(|publish| publish.into_std().map(|publish| (publish, config.publish_token.clone())));
+    let publish = publish.map(|publish| publish.into_std().map(|publish| (publish, publish_settings)));
     let mut services = Services::new(
         admin.transpose().map_err(ServerError::Listener)?,
         publish.transpose().map_err(ServerError::Listener)?,
+        store_fault,
     );
     services.start_admin().map_err(ServerError::Listener)?;
     tokio::select! {
@@ -236,6 +249,7 @@ pub async fn run_with(
             config.max_connections_per_ip,
             config.max_handshakes,
             config.max_handshakes_per_ip,
+            config.trusted_proxies.iter().filter_map(|proxy| crate::config::parse_proxy(proxy)).collect(),
         ),
         metrics,
         config,
@@ -368,6 +382,15 @@ async fn apply_reloads(
         }
         // A rescan already queued covers this request too.
         let _ = rescans.try_send(());
+    }
+}
+
+/// The limits of the admin endpoint's and the publish API's clients.
+fn http_limits(config: &Config) -> HttpLimits {
+    HttpLimits {
+        timeout: Duration::from_secs(config.http_timeout_secs),
+        max_connections: config.http_max_connections,
+        max_connections_per_ip: config.http_max_connections_per_ip,
     }
 }
 
