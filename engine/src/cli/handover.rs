@@ -101,8 +101,9 @@ pub(super) fn serve(
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     std::thread::Builder::new().name("wasmpush-handover".to_owned()).spawn(move || {
         for stream in socket.incoming() {
-            let answered =
-                stream.map_err(anyhow::Error::from).and_then(|stream| answer(stream, &listeners, &secrets, &release));
+            let answered = stream
+                .map_err(anyhow::Error::from)
+                .and_then(|stream| answer(stream, &listeners, &secrets, &release, ANSWER_TIMEOUT));
             match answered {
                 Ok(()) => return,
                 // A new engine that failed half-way: this one serves on, and waits for the next.
@@ -120,8 +121,9 @@ fn answer(
     listeners: &[OwnedFd; 3],
     secrets: &Secrets,
     release: &mpsc::Sender<HandOver>,
+    answer_timeout: Duration,
 ) -> anyhow::Result<()> {
-    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    stream.set_read_timeout(Some(answer_timeout))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     expect_line(&mut reader, TAKE_OVER)?;
     let fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
@@ -404,6 +406,17 @@ mod tests {
         let HandOver { released, successor: _ } = requests.recv().await.unwrap();
         released.send(()).unwrap();
         releasing.await.unwrap().expect("RELEASE follows SECRETS");
+    }
+
+    #[test]
+    fn a_peer_that_connects_and_says_nothing_does_not_hold_the_handover() {
+        let (_dir, _path, sockets) = offered();
+        let (release, _requests) = mpsc::channel(1);
+        let (stream, _silent) = UnixStream::pair().unwrap();
+        let timeout = Duration::from_millis(50);
+        let err = answer(stream, &sockets, &Secrets::default(), &release, timeout).unwrap_err();
+        let cause = err.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+        assert!(matches!(cause, Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)), "{err:#}");
     }
 
     #[test]

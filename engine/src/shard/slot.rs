@@ -338,12 +338,16 @@ impl PluginSlot {
                 for (index, (conn_id, _)) in due.iter().enumerate() {
                     let Some(conn) = self.conns.get_mut(conn_id) else { continue };
                     conn.session.seen_by(generation);
-                    let mut ids = ReadIds::from_slice(outcomes.reads(index));
-                    // A key used many times is held once, for the connection's life.
-                    ids.sort_unstable();
-                    ids.dedup();
-                    if conn.read_ids.0 == generation && conn.read_ids.1 == ids {
+                    let reported = outcomes.reads(index);
+                    if conn.read_ids.0 == generation && conn.read_ids.1.as_slice() == reported {
                         continue;
+                    }
+                    // A key used many times is held once, for the connection's life (the SDK
+                    // reports each once, in order: nothing to do then).
+                    let mut ids = ReadIds::from_slice(reported);
+                    if !reported.is_sorted_by(|a, b| a < b) {
+                        ids.sort_unstable();
+                        ids.dedup();
                     }
                     // Ids the instance never gave are the guest's mistake: they name nothing.
                     let read: Vec<ReadKey> = ids.iter().filter_map(|id| instance.key(*id).cloned()).collect();
