@@ -334,6 +334,40 @@ mod tests {
     }
 
     #[test]
+    fn a_store_that_cannot_be_reopened_degrades_writes_until_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut durable = DurableStore::open(dir.path()).unwrap();
+        durable.write(&[(1, vec![put("a", "k", "1")])], 1).unwrap();
+        let limits = DataLimits { max_data_bytes: 1 << 20, ..limits() };
+        let view = DataView::new(durable.load(&limits).unwrap().snapshot);
+        let fault = StoreFault::default();
+        let announce = Box::new(|_| {});
+        let mut writer = Writer { durable, view, limits, announce, fault: fault.clone() };
+        // The file is replaced by something redb cannot open, then by an empty store: neither
+        // holds what was acknowledged (revision 1).
+        let file = dir.path().join(super::super::FILE_NAME);
+        let kept = dir.path().join("kept.redb");
+        std::fs::rename(&file, &kept).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        assert!(!writer.recover(), "a directory is no store");
+        assert!(fault.get().is_some_and(|why| why.contains("cannot open")), "{:?}", fault.get());
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        writer.commit(vec![WriteRequest { changes: vec![put("a", "k", "2")], reply }]);
+        let refused = answer.blocking_recv().unwrap();
+        assert!(matches!(refused, Err(DataError::Unavailable(_))), "degraded: writes are refused, {refused:?}");
+        std::fs::remove_dir(&file).unwrap();
+        assert!(!writer.recover());
+        let why = fault.get().unwrap_or_default();
+        assert!(why.contains("holds revision 0 after reopening, not 1"), "a fresh file is not the data: {why}");
+        std::fs::rename(&kept, &file).unwrap();
+        assert!(writer.recover(), "the acknowledged store is back");
+        assert_eq!(fault.get(), None);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        writer.commit(vec![WriteRequest { changes: vec![put("a", "k", "2")], reply }]);
+        assert_eq!(answer.blocking_recv().unwrap(), Ok(2), "writes go on at the next revision");
+    }
+
+    #[test]
     fn a_followed_batch_is_published_and_announced_as_the_writer_would() {
         let view = DataView::default();
         let first = view.follow(&[put("prices", "AAPL", "1"), put("prices", "MSFT", "2")]).unwrap();
