@@ -41,12 +41,16 @@ async fn half_open(source: Ipv4Addr, port: u16) -> TcpStream {
     stream
 }
 
-/// Whether the engine answered `stream` 503 and closed it, within `wait`.
-async fn answered_503(stream: &mut TcpStream, wait: Duration) -> bool {
+/// Whether the engine refused `stream` within `wait`: answered 503 and closed it, or — over the
+/// total cap, where it answers the moment it accepts, possibly before this socket's head arrived
+/// — closed it with a reset that can overtake the answer. Otherwise what it saw.
+async fn answered_503(stream: &mut TcpStream, wait: Duration) -> Result<(), String> {
     let mut answer = Vec::new();
     match tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await {
-        Ok(_) => answer.starts_with(b"HTTP/1.1 503"),
-        Err(_) => false,
+        Ok(_) if answer.starts_with(b"HTTP/1.1 503") => Ok(()),
+        Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        Ok(read) => Err(format!("{read:?} {:?}", String::from_utf8_lossy(&answer))),
+        Err(_) => Err(format!("no answer within {wait:?}")),
     }
 }
 
@@ -75,9 +79,17 @@ async fn two_thousand_half_open_handshakes_stay_bounded_and_others_still_connect
             }
         }
     }
-    let answers = futures_util::future::join_all(over.iter_mut().map(|stream| answered_503(stream, SOON))).await;
-    let refused = answers.iter().filter(|answered| **answered).count();
-    assert_eq!(refused, ADDRESSES as usize * (SOCKETS_PER_ADDRESS - PER_IP), "every over-limit socket gets 503");
+    // Each is answered once its grace is over; on a loaded machine the engine may still be
+    // accepting the last of them when this starts waiting.
+    let wait = Duration::from_secs(15);
+    let answers = futures_util::future::join_all(over.iter_mut().map(|stream| answered_503(stream, wait))).await;
+    let refused = answers.iter().filter(|answered| answered.is_ok()).count();
+    let missed: Vec<&String> = answers.iter().filter_map(|answered| answered.as_ref().err()).take(3).collect();
+    assert_eq!(
+        refused,
+        ADDRESSES as usize * (SOCKETS_PER_ADDRESS - PER_IP),
+        "every over-limit socket gets 503: {missed:?}"
+    );
     let during = open_fds(engine.id());
     // Each held socket is one descriptor; the refused ones are closed already.
     assert!(
