@@ -100,7 +100,7 @@ fn data_path(host: &PluginHost) {
     let mut inline_params = Vec::with_capacity(BATCH);
     for i in 0..BATCH {
         let holdings: Vec<String> = held(i).iter().map(|&s| format!("\"{}\":{}", symbol(s), i % 7 + 1)).collect();
-        let holdings = format!("{{\"holdings\":{{{}}}}}", holdings.join(","));
+        let holdings = format!("{{\"holdings\":{{{}}},\"public\":true}}", holdings.join(","));
         data.put("accounts", &format!("a{i}"), &holdings);
         // The values in the order the plugin reads them: holdings are a map, so by symbol.
         let mut symbols = held(i).map(symbol);
