@@ -38,6 +38,9 @@ pub(super) fn status(pid_file: &Path, admin: SocketAddr, token: Option<&str>, js
     }
     let status: Status = serde_json::from_str(&body).context("the admin endpoint sent an unexpected status")?;
     println!("wasmpush is running (pid {pid})");
+    if let Some(why) = &status.degraded {
+        println!("  DEGRADED:       {why}");
+    }
     println!("  listen:         {}", status.listen);
     println!("  uptime:         {} s", status.uptime_secs);
     println!("  connections:    {}", status.connections);
