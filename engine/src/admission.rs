@@ -13,9 +13,11 @@
 //! The limits must never refuse honest traffic: a burst of clients from one address (an office
 //! behind NAT, a proxy, everyone reconnecting after a restart) is honest.
 //! - `max_handshakes_per_ip` binds slow handshakes only. A socket over it is not refused at once:
-//!   it gets [`GRACE`] to send its whole request head, holding no place of its address, and is
-//!   refused only if it does not. A fast client never counts against it; a slow one (slowloris)
-//!   is still bounded, by the cap and, in all, by `max_handshakes`.
+//!   it gets [`GRACE`] to send its whole request head, in a second pool of places of the same
+//!   sizes (in all and per address), and is refused only if it does not. A fast client never
+//!   counts against the cap; a slow one (slowloris) is still bounded: one address holds at most
+//!   twice the cap, and the sockets in grace never take the places of other addresses'
+//!   handshakes.
 //! - Behind a reverse proxy every socket comes from the proxy. Sockets from `trusted_proxies`
 //!   are not counted per address at accept; their connection is counted, once the head is read,
 //!   under the client their `X-Forwarded-For` names ([`Admission::client`]).
@@ -93,16 +95,6 @@ impl<K: Hash + Eq + Clone> Limit<K> {
         taken.all += 1;
         Ok(Place { limit: self.clone(), key: counted })
     }
-
-    /// Takes a place counted in all only, not under any key; `None` when all are taken.
-    fn take_uncounted(self: &Arc<Self>) -> Option<Place<K>> {
-        let mut taken = self.taken.lock().unwrap_or_else(|poison| poison.into_inner());
-        if taken.all >= self.total {
-            return None;
-        }
-        taken.all += 1;
-        Some(Place { limit: self.clone(), key: None })
-    }
 }
 
 /// One place within a [`Limit`]; given back when dropped.
@@ -150,6 +142,8 @@ pub struct Admission {
     connections_per_ip: usize,
     handshakes: Arc<Limit<ClientKey>>,
     handshakes_per_ip: usize,
+    /// Sockets over their address's handshake cap, finishing their head within [`GRACE`].
+    in_grace: Arc<Limit<ClientKey>>,
     /// Connections by plugin and shard: what each plugin instance holds params for.
     seats: Arc<Limit<(Arc<str>, usize)>>,
     /// The reverse proxies whose `X-Forwarded-For` names the real client.
@@ -208,6 +202,7 @@ impl Admission {
             connections: Limit::new(max_connections),
             connections_per_ip: per_ip,
             handshakes: Limit::new(max_handshakes),
+            in_grace: Limit::new(max_handshakes),
             handshakes_per_ip,
             seats: Limit::new(usize::MAX),
             trusted_proxies,
@@ -250,7 +245,10 @@ impl Admission {
         let (handshake, in_grace) = match self.handshakes.take(ClientKey::of(ip), per_ip) {
             Ok(place) => (place, false),
             Err(true) => return Err(Refused::Busy),
-            Err(false) => (self.handshakes.take_uncounted().ok_or(Refused::Busy)?, true),
+            Err(false) => match self.in_grace.take(ClientKey::of(ip), per_ip) {
+                Ok(place) => (place, true),
+                Err(all) => return Err(if all { Refused::Busy } else { Refused::BusyFromAddress }),
+            },
         };
         let mut admitted = Admitted { connection: None, handshake: Some(handshake), in_grace, proxied };
         if !proxied {
@@ -294,21 +292,22 @@ mod tests {
     }
 
     #[test]
-    fn handshakes_over_an_address_cap_are_admitted_in_grace_and_the_total_still_binds() {
+    fn handshakes_over_an_address_cap_are_admitted_in_grace_within_bounds_of_their_own() {
         let admission = Admission::new(100, 0, 4, 2, Vec::new());
         let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
         let mut first = admission.admit(a).unwrap();
         let _second = admission.admit(a).unwrap();
         let third = admission.admit(a).unwrap();
         assert!(!first.in_grace && third.in_grace, "over its address's cap, a socket gets grace, not a 503");
-        let _fourth = admission.admit(b).unwrap();
-        assert_eq!(admission.admit(b).unwrap_err(), Refused::Busy, "grace still takes a place in all");
+        let _fourth = admission.admit(a).unwrap();
+        assert_eq!(admission.admit(a).unwrap_err(), Refused::BusyFromAddress, "grace is capped per address too");
+        let others: Vec<Admitted> = (0..2).map(|_| admission.admit(b).unwrap()).collect();
+        assert!(others.iter().all(|other| !other.in_grace), "one address's grace takes no other's places");
         drop(third);
-        assert_eq!(admission.handshakes.taken.lock().unwrap().by_key[&ClientKey::of(a)], 2, "grace counted no key");
         first.handshake_done();
         let fifth = admission.admit(a).expect("a finished handshake frees its place, not its connection's");
         assert!(!fifth.in_grace);
-        assert_eq!(admission.connections.taken.lock().unwrap().all, 4);
+        assert_eq!(admission.connections.taken.lock().unwrap().all, 6, "the dropped one gave its place back");
     }
 
     #[test]

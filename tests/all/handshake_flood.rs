@@ -126,12 +126,10 @@ async fn two_thousand_half_open_handshakes_stay_bounded_and_others_still_connect
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_honest_burst_from_one_address_is_served_whole() {
     const BURST: usize = 300;
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = plugins_dir_with_quote(dir.path());
-    let (config, port, _) = write_config(dir.path(), &plugins, "");
-    let _engine = start_in_foreground(&config, &dir.path().join("wasmpush.pid"));
-    let url = format!("ws://127.0.0.1:{port}/ws/quote?params={}", encode("{}"));
-    Client::connect_retrying(&url, SOON * 10).await;
+    // In this process, on a port bound here: a port picked free and bound by another process can
+    // be taken meanwhile by one of the flood test's thousands of client sockets.
+    let engine = wasmpush_tests::TestEngine::start(&[("quote", wasmpush_tests::artifacts::QUOTE)], |_| {}).await;
+    let url = engine.url(&format!("/ws/quote?params={}", encode("{}")));
     let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 7));
     let burst = (0..BURST).map(|_| Client::try_connect_from(source, &url));
     let clients = futures_util::future::join_all(burst).await;
