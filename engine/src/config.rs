@@ -129,6 +129,27 @@ pub struct Config {
     /// engine starts with an empty one. Never read from a file.
     #[serde(skip)]
     pub recover_data: bool,
+    /// Membership of a cluster of engines sharing their data through NATS JetStream
+    /// (`[cluster]`); without `nats` the engine is a single node.
+    pub cluster: ClusterSettings,
+}
+
+/// How a node reaches the cluster's NATS servers (`[cluster]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// NATS server URLs (`nats://HOST:4222`, `tls://…`); empty: no cluster.
+    pub nats: Vec<String>,
+    /// A NATS credentials file (JWT and nkey seed).
+    pub creds_file: Option<PathBuf>,
+    /// A NATS token (better: `WASMPUSH_NATS_TOKEN`).
+    pub token: Option<String>,
+    /// NATS user name, with `password`.
+    pub user: Option<String>,
+    /// NATS password, with `user`.
+    pub password: Option<String>,
+    /// PEM file of the CA that signs the NATS servers' certificates.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// The keys client tokens (JWT) are checked with, and the claims they must carry (`[auth]`).
@@ -248,6 +269,7 @@ impl Default for Config {
             http_max_connections: 256,
             http_max_connections_per_ip: 32,
             recover_data: false,
+            cluster: ClusterSettings::default(),
         }
     }
 }
@@ -411,6 +433,14 @@ impl Config {
             "http_max_connections_per_ip",
             "must be between 1 and http_max_connections",
         )?;
+        let cluster = &self.cluster;
+        if let Some(bad) = cluster.nats.iter().find(|url| !["nats://", "tls://"].iter().any(|s| url.starts_with(s))) {
+            return Err(ConfigError::Invalid {
+                key: "cluster.nats",
+                reason: format!("`{bad}` is not a nats:// or tls:// URL"),
+            });
+        }
+        check(cluster.user.is_some() == cluster.password.is_some(), "cluster.user", "user and password go together")?;
         let auth = &self.auth;
         check(auth.leeway_secs <= 3600, "auth.leeway_secs", "must be at most 3600")?;
         check(
@@ -490,6 +520,7 @@ impl Config {
             http_max_connections,
             http_max_connections_per_ip,
             recover_data: _,
+            cluster,
         } = self;
         [
             ("listen", *listen != other.listen),
@@ -529,6 +560,7 @@ impl Config {
             ("http_timeout_secs", *http_timeout_secs != other.http_timeout_secs),
             ("http_max_connections", *http_max_connections != other.http_max_connections),
             ("http_max_connections_per_ip", *http_max_connections_per_ip != other.http_max_connections_per_ip),
+            ("cluster", *cluster != other.cluster),
         ]
         .into_iter()
         .filter(|(_, changed)| *changed)

@@ -21,6 +21,7 @@
 //! - `shard`: the worker threads that own connection state and run the plugins every tick.
 //! - [`phase_clock`]: the schedule of a shard's phases; public because the benchmark's
 //!   `push_floor` runs on the same schedule.
+//! - `cluster`: many nodes sharing one data set through NATS JetStream.
 //! - `data`: the buckets plugins read — in memory, on disk, changed by one writer that
 //!   announces each change; `publish`: the HTTP API that feeds it.
 //! - `registry`: the plugin versions served, loaded from files and swapped atomically.
@@ -43,6 +44,7 @@ mod admission;
 mod auth;
 mod bearer;
 mod cli;
+mod cluster;
 pub mod config;
 mod connection;
 mod data;

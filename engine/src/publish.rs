@@ -38,6 +38,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::bearer;
+use crate::cluster::Cluster;
 use crate::data::{Change, DataError, DataStore, check_bucket};
 use crate::http_server::{self, HttpLimits};
 
@@ -66,8 +67,11 @@ struct BodyLimits {
 /// What every request handler shares.
 #[derive(Clone)]
 struct Publish {
-    /// Where changes go and data is read.
+    /// Where data is read, and where changes go on a single node.
     store: DataStore,
+    /// Where changes go on a node of a cluster: every node, this one included, applies them to
+    /// its store from there.
+    cluster: Option<Cluster>,
 }
 
 /// Serves the publish API on `listener` until `shutdown`, each batch at most `max_batch_bytes`.
@@ -75,6 +79,7 @@ pub async fn serve(
     listener: TcpListener,
     store: DataStore,
     token: Option<String>,
+    cluster: Option<Cluster>,
     limits: HttpLimits,
     max_batch_bytes: usize,
     shutdown: CancellationToken,
@@ -87,7 +92,7 @@ pub async fn serve(
         local: listener.local_addr()?,
     };
     let token: Option<Arc<str>> = token.map(Arc::from);
-    let state = Publish { store };
+    let state = Publish { store, cluster };
     let router = Router::new()
         .route("/v1/buckets/{bucket}/keys/{key}", get(get_key).put(put_key).delete(delete_key))
         .route("/v1/buckets/{bucket}", post(post_batch).get(list_keys))
@@ -201,13 +206,22 @@ fn refused(err: &DataError) -> Response {
         DataError::OverBudget { .. } | DataError::TooManyBuckets { .. } => StatusCode::INSUFFICIENT_STORAGE,
         DataError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         DataError::Closed | DataError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        DataError::Unacknowledged(_) => StatusCode::GATEWAY_TIMEOUT,
     };
     failure(status, err.to_string())
 }
 
-/// Applies `changes` and answers with the revision.
+/// Applies `changes` (through the cluster, on a node of one) and answers with the revision.
 async fn apply(state: &Publish, changes: Vec<Change>) -> Response {
-    match state.store.apply(changes).await {
+    if changes.len() > state.store.limits().max_batch_keys {
+        let err = DataError::BatchTooLarge { count: changes.len(), limit: state.store.limits().max_batch_keys };
+        return refused(&err);
+    }
+    let applied = match &state.cluster {
+        Some(cluster) => cluster.publish(changes).await,
+        None => state.store.apply(changes).await,
+    };
+    match applied {
         Ok(revision) => Json(serde_json::json!({ "revision": revision })).into_response(),
         Err(err) => refused(&err),
     }

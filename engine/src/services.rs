@@ -1,7 +1,8 @@
 //! The parts of a running engine that a restart's handover stops, and starts again if the new
 //! engine fails before it serves: the admin endpoint and the publish API, each on a copy of its
-//! listening socket (both engines hold the sockets, so each start serves a fresh copy), and the
-//! data writer, which holds the data store (one process at a time may open it).
+//! listening socket (both engines hold the sockets, so each start serves a fresh copy), the
+//! data writer, which holds the data store (one process at a time may open it), and, on a node
+//! of a cluster, the follower that feeds the writer from the cluster's data stream.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
+use crate::cluster::Cluster;
 use crate::data::{ChangeSet, DataLimits, DataStore, DataView, DurableStore, StoreFault};
 use crate::http_server::HttpLimits;
 use crate::publish;
@@ -61,18 +63,34 @@ impl Services {
         Ok(())
     }
 
+    /// The data writer's handle, while it runs.
+    pub(crate) fn data_store(&self) -> Option<DataStore> {
+        self.data.as_ref().map(|(store, _)| store.clone())
+    }
+
     /// Starts the publish API in front of the data writer.
     pub(crate) fn start_publish(&mut self) -> std::io::Result<()> {
         let (Some((socket, settings)), Some((store, _))) = (&self.publish, &self.data) else { return Ok(()) };
         let (listener, store, settings, stop) = (copy(socket)?, store.clone(), settings.clone(), self.stop.clone());
         tracing::info!(publish = ?listener.local_addr().ok(), "publish API listening");
         self.running.push(tokio::spawn(async move {
-            let PublishSettings { token, limits, max_batch_bytes } = settings;
-            if let Err(err) = publish::serve(listener, store, token, limits, max_batch_bytes, stop).await {
+            let PublishSettings { token, limits, max_batch_bytes, cluster } = settings;
+            if let Err(err) = publish::serve(listener, store, token, cluster, limits, max_batch_bytes, stop).await {
                 tracing::error!(cause = %err, "publish API failed");
             }
         }));
         Ok(())
+    }
+
+    /// Starts following the cluster's data stream into the data writer, until the services stop.
+    pub(crate) fn start_following(&mut self, cluster: &Cluster, limits: DataLimits) {
+        let (Some(store), stop, cluster) = (self.data_store(), self.stop.clone(), cluster.clone()) else { return };
+        self.running.push(tokio::spawn(async move {
+            tokio::select! {
+                () = cluster.follow(store, limits) => {}
+                () = stop.cancelled() => {}
+            }
+        }));
     }
 
     /// Stops them all: the admin endpoint and the publish API finish their requests (within
@@ -101,6 +119,8 @@ pub(crate) struct PublishSettings {
     pub(crate) limits: HttpLimits,
     /// Bytes of one batch's body.
     pub(crate) max_batch_bytes: usize,
+    /// The cluster its writes go to, on a node of one.
+    pub(crate) cluster: Option<Cluster>,
 }
 
 /// A listener on a copy of `socket`, for one start of a service.

@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod cadence;
 mod cli;
+mod cluster;
 mod cpu_deadline;
 mod cpu_work;
 mod data;

@@ -1,6 +1,6 @@
 //! Test support for wasmpush: plugins built from source ([`artifacts`]), a real engine on port 0
-//! ([`TestEngine`]), a WebSocket client that reads frames with timeouts ([`Client`]) and headless
-//! Chromium for the demo page ([`Browser`]).
+//! ([`TestEngine`]), a WebSocket client that reads frames with timeouts ([`Client`]), headless
+//! Chromium for the demo page ([`Browser`]) and a real NATS server for clusters ([`NatsServer`]).
 //!
 //! The end-to-end tests live in `tests/all/`; the load generator in `src/bin/`.
 
@@ -15,12 +15,14 @@ mod client;
 mod engine;
 pub mod feed;
 pub mod http;
+mod nats;
 pub mod wire;
 
 pub use browser::Browser;
 pub use child::KillOnDrop;
 pub use client::{Client, Frame};
 pub use engine::TestEngine;
+pub use nats::NatsServer;
 
 /// `text` percent-encoded for a URL query (everything but RFC 3986 unreserved characters).
 pub fn percent_encode(text: &str) -> String {

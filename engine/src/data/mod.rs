@@ -88,6 +88,9 @@ pub enum DataError {
     /// The disk write failed; nothing of the batch was published.
     #[error("storage failed: {0}")]
     Storage(String),
+    /// A cluster's write was sent and not acknowledged in time: it may still land.
+    #[error("outcome unknown: {0}")]
+    Unacknowledged(String),
     /// The store failed earlier and cannot be reopened yet: nothing is written until it can.
     #[error("the data store is unavailable until it can be reopened: {0}")]
     Unavailable(String),

@@ -52,9 +52,9 @@ impl StoreFault {
 pub struct DataView(Arc<ArcSwap<Snapshot>>);
 
 impl DataView {
-    /// A view that starts at `snapshot`.
-    pub fn new(snapshot: Snapshot) -> Self {
-        DataView(Arc::new(ArcSwap::from_pointee(snapshot)))
+    /// Makes `snapshot` the latest: the data loaded at start, before any writer runs.
+    pub fn set(&self, snapshot: Snapshot) {
+        self.0.store(Arc::new(snapshot));
     }
 
     /// The latest snapshot; it stays valid (and unchanged) for as long as it is held.
@@ -103,6 +103,8 @@ impl ChangeSet {
 struct WriteRequest {
     /// The changes, names and values already checked.
     changes: Vec<Change>,
+    /// The revision a cluster gave the batch (its stream sequence), or `None` for the next one.
+    at: Option<u64>,
     /// Where the revision (or the refusal) goes.
     reply: tokio::sync::oneshot::Sender<Result<u64, DataError>>,
 }
@@ -160,8 +162,21 @@ impl DataStore {
         if changes.len() > self.limits.max_batch_keys {
             return Err(DataError::BatchTooLarge { count: changes.len(), limit: self.limits.max_batch_keys });
         }
+        self.send(changes, None).await
+    }
+
+    /// Applies `changes`, a batch the cluster already made durable and numbered `revision`: on
+    /// disk here, then visible to plugins, all of them or none, at that revision. A batch at or
+    /// below the revision applied already changes nothing (it was applied). The cluster's data
+    /// is the truth, so no budget refuses it; its names and values were checked by the caller.
+    pub async fn apply_at(&self, changes: Vec<Change>, revision: u64) -> Result<u64, DataError> {
+        self.send(changes, Some(revision)).await
+    }
+
+    /// Hands a batch to the writer and waits for the answer.
+    async fn send(&self, changes: Vec<Change>, at: Option<u64>) -> Result<u64, DataError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.requests.send_async(WriteRequest { changes, reply }).await.map_err(|_| DataError::Closed)?;
+        self.requests.send_async(WriteRequest { changes, at, reply }).await.map_err(|_| DataError::Closed)?;
         answer.await.map_err(|_| DataError::Closed)?
     }
 }
@@ -236,9 +251,20 @@ impl Writer {
         let mut next = Snapshot::clone(&self.view.snapshot());
         let (mut written, mut accepted, mut changed) = (Vec::new(), Vec::new(), Vec::new());
         for request in group {
-            let revision = next.revision() + 1;
+            let revision = match request.at {
+                Some(at) if at <= next.revision() => {
+                    let _ = request.reply.send(Ok(at));
+                    continue;
+                }
+                Some(at) => at,
+                None => next.revision() + 1,
+            };
             let mut trial = next.clone();
-            match apply_checked(&mut trial, &request.changes, revision, &self.limits) {
+            let checked = match request.at {
+                Some(_) => Ok(apply(&mut trial, &request.changes, revision)),
+                None => apply_checked(&mut trial, &request.changes, revision, &self.limits),
+            };
+            match checked {
                 Ok(keys) => {
                     next = trial;
                     changed.extend(keys);
@@ -339,7 +365,8 @@ mod tests {
         let mut durable = DurableStore::open(dir.path()).unwrap();
         durable.write(&[(1, vec![put("a", "k", "1")])], 1).unwrap();
         let limits = DataLimits { max_data_bytes: 1 << 20, ..limits() };
-        let view = DataView::new(durable.load(&limits).unwrap().snapshot);
+        let view = DataView::default();
+        view.set(durable.load(&limits).unwrap().snapshot);
         let fault = StoreFault::default();
         let announce = Box::new(|_| {});
         let mut writer = Writer { durable, view, limits, announce, fault: fault.clone() };
@@ -352,7 +379,7 @@ mod tests {
         assert!(!writer.recover(), "a directory is no store");
         assert!(fault.get().is_some_and(|why| why.contains("cannot open")), "{:?}", fault.get());
         let (reply, answer) = tokio::sync::oneshot::channel();
-        writer.commit(vec![WriteRequest { changes: vec![put("a", "k", "2")], reply }]);
+        writer.commit(vec![WriteRequest { changes: vec![put("a", "k", "2")], at: None, reply }]);
         let refused = answer.blocking_recv().unwrap();
         assert!(matches!(refused, Err(DataError::Unavailable(_))), "degraded: writes are refused, {refused:?}");
         std::fs::remove_dir(&file).unwrap();
@@ -363,7 +390,7 @@ mod tests {
         assert!(writer.recover(), "the acknowledged store is back");
         assert_eq!(fault.get(), None);
         let (reply, answer) = tokio::sync::oneshot::channel();
-        writer.commit(vec![WriteRequest { changes: vec![put("a", "k", "2")], reply }]);
+        writer.commit(vec![WriteRequest { changes: vec![put("a", "k", "2")], at: None, reply }]);
         assert_eq!(answer.blocking_recv().unwrap(), Ok(2), "writes go on at the next revision");
     }
 

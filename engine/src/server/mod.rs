@@ -28,6 +28,7 @@ use crate::accept::{self, Shared};
 use crate::admin::AdminState;
 use crate::admission::Admission;
 use crate::auth::{Authenticator, KeyError, SharedAuthenticator};
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{Config, ConfigError};
 use crate::connection::ConnectionSettings;
 use crate::data::{ChangeSet, DataError, DataView, StoreFault};
@@ -86,6 +87,9 @@ pub enum ServerError {
     /// A restart's new engine could not take over from the old one.
     #[error("cannot take over from the running engine: {0}")]
     TakeOver(String),
+    /// The cluster's NATS connection could not be set up.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// The data store could not be opened.
     #[error(
         "cannot open the data store in {path}: {source} (a damaged file: `start --recover-data` moves it aside and \
@@ -169,6 +173,12 @@ pub async fn run_with(
     // The admin endpoint answers from here on: `/healthz` says 503 until the engine serves.
     let health = Arc::new(Health::default());
     let store_fault = StoreFault::default();
+    let cluster = match config.cluster.nats.is_empty() {
+        true => None,
+        false => Some(Cluster::connect(&config.cluster, config.max_value_bytes).await?),
+    };
+    // Empty until the data is loaded (before the engine serves).
+    let view = DataView::default();
     let admin_state = AdminState {
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -179,11 +189,14 @@ pub async fn run_with(
         token: config.admin_token.as_deref().map(Arc::from),
         data_fault: store_fault.clone(),
         limits: http_limits(&config),
+        cluster: cluster.clone(),
+        data: view.clone(),
     };
     let publish_settings = PublishSettings {
         token: config.publish_token.clone(),
         limits: http_limits(&config),
         max_batch_bytes: config.max_batch_bytes,
+        cluster: cluster.clone(),
     };
     let admin = admin.map(|admin| admin.into_std().map(|admin| (admin, admin_state)));
     let publish = publish.map(|publish| publish.into_std().map(|publish| (publish, publish_settings)));
@@ -215,7 +228,7 @@ pub async fn run_with(
     // The data is in memory before the first connection is accepted.
     let (durable, snapshot) = open_data(&config).await?;
     tracing::info!(keys = snapshot.key_count(), bytes = snapshot.bytes(), dir = %config.data_dir.display(), "data loaded");
-    let view = DataView::new(snapshot);
+    view.set(snapshot);
     let (rescans, rescan_requests) = mpsc::channel(1);
     tokio::spawn(apply_reloads(reloads, config.clone(), live.clone(), auth.clone(), rescans));
     tokio::spawn(reloader.run(changed, overflowed, rescan_requests, reloading.clone()));
@@ -229,6 +242,9 @@ pub async fn run_with(
         announce(changes);
     };
     services.start_data(durable, &view, data_limits(&config), announce).map_err(ServerError::Workers)?;
+    if let Some(cluster) = &cluster {
+        services.start_following(cluster, data_limits(&config));
+    }
     let shared = Arc::new(Shared {
         connection: ConnectionSettings {
             metrics: metrics.clone(),
@@ -298,6 +314,9 @@ pub async fn run_with(
         };
         let announce = announce_to(&shared.shards, shared.metrics.clone(), view.clone());
         services.start_data(durable, &view, data_limits(&shared.config), announce).map_err(ServerError::Workers)?;
+        if let Some(cluster) = &cluster {
+            services.start_following(cluster, data_limits(&shared.config));
+        }
         services.start_admin().map_err(ServerError::Listener)?;
         services.start_publish().map_err(ServerError::Listener)?;
         tracing::info!("serving again");

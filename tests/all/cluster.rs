@@ -1,0 +1,162 @@
+//! Several engine nodes on one real `nats-server -js`: data published through any node reaches
+//! the clients of every node, a batch whole, and a node that cannot reach NATS refuses writes at
+//! once rather than applying them later.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use wasmpush_tests::http::request;
+use wasmpush_tests::{Client, NatsServer, TestEngine, artifacts};
+
+use crate::data::{parse, portfolio};
+use crate::util::{SOON, encode};
+
+/// `nodes` engines serving `portfolio` without ticks, members of the cluster on `nats`.
+async fn nodes(nats: &NatsServer, nodes: usize) -> Vec<TestEngine> {
+    let url = nats.url();
+    let start = |_| {
+        let url = url.clone();
+        TestEngine::start(&[("portfolio", artifacts::PORTFOLIO)], move |config| {
+            portfolio(config, |table| table.tick_ms = Some(0));
+            config.cluster.nats = vec![url];
+        })
+    };
+    join_all((0..nodes).map(start)).await
+}
+
+/// Writes through `node`'s publish API; the revision JetStream stored it at.
+async fn write(node: &TestEngine, method: &str, path: &str, body: Value) -> u64 {
+    let (status, answer) = request(node.publish_addr, method, path, None, &body.to_string()).await;
+    assert_eq!(status, 200, "{method} {path}: {answer}");
+    parse(&answer)["revision"].as_u64().unwrap()
+}
+
+/// Waits until `node` serves `key` of `bucket` as `value`.
+async fn until_node_has(node: &TestEngine, bucket: &str, key: &str, value: &Value) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) =
+            request(node.publish_addr, "GET", &format!("/v1/buckets/{bucket}/keys/{key}"), None, "").await;
+        if status == 200 && parse(&body) == *value {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never had {bucket}/{key} = {value}: {status} {body}",
+            node.addr
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_published_through_one_node_reaches_every_node_a_batch_whole() {
+    let nats = NatsServer::start();
+    let nodes = nodes(&nats, 3).await;
+    let account = json!({"holdings": {"AAPL": 10, "MSFT": 5}, "public": true});
+    write(&nodes[0], "PUT", "/v1/buckets/accounts/keys/a42", account.clone()).await;
+    let prices = json!({"put": {"AAPL": {"price": 1}, "MSFT": {"price": 2}}});
+    let revision = write(&nodes[1], "POST", "/v1/buckets/prices", prices).await;
+    for node in &nodes {
+        until_node_has(node, "prices", "MSFT", &json!({"price": 2})).await;
+        let (status, body) = request(node.publish_addr, "GET", "/v1/buckets/accounts/keys/a42", None, "").await;
+        assert_eq!((status, parse(&body)), (200, account.clone()), "{}", node.addr);
+    }
+    let url = |node: &TestEngine| node.url(&format!("/ws/portfolio?params={}", encode(r#"{"account":"a42"}"#)));
+    let mut clients = join_all(nodes.iter().map(|node| async move { Client::connect(&url(node)).await })).await;
+    for client in &mut clients {
+        assert_eq!(parse(&client.next_text(SOON).await)["total"], 20.0);
+    }
+
+    // A batch through the third node: every client's next frame shows both prices moved.
+    let moved = json!({"put": {"AAPL": {"price": 3}, "MSFT": {"price": 4}}});
+    let next = write(&nodes[2], "POST", "/v1/buckets/prices", moved).await;
+    assert!(next > revision, "revisions are the stream's and go up: {revision} then {next}");
+    for client in &mut clients {
+        let frame = parse(&client.next_text(SOON).await);
+        assert_eq!(frame["total"], 50.0, "a frame shows the batch whole: {frame}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_reach_nats_refuses_writes_and_serves_its_clients_from_its_data() {
+    let mut nats = NatsServer::start();
+    let nodes = nodes(&nats, 2).await;
+    write(&nodes[0], "PUT", "/v1/buckets/accounts/keys/a42", json!({"holdings": {"AAPL": 1}, "public": true})).await;
+    write(&nodes[0], "PUT", "/v1/buckets/prices/keys/AAPL", json!({"price": 7})).await;
+    until_node_has(&nodes[1], "prices", "AAPL", &json!({"price": 7})).await;
+    nats.kill();
+    // Until the node notices the server is gone, a write waits for an acknowledgement that never
+    // comes (504, outcome unknown); from then on it is refused at once (503).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut unknown = false;
+    let refused = loop {
+        let (status, body) =
+            request(nodes[1].publish_addr, "PUT", "/v1/buckets/prices/keys/AAPL", None, r#"{"price":8}"#).await;
+        if status == 503 {
+            break body;
+        }
+        unknown |= status == 504;
+        assert_ne!(status, 200, "no write is acknowledged while NATS is down");
+        assert!(tokio::time::Instant::now() < deadline, "still {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(refused.contains("NATS"), "{refused}");
+    let health = wasmpush_tests::http::exchange(
+        nodes[1].admin_addr,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(health.0, 503, "degraded, not down: {}", health.1);
+    assert!(health.1.contains("degraded: cluster: NATS is unreachable"), "{}", health.1);
+    let url = nodes[1].url(&format!("/ws/portfolio?params={}", encode(r#"{"account":"a42"}"#)));
+    let mut client = Client::connect(&url).await;
+    assert_eq!(parse(&client.next_text(SOON).await)["total"], 7.0, "served from the node's own data");
+
+    // Once NATS is back, writes go through and reach the other node; the refused one never lands.
+    nats.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _) =
+            request(nodes[0].publish_addr, "PUT", "/v1/buckets/prices/keys/MSFT", None, r#"{"price":9}"#).await;
+        if status == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "writes never resumed: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until_node_has(&nodes[1], "prices", "MSFT", &json!({"price": 9})).await;
+    let (_, body) = request(nodes[1].publish_addr, "GET", "/v1/buckets/prices/keys/AAPL", None, "").await;
+    // A write answered 503 was never sent; one answered 504 may have landed (its outcome was
+    // unknown, as the answer said).
+    if !unknown {
+        assert_eq!(parse(&body), json!({"price": 7}), "the write refused during the outage was never applied");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_another_program_writes_into_the_bucket_are_checked_like_published_ones() {
+    let nats = NatsServer::start();
+    let nodes = nodes(&nats, 2).await;
+    // The bucket exists once a node has followed it; a node's write makes sure.
+    write(&nodes[0], "PUT", "/v1/buckets/prices/keys/AAPL", json!({"price": 1})).await;
+    let kv = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap())
+        .get_key_value("wasmpush-data")
+        .await
+        .unwrap();
+    // The stream itself refuses a value over max_value_bytes.
+    let big = format!("\"{}\"", "x".repeat(70_000));
+    assert!(kv.put("prices.HUGE", bytes::Bytes::from(big)).await.is_err());
+    // Not JSON, and a key valid in KV but not in wasmpush (`/`): not applied, read as missing.
+    for (key, value) in [("prices.BAD", "{oops"), ("prices.a/b", "1"), ("prices.GOOD", r#"{"price":2}"#)] {
+        kv.put(key, bytes::Bytes::from(value)).await.unwrap();
+    }
+    for node in &nodes {
+        until_node_has(node, "prices", "GOOD", &json!({"price": 2})).await;
+        let (status, _) = request(node.publish_addr, "GET", "/v1/buckets/prices/keys/BAD", None, "").await;
+        assert_eq!(status, 404, "a value that is not JSON reads as missing on {}", node.addr);
+        let (_, listing) = request(node.publish_addr, "GET", "/v1/buckets/prices", None, "").await;
+        assert_eq!(parse(&listing)["keys"], json!(["AAPL", "GOOD"]), "{}", node.addr);
+    }
+}
