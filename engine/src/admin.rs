@@ -152,8 +152,14 @@ impl AdminState {
         if let Some(fault) = self.data_fault.get() {
             return Some(format!("data store: {fault}"));
         }
-        let unreachable = self.cluster.as_ref().is_some_and(|cluster| !cluster.is_connected());
-        unreachable.then(|| "cluster: NATS is unreachable; serving the last data seen, refusing writes".to_owned())
+        let cluster = self.cluster.as_ref()?;
+        if !cluster.is_connected() {
+            return Some("cluster: NATS is unreachable; serving the last data seen, refusing writes".to_owned());
+        }
+        cluster.catching_up_to().map(|target| {
+            let applied = self.data.snapshot().revision();
+            format!("cluster: catching up with the data stream (applied {applied} of {target})")
+        })
     }
 }
 

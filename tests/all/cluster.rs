@@ -12,8 +12,28 @@ use wasmpush_tests::{Client, NatsServer, TestEngine, artifacts};
 use crate::data::{parse, portfolio};
 use crate::util::{SOON, encode};
 
-/// `nodes` engines serving `portfolio` without ticks, members of the cluster on `nats`.
+/// `/healthz` of `node`: its status and body.
+async fn healthz(node: &TestEngine) -> (u16, String) {
+    let request = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    wasmpush_tests::http::exchange(node.admin_addr, request).await
+}
+
+/// `nodes` engines serving `portfolio` without ticks, members of the cluster on `nats`, each
+/// serving once it caught up with the cluster's data.
 async fn nodes(nats: &NatsServer, nodes: usize) -> Vec<TestEngine> {
+    let started = nodes_on(nats, nodes).await;
+    for node in &started {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while healthz(node).await.0 != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "{} never caught up: {:?}", node.addr, healthz(node).await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    started
+}
+
+/// `nodes` engines serving `portfolio` without ticks, members of the cluster on `nats`.
+async fn nodes_on(nats: &NatsServer, nodes: usize) -> Vec<TestEngine> {
     let url = nats.url();
     let start = |_| {
         let url = url.clone();
@@ -103,16 +123,15 @@ async fn a_node_that_cannot_reach_nats_refuses_writes_and_serves_its_clients_fro
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(refused.contains("NATS"), "{refused}");
-    let health = wasmpush_tests::http::exchange(
-        nodes[1].admin_addr,
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let health = healthz(&nodes[1]).await;
     assert_eq!(health.0, 503, "degraded, not down: {}", health.1);
     assert!(health.1.contains("degraded: cluster: NATS is unreachable"), "{}", health.1);
     let url = nodes[1].url(&format!("/ws/portfolio?params={}", encode(r#"{"account":"a42"}"#)));
     let mut client = Client::connect(&url).await;
     assert_eq!(parse(&client.next_text(SOON).await)["total"], 7.0, "served from the node's own data");
+    // A node started while NATS is down starts, and says it is degraded until it caught up.
+    let late = nodes_on(&nats, 1).await.remove(0);
+    assert_eq!(healthz(&late).await.0, 503);
 
     // Once NATS is back, writes go through and reach the other node; the refused one never lands.
     nats.restart();
@@ -127,6 +146,16 @@ async fn a_node_that_cannot_reach_nats_refuses_writes_and_serves_its_clients_fro
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     until_node_has(&nodes[1], "prices", "MSFT", &json!({"price": 9})).await;
+    until_node_has(&late, "prices", "MSFT", &json!({"price": 9})).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while healthz(&late).await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the late node never said it caught up: {:?}",
+            healthz(&late).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (_, body) = request(nodes[1].publish_addr, "GET", "/v1/buckets/prices/keys/AAPL", None, "").await;
     // A write answered 503 was never sent; one answered 504 may have landed (its outcome was
     // unknown, as the answer said).

@@ -7,6 +7,7 @@
 //! straight into the bucket is checked as a published one is; one that fails (not JSON, too
 //! large, a bad key) is not applied — its key reads as missing — and is logged.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -35,6 +36,11 @@ impl Cluster {
     async fn follow_once(&self, store: &DataStore, limits: &DataLimits) -> Result<(), String> {
         let stream = self.data_stream().await.map_err(|err| err.to_string())?;
         let from = store.view().snapshot().revision() + 1;
+        let last = stream.cached_info().state.last_sequence;
+        self.catch_up_to.store(last, Ordering::Relaxed);
+        if from > last {
+            self.caught_up.store(true, Ordering::Relaxed);
+        }
         let config = push::OrderedConfig {
             deliver_subject: self.client.new_inbox(),
             filter_subject: format!("$KV.{DATA_BUCKET}.>"),
@@ -55,6 +61,9 @@ impl Cluster {
                 continue;
             }
             store.apply_at(std::mem::take(&mut batch), sequence).await.map_err(|err| err.to_string())?;
+            if sequence >= last {
+                self.caught_up.store(true, Ordering::Relaxed);
+            }
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ mod follow;
 mod publish;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -60,6 +60,11 @@ pub struct Cluster {
     max_value_bytes: usize,
     /// Whether the data stream takes atomic batches (NATS 2.12 and later), once known.
     atomic_batches: Arc<AtomicBool>,
+    /// The stream's last sequence when this node last began to follow it: the node has caught
+    /// up once it applied that far.
+    catch_up_to: Arc<AtomicU64>,
+    /// Whether the node has applied the stream up to [`Self::catch_up_to`] since it started.
+    caught_up: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -93,12 +98,26 @@ impl Cluster {
             .collect::<Result<_, _>>()?;
         let client = options.connect(urls).await.map_err(|err| ClusterError::Setup(err.to_string()))?;
         let jetstream = jetstream::new(client.clone());
-        Ok(Cluster { client, jetstream, max_value_bytes, atomic_batches: Arc::default() })
+        Ok(Cluster {
+            client,
+            jetstream,
+            max_value_bytes,
+            atomic_batches: Arc::default(),
+            catch_up_to: Arc::default(),
+            caught_up: Arc::default(),
+        })
     }
 
     /// Whether the NATS connection is up now.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// `None` once the node has applied the data stream as far as it reached when the node
+    /// began to follow it; until then the sequence it must reach. A node that started while
+    /// NATS was unreachable has not caught up: it serves its own store's data meanwhile.
+    pub fn catching_up_to(&self) -> Option<u64> {
+        (!self.caught_up.load(Ordering::Relaxed)).then(|| self.catch_up_to.load(Ordering::Relaxed))
     }
 
     /// The data stream, created (as KV bucket [`DATA_BUCKET`], history 1, atomic batches
