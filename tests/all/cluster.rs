@@ -10,7 +10,8 @@ use wasmpush_tests::http::request;
 use wasmpush_tests::{Client, NatsServer, TestEngine, artifacts};
 
 use crate::data::{parse, portfolio};
-use crate::util::{SOON, encode};
+use crate::util::{BINARY, SOON, config_address, encode, write_config};
+use std::process::Command;
 
 /// `/healthz` of `node`: its status and body.
 async fn healthz(node: &TestEngine) -> (u16, String) {
@@ -188,4 +189,55 @@ async fn values_another_program_writes_into_the_bucket_are_checked_like_publishe
         let (_, listing) = request(node.publish_addr, "GET", "/v1/buckets/prices", None, "").await;
         assert_eq!(parse(&listing)["keys"], json!(["AAPL", "GOOD"]), "{}", node.addr);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_cluster_node_resumes_from_the_old_ones_revision() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(artifacts::PORTFOLIO, plugins.join("portfolio.wasm")).unwrap();
+    let tables = format!(
+        "drain_secs = 1\n[plugins.portfolio]\nread = [\"accounts\", \"prices\"]\ntick_ms = 0\n[cluster]\nnats = [\"{}\"]\n",
+        nats.url()
+    );
+    let (config, port, admin) = write_config(dir.path(), &plugins, &tables);
+    let publish = config_address(&config, "publish");
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let run = |command: &str| {
+        let args = [
+            command,
+            "--daemon",
+            "--config",
+            &path("wasmpush.toml"),
+            "--pid-file",
+            &path("wasmpush.pid"),
+            "--log-file",
+            &path("log"),
+        ];
+        let output = Command::new(BINARY).args(args).output().unwrap();
+        assert!(output.status.success(), "{command}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    run("start");
+    let put = async |key: &str, value: Value| {
+        let (status, answer) = request(publish, "PUT", key, None, &value.to_string()).await;
+        assert_eq!(status, 200, "{answer}");
+        parse(&answer)["revision"].as_u64().unwrap()
+    };
+    put("/v1/buckets/accounts/keys/a42", json!({"holdings": {"AAPL": 1}, "public": true})).await;
+    let before = put("/v1/buckets/prices/keys/AAPL", json!({"price": 5})).await;
+    let url = format!("ws://127.0.0.1:{port}/ws/portfolio?params={}", encode(r#"{"account":"a42"}"#));
+    let mut client = Client::connect(&url).await;
+    assert_eq!(parse(&client.next_text(SOON).await)["total"], 5.0);
+
+    run("restart");
+    let after = put("/v1/buckets/prices/keys/AAPL", json!({"price": 6})).await;
+    assert_eq!(after, before + 1, "the stream's next revision, through the new engine");
+    let mut fresh = Client::connect(&url).await;
+    assert_eq!(parse(&fresh.next_text(SOON).await)["total"], 6.0, "the new engine follows on from the old one's data");
+    let status = wasmpush_tests::http::get(([127, 0, 0, 1], admin).into(), "/status").await;
+    assert_eq!(parse(&status)["data_revision"], after, "{status}");
+    let stop = Command::new(BINARY).args(["stop", "--pid-file", &path("wasmpush.pid")]).output().unwrap();
+    assert!(stop.status.success());
 }
