@@ -156,6 +156,13 @@ impl AdminState {
         if !cluster.is_connected() {
             return Some("cluster: NATS is unreachable; serving the last data seen, refusing writes".to_owned());
         }
+        if let Some(last) = cluster.diverged_from() {
+            let applied = self.data.snapshot().revision();
+            return Some(format!(
+                "cluster: this node holds revision {applied}, the data stream ends at {last}: it was recreated; \
+                 not following it"
+            ));
+        }
         cluster.catching_up_to().map(|target| {
             let applied = self.data.snapshot().revision();
             format!("cluster: catching up with the data stream (applied {applied} of {target})")

@@ -227,6 +227,12 @@ async fn a_restarted_cluster_node_resumes_from_the_old_ones_revision() {
     };
     put("/v1/buckets/accounts/keys/a42", json!({"holdings": {"AAPL": 1}, "public": true})).await;
     let before = put("/v1/buckets/prices/keys/AAPL", json!({"price": 5})).await;
+    // Acknowledged by JetStream; applied by the node a moment later.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while request(publish, "GET", "/v1/buckets/prices/keys/AAPL", None, "").await.1 != r#"{"price":5}"# {
+        assert!(tokio::time::Instant::now() < deadline, "the node never applied its own write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let url = format!("ws://127.0.0.1:{port}/ws/portfolio?params={}", encode(r#"{"account":"a42"}"#));
     let mut client = Client::connect(&url).await;
     assert_eq!(parse(&client.next_text(SOON).await)["total"], 5.0);
@@ -234,10 +240,36 @@ async fn a_restarted_cluster_node_resumes_from_the_old_ones_revision() {
     run("restart");
     let after = put("/v1/buckets/prices/keys/AAPL", json!({"price": 6})).await;
     assert_eq!(after, before + 1, "the stream's next revision, through the new engine");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while request(publish, "GET", "/v1/buckets/prices/keys/AAPL", None, "").await.1 != r#"{"price":6}"# {
+        assert!(tokio::time::Instant::now() < deadline, "the new engine never applied the write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut fresh = Client::connect(&url).await;
     assert_eq!(parse(&fresh.next_text(SOON).await)["total"], 6.0, "the new engine follows on from the old one's data");
     let status = wasmpush_tests::http::get(([127, 0, 0, 1], admin).into(), "/status").await;
     assert_eq!(parse(&status)["data_revision"], after, "{status}");
     let stop = Command::new(BINARY).args(["stop", "--pid-file", &path("wasmpush.pid")]).output().unwrap();
     assert!(stop.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_ahead_of_a_recreated_stream_says_so_rather_than_serve_a_gap() {
+    let mut nats = NatsServer::start();
+    let nodes = nodes(&nats, 1).await;
+    for price in 1..=3 {
+        write(&nodes[0], "PUT", "/v1/buckets/prices/keys/AAPL", json!({ "price": price })).await;
+    }
+    until_node_has(&nodes[0], "prices", "AAPL", &json!({"price": 3})).await;
+    nats.wipe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = healthz(&nodes[0]).await;
+        if body.contains("the data stream ends at 0") {
+            assert_eq!(status, 503, "{body}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the node never noticed: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -40,6 +40,14 @@ impl NatsServer {
         self.process = None;
     }
 
+    /// Kills the server and starts it again on the same port with an empty store, as when a
+    /// cluster's NATS is rebuilt.
+    pub fn wipe(&mut self) {
+        self.kill();
+        self.store = tempfile::tempdir().unwrap();
+        self.restart();
+    }
+
     /// Starts the server again on the same port and store; returns once it accepts connections.
     pub fn restart(&mut self) {
         let binary =

@@ -14,11 +14,14 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{DeliverPolicy, push};
 use futures_util::StreamExt;
 
-use super::{Cluster, DATA_BUCKET};
+use super::{Cluster, DATA_BUCKET, DATA_STREAM};
 use crate::data::{Change, DataLimits, DataStore};
 
 /// How long a follower whose stream failed waits before it follows again.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// How often a follower checks that the stream still holds what the node applied.
+const CHECK_PERIOD: Duration = Duration::from_secs(2);
 
 impl Cluster {
     /// Follows the data stream into `store` for as long as the engine runs, following again
@@ -37,6 +40,16 @@ impl Cluster {
         let stream = self.data_stream().await.map_err(|err| err.to_string())?;
         let from = store.view().snapshot().revision() + 1;
         let last = stream.cached_info().state.last_sequence;
+        if from > last + 1 {
+            // Stored as last + 1, so a stream emptied to 0 still reads as diverged.
+            self.diverged.store(last + 1, Ordering::Relaxed);
+            return Err(format!(
+                "this node holds revision {} but the cluster's data stream ends at {last}: it was recreated or \
+                 went back; not following it (a full resync is not built yet: start the node with an empty data_dir)",
+                from - 1
+            ));
+        }
+        self.diverged.store(0, Ordering::Relaxed);
         self.catch_up_to.store(last, Ordering::Relaxed);
         if from > last {
             self.caught_up.store(true, Ordering::Relaxed);
@@ -50,7 +63,17 @@ impl Cluster {
         let consumer = stream.create_consumer(config).await.map_err(|err| err.to_string())?;
         let mut messages = consumer.messages().await.map_err(|err| err.to_string())?;
         let mut batch: Vec<Change> = Vec::new();
-        while let Some(message) = messages.next().await {
+        let mut check = tokio::time::interval(CHECK_PERIOD);
+        check.tick().await;
+        loop {
+            let message = tokio::select! {
+                message = messages.next() => message,
+                _ = check.tick() => {
+                    self.check_stream(store).await?;
+                    continue;
+                }
+            };
+            let Some(message) = message else { return Ok(()) };
             let message = message.map_err(|err| err.to_string())?;
             let sequence = message.info().map_err(|err| err.to_string())?.stream_sequence;
             let headers = message.message.headers.as_ref();
@@ -64,6 +87,17 @@ impl Cluster {
             if sequence >= last {
                 self.caught_up.store(true, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Checks the stream still holds what this node applied: one recreated meanwhile (its last
+    /// sequence below the node's revision) ends the following, which then finds it diverged.
+    async fn check_stream(&self, store: &DataStore) -> Result<(), String> {
+        let mut stream = self.jetstream.get_stream(DATA_STREAM).await.map_err(|err| err.to_string())?;
+        let last = stream.info().await.map_err(|err| err.to_string())?.state.last_sequence;
+        let applied = store.view().snapshot().revision();
+        if last < applied {
+            return Err(format!("the data stream ends at {last}, below this node's revision {applied}"));
         }
         Ok(())
     }

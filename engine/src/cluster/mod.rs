@@ -65,6 +65,9 @@ pub struct Cluster {
     catch_up_to: Arc<AtomicU64>,
     /// Whether the node has applied the stream up to [`Self::catch_up_to`] since it started.
     caught_up: Arc<AtomicBool>,
+    /// Set when the node holds a later revision than the stream's last: the stream was recreated
+    /// or went back, and following it would skip its first entries. The node stops following.
+    diverged: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -105,12 +108,22 @@ impl Cluster {
             atomic_batches: Arc::default(),
             catch_up_to: Arc::default(),
             caught_up: Arc::default(),
+            diverged: Arc::default(),
         })
     }
 
     /// Whether the NATS connection is up now.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// The stream's last sequence, when this node holds a later revision than it (the stream was
+    /// recreated or went back): the node no longer follows it rather than serve a gap.
+    pub fn diverged_from(&self) -> Option<u64> {
+        match self.diverged.load(Ordering::Relaxed) {
+            0 => None,
+            last => Some(last - 1),
+        }
     }
 
     /// `None` once the node has applied the data stream as far as it reached when the node
