@@ -15,8 +15,7 @@ use std::process::Command;
 
 /// `/healthz` of `node`: its status and body.
 async fn healthz(node: &TestEngine) -> (u16, String) {
-    let request = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    wasmpush_tests::http::exchange(node.admin_addr, request).await
+    request(node.admin_addr, "GET", "/healthz", None, "").await
 }
 
 /// `nodes` engines serving `portfolio` without ticks, members of the cluster on `nats`, each

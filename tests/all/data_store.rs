@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use wasmpush_tests::http::{exchange, request};
+use wasmpush_tests::http::request;
 use wasmpush_tests::{Client, TestEngine};
 
 use crate::util::{BINARY, SOON, config_address, encode, plugins_dir_with_quote, start_in_foreground, write_config};
@@ -149,8 +149,7 @@ async fn a_failed_disk_write_fails_that_request_only_and_writes_resume_once_the_
     let (n, status, answer) = failed.expect("a write past the file-size limit fails");
     assert_eq!(status, 500, "{answer}");
     assert!(answer.contains("storage failed"), "{answer}");
-    let (_, health) =
-        exchange(([127, 0, 0, 1], admin).into(), "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let (_, health) = request(([127, 0, 0, 1], admin).into(), "GET", "/healthz", None, "").await;
     eprintln!("disk full: write {n} failed; /healthz then said {}", health.trim());
 
     limit("unlimited:unlimited");
@@ -168,7 +167,6 @@ async fn a_failed_disk_write_fails_that_request_only_and_writes_resume_once_the_
     assert_eq!(status, 404, "the failed write was not applied: {body}");
     let (status, body) = request(publish, "GET", "/v1/buckets/b/keys/first", None, "").await;
     assert_eq!((status, body.as_str()), (200, "1"), "what was acknowledged before is kept");
-    let (status, health) =
-        exchange(([127, 0, 0, 1], admin).into(), "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let (status, health) = request(([127, 0, 0, 1], admin).into(), "GET", "/healthz", None, "").await;
     assert_eq!(status, 200, "healthy again: {health}");
 }

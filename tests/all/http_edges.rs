@@ -78,8 +78,7 @@ async fn connections_are_capped_in_all_and_per_address() {
     // The places come back once their sockets close.
     let mut again = None;
     for _ in 0..50 {
-        let (status, _) =
-            exchange(engine.admin_addr, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        let (status, _) = wasmpush_tests::http::request(engine.admin_addr, "GET", "/healthz", None, "").await;
         if status == 200 {
             again = Some(status);
             break;

@@ -42,7 +42,7 @@ pub struct Wait {
 /// `ps`), and waits until the engine is ready (`/healthz` on `admin`). Returns the child's pid.
 pub fn spawn(
     args: &[std::ffi::OsString],
-    env: &[(&str, &str)],
+    env: &[(&str, String)],
     log_file: &Path,
     pid_file: &Path,
     admin: SocketAddr,
@@ -60,7 +60,7 @@ pub fn spawn(
     let program = std::env::current_exe().context("cannot find this program")?;
     let mut child = Command::new(program)
         .args(args)
-        .envs(env.iter().copied())
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

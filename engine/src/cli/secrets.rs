@@ -26,27 +26,25 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Secrets {
-    /// Each secret given, with the environment variable that carries it to a daemon's child.
-    pub(super) fn as_env(&self) -> Vec<(&'static str, &str)> {
+    /// Each secret with the environment variable that carries it.
+    fn named(self) -> [(&'static str, Option<String>); 3] {
         [
-            ("WASMPUSH_PUBLISH_TOKEN", &self.publish_token),
-            ("WASMPUSH_ADMIN_TOKEN", &self.admin_token),
-            ("WASMPUSH_JWT_SECRET", &self.jwt_secret),
+            ("WASMPUSH_PUBLISH_TOKEN", self.publish_token),
+            ("WASMPUSH_ADMIN_TOKEN", self.admin_token),
+            ("WASMPUSH_JWT_SECRET", self.jwt_secret),
         ]
-        .into_iter()
-        .filter_map(|(name, secret)| secret.as_deref().map(|secret| (name, secret)))
-        .collect()
+    }
+
+    /// Each secret given, with the environment variable that carries it to a daemon's child.
+    pub(super) fn into_env(self) -> Vec<(&'static str, String)> {
+        self.named().into_iter().filter_map(|(name, secret)| Some((name, secret?))).collect()
     }
 
     /// Takes each of `running`'s secrets that this one lacks; returns their environment names.
     pub(super) fn adopt(&mut self, running: Secrets) -> Vec<&'static str> {
-        let pairs = [
-            (&mut self.publish_token, running.publish_token, "WASMPUSH_PUBLISH_TOKEN"),
-            (&mut self.admin_token, running.admin_token, "WASMPUSH_ADMIN_TOKEN"),
-            (&mut self.jwt_secret, running.jwt_secret, "WASMPUSH_JWT_SECRET"),
-        ];
+        let ours = [&mut self.publish_token, &mut self.admin_token, &mut self.jwt_secret];
         let mut taken = Vec::new();
-        for (ours, theirs, name) in pairs {
+        for (ours, (name, theirs)) in ours.into_iter().zip(running.named()) {
             if ours.is_none() && theirs.is_some() {
                 *ours = theirs;
                 taken.push(name);

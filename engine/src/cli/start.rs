@@ -207,8 +207,7 @@ pub(super) fn start_daemon(args: &StartArgs) -> anyhow::Result<ExitCode> {
     if !args.takeover {
         pidfile::refuse_if_running(&args.pid_file)?;
     }
-    let secrets = args.secrets();
-    let secrets = secrets.as_env();
+    let secrets = args.secrets().into_env();
     let wait = daemon::Wait { timeout: Duration::from_secs(args.start_timeout), kill_if_late: args.takeover };
     let pid = daemon::spawn(&args.foreground_args(), &secrets, &args.log_file, &args.pid_file, config.admin, wait)?;
     println!("wasmpush started (pid {pid}), listening on {}, logging to {}", config.listen, args.log_file.display());
