@@ -29,11 +29,15 @@ const ENTRIES: TableDefinition<(&str, &str), (u64, &str)> = TableDefinition::new
 /// Read once, then moved into [`ENTRIES`].
 const UNREVISED_ENTRIES: TableDefinition<(&str, &str), &str> = TableDefinition::new("entries");
 
-/// The store's own figures: `revision`, the last revision written.
+/// The store's own figures: `revision`, the last revision written, and `origin`, which history
+/// it counts in.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The key of the store's revision in [`META`].
 const REVISION: &str = "revision";
+
+/// The key of the history the revision counts in (`Snapshot::origin`) in [`META`].
+const ORIGIN: &str = "origin";
 
 /// The file in the data directory.
 pub const FILE_NAME: &str = "buckets.redb";
@@ -140,8 +144,8 @@ impl DurableStore {
     }
 
     /// Writes `batches` (each change with the revision of its batch) in one transaction, and
-    /// `revision` as the store's; returns once it is on disk.
-    pub fn write(&self, batches: &[(u64, Vec<Change>)], revision: u64) -> Result<(), DataError> {
+    /// `revision` as the store's, counted in history `origin`; returns once it is on disk.
+    pub fn write(&self, batches: &[(u64, Vec<Change>)], revision: u64, origin: u64) -> Result<(), DataError> {
         let transaction = self.db()?.begin_write().map_err(storage)?;
         {
             let mut table = transaction.open_table(ENTRIES).map_err(storage)?;
@@ -154,7 +158,9 @@ impl DurableStore {
                     }
                 }
             }
-            transaction.open_table(META).map_err(storage)?.insert(REVISION, revision).map_err(storage)?;
+            let mut meta = transaction.open_table(META).map_err(storage)?;
+            meta.insert(REVISION, revision).map_err(storage)?;
+            meta.insert(ORIGIN, origin).map_err(storage)?;
         }
         transaction.commit().map_err(storage)
     }
@@ -206,9 +212,14 @@ fn caught<T>(path: &Path, read: impl FnOnce() -> Result<T, DataError>) -> Result
 
 /// The store's revision as written in [`META`] (0 for a new store).
 fn stored_revision(db: &Database) -> Result<u64, DataError> {
+    stored_meta(db, REVISION)
+}
+
+/// The figure `name` of [`META`] (0 when it was never written).
+fn stored_meta(db: &Database, name: &str) -> Result<u64, DataError> {
     let read = db.begin_read().map_err(storage)?;
     match read.open_table(META) {
-        Ok(meta) => Ok(meta.get(REVISION).map_err(storage)?.map_or(0, |revision| revision.value())),
+        Ok(meta) => Ok(meta.get(name).map_err(storage)?.map_or(0, |value| value.value())),
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
         Err(err) => Err(storage(err)),
     }
@@ -241,6 +252,7 @@ fn read_entries(db: &Database, limits: &DataLimits) -> Result<Loaded, DataError>
         Err(err) => return Err(storage(err)),
     }
     snapshot.set_revision(revision);
+    snapshot.set_origin(stored_meta(db, ORIGIN)?);
     Ok(Loaded { snapshot, skipped })
 }
 
@@ -271,9 +283,9 @@ mod tests {
             let mut store = DurableStore::open(dir.path()).unwrap();
             assert_eq!(store.load(&LIMITS).unwrap().snapshot.key_count(), 0);
             let first = vec![Change::new("prices", "AAPL", Some("1")), Change::new("prices", "MSFT", Some("2"))];
-            store.write(&[(1, first)], 1).unwrap();
+            store.write(&[(1, first)], 1, 0).unwrap();
             let second = vec![Change::new("prices", "MSFT", None), Change::new("accounts", "a1", Some("{}"))];
-            store.write(&[(2, second), (3, vec![Change::new("prices", "GOOG", None)])], 3).unwrap();
+            store.write(&[(2, second), (3, vec![Change::new("prices", "GOOG", None)])], 3, 0).unwrap();
         }
         let Loaded { snapshot, skipped } = DurableStore::open(dir.path()).unwrap().load(&LIMITS).unwrap();
         assert_eq!(skipped, 0);
@@ -307,7 +319,7 @@ mod tests {
     fn a_reopened_store_must_hold_the_acknowledged_revision() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = DurableStore::open(dir.path()).unwrap();
-        store.write(&[(7, vec![Change::new("b", "k", Some("1"))])], 7).unwrap();
+        store.write(&[(7, vec![Change::new("b", "k", Some("1"))])], 7, 0).unwrap();
         store.reopen(7).unwrap();
         let err = store.reopen(8).unwrap_err();
         assert!(err.to_string().contains("holds revision 7 after reopening, not 8"), "{err}");
@@ -320,7 +332,7 @@ mod tests {
             let store = DurableStore::open(dir.path()).unwrap();
             let values: Vec<Change> =
                 (0..200).map(|i| Change::new("b", &format!("k{i}"), Some(&format!("\"{}\"", "v".repeat(i))))).collect();
-            store.write(&[(1, values)], 1).unwrap();
+            store.write(&[(1, values)], 1, 0).unwrap();
         }
         let path = dir.path().join(FILE_NAME);
         let pristine = std::fs::read(&path).unwrap();

@@ -32,6 +32,10 @@ pub struct Snapshot {
     revision: u64,
     /// Bytes of every key and value held, the measure of `max_data_bytes`.
     bytes: usize,
+    /// Which history `revision` counts in: 0 for the node's own; on a node of a cluster, the
+    /// creation time of the data stream it follows (a stream recreated under the same name
+    /// counts its revisions anew, so a node must not resume one from the other's revision).
+    origin: u64,
 }
 
 /// A read of one key: the bucket and key names as the snapshot holds them (shared, so recording
@@ -55,6 +59,21 @@ impl Snapshot {
     /// Sets the revision of the last change applied (a store's, which deletes move too).
     pub(crate) fn set_revision(&mut self, revision: u64) {
         self.revision = revision;
+    }
+
+    /// Which history the revision counts in (0: the node's own; else a cluster stream's).
+    pub fn origin(&self) -> u64 {
+        self.origin
+    }
+
+    /// Sets which history the revision counts in.
+    pub(crate) fn set_origin(&mut self, origin: u64) {
+        self.origin = origin;
+    }
+
+    /// Every key held, with its bucket, bucket by bucket.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<str>)> {
+        self.buckets.iter().flat_map(|(bucket, keys)| keys.keys().map(move |key| (bucket, key)))
     }
 
     /// Bytes of every key and value held.

@@ -105,6 +105,9 @@ struct WriteRequest {
     changes: Vec<Change>,
     /// The revision a cluster gave the batch (its stream sequence), or `None` for the next one.
     at: Option<u64>,
+    /// For a resync: the history `at` counts in. The batch then holds every key the data has
+    /// (puts only); the keys it lacks are deleted, and its revision is taken even if lower.
+    replace: Option<u64>,
     /// Where the revision (or the refusal) goes.
     reply: tokio::sync::oneshot::Sender<Result<u64, DataError>>,
 }
@@ -162,7 +165,7 @@ impl DataStore {
         if changes.len() > self.limits.max_batch_keys {
             return Err(DataError::BatchTooLarge { count: changes.len(), limit: self.limits.max_batch_keys });
         }
-        self.send(changes, None).await
+        self.send(changes, None, None).await
     }
 
     /// Applies `changes`, a batch the cluster already made durable and numbered `revision`: on
@@ -170,13 +173,22 @@ impl DataStore {
     /// below the revision applied already changes nothing (it was applied). The cluster's data
     /// is the truth, so no budget refuses it; its names and values were checked by the caller.
     pub async fn apply_at(&self, changes: Vec<Change>, revision: u64) -> Result<u64, DataError> {
-        self.send(changes, Some(revision)).await
+        self.send(changes, Some(revision), None).await
+    }
+
+    /// Replaces the whole data with `entries` (every key the cluster's data holds, as puts) at
+    /// `revision` of history `origin`, even if that is below the revision applied: a resync
+    /// after the cluster's stream was recreated or went back. Keys `entries` lacks are deleted;
+    /// every key that changed is announced, so plugins re-run as for any change.
+    pub async fn replace(&self, entries: Vec<Change>, revision: u64, origin: u64) -> Result<u64, DataError> {
+        self.send(entries, Some(revision), Some(origin)).await
     }
 
     /// Hands a batch to the writer and waits for the answer.
-    async fn send(&self, changes: Vec<Change>, at: Option<u64>) -> Result<u64, DataError> {
+    async fn send(&self, changes: Vec<Change>, at: Option<u64>, replace: Option<u64>) -> Result<u64, DataError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.requests.send_async(WriteRequest { changes, at, reply }).await.map_err(|_| DataError::Closed)?;
+        let request = WriteRequest { changes, at, replace, reply };
+        self.requests.send_async(request).await.map_err(|_| DataError::Closed)?;
         answer.await.map_err(|_| DataError::Closed)?
     }
 }
@@ -250,9 +262,9 @@ impl Writer {
         }
         let mut next = Snapshot::clone(&self.view.snapshot());
         let (mut written, mut accepted, mut changed) = (Vec::new(), Vec::new(), Vec::new());
-        for request in group {
+        for mut request in group {
             let revision = match request.at {
-                Some(at) if at <= next.revision() => {
+                Some(at) if at <= next.revision() && request.replace.is_none() => {
                     let _ = request.reply.send(Ok(at));
                     continue;
                 }
@@ -260,9 +272,10 @@ impl Writer {
                 None => next.revision() + 1,
             };
             let mut trial = next.clone();
-            let checked = match request.at {
-                Some(_) => Ok(apply(&mut trial, &request.changes, revision)),
-                None => apply_checked(&mut trial, &request.changes, revision, &self.limits),
+            let checked = match (request.at, request.replace) {
+                (_, Some(origin)) => Ok(replace(&mut trial, &mut request.changes, revision, origin)),
+                (Some(_), None) => Ok(apply(&mut trial, &request.changes, revision)),
+                (None, None) => apply_checked(&mut trial, &request.changes, revision, &self.limits),
             };
             match checked {
                 Ok(keys) => {
@@ -277,7 +290,7 @@ impl Writer {
         if accepted.is_empty() {
             return;
         }
-        if let Err(err) = self.durable.write(&written, next.revision()) {
+        if let Err(err) = self.durable.write(&written, next.revision(), next.origin()) {
             tracing::error!(cause = %err, batches = accepted.len(), "data write failed; nothing of it was published");
             for (reply, _) in accepted {
                 let _ = reply.send(Err(err.clone()));
@@ -313,6 +326,35 @@ fn apply_checked(
         return Err(DataError::TooManyBuckets { count: snapshot.bucket_count(), limit: limits.max_buckets });
     }
     Ok(changed)
+}
+
+/// Makes `snapshot` hold exactly the puts of `entries`, every one at `revision`, counted in
+/// history `origin`; a key it held that `entries` lacks is deleted, and its deletion added to
+/// `entries` (so the store deletes it too). Returns the keys whose value changed.
+fn replace(snapshot: &mut Snapshot, entries: &mut Vec<Change>, revision: u64, origin: u64) -> Vec<KeyName> {
+    let kept: std::collections::HashSet<(&str, &str)> =
+        entries.iter().filter(|change| change.value.is_some()).map(|change| (&*change.bucket, &*change.key)).collect();
+    let gone: Vec<Change> = snapshot
+        .keys()
+        .filter(|(bucket, key)| !kept.contains(&(&***bucket, &***key)))
+        .map(|(bucket, key)| Change { bucket: bucket.to_string(), key: key.to_string(), value: None })
+        .collect();
+    drop(kept);
+    let mut fresh = Snapshot::default();
+    let mut changed = Vec::new();
+    for change in entries.iter() {
+        let before = snapshot.get(&change.bucket, &change.key).map(|entry| entry.json.clone());
+        let name = fresh.apply(&change.bucket, &change.key, change.value.as_deref().map(Arc::from), revision);
+        if before.as_deref() != change.value.as_deref() {
+            changed.push(name);
+        }
+    }
+    changed.extend(gone.iter().map(|change| (Arc::from(&*change.bucket), Arc::from(&*change.key))));
+    entries.extend(gone);
+    fresh.set_revision(revision);
+    fresh.set_origin(origin);
+    *snapshot = fresh;
+    changed
 }
 
 /// Applies `changes` to `snapshot` at `revision`; returns the keys whose value changed (a put of
@@ -363,7 +405,7 @@ mod tests {
     fn a_store_that_cannot_be_reopened_degrades_writes_until_it_can() {
         let dir = tempfile::tempdir().unwrap();
         let mut durable = DurableStore::open(dir.path()).unwrap();
-        durable.write(&[(1, vec![put("a", "k", "1")])], 1).unwrap();
+        durable.write(&[(1, vec![put("a", "k", "1")])], 1, 0).unwrap();
         let limits = DataLimits { max_data_bytes: 1 << 20, ..limits() };
         let view = DataView::default();
         view.set(durable.load(&limits).unwrap().snapshot);
@@ -379,7 +421,7 @@ mod tests {
         assert!(!writer.recover(), "a directory is no store");
         assert!(fault.get().is_some_and(|why| why.contains("cannot open")), "{:?}", fault.get());
         let (reply, answer) = tokio::sync::oneshot::channel();
-        writer.commit(vec![WriteRequest { changes: vec![put("a", "k", "2")], at: None, reply }]);
+        writer.commit(vec![WriteRequest { changes: vec![put("a", "k", "2")], at: None, replace: None, reply }]);
         let refused = answer.blocking_recv().unwrap();
         assert!(matches!(refused, Err(DataError::Unavailable(_))), "degraded: writes are refused, {refused:?}");
         std::fs::remove_dir(&file).unwrap();
@@ -390,8 +432,40 @@ mod tests {
         assert!(writer.recover(), "the acknowledged store is back");
         assert_eq!(fault.get(), None);
         let (reply, answer) = tokio::sync::oneshot::channel();
-        writer.commit(vec![WriteRequest { changes: vec![put("a", "k", "2")], at: None, reply }]);
+        writer.commit(vec![WriteRequest { changes: vec![put("a", "k", "2")], at: None, replace: None, reply }]);
         assert_eq!(answer.blocking_recv().unwrap(), Ok(2), "writes go on at the next revision");
+    }
+
+    #[test]
+    fn a_resync_replaces_the_data_at_a_lower_revision_and_the_store_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = DataLimits { max_data_bytes: 1 << 20, ..limits() };
+        let announced = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut durable = DurableStore::open(dir.path()).unwrap();
+        durable
+            .write(&[(9, vec![put("a", "same", "1"), put("a", "moved", "1"), put("a", "gone", "1")])], 9, 5)
+            .unwrap();
+        let view = DataView::default();
+        view.set(durable.load(&limits).unwrap().snapshot);
+        let heard = announced.clone();
+        let announce = Box::new(move |set: Arc<ChangeSet>| heard.lock().unwrap().extend(set.changes()));
+        let mut writer = Writer { durable, view: view.clone(), limits, announce, fault: StoreFault::default() };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let entries = vec![put("a", "same", "1"), put("a", "moved", "2"), put("b", "new", "3")];
+        writer.commit(vec![WriteRequest { changes: entries, at: Some(4), replace: Some(77), reply }]);
+        assert_eq!(answer.blocking_recv().unwrap(), Ok(4), "taken at its revision, below the 9 held");
+        let mut heard = announced.lock().unwrap().clone();
+        heard.sort_by(|x, y| x.key.cmp(&y.key));
+        let expected = [Change::new("a", "gone", None), put("a", "moved", "2"), put("b", "new", "3")];
+        assert_eq!(heard, expected, "changed keys are announced, the unchanged one is not");
+        let check = |snapshot: &Snapshot| {
+            assert_eq!((snapshot.revision(), snapshot.origin(), snapshot.key_count()), (4, 77, 3));
+            assert!(snapshot.get("a", "gone").is_none());
+            assert_eq!(snapshot.get("a", "same").unwrap().revision, 4, "every entry counts in the new history");
+        };
+        check(&view.snapshot());
+        drop(writer);
+        check(&DurableStore::open(dir.path()).unwrap().load(&limits).unwrap().snapshot);
     }
 
     #[test]
