@@ -51,13 +51,25 @@ new-plugin NAME DIR="plugins":
 build-plugin NAME: setup
     cargo build --target wasm32-wasip2 --profile plugin -p {{NAME}}-plugin
 
-# Build plugin NAME and deploy it atomically as DIR/NAME.wasm (write NAME.wasm.tmp, rename into place)
+# Write NAME.wasm.tmp, rename into place: a local deploy is atomic. A cluster deploy goes through NATS.
+# Build plugin NAME and deploy it to DIR (default runtime/plugins), or `--cluster URL`: to every node
 [group('plugins')]
-deploy-plugin NAME DIR=plugins_dir: (build-plugin NAME)
-    mkdir -p {{DIR}}
-    cp {{target_dir}}/wasm32-wasip2/plugin/{{replace(NAME, "-", "_")}}_plugin.wasm {{DIR}}/{{NAME}}.wasm.tmp
-    mv -f {{DIR}}/{{NAME}}.wasm.tmp {{DIR}}/{{NAME}}.wasm
-    @echo "deployed {{DIR}}/{{NAME}}.wasm"
+[positional-arguments]
+deploy-plugin NAME *WHERE: (build-plugin NAME)
+    #!/usr/bin/env bash
+    set -euo pipefail
+    name="$1"; shift
+    build="{{target_dir}}/wasm32-wasip2/plugin/$(echo "$name" | tr - _)_plugin.wasm"
+    if [[ "${1:-}" == "--cluster" ]]; then
+        if [[ -z "${2:-}" ]]; then echo "error: --cluster needs the NATS URL, e.g. nats://127.0.0.1:4222" >&2; exit 2; fi
+        cargo run --release --quiet -p wasmpush -- deploy "$name" "$build" --nats "$2" --wait 30
+        exit
+    fi
+    dir="${1:-{{plugins_dir}}}"
+    mkdir -p "$dir"
+    cp "$build" "$dir/$name.wasm.tmp"
+    mv -f "$dir/$name.wasm.tmp" "$dir/$name.wasm"
+    echo "deployed $dir/$name.wasm"
 
 # Install the real peers two end-to-end tests drive when missing: Debian's chromium and nginx
 [group('setup')]

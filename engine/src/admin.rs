@@ -1,8 +1,10 @@
 //! The admin HTTP endpoint (default `127.0.0.1:9504`): `GET /status` (JSON), `GET /metrics`
-//! (Prometheus text) and `GET /healthz` (200 only while the engine serves, undegraded).
+//! (Prometheus text), `GET /healthz` (200 only while the engine serves, undegraded) and, on a
+//! node of a cluster, `GET /cluster` (every node, JSON).
 //! Read-only: it reports what the registry and the counters hold and changes nothing. [`Status`]
 //! is also what `wasmpush status` reads back, so the printer cannot drift from the endpoint.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::bearer;
-use crate::cluster::Cluster;
+use crate::cluster::{Announcement, Cluster, ClusterNode};
 use crate::data::{DataView, StoreFault};
 use crate::health::{Health, HealthState};
 use crate::http_server::{self, HttpLimits};
@@ -86,6 +88,17 @@ pub struct Status {
     /// On a node of a cluster, whether it reaches NATS now.
     #[serde(default)]
     pub nats_connected: Option<bool>,
+    /// On a node of a cluster, the data stream's messages it has not applied yet, as last seen.
+    #[serde(default)]
+    pub data_lag: Option<u64>,
+    /// On a node of a cluster, values written straight to the cluster's data that failed the
+    /// checks (not applied: their keys read as missing), by data bucket.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub invalid_values: BTreeMap<String, u64>,
+    /// On a node of a cluster, how often it followed the data stream anew (after a failure, a
+    /// stalled watch or a recreated stream).
+    #[serde(default)]
+    pub follow_restarts: Option<u64>,
 }
 
 /// One served plugin.
@@ -143,6 +156,17 @@ impl AdminState {
             degraded: self.degraded(),
             data_revision: self.data.snapshot().revision(),
             nats_connected: self.cluster.as_ref().map(Cluster::is_connected),
+            data_lag: self.cluster.as_ref().map(Cluster::lag),
+            invalid_values: self.cluster.as_ref().map(Cluster::invalid_values).unwrap_or_default(),
+            follow_restarts: self.cluster.as_ref().map(Cluster::follow_restarts),
+        }
+    }
+
+    /// What this node announces to its cluster: its status and the builds it serves.
+    pub fn announcement(&self) -> Announcement {
+        Announcement {
+            builds: self.registry.snapshot().values().map(|version| version.hash.clone()).collect(),
+            status: serde_json::to_value(self.status()).expect("a status serializes"),
         }
     }
 
@@ -155,13 +179,6 @@ impl AdminState {
         let cluster = self.cluster.as_ref()?;
         if !cluster.is_connected() {
             return Some("cluster: NATS is unreachable; serving the last data seen, refusing writes".to_owned());
-        }
-        if let Some(last) = cluster.diverged_from() {
-            let applied = self.data.snapshot().revision();
-            return Some(format!(
-                "cluster: this node holds revision {applied}, the data stream ends at {last}: it was recreated; \
-                 not following it"
-            ));
         }
         cluster.catching_up_to().map(|target| {
             let applied = self.data.snapshot().revision();
@@ -177,6 +194,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
     let guarded = Router::new()
         .route("/status", get(|State(state): State<AdminState>| async move { Json(state.status()) }))
         .route("/metrics", get(|State(state): State<AdminState>| async move { metrics(&state) }))
+        .route("/cluster", get(|State(state): State<AdminState>| async move { cluster(&state).await }))
         .layer(axum::middleware::from_fn(move |request, next| bearer::require(token.clone(), request, next)));
     let limits = state.limits;
     let router = guarded.route("/healthz", get(|State(state): State<AdminState>| async move { healthz(&state) }));
@@ -195,6 +213,30 @@ fn healthz(state: &AdminState) -> impl IntoResponse + use<> {
         HealthState::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting: plugins are loading\n".to_owned()),
         HealthState::Failed(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {why}\n")),
     }
+}
+
+/// `/cluster`: every node of the cluster as the cluster knows it; 404 on a single node, 503
+/// while NATS cannot answer.
+async fn cluster(state: &AdminState) -> axum::response::Response {
+    use axum::http::StatusCode;
+    let Some(cluster) = &state.cluster else {
+        return (StatusCode::NOT_FOUND, "this engine is no node of a cluster ([cluster] nats)\n").into_response();
+    };
+    match cluster.nodes().await {
+        Ok(nodes) => Json(ClusterStatus { nats_connected: cluster.is_connected(), nodes }).into_response(),
+        Err(err) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the cluster's nodes: {err}\n")).into_response()
+        }
+    }
+}
+
+/// The `/cluster` document.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Whether the node that answers reaches NATS now.
+    pub nats_connected: bool,
+    /// Every node the cluster knows, by name, live or gone.
+    pub nodes: Vec<ClusterNode>,
 }
 
 /// Keeps `pushes_per_sec` up to date until `shutdown`.
@@ -219,6 +261,7 @@ fn metrics(state: &AdminState) -> impl IntoResponse + use<> {
     ([(header::CONTENT_TYPE, content_type)], state.metrics.encode())
 }
 
-fn unix_ms(time: SystemTime) -> u64 {
+/// `time` in milliseconds since the Unix epoch.
+pub(crate) fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -134,8 +134,14 @@ pub struct Config {
     pub cluster: ClusterSettings,
 }
 
+/// Whether `name` can name a plugin (`NAME.wasm`, `/ws/NAME`) or a node of a cluster: 1 to 64
+/// ASCII letters, digits, `-` or `_`.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// How a node reaches the cluster's NATS servers (`[cluster]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterSettings {
     /// NATS server URLs (`nats://HOST:4222`, `tls://…`); empty: no cluster.
@@ -148,8 +154,32 @@ pub struct ClusterSettings {
     pub user: Option<String>,
     /// NATS password, with `user`.
     pub password: Option<String>,
+    /// An nkey seed (`SU…`) the node signs in with.
+    pub nkey_seed: Option<String>,
     /// PEM file of the CA that signs the NATS servers' certificates.
     pub tls_ca_file: Option<PathBuf>,
+    /// This node's name in `status --cluster` (letters, digits, `-`, `_`; at most 64); default
+    /// the host name and the WebSocket port, `HOST-PORT`.
+    pub node: Option<String>,
+    /// Copies JetStream keeps of each bucket the cluster creates (1 to 5; 3 on a three-server
+    /// NATS cluster, so that losing one server loses nothing).
+    pub replicas: usize,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            nats: Vec::new(),
+            creds_file: None,
+            token: None,
+            user: None,
+            password: None,
+            nkey_seed: None,
+            tls_ca_file: None,
+            node: None,
+            replicas: 1,
+        }
+    }
 }
 
 /// The keys client tokens (JWT) are checked with, and the claims they must carry (`[auth]`).
@@ -441,6 +471,12 @@ impl Config {
             });
         }
         check(cluster.user.is_some() == cluster.password.is_some(), "cluster.user", "user and password go together")?;
+        check(
+            cluster.node.as_deref().is_none_or(is_valid_name),
+            "cluster.node",
+            "use 1 to 64 letters, digits, `-` and `_`",
+        )?;
+        check((1..=5).contains(&cluster.replicas), "cluster.replicas", "must be between 1 and 5")?;
         let auth = &self.auth;
         check(auth.leeway_secs <= 3600, "auth.leeway_secs", "must be at most 3600")?;
         check(

@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use crate::config::is_valid_name;
+
 /// The plugin name of `NAME.wasm`, if NAME is valid.
 pub fn plugin_name(path: &Path) -> Option<String> {
     if path.extension()? != "wasm" {
@@ -12,11 +14,6 @@ pub fn plugin_name(path: &Path) -> Option<String> {
     }
     let name = path.file_stem()?.to_str()?;
     is_valid_name(name).then(|| name.to_owned())
-}
-
-/// Whether `name` can name a plugin: 1 to 64 ASCII letters, digits, `-` or `_`.
-fn is_valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]

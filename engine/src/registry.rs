@@ -118,30 +118,50 @@ impl PluginRegistry {
     /// version served before keeps serving and the failure is kept for `status`.
     pub fn load_file(&self, path: &Path) -> Result<Loaded, PluginFileError> {
         let plugin = plugin_name(path).ok_or_else(|| PluginFileError::BadName(path.to_owned()))?;
-        let result = self.compile(&plugin, path);
-        let mut last_error = self.last_error.lock().unwrap_or_else(|poison| poison.into_inner());
-        match &result {
-            Ok(_) if last_error.as_ref().is_some_and(|failed| failed.plugin == plugin) => *last_error = None,
-            Ok(_) => {}
-            Err(err) => {
-                *last_error =
-                    Some(FailedLoad { plugin: plugin.clone(), reason: err.to_string(), at: SystemTime::now() })
-            }
-        }
+        let result = read_plugin_file(&plugin, path).and_then(|bytes| self.compile(&plugin, &bytes));
+        self.record(&plugin, &result);
         result
     }
 
-    fn compile(&self, plugin: &str, path: &Path) -> Result<Loaded, PluginFileError> {
-        let bytes = read_plugin_file(plugin, path)?;
+    /// Loads `bytes` (a build a cluster's node fetched) as plugin `plugin`, as
+    /// [`Self::load_file`] loads a file.
+    pub fn load_build(&self, plugin: &str, bytes: &[u8]) -> Result<Loaded, PluginFileError> {
+        let result = self.compile(plugin, bytes);
+        self.record(plugin, &result);
+        result
+    }
+
+    /// Keeps a failed load of `plugin` for `status`, or forgets its last failure once a load
+    /// of it succeeded.
+    fn record(&self, plugin: &str, result: &Result<Loaded, PluginFileError>) {
+        match result {
+            Ok(_) => {
+                let mut last_error = self.last_error.lock().unwrap_or_else(|poison| poison.into_inner());
+                if last_error.as_ref().is_some_and(|failed| failed.plugin == plugin) {
+                    *last_error = None;
+                }
+            }
+            Err(err) => self.fail(plugin, err.to_string()),
+        }
+    }
+
+    /// Keeps for `status` that a new build of `plugin` failed, for `reason`, before or while
+    /// loading; the version served before serves on.
+    pub fn fail(&self, plugin: &str, reason: String) {
+        let failed = FailedLoad { plugin: plugin.to_owned(), reason, at: SystemTime::now() };
+        *self.last_error.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(failed);
+    }
+
+    fn compile(&self, plugin: &str, bytes: &[u8]) -> Result<Loaded, PluginFileError> {
         if let Some(current) = self.get(plugin)
             && current.size == bytes.len()
-            && current.hash == content_hash(&bytes)
+            && current.hash == content_hash(bytes)
         {
             return Ok(Loaded::Unchanged(current));
         }
         let version = self
             .host
-            .load(plugin, &bytes)
+            .load(plugin, bytes)
             .map_err(|source| PluginFileError::Invalid { plugin: plugin.to_owned(), source })?;
         self.versions.rcu(|versions| {
             let mut versions = BTreeMap::clone(versions);

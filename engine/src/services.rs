@@ -2,7 +2,9 @@
 //! engine fails before it serves: the admin endpoint and the publish API, each on a copy of its
 //! listening socket (both engines hold the sockets, so each start serves a fresh copy), the
 //! data writer, which holds the data store (one process at a time may open it), and, on a node
-//! of a cluster, the follower that feeds the writer from the cluster's data stream.
+//! of a cluster, the follower that feeds the writer from the cluster's data stream and the
+//! node's announcements (a stopped engine leaves the cluster's list at once; its successor
+//! joins it under the same name).
 
 use std::sync::Arc;
 
@@ -30,6 +32,8 @@ pub(crate) struct Services {
     /// Why the data store cannot write, if it cannot: one for every start of the writer, read by
     /// the admin endpoint.
     fault: StoreFault,
+    /// On a node of a cluster: the cluster, the node's name in it, and what it announces.
+    cluster: Option<(Cluster, String, AdminState)>,
 }
 
 impl Services {
@@ -38,8 +42,9 @@ impl Services {
         admin: Option<(std::net::TcpListener, AdminState)>,
         publish: Option<(std::net::TcpListener, PublishSettings)>,
         fault: StoreFault,
+        cluster: Option<(Cluster, String, AdminState)>,
     ) -> Self {
-        Services { admin, publish, stop: CancellationToken::new(), running: Vec::new(), data: None, fault }
+        Services { admin, publish, stop: CancellationToken::new(), running: Vec::new(), data: None, fault, cluster }
     }
 
     /// Starts the admin endpoint.
@@ -82,15 +87,20 @@ impl Services {
         Ok(())
     }
 
-    /// Starts following the cluster's data stream into the data writer, until the services stop.
-    pub(crate) fn start_following(&mut self, cluster: &Cluster, limits: DataLimits) {
-        let (Some(store), stop, cluster) = (self.data_store(), self.stop.clone(), cluster.clone()) else { return };
+    /// On a node of a cluster: follows the cluster's data stream into the data writer, and
+    /// announces the node, until the services stop.
+    pub(crate) fn start_cluster(&mut self, limits: DataLimits) {
+        let (Some(store), Some((cluster, node, state))) = (self.data_store(), &self.cluster) else { return };
+        let (follower, stop) = (cluster.clone(), self.stop.clone());
         self.running.push(tokio::spawn(async move {
             tokio::select! {
-                () = cluster.follow(store, limits) => {}
+                () = follower.follow(store, limits) => {}
                 () = stop.cancelled() => {}
             }
         }));
+        let state = state.clone();
+        let announce = cluster.clone().announce(node.clone(), move || state.announcement(), self.stop.clone());
+        self.running.push(tokio::spawn(announce));
     }
 
     /// Stops them all: the admin endpoint and the publish API finish their requests (within

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use wasmpush_tests::http::request;
@@ -33,7 +34,7 @@ async fn nodes(nats: &NatsServer, nodes: usize) -> Vec<TestEngine> {
 }
 
 /// `nodes` engines serving `portfolio` without ticks, members of the cluster on `nats`.
-async fn nodes_on(nats: &NatsServer, nodes: usize) -> Vec<TestEngine> {
+pub(crate) async fn nodes_on(nats: &NatsServer, nodes: usize) -> Vec<TestEngine> {
     let url = nats.url();
     let start = |_| {
         let url = url.clone();
@@ -187,6 +188,8 @@ async fn values_another_program_writes_into_the_bucket_are_checked_like_publishe
         assert_eq!(status, 404, "a value that is not JSON reads as missing on {}", node.addr);
         let (_, listing) = request(node.publish_addr, "GET", "/v1/buckets/prices", None, "").await;
         assert_eq!(parse(&listing)["keys"], json!(["AAPL", "GOOD"]), "{}", node.addr);
+        let status = node.status().await;
+        assert_eq!(status["invalid_values"], json!({"prices": 2}), "counted by bucket: {status}");
     }
 }
 
@@ -253,22 +256,87 @@ async fn a_restarted_cluster_node_resumes_from_the_old_ones_revision() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_ahead_of_a_recreated_stream_says_so_rather_than_serve_a_gap() {
+async fn a_node_resyncs_with_a_recreated_stream_and_drops_what_it_no_longer_holds() {
     let mut nats = NatsServer::start();
     let nodes = nodes(&nats, 1).await;
+    write(
+        &nodes[0],
+        "PUT",
+        "/v1/buckets/accounts/keys/a42",
+        json!({"holdings": {"AAPL": 1, "MSFT": 2}, "public": true}),
+    )
+    .await;
     for price in 1..=3 {
         write(&nodes[0], "PUT", "/v1/buckets/prices/keys/AAPL", json!({ "price": price })).await;
     }
     until_node_has(&nodes[0], "prices", "AAPL", &json!({"price": 3})).await;
+    let url = nodes[0].url(&format!("/ws/portfolio?params={}", encode(r#"{"account":"a42"}"#)));
+    let mut client = Client::connect(&url).await;
+    assert_eq!(parse(&client.next_text(SOON).await)["total"], 3.0);
+
+    // NATS rebuilt empty; another program writes a new history, longer than the node's.
     nats.wipe();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, body) = healthz(&nodes[0]).await;
-        if body.contains("the data stream ends at 0") {
-            assert_eq!(status, 503, "{body}");
-            break;
+    let kv = loop {
+        if let Ok(kv) = js.get_key_value("wasmpush-data").await {
+            break kv;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the node never noticed: {status} {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(tokio::time::Instant::now() < deadline, "the node never recreated the data stream");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    kv.put("accounts.a42", r#"{"holdings":{"MSFT":2},"public":true}"#.into()).await.unwrap();
+    for price in 1..=5 {
+        kv.put("prices.MSFT", format!(r#"{{"price":{price}}}"#).into()).await.unwrap();
+    }
+    until_node_has(&nodes[0], "prices", "MSFT", &json!({"price": 5})).await;
+    let (status, _) = request(nodes[0].publish_addr, "GET", "/v1/buckets/prices/keys/AAPL", None, "").await;
+    assert_eq!(status, 404, "a key the new stream does not hold is gone");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while parse(&client.next_text(SOON).await)["total"] != 10.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the client was never pushed the resynced data");
+    }
+    assert_eq!(nodes[0].status().await["data_revision"], 6, "the new stream's revision");
+    assert_eq!(healthz(&nodes[0]).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_watch_recovers_and_a_node_joining_while_writes_go_on_gets_them_all() {
+    let nats = NatsServer::start();
+    let mut nodes = nodes(&nats, 2).await;
+    write(&nodes[0], "PUT", "/v1/buckets/load/keys/first", json!(0)).await;
+    until_node_has(&nodes[1], "load", "first", &json!(0)).await;
+    // Every node's watch deleted on the server: each must notice and follow again.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let stream = js.get_stream("KV_wasmpush-data").await.unwrap();
+    let consumers: Vec<String> = stream.consumer_names().try_collect().await.unwrap();
+    assert!(consumers.len() >= 2, "{consumers:?}");
+    for consumer in &consumers {
+        stream.delete_consumer(consumer).await.unwrap();
+    }
+    write(&nodes[0], "PUT", "/v1/buckets/load/keys/after-stall", json!(1)).await;
+    for node in &nodes {
+        until_node_has(node, "load", "after-stall", &json!(1)).await;
+    }
+
+    // A node joins while 300 writes go on; it ends with every one of them.
+    let writer = nodes.remove(0);
+    let writes = tokio::spawn(async move {
+        for index in 0..300 {
+            write(&writer, "PUT", &format!("/v1/buckets/load/keys/k{index:03}"), json!(index)).await;
+        }
+        writer
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = nodes_on(&nats, 1).await.remove(0);
+    let writer = writes.await.unwrap();
+    for node in [&writer, &nodes[0], &late] {
+        until_node_has(node, "load", "k299", &json!(299)).await;
+        let (_, listing) = request(node.publish_addr, "GET", "/v1/buckets/load?limit=1000", None, "").await;
+        assert_eq!(parse(&listing)["keys"].as_array().unwrap().len(), 302, "{}", node.addr);
+    }
+    let revision = writer.status().await["data_revision"].clone();
+    for node in [&nodes[0], &late] {
+        assert_eq!(node.status().await["data_revision"], revision);
     }
 }

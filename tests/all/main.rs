@@ -6,6 +6,7 @@ mod bad_input;
 mod cadence;
 mod cli;
 mod cluster;
+mod cluster_builds;
 mod cpu_deadline;
 mod cpu_work;
 mod data;

@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 
 use super::http::request;
 use super::pidfile::{self, running};
-use crate::admin::Status;
+use crate::admin::{ClusterStatus, Status};
 
 /// The LSB exit code of `status` for "not running".
 const NOT_RUNNING: u8 = 3;
@@ -24,16 +24,37 @@ pub(super) fn reload(pid_file: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints the engine's status; exit code 0 when it runs, 3 when not.
-pub(super) fn status(pid_file: &Path, admin: SocketAddr, token: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+/// What `status` shows.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StatusView {
+    /// The JSON document as it is.
+    pub(super) json: bool,
+    /// Every node of the engine's cluster (`/cluster`) rather than the engine alone.
+    pub(super) cluster: bool,
+}
+
+/// Prints the engine's status, or its cluster's; exit code 0 when it runs, 3 when not.
+pub(super) fn status(
+    pid_file: &Path,
+    admin: SocketAddr,
+    token: Option<&str>,
+    view: StatusView,
+) -> anyhow::Result<ExitCode> {
     let Some(pid) = running(pid_file)?.map(|engine| engine.pid) else {
         println!("wasmpush is not running{}", stale_note(pid_file));
         return Ok(ExitCode::from(NOT_RUNNING));
     };
-    let body = admin_get(admin, "/status", token)
+    let path = if view.cluster { "/cluster" } else { "/status" };
+    let body = admin_get(admin, path, token)
         .with_context(|| format!("wasmpush runs (pid {pid}) but its admin endpoint {admin} does not answer"))?;
-    if json {
+    if view.json {
         println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if view.cluster {
+        let cluster: ClusterStatus =
+            serde_json::from_str(&body).context("the admin endpoint sent an unexpected list")?;
+        print_cluster(&cluster);
         return Ok(ExitCode::SUCCESS);
     }
     let status: Status = serde_json::from_str(&body).context("the admin endpoint sent an unexpected status")?;
@@ -56,6 +77,49 @@ pub(super) fn status(pid_file: &Path, admin: SocketAddr, token: Option<&str>, js
         println!("  last reload error: {}: {}", error.plugin, error.reason);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints every node of a cluster, one a line.
+fn print_cluster(cluster: &ClusterStatus) {
+    let live = cluster.nodes.iter().filter(|node| !node.gone).count();
+    let link = if cluster.nats_connected { "up" } else { "DOWN" };
+    println!("cluster: {} nodes, {live} live; this node's NATS link: {link}", cluster.nodes.len());
+    println!(
+        "  {:<24} {:<10} {:<21} {:>7} {:>8} {:>9} {:>6}  {:<6} PLUGINS",
+        "NODE", "STATE", "LISTEN", "CONNS", "PUSHES/S", "REVISION", "LAG", "NATS"
+    );
+    for node in &cluster.nodes {
+        let state = if node.gone { format!("GONE {}s", node.age_ms / 1000) } else { "live".to_owned() };
+        let Ok(status) = serde_json::from_value::<Status>(node.announcement.status.clone()) else {
+            println!("  {:<24} {state:<10} (an announcement this version cannot read)", node.node);
+            continue;
+        };
+        let plugins: Vec<String> =
+            status.plugins.iter().map(|plugin| format!("{}@{:.12}", plugin.name, plugin.version)).collect();
+        let nats = match status.nats_connected {
+            Some(true) => "up",
+            _ => "DOWN",
+        };
+        println!(
+            "  {:<24} {state:<10} {:<21} {:>7} {:>8} {:>9} {:>6}  {nats:<6} {}",
+            node.node,
+            status.listen,
+            status.connections,
+            status.pushes_per_sec,
+            status.data_revision,
+            status.data_lag.unwrap_or(0),
+            plugins.join(" ")
+        );
+        if let Some(why) = &status.degraded {
+            println!("      DEGRADED: {why}");
+        }
+        if let Some(error) = &status.last_reload_error {
+            println!("      last reload error: {}: {}", error.plugin, error.reason);
+        }
+        for (bucket, count) in &status.invalid_values {
+            println!("      {count} invalid values written to bucket {bucket} (not applied)");
+        }
+    }
 }
 
 /// `GET path` from the admin endpoint (with `token`, if it needs one); the body of a 200 response.

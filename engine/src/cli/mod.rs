@@ -7,6 +7,7 @@
 //! - `start`: `start` and `restart` — flags, config, the engine run with its signals.
 //! - `control`: `stop`, `reload` and `status`, acting on a running engine.
 //! - `data`: `data put|get|del|ls` through the publish API; `http`: the client both use.
+//! - `deploy`: `deploy NAME FILE --nats URL`, a plugin build to every node of a cluster.
 //! - `daemon`: `start --daemon`: a detached child, and the wait until it listens.
 //! - `pidfile`: how the commands find the engine, and how `start` refuses to run twice.
 //! - `error_chain`: an error and its causes on one line.
@@ -17,6 +18,7 @@
 mod control;
 mod daemon;
 mod data;
+mod deploy;
 mod error_chain;
 mod handover;
 mod http;
@@ -71,9 +73,13 @@ enum Command {
         /// Admin address of the engine [default: from --config, else as the engine was started].
         #[arg(long, value_name = "ADDR")]
         admin: Option<SocketAddr>,
-        /// Print the engine's /status JSON as it is.
+        /// Print the engine's /status (or /cluster) JSON as it is.
         #[arg(long)]
         json: bool,
+        /// Every node of the engine's cluster: name, state (live or gone), address, connections,
+        /// pushes per second, applied revision and lag, plugin builds, reload errors, NATS link.
+        #[arg(long)]
+        cluster: bool,
         /// Bearer token of the admin endpoint [default: from --config or the engine's start].
         #[arg(long, value_name = "TOKEN", env = "WASMPUSH_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
@@ -89,6 +95,9 @@ enum Command {
     },
     /// Reads and writes the engine's data through its publish API (put, get, del, ls).
     Data(data::DataArgs),
+    /// Ships a plugin build to every node of a cluster through NATS: each node fetches,
+    /// validates and hot-swaps it (docs/cluster.md).
+    Deploy(deploy::DeployArgs),
     /// Makes the running engine rescan its plugins directory (sends SIGHUP).
     Reload {
         /// Pid file of the running engine.
@@ -101,7 +110,8 @@ enum Command {
 /// rather than making whoever logs wait for a slow or stuck reader.
 const LOG_LINES_WAITING: usize = 8192;
 
-/// The whole `wasmpush` command: sets up logging (`RUST_LOG`, default `info`), parses the
+/// The whole `wasmpush` command: sets up logging (`RUST_LOG`, default `info`, the NATS client's
+/// own lines from `warn`), parses the
 /// arguments, runs the command and prints the error chain if it fails.
 ///
 /// Log lines go to standard error through a writer thread: a shard that logs never blocks on a
@@ -117,7 +127,7 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn")))
         .init();
     let code = match Cli::parse().run() {
         Ok(code) => code,
@@ -166,7 +176,7 @@ impl Cli {
                 control::stop(&args.pid_file, Duration::from_secs(args.stop_timeout))?;
                 start::start_daemon(&args)
             }
-            Command::Status { pid_file, config, admin, json, admin_token } => {
+            Command::Status { pid_file, config, admin, json, cluster, admin_token } => {
                 let started = match (config, launch::load(&pid_file)) {
                     (Some(path), _) => Config::from_file(&path)?,
                     // The settings the running engine was started with.
@@ -177,11 +187,13 @@ impl Cli {
                     (None, None) => Config::default(),
                 };
                 let token = admin_token.or(started.admin_token);
-                control::status(&pid_file, admin.unwrap_or(started.admin), token.as_deref(), json)
+                let view = control::StatusView { json, cluster };
+                control::status(&pid_file, admin.unwrap_or(started.admin), token.as_deref(), view)
             }
             Command::Stop { pid_file, timeout } => control::stop(&pid_file, Duration::from_secs(timeout)),
             Command::Reload { pid_file } => control::reload(&pid_file),
             Command::Data(args) => data::run(args),
+            Command::Deploy(args) => deploy::run(args),
         }
     }
 }

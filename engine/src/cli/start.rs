@@ -77,6 +77,13 @@ pub(super) struct StartArgs {
     /// Directory of the durable data store [default: runtime/data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// NATS servers of the cluster this engine is a node of, comma-separated
+    /// (`nats://10.0.0.5:4222,nats://10.0.0.6:4222`): `[cluster] nats`.
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    nats: Vec<String>,
+    /// This node's name in the cluster: `[cluster] node` [default: HOST-PORT].
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
     /// If the data store cannot be read (a damaged file), move it aside (`buckets.redb.damaged-SECS`)
     /// and start with an empty store instead of refusing to start.
     #[arg(long)]
@@ -124,6 +131,8 @@ impl StartArgs {
         flag("--workers", self.workers.map(|v| v.to_string().into()));
         flag("--publish", self.publish.map(|v| v.to_string().into()));
         flag("--data-dir", self.data_dir.clone().map(Into::into));
+        flag("--nats", (!self.nats.is_empty()).then(|| self.nats.join(",").into()));
+        flag("--node", self.node.clone().map(Into::into));
         args
     }
 
@@ -178,6 +187,12 @@ impl StartArgs {
         }
         if let Some(workers) = self.workers {
             config.workers = workers;
+        }
+        if !self.nats.is_empty() {
+            config.cluster.nats = self.nats.clone();
+        }
+        if let Some(node) = &self.node {
+            config.cluster.node = Some(node.clone());
         }
         if let Some(publish) = self.publish {
             config.publish = publish;

@@ -5,10 +5,22 @@
 //! `Nats-Batch-Commit` on its last message), so its changes are gathered and applied at once, at
 //! the sequence of its last message: plugins see all of it or none. A value another writer put
 //! straight into the bucket is checked as a published one is; one that fails (not JSON, too
-//! large, a bad key) is not applied — its key reads as missing — and is logged.
+//! large, a bad key) is not applied — its key reads as missing — and is counted by bucket.
+//!
+//! A node whose revisions count in another history than the stream's (the stream was recreated:
+//! its creation time differs from the one the node's store keeps, or the node is new) or that
+//! holds a later revision than the stream's last (it went back) **resyncs**: it reads the whole
+//! stream (history 1: one message per key) and replaces its data with it in one write, deleting
+//! what the stream no longer holds. It never resumes across a gap.
+//!
+//! A follower checks the stream every [`CHECK_PERIOD`]: one recreated or gone back meanwhile
+//! ends the following (the next one resyncs), and one the node lags behind without applying
+//! anything for [`STALL_TIME`] while connected is a stalled watch, recreated from the applied
+//! revision.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{DeliverPolicy, push};
@@ -18,10 +30,50 @@ use super::{Cluster, DATA_BUCKET, DATA_STREAM};
 use crate::data::{Change, DataLimits, DataStore};
 
 /// How long a follower whose stream failed waits before it follows again.
-const RETRY: Duration = Duration::from_secs(1);
+pub(super) const RETRY: Duration = Duration::from_secs(1);
 
-/// How often a follower checks that the stream still holds what the node applied.
-const CHECK_PERIOD: Duration = Duration::from_secs(2);
+/// How often a follower checks the stream: recreated, gone back, or the watch stalled.
+const CHECK_PERIOD: Duration = Duration::from_secs(1);
+
+/// How long a node may lag behind the stream without applying anything before its watch counts
+/// as stalled and is recreated.
+const STALL_TIME: Duration = Duration::from_secs(2);
+
+/// The history a stream's sequences count in: its creation time, in nanoseconds.
+fn origin_of(created_nanos: i128) -> u64 {
+    u64::try_from(created_nanos).unwrap_or(1).max(1)
+}
+
+/// What one stream message holds for the node.
+#[derive(Debug, PartialEq)]
+enum Followed {
+    /// A checked change to apply.
+    Change(Change),
+    /// A value that fails the checks, in data bucket `bucket` (as the subject names it): not
+    /// applied; `delete` removes what the key held, when the key is one wasmpush allows.
+    Invalid { bucket: String, delete: Option<Change> },
+    /// A subject of no data key.
+    Foreign,
+}
+
+/// The changes of one stream message, or of a batch until its commit message.
+#[derive(Default)]
+struct Gathered {
+    /// The changes so far, in order.
+    changes: Vec<Change>,
+    /// Whether a batch is open (its commit message not seen yet).
+    open: bool,
+}
+
+impl Gathered {
+    /// Adds a message's change; whether the message closes what is gathered (a single message,
+    /// or a batch's commit).
+    fn add(&mut self, change: Option<Change>, headers: Option<&HeaderMap>) -> bool {
+        self.changes.extend(change);
+        self.open = header(headers, "Nats-Batch-Id").is_some() && header(headers, "Nats-Batch-Commit").is_none();
+        !self.open
+    }
+}
 
 impl Cluster {
     /// Follows the data stream into `store` for as long as the engine runs, following again
@@ -29,30 +81,44 @@ impl Cluster {
     pub async fn follow(self, store: DataStore, limits: DataLimits) {
         loop {
             if let Err(err) = self.follow_once(&store, &limits).await {
-                tracing::warn!(cause = %err, "following the cluster's data failed; following again");
+                self.link.follow_restarts.fetch_add(1, Ordering::Relaxed);
+                if self.is_connected() {
+                    tracing::warn!(cause = %err, "following the cluster's data failed; following again");
+                } else {
+                    tracing::debug!(cause = %err, "following the cluster's data failed while NATS is unreachable");
+                }
             }
             tokio::time::sleep(RETRY).await;
         }
     }
 
-    /// Follows from the revision after the store's until the stream ends or fails.
+    /// Follows from the revision after the store's (or resyncs, then follows) until the stream
+    /// ends or fails.
     async fn follow_once(&self, store: &DataStore, limits: &DataLimits) -> Result<(), String> {
         let stream = self.data_stream().await.map_err(|err| err.to_string())?;
-        let from = store.view().snapshot().revision() + 1;
-        let last = stream.cached_info().state.last_sequence;
-        if from > last + 1 {
-            // Stored as last + 1, so a stream emptied to 0 still reads as diverged.
-            self.diverged.store(last + 1, Ordering::Relaxed);
-            return Err(format!(
-                "this node holds revision {} but the cluster's data stream ends at {last}: it was recreated or \
-                 went back; not following it (a full resync is not built yet: start the node with an empty data_dir)",
-                from - 1
-            ));
-        }
-        self.diverged.store(0, Ordering::Relaxed);
-        self.catch_up_to.store(last, Ordering::Relaxed);
-        if from > last {
-            self.caught_up.store(true, Ordering::Relaxed);
+        let info = stream.cached_info();
+        let (last, origin) = (info.state.last_sequence, origin_of(info.created.unix_timestamp_nanos()));
+        let held = store.view().snapshot();
+        let mut resync = (held.origin() != origin || held.revision() > last).then(HashMap::new);
+        let from = match resync {
+            Some(_) => {
+                tracing::warn!(
+                    held = held.revision(),
+                    last,
+                    "this node's data counts in another history than the cluster's stream (new, recreated or \
+                     gone back): reading the whole stream again"
+                );
+                self.link.caught_up.store(false, Ordering::Relaxed);
+                1
+            }
+            None => held.revision() + 1,
+        };
+        self.link.catch_up_to.store(last, Ordering::Relaxed);
+        if info.state.messages == 0 || (resync.is_none() && from > last) {
+            if resync.take().is_some() {
+                store.replace(Vec::new(), last, origin).await.map_err(|err| err.to_string())?;
+            }
+            self.link.caught_up.store(true, Ordering::Relaxed);
         }
         let config = push::OrderedConfig {
             deliver_subject: self.client.new_inbox(),
@@ -62,42 +128,85 @@ impl Cluster {
         };
         let consumer = stream.create_consumer(config).await.map_err(|err| err.to_string())?;
         let mut messages = consumer.messages().await.map_err(|err| err.to_string())?;
-        let mut batch: Vec<Change> = Vec::new();
+        let mut gathered = Gathered::default();
         let mut check = tokio::time::interval(CHECK_PERIOD);
-        check.tick().await;
+        let mut progress = (store.view().snapshot().revision(), Instant::now());
         loop {
             let message = tokio::select! {
                 message = messages.next() => message,
                 _ = check.tick() => {
-                    self.check_stream(store).await?;
+                    self.check_stream(store, origin, &mut progress).await?;
                     continue;
                 }
             };
             let Some(message) = message else { return Ok(()) };
             let message = message.map_err(|err| err.to_string())?;
-            let sequence = message.info().map_err(|err| err.to_string())?.stream_sequence;
+            let (sequence, pending) =
+                message.info().map(|info| (info.stream_sequence, info.pending)).map_err(|err| err.to_string())?;
             let headers = message.message.headers.as_ref();
-            let change = change_of(message.message.subject.as_str(), headers, &message.message.payload, limits);
-            let in_batch = header(headers, "Nats-Batch-Id").is_some();
-            batch.extend(change);
-            if in_batch && header(headers, "Nats-Batch-Commit").is_none() {
+            let change = match change_of(message.message.subject.as_str(), headers, &message.message.payload, limits) {
+                Followed::Change(change) => Some(change),
+                Followed::Invalid { bucket, delete } => {
+                    self.link.count_invalid(bucket);
+                    delete
+                }
+                Followed::Foreign => None,
+            };
+            if !gathered.add(change, headers) {
                 continue;
             }
-            store.apply_at(std::mem::take(&mut batch), sequence).await.map_err(|err| err.to_string())?;
-            if sequence >= last {
-                self.caught_up.store(true, Ordering::Relaxed);
+            let reached = sequence >= last || pending == 0;
+            let changes = std::mem::take(&mut gathered.changes);
+            match &mut resync {
+                Some(entries) => {
+                    entries.extend(
+                        changes.into_iter().map(|change| ((change.bucket.clone(), change.key.clone()), change)),
+                    );
+                    if !reached {
+                        continue;
+                    }
+                    let entries = resync.take().into_iter().flat_map(HashMap::into_values);
+                    let puts = entries.filter(|change| change.value.is_some()).collect();
+                    store.replace(puts, sequence, origin).await.map_err(|err| err.to_string())?;
+                    tracing::info!(
+                        revision = sequence,
+                        keys = store.view().snapshot().key_count(),
+                        "resynced with the cluster's data stream"
+                    );
+                }
+                None => drop(store.apply_at(changes, sequence).await.map_err(|err| err.to_string())?),
+            }
+            self.link.lag.store(pending, Ordering::Relaxed);
+            if reached {
+                self.link.caught_up.store(true, Ordering::Relaxed);
             }
         }
     }
 
-    /// Checks the stream still holds what this node applied: one recreated meanwhile (its last
-    /// sequence below the node's revision) ends the following, which then finds it diverged.
-    async fn check_stream(&self, store: &DataStore) -> Result<(), String> {
+    /// Checks the stream against what this node applied: one recreated (another creation time)
+    /// or gone back (its last sequence below the node's revision) ends the following, which then
+    /// resyncs; a node that lags without applying anything for [`STALL_TIME`] while connected
+    /// ends it too, and follows again from its revision. `progress` is the revision applied and
+    /// since when.
+    async fn check_stream(&self, store: &DataStore, origin: u64, progress: &mut (u64, Instant)) -> Result<(), String> {
         let mut stream = self.jetstream.get_stream(DATA_STREAM).await.map_err(|err| err.to_string())?;
-        let last = stream.info().await.map_err(|err| err.to_string())?.state.last_sequence;
-        let applied = store.view().snapshot().revision();
+        let info = stream.info().await.map_err(|err| err.to_string())?;
+        let (last, applied) = (info.state.last_sequence, store.view().snapshot().revision());
+        if origin_of(info.created.unix_timestamp_nanos()) != origin {
+            return Err("the data stream was recreated".to_owned());
+        }
         if last < applied {
             return Err(format!("the data stream ends at {last}, below this node's revision {applied}"));
+        }
+        self.link.lag.store(last - applied, Ordering::Relaxed);
+        if applied != progress.0 || last == applied {
+            *progress = (applied, Instant::now());
+        } else if progress.1.elapsed() >= STALL_TIME && self.is_connected() {
+            return Err(format!(
+                "the watch stalled: nothing applied for {:?} while the stream is {} ahead",
+                progress.1.elapsed(),
+                last - applied
+            ));
         }
         Ok(())
     }
@@ -108,24 +217,26 @@ fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
     headers?.get(name).map(|value| value.as_str())
 }
 
-/// The change a stream message makes: its key from the subject, a delete for a KV delete or
-/// purge (or a value that fails the checks), the value otherwise. `None` for a subject that is
-/// no data key.
-fn change_of(subject: &str, headers: Option<&HeaderMap>, payload: &[u8], limits: &DataLimits) -> Option<Change> {
-    let name = subject.strip_prefix(&format!("$KV.{DATA_BUCKET}."))?;
-    let (bucket, key) = name.split_once('.')?;
+/// What a stream message does: its key from the subject, a delete for a KV delete or purge, the
+/// value otherwise, checked as a published one; a value or key that fails is invalid.
+fn change_of(subject: &str, headers: Option<&HeaderMap>, payload: &[u8], limits: &DataLimits) -> Followed {
+    let Some((bucket, key)) =
+        subject.strip_prefix(&format!("$KV.{DATA_BUCKET}.")).and_then(|name| name.split_once('.'))
+    else {
+        return Followed::Foreign;
+    };
     let delete = || limits.delete(bucket, key).ok();
     if matches!(header(headers, "KV-Operation"), Some("DEL" | "PURGE")) {
-        return delete();
+        return delete().map_or(Followed::Foreign, Followed::Change);
     }
     let checked = std::str::from_utf8(payload)
         .map_err(|err| err.to_string())
         .and_then(|text| limits.put(bucket, key, text).map_err(|err| err.to_string()));
     match checked {
-        Ok(change) => Some(change),
+        Ok(change) => Followed::Change(change),
         Err(cause) => {
             tracing::warn!(bucket, key, %cause, "a value in the cluster's data is not valid; its key reads as missing");
-            delete()
+            Followed::Invalid { bucket: bucket.to_owned(), delete: delete() }
         }
     }
 }
@@ -142,15 +253,40 @@ mod tests {
         let subject = "$KV.wasmpush-data.prices.AAPL";
         assert_eq!(
             change_of(subject, None, b"{ \"p\": 1 }", &LIMITS),
-            Some(Change::new("prices", "AAPL", Some(r#"{"p":1}"#)))
+            Followed::Change(Change::new("prices", "AAPL", Some(r#"{"p":1}"#)))
         );
         let mut deleted = HeaderMap::new();
         deleted.insert("KV-Operation", "DEL");
-        assert_eq!(change_of(subject, Some(&deleted), b"", &LIMITS), Some(Change::new("prices", "AAPL", None)));
+        assert_eq!(
+            change_of(subject, Some(&deleted), b"", &LIMITS),
+            Followed::Change(Change::new("prices", "AAPL", None))
+        );
         for bad in [&b"{oops"[..], b"\"a value far over sixteen bytes\"", b"\xff"] {
-            assert_eq!(change_of(subject, None, bad, &LIMITS), Some(Change::new("prices", "AAPL", None)));
+            let delete = Some(Change::new("prices", "AAPL", None));
+            assert_eq!(
+                change_of(subject, None, bad, &LIMITS),
+                Followed::Invalid { bucket: "prices".to_owned(), delete }
+            );
         }
-        assert_eq!(change_of("$KV.wasmpush-data.bad/name.k", None, b"1", &LIMITS), None, "no such key can exist");
-        assert_eq!(change_of("$KV.other.prices.AAPL", None, b"1", &LIMITS), None);
+        assert_eq!(
+            change_of("$KV.wasmpush-data.prices.a/b", None, b"1", &LIMITS),
+            Followed::Invalid { bucket: "prices".to_owned(), delete: None },
+            "no such key can exist: nothing to delete, but it is counted"
+        );
+        assert_eq!(change_of("$KV.other.prices.AAPL", None, b"1", &LIMITS), Followed::Foreign);
+    }
+
+    #[test]
+    fn a_batch_is_gathered_until_its_commit() {
+        let mut open = HeaderMap::new();
+        open.insert("Nats-Batch-Id", "b1");
+        let mut commit = open.clone();
+        commit.insert("Nats-Batch-Commit", "1");
+        let mut gathered = Gathered::default();
+        assert!(!gathered.add(Some(Change::new("p", "a", Some("1"))), Some(&open)));
+        assert!(!gathered.add(None, Some(&open)), "an invalid value inside a batch keeps it open");
+        assert!(gathered.add(Some(Change::new("p", "b", Some("2"))), Some(&commit)));
+        assert_eq!(gathered.changes.len(), 2);
+        assert!(Gathered::default().add(None, None), "a single message closes at once");
     }
 }

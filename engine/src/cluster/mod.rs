@@ -17,17 +17,24 @@
 //! - this file: connecting, the data stream.
 //! - `follow`: a node applying the stream to its store.
 //! - `publish`: writing a batch to the stream.
+//! - `plugins`: plugin builds in an Object Store, a pointer per plugin, nodes following them.
+//! - `presence`: every node announcing itself, and the list of nodes.
 
 mod follow;
+mod plugins;
+mod presence;
 mod publish;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
 
 use crate::config::ClusterSettings;
+pub use plugins::{Deployed, START_SYNC_TIME};
+pub use presence::{ANNOUNCE_PERIOD, Announcement, ClusterNode};
 
 /// The KV bucket holding every data bucket's keys.
 const DATA_BUCKET: &str = "wasmpush-data";
@@ -58,16 +65,35 @@ pub struct Cluster {
     jetstream: jetstream::Context,
     /// Bytes of one value: the bucket's value limit.
     max_value_bytes: usize,
+    /// Copies JetStream keeps of each bucket this node creates.
+    replicas: usize,
+    /// What the node knows of its following of the data.
+    link: Arc<Link>,
+}
+
+/// What a node knows of its following of the cluster's data: set by the follower, read by status.
+#[derive(Debug, Default)]
+struct Link {
     /// Whether the data stream takes atomic batches (NATS 2.12 and later), once known.
-    atomic_batches: Arc<AtomicBool>,
-    /// The stream's last sequence when this node last began to follow it: the node has caught
-    /// up once it applied that far.
-    catch_up_to: Arc<AtomicU64>,
-    /// Whether the node has applied the stream up to [`Self::catch_up_to`] since it started.
-    caught_up: Arc<AtomicBool>,
-    /// Set when the node holds a later revision than the stream's last: the stream was recreated
-    /// or went back, and following it would skip its first entries. The node stops following.
-    diverged: Arc<AtomicU64>,
+    atomic_batches: AtomicBool,
+    /// The stream's last sequence when this node last began to follow it from scratch: the
+    /// node has caught up once it applied that far.
+    catch_up_to: AtomicU64,
+    /// Whether the node has applied the stream up to `catch_up_to`.
+    caught_up: AtomicBool,
+    /// Stream messages after the last one the node applied, as last seen.
+    lag: AtomicU64,
+    /// How often the following ended (a failure, a stall, a recreated stream) and began again.
+    follow_restarts: AtomicU64,
+    /// Values written straight to the stream that failed the checks, by data bucket.
+    invalid: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Link {
+    /// Counts an invalid value of `bucket`.
+    fn count_invalid(&self, bucket: String) {
+        *self.invalid.lock().unwrap_or_else(|poison| poison.into_inner()).entry(bucket).or_default() += 1;
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -80,20 +106,21 @@ impl Cluster {
     /// Connects to the cluster's NATS servers; returns at once even while none is reachable
     /// (the client keeps trying: the node serves from its own store meanwhile).
     pub async fn connect(settings: &ClusterSettings, max_value_bytes: usize) -> Result<Cluster, ClusterError> {
-        let mut options =
-            async_nats::ConnectOptions::new().retry_on_initial_connect().max_reconnects(None).name("wasmpush");
-        if let Some(path) = &settings.creds_file {
-            options = options.credentials_file(path).await.map_err(|err| ClusterError::Setup(err.to_string()))?;
-        }
-        if let Some(token) = &settings.token {
-            options = options.token(token.clone());
-        }
-        if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
-            options = options.user_and_password(user.clone(), password.clone());
-        }
-        if let Some(ca) = &settings.tls_ca_file {
-            options = options.add_root_certificates(ca.clone());
-        }
+        let options = options(settings).await?.retry_on_initial_connect();
+        Self::connect_with(options, settings, max_value_bytes).await
+    }
+
+    /// Connects for one command (`wasmpush deploy`): an error at once when no server answers.
+    pub async fn connect_once(settings: &ClusterSettings, max_value_bytes: usize) -> Result<Cluster, ClusterError> {
+        let options = options(settings).await?.connection_timeout(ACK_TIMEOUT);
+        Self::connect_with(options, settings, max_value_bytes).await
+    }
+
+    async fn connect_with(
+        options: async_nats::ConnectOptions,
+        settings: &ClusterSettings,
+        max_value_bytes: usize,
+    ) -> Result<Cluster, ClusterError> {
         let urls: Vec<async_nats::ServerAddr> = settings
             .nats
             .iter()
@@ -101,15 +128,7 @@ impl Cluster {
             .collect::<Result<_, _>>()?;
         let client = options.connect(urls).await.map_err(|err| ClusterError::Setup(err.to_string()))?;
         let jetstream = jetstream::new(client.clone());
-        Ok(Cluster {
-            client,
-            jetstream,
-            max_value_bytes,
-            atomic_batches: Arc::default(),
-            catch_up_to: Arc::default(),
-            caught_up: Arc::default(),
-            diverged: Arc::default(),
-        })
+        Ok(Cluster { client, jetstream, max_value_bytes, replicas: settings.replicas, link: Arc::default() })
     }
 
     /// Whether the NATS connection is up now.
@@ -117,20 +136,29 @@ impl Cluster {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// The stream's last sequence, when this node holds a later revision than it (the stream was
-    /// recreated or went back): the node no longer follows it rather than serve a gap.
-    pub fn diverged_from(&self) -> Option<u64> {
-        match self.diverged.load(Ordering::Relaxed) {
-            0 => None,
-            last => Some(last - 1),
-        }
+    /// `None` once the node has applied the data stream as far as it reached when the node
+    /// began to follow it (or to resync); until then the sequence it must reach. A node that
+    /// started while NATS was unreachable has not caught up: it serves its own store's data
+    /// meanwhile.
+    pub fn catching_up_to(&self) -> Option<u64> {
+        (!self.link.caught_up.load(Ordering::Relaxed)).then(|| self.link.catch_up_to.load(Ordering::Relaxed))
     }
 
-    /// `None` once the node has applied the data stream as far as it reached when the node
-    /// began to follow it; until then the sequence it must reach. A node that started while
-    /// NATS was unreachable has not caught up: it serves its own store's data meanwhile.
-    pub fn catching_up_to(&self) -> Option<u64> {
-        (!self.caught_up.load(Ordering::Relaxed)).then(|| self.catch_up_to.load(Ordering::Relaxed))
+    /// Stream messages the node has not applied yet, as last seen.
+    pub fn lag(&self) -> u64 {
+        self.link.lag.load(Ordering::Relaxed)
+    }
+
+    /// How often the following ended and began again (a failure, a stalled watch, a stream
+    /// recreated): each time from the applied revision.
+    pub fn follow_restarts(&self) -> u64 {
+        self.link.follow_restarts.load(Ordering::Relaxed)
+    }
+
+    /// Values written straight to the data stream that failed the checks (not JSON, too large,
+    /// a bad key), by data bucket: they were not applied.
+    pub fn invalid_values(&self) -> BTreeMap<String, u64> {
+        self.link.invalid.lock().unwrap_or_else(|poison| poison.into_inner()).clone()
     }
 
     /// The data stream, created (as KV bucket [`DATA_BUCKET`], history 1, atomic batches
@@ -144,6 +172,7 @@ impl Cluster {
                     bucket: DATA_BUCKET.to_owned(),
                     history: 1,
                     max_value_size: i32::try_from(self.max_value_bytes).unwrap_or(i32::MAX),
+                    num_replicas: self.replicas,
                     ..Default::default()
                 };
                 self.jetstream.create_key_value(config).await.map_err(|err| js(&err))?;
@@ -158,20 +187,41 @@ impl Cluster {
             }
         }
         let stream = self.jetstream.get_stream(DATA_STREAM).await.map_err(|err| js(&err))?;
-        self.atomic_batches.store(stream.cached_info().config.allow_atomic_publish, Ordering::Relaxed);
+        self.link.atomic_batches.store(stream.cached_info().config.allow_atomic_publish, Ordering::Relaxed);
         Ok(stream)
     }
 
     /// Whether a batch of several changes can be published whole: the data stream takes atomic
     /// batches (asked once, the first time).
     async fn takes_atomic_batches(&self) -> bool {
-        if !self.atomic_batches.load(Ordering::Relaxed)
+        if !self.link.atomic_batches.load(Ordering::Relaxed)
             && let Err(err) = self.data_stream().await
         {
             tracing::warn!(cause = %err, "cannot read the data stream's settings");
         }
-        self.atomic_batches.load(Ordering::Relaxed)
+        self.link.atomic_batches.load(Ordering::Relaxed)
     }
+}
+
+/// The NATS client options of `settings`: its credentials, TLS roots, reconnecting for ever.
+async fn options(settings: &ClusterSettings) -> Result<async_nats::ConnectOptions, ClusterError> {
+    let mut options = async_nats::ConnectOptions::new().max_reconnects(None).name("wasmpush");
+    if let Some(path) = &settings.creds_file {
+        options = options.credentials_file(path).await.map_err(|err| ClusterError::Setup(err.to_string()))?;
+    }
+    if let Some(token) = &settings.token {
+        options = options.token(token.clone());
+    }
+    if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(seed) = &settings.nkey_seed {
+        options = options.nkey(seed.clone());
+    }
+    if let Some(ca) = &settings.tls_ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    Ok(options)
 }
 
 /// The stream subject of `key` of data bucket `bucket`.

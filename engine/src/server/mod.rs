@@ -198,14 +198,21 @@ pub async fn run_with(
         max_batch_bytes: config.max_batch_bytes,
         cluster: cluster.clone(),
     };
+    let node =
+        cluster.as_ref().map(|cluster| (cluster.clone(), node_name(&config, admin_state.listen), admin_state.clone()));
     let admin = admin.map(|admin| admin.into_std().map(|admin| (admin, admin_state)));
     let publish = publish.map(|publish| publish.into_std().map(|publish| (publish, publish_settings)));
     let mut services = Services::new(
         admin.transpose().map_err(ServerError::Listener)?,
         publish.transpose().map_err(ServerError::Listener)?,
         store_fault,
+        node,
     );
     services.start_admin().map_err(ServerError::Listener)?;
+    // A node of a cluster serves the cluster's builds from its first connection.
+    if let Some(cluster) = &cluster {
+        fetch_cluster_builds(cluster, &config.plugins_dir, &registry, &mut shutdown).await;
+    }
     tokio::select! {
         biased;
         () = &mut shutdown => {
@@ -232,6 +239,10 @@ pub async fn run_with(
     let (rescans, rescan_requests) = mpsc::channel(1);
     tokio::spawn(apply_reloads(reloads, config.clone(), live.clone(), auth.clone(), rescans));
     tokio::spawn(reloader.run(changed, overflowed, rescan_requests, reloading.clone()));
+    if let Some(cluster) = &cluster {
+        let follow = cluster.clone().follow_builds(config.plugins_dir.clone(), registry.clone());
+        tokio::spawn(reloading.clone().run_until_cancelled_owned(follow));
+    }
     let settings = ShardSettings { live: live.clone(), metrics: metrics.clone(), data: view.clone() };
     let shards = Shards::spawn(config.worker_count(), settings, registry.clone()).map_err(ServerError::Workers)?;
     let announce = announce_to(&shards, metrics.clone(), view.clone());
@@ -242,9 +253,7 @@ pub async fn run_with(
         announce(changes);
     };
     services.start_data(durable, &view, data_limits(&config), announce).map_err(ServerError::Workers)?;
-    if let Some(cluster) = &cluster {
-        services.start_following(cluster, data_limits(&config));
-    }
+    services.start_cluster(data_limits(&config));
     let shared = Arc::new(Shared {
         connection: ConnectionSettings {
             metrics: metrics.clone(),
@@ -314,9 +323,7 @@ pub async fn run_with(
         };
         let announce = announce_to(&shared.shards, shared.metrics.clone(), view.clone());
         services.start_data(durable, &view, data_limits(&shared.config), announce).map_err(ServerError::Workers)?;
-        if let Some(cluster) = &cluster {
-            services.start_following(cluster, data_limits(&shared.config));
-        }
+        services.start_cluster(data_limits(&shared.config));
         services.start_admin().map_err(ServerError::Listener)?;
         services.start_publish().map_err(ServerError::Listener)?;
         tracing::info!("serving again");
@@ -402,6 +409,37 @@ async fn apply_reloads(
         // A rescan already queued covers this request too.
         let _ = rescans.try_send(());
     }
+}
+
+/// Fetches the cluster's current plugin builds into `dir` before the first scan, waiting for
+/// NATS at most `START_SYNC_TIME` (then the node serves the builds it has, and follows the
+/// cluster's once it is reachable), or until `shutdown`.
+async fn fetch_cluster_builds(
+    cluster: &Cluster,
+    dir: &std::path::Path,
+    registry: &Arc<PluginRegistry>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) {
+    tokio::select! {
+        fetched = tokio::time::timeout(crate::cluster::START_SYNC_TIME, cluster.fetch_builds(dir, registry)) => match fetched {
+            Ok(Ok(written)) => tracing::info!(plugins = ?written, "the cluster's current builds are here"),
+            Ok(Err(err)) => tracing::warn!(cause = %err, "cannot fetch the cluster's builds; serving the ones here"),
+            Err(_) => tracing::warn!("NATS did not answer in time; serving the builds here until it does"),
+        },
+        () = shutdown.as_mut() => {}
+    }
+}
+
+/// This node's name in its cluster: `[cluster] node`, else the host name and the WebSocket
+/// port (`HOST-PORT`, each character a node name may not hold made `-`).
+fn node_name(config: &Config, listen: std::net::SocketAddr) -> String {
+    if let Some(node) = &config.cluster.node {
+        return node.clone();
+    }
+    let host = nix::unistd::gethostname().ok().and_then(|host| host.into_string().ok()).unwrap_or_default();
+    let host: String =
+        host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).take(56).collect();
+    format!("{host}-{}", listen.port())
 }
 
 /// The limits of the admin endpoint's and the publish API's clients.

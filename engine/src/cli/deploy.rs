@@ -1,0 +1,111 @@
+//! `wasmpush deploy NAME FILE --nats URL`: ships a plugin build to every node of a cluster. The
+//! build goes into the cluster's Object Store, named by its hash, and plugin NAME's pointer moves
+//! to it by compare-and-swap (`cluster::plugins`); every node fetches, validates and hot-swaps
+//! it. With `--wait SECS` the command returns once every live node serves the build, and fails
+//! naming each node that could not load it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use std::io::Read as _;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::admin::unix_ms;
+use crate::cluster::{ANNOUNCE_PERIOD, Cluster, ClusterNode, Deployed};
+use crate::config::Config;
+use crate::registry::MAX_PLUGIN_BYTES;
+
+/// What to deploy, and where.
+#[derive(Debug, Args)]
+pub(super) struct DeployArgs {
+    /// The plugin's name: clients reach it at `/ws/NAME`.
+    name: String,
+    /// The build: a WebAssembly component (`just build-plugin NAME` makes one).
+    file: PathBuf,
+    /// NATS servers of the cluster, comma-separated [default: `[cluster] nats` of --config].
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    nats: Vec<String>,
+    /// Config file whose `[cluster]` table (servers, credentials) to use.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Seconds to wait until every live node serves the build (0: return once it is deployed).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    wait: u64,
+}
+
+/// Deploys the build; exit code 0 once it is deployed (and, with `--wait`, served everywhere).
+pub(super) fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    let mut settings = config.cluster;
+    if !args.nats.is_empty() {
+        settings.nats = args.nats.clone();
+    }
+    anyhow::ensure!(!settings.nats.is_empty(), "no NATS server: give --nats URL, or --config with `[cluster] nats`");
+    // One byte over the limit is enough to refuse it: a huge file is not read whole.
+    let mut wasm = Vec::new();
+    std::fs::File::open(&args.file)
+        .and_then(|file| file.take(MAX_PLUGIN_BYTES + 1).read_to_end(&mut wasm))
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let cluster = Cluster::connect_once(&settings, config.max_value_bytes).await?;
+        let started = unix_ms(SystemTime::now());
+        let Deployed { pointer, revision } = cluster.deploy(&args.name, &wasm).await?;
+        println!(
+            "deployed {}: build {} ({} bytes), pointer revision {revision}",
+            args.name, pointer.build, pointer.bytes
+        );
+        if args.wait == 0 {
+            return Ok(ExitCode::SUCCESS);
+        }
+        wait_for_nodes(&cluster, &args.name, &pointer.build, started, Duration::from_secs(args.wait)).await
+    })
+}
+
+/// Waits until every live node serves `build` of `plugin`; fails when a node reports that it
+/// could not load it (after `since`, in ms since the Unix epoch), or at `timeout`.
+async fn wait_for_nodes(
+    cluster: &Cluster,
+    plugin: &str,
+    build: &str,
+    since: u64,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let deadline = Instant::now() + timeout;
+    // A node announces itself every ANNOUNCE_PERIOD: a fresh list needs that long after a load.
+    let mut every = tokio::time::interval(ANNOUNCE_PERIOD / 10);
+    loop {
+        every.tick().await;
+        let nodes: Vec<ClusterNode> = cluster.nodes().await?.into_iter().filter(|node| !node.gone).collect();
+        let failed: Vec<String> = nodes.iter().filter_map(|node| failure(node, plugin, since)).collect();
+        anyhow::ensure!(
+            failed.is_empty(),
+            "nodes could not load the build (they serve their old one):\n{}",
+            failed.join("\n")
+        );
+        let waiting: Vec<&str> = nodes
+            .iter()
+            .filter(|node| !node.announcement.builds.contains(build))
+            .map(|node| node.node.as_str())
+            .collect();
+        if waiting.is_empty() {
+            println!("served by all {} live nodes", nodes.len());
+            return Ok(ExitCode::SUCCESS);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "after {timeout:?}, not served yet by: {}", waiting.join(", "));
+    }
+}
+
+/// `node: reason` if `node` reports a failed load of `plugin` after `since`.
+fn failure(node: &ClusterNode, plugin: &str, since: u64) -> Option<String> {
+    let error = node.announcement.status.get("last_reload_error")?;
+    let at = error.get("at_ms")?.as_u64()?;
+    (error.get("plugin")?.as_str()? == plugin && at >= since)
+        .then(|| format!("  {}: {}", node.node, error.get("reason").and_then(|reason| reason.as_str()).unwrap_or("?")))
+}

@@ -1,0 +1,332 @@
+//! Plugin builds shared by a cluster. `wasmpush deploy NAME FILE --nats URL` stores the build in
+//! the JetStream Object Store [`BUILDS`], named by its SHA-256 (so immutable: one name, one
+//! content), then moves plugin NAME's pointer in the KV bucket [`POINTERS`] with a
+//! compare-and-swap from the revision it read: of two racing deploys, one wins and the other is
+//! told so, never both.
+//!
+//! Every node follows the pointers: it fetches the build a pointer names, checks its hash, and
+//! loads it into its registry — the same validation and hot swap as a local deploy, so a build
+//! that fails on a node is reported by that node (`last_reload_error`) while its old build serves
+//! on. Only a build that loaded is written into the plugins directory (`NAME.wasm.tmp`, then a
+//! rename), so a restarted node serves what it served, never a build it refused. A node that
+//! starts fetches the current builds before it loads its plugins, so it serves them from its
+//! first connection.
+//!
+//! A build is removed from the store once no pointer names it and no live node serves it (every
+//! node reports the new one); a build no pointer ever named (a deploy that lost its race) after
+//! [`ORPHAN_AGE`].
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{kv, object_store};
+use futures_util::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+use super::{Cluster, ClusterError};
+use crate::config::is_valid_name;
+use crate::plugin::content_hash;
+use crate::registry::{MAX_PLUGIN_BYTES, PluginRegistry};
+
+/// The Object Store holding plugin builds, named by their SHA-256.
+const BUILDS: &str = "wasmpush-builds";
+
+/// The KV bucket of pointers: plugin name → [`Pointer`].
+const POINTERS: &str = "wasmpush-plugins";
+
+/// How long a build no pointer names is kept (a deploy between storing it and moving the
+/// pointer must not lose it).
+const ORPHAN_AGE: Duration = Duration::from_secs(3600);
+
+/// How long a node waits before it fetches a build that failed again.
+const INSTALL_RETRY: Duration = Duration::from_secs(5);
+
+/// How long a node waits for NATS at start before it serves the builds it has.
+pub const START_SYNC_TIME: Duration = Duration::from_secs(10);
+
+/// What a plugin's pointer holds: the build it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pointer {
+    /// The build's SHA-256 in hex: its name in [`BUILDS`] and its version id on every node.
+    pub build: String,
+    /// The build's size in bytes.
+    pub bytes: u64,
+    /// The build it replaced, if any.
+    #[serde(default)]
+    pub previous: Option<String>,
+}
+
+/// What a deploy did.
+#[derive(Debug)]
+pub struct Deployed {
+    /// The pointer now.
+    pub pointer: Pointer,
+    /// The pointer's revision in [`POINTERS`].
+    pub revision: u64,
+}
+
+/// Why a deploy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The name or the file is no plugin.
+    #[error("{0}")]
+    Invalid(String),
+    /// Another deploy moved the pointer between this one's read and its write.
+    #[error("another deploy of `{plugin}` won the race (the pointer moved meanwhile); nothing changed: deploy again")]
+    Lost {
+        /// The plugin.
+        plugin: String,
+    },
+    /// NATS failed.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+fn jetstream(err: impl std::fmt::Display) -> ClusterError {
+    ClusterError::JetStream(err.to_string())
+}
+
+impl Cluster {
+    /// Stores `wasm` as a build of plugin `name` and points the plugin at it, by
+    /// compare-and-swap. The file must be a WebAssembly component of at most
+    /// [`MAX_PLUGIN_BYTES`]; every node validates it fully when it loads it.
+    pub async fn deploy(&self, name: &str, wasm: &[u8]) -> Result<Deployed, DeployError> {
+        if !is_valid_name(name) {
+            return Err(DeployError::Invalid(format!(
+                "`{name}` is not a plugin name: use 1 to 64 letters, digits, `-` and `_`"
+            )));
+        }
+        check_component(wasm).map_err(DeployError::Invalid)?;
+        let pointers = self.pointers().await?;
+        let current =
+            pointers.entry(name).await.map_err(jetstream)?.filter(|entry| entry.operation == kv::Operation::Put);
+        let previous = current.as_ref().and_then(|entry| serde_json::from_slice::<Pointer>(&entry.value).ok());
+        let build = content_hash(wasm);
+        let builds = self.builds().await?;
+        self.store_build(&builds, &build, wasm).await?;
+        let pointer = Pointer { build, bytes: wasm.len() as u64, previous: previous.map(|pointer| pointer.build) };
+        let value = serde_json::to_vec(&pointer).expect("a pointer serializes").into();
+        let lost = || DeployError::Lost { plugin: name.to_owned() };
+        let revision = match current {
+            Some(entry) => pointers.update(name, value, entry.revision).await.map_err(|err| match err.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => lost(),
+                _ => jetstream(err).into(),
+            })?,
+            None => pointers.create(name, value).await.map_err(|err| match err.kind() {
+                kv::CreateErrorKind::AlreadyExists => lost(),
+                _ => jetstream(err).into(),
+            })?,
+        };
+        // The build may have been removed as unused between the upload and the pointer's move
+        // (an old build deployed again): now that the pointer names it, it is kept for good.
+        self.store_build(&builds, &pointer.build, wasm).await?;
+        Ok(Deployed { pointer, revision })
+    }
+
+    /// Puts `wasm` into the store as `build` unless the store holds it (a deleted object still
+    /// answers `info`, marked deleted).
+    async fn store_build(
+        &self,
+        builds: &object_store::ObjectStore,
+        build: &str,
+        wasm: &[u8],
+    ) -> Result<(), ClusterError> {
+        if builds.info(build).await.is_ok_and(|info| !info.deleted) {
+            return Ok(());
+        }
+        builds.put(build, &mut &wasm[..]).await.map_err(jetstream)?;
+        Ok(())
+    }
+
+    /// Fetches and loads every plugin's current build, into `dir` too: once, at start, before
+    /// the node loads its plugins (it then serves the cluster's builds from its first
+    /// connection). Returns the plugins whose build it took.
+    pub async fn fetch_builds(&self, dir: &Path, registry: &Arc<PluginRegistry>) -> Result<Vec<String>, ClusterError> {
+        let pointers = self.pointers().await?;
+        let names: Vec<String> = pointers.keys().await.map_err(jetstream)?.try_collect().await.map_err(jetstream)?;
+        let mut written = Vec::new();
+        for name in names {
+            if let Some(entry) = pointers.entry(name.as_str()).await.map_err(jetstream)?
+                && self.install(dir, &entry, registry).await == Some(true)
+            {
+                written.push(name);
+            }
+        }
+        Ok(written)
+    }
+
+    /// Follows every plugin's pointer for as long as the engine runs: each build it moves to is
+    /// fetched, loaded and kept in `dir`. A build that could not be fetched is tried again every
+    /// [`INSTALL_RETRY`].
+    pub async fn follow_builds(self, dir: PathBuf, registry: Arc<PluginRegistry>) {
+        loop {
+            match self.follow_builds_once(&dir, &registry).await {
+                Ok(()) => tokio::time::sleep(super::follow::RETRY).await,
+                Err(err) => {
+                    tracing::debug!(cause = %err, "following the cluster's plugin builds failed; following again");
+                    tokio::time::sleep(INSTALL_RETRY).await;
+                }
+            }
+        }
+    }
+
+    async fn follow_builds_once(&self, dir: &Path, registry: &Arc<PluginRegistry>) -> Result<(), ClusterError> {
+        let mut pointers = self.pointers().await?.watch_with_history(">").await.map_err(jetstream)?;
+        while let Some(entry) = pointers.next().await {
+            let entry = entry.map_err(jetstream)?;
+            if self.install(dir, &entry, registry).await.is_none() {
+                return Err(ClusterError::JetStream(format!("the build of `{}` could not be fetched", entry.key)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the build `entry` points at, unless the file in `dir` is that build already:
+    /// fetches it, loads it, and once it loaded writes it into `dir`. Whether it took it; `None`
+    /// if it could not fetch it (tried again later). A failure is logged and kept for `status`
+    /// as the plugin's failed load: the build served before serves on.
+    async fn install(&self, dir: &Path, entry: &kv::Entry, registry: &Arc<PluginRegistry>) -> Option<bool> {
+        let name = entry.key.clone();
+        if entry.operation != kv::Operation::Put || !is_valid_name(&name) {
+            return Some(false);
+        }
+        let failed = |reason: String| {
+            tracing::error!(plugin = name, %reason, "cannot take the cluster's build; the build served before serves on");
+            registry.fail(&name, format!("the cluster's build: {reason}"));
+        };
+        let pointer: Pointer = match serde_json::from_slice(&entry.value) {
+            Ok(pointer) => pointer,
+            Err(err) => {
+                failed(format!("its pointer in the cluster is not valid: {err}"));
+                return Some(false);
+            }
+        };
+        let path = dir.join(format!("{name}.wasm"));
+        if tokio::fs::read(&path).await.is_ok_and(|held| content_hash(&held) == pointer.build) {
+            return Some(false);
+        }
+        let wasm = match self.fetch(&pointer).await {
+            Ok(wasm) => wasm,
+            Err(reason) => {
+                failed(reason);
+                return None;
+            }
+        };
+        let (loader, plugin) = (registry.clone(), name.clone());
+        let loaded = tokio::task::spawn_blocking(move || loader.load_build(&plugin, &wasm).map(|_| wasm)).await;
+        let wasm = match loaded {
+            Ok(Ok(wasm)) => wasm,
+            Ok(Err(err)) => {
+                tracing::error!(plugin = name, build = &pointer.build[..12], cause = %err, "the cluster's build does not load here; the build served before serves on");
+                return Some(false);
+            }
+            Err(_) => return Some(false),
+        };
+        tracing::info!(plugin = name, build = &pointer.build[..12], "serving the cluster's build");
+        let staged = dir.join(format!("{name}.wasm.tmp"));
+        let kept = async {
+            tokio::fs::write(&staged, &wasm).await?;
+            tokio::fs::rename(&staged, &path).await
+        };
+        if let Err(err) = kept.await {
+            tracing::warn!(plugin = name, cause = %err, file = %path.display(), "cannot keep the cluster's build in the plugins directory: a restart would serve the one there");
+        }
+        Some(true)
+    }
+
+    /// The build `pointer` names, checked against its hash.
+    async fn fetch(&self, pointer: &Pointer) -> Result<Vec<u8>, String> {
+        let builds = self.builds().await.map_err(|err| err.to_string())?;
+        let mut object =
+            builds.get(&pointer.build).await.map_err(|err| format!("build {} cannot be read: {err}", pointer.build))?;
+        let mut wasm = Vec::new();
+        (&mut object).take(MAX_PLUGIN_BYTES + 1).read_to_end(&mut wasm).await.map_err(|err| err.to_string())?;
+        if content_hash(&wasm) != pointer.build {
+            return Err(format!("build {} does not match its hash", pointer.build));
+        }
+        Ok(wasm)
+    }
+
+    /// Removes the builds no pointer names and none of `served` (the builds live nodes serve):
+    /// a pointer's previous build at once, any other after [`ORPHAN_AGE`].
+    pub(super) async fn remove_old_builds(&self, served: &BTreeSet<String>) -> Result<(), ClusterError> {
+        let pointers = self.pointers().await?;
+        let names: Vec<String> = pointers.keys().await.map_err(jetstream)?.try_collect().await.map_err(jetstream)?;
+        let (mut named, mut replaced) = (BTreeSet::new(), BTreeSet::new());
+        for name in names {
+            let Some(entry) = pointers.entry(name.as_str()).await.map_err(jetstream)? else { continue };
+            if let Ok(pointer) = serde_json::from_slice::<Pointer>(&entry.value) {
+                named.insert(pointer.build);
+                replaced.extend(pointer.previous);
+            }
+        }
+        let builds = self.builds().await?;
+        let mut listed = builds.list().await.map_err(jetstream)?;
+        let now = time::OffsetDateTime::now_utc();
+        while let Some(info) = listed.next().await {
+            let info = info.map_err(jetstream)?;
+            let old = info.modified.is_some_and(|modified| now - modified > ORPHAN_AGE);
+            if named.contains(&info.name) || served.contains(&info.name) || !(replaced.contains(&info.name) || old) {
+                continue;
+            }
+            builds.delete(&info.name).await.map_err(jetstream)?;
+            tracing::info!(build = &info.name, "removed a build no node serves any more");
+        }
+        Ok(())
+    }
+
+    /// The pointers' KV bucket, created if missing.
+    async fn pointers(&self) -> Result<kv::Store, ClusterError> {
+        if let Ok(store) = self.jetstream.get_key_value(POINTERS).await {
+            return Ok(store);
+        }
+        let config =
+            kv::Config { bucket: POINTERS.to_owned(), history: 5, num_replicas: self.replicas, ..Default::default() };
+        self.jetstream.create_key_value(config).await.map_err(jetstream)
+    }
+
+    /// The builds' Object Store, created if missing.
+    async fn builds(&self) -> Result<object_store::ObjectStore, ClusterError> {
+        if let Ok(store) = self.jetstream.get_object_store(BUILDS).await {
+            return Ok(store);
+        }
+        let config =
+            object_store::Config { bucket: BUILDS.to_owned(), num_replicas: self.replicas, ..Default::default() };
+        self.jetstream.create_object_store(config).await.map_err(jetstream)
+    }
+}
+
+/// Checks `wasm` looks like a WebAssembly component of at most [`MAX_PLUGIN_BYTES`]: its
+/// magic number and component layer (a core module or another file is refused before it
+/// reaches any node).
+fn check_component(wasm: &[u8]) -> Result<(), String> {
+    const COMPONENT: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+    if wasm.len() as u64 > MAX_PLUGIN_BYTES {
+        return Err(format!("the file is larger than a plugin may be ({MAX_PLUGIN_BYTES} bytes)"));
+    }
+    if !wasm.starts_with(&COMPONENT) {
+        return Err(
+            "the file is not a WebAssembly component (build the plugin for wasm32-wasip2, e.g. `just build-plugin NAME`)"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_webassembly_components_are_deployed() {
+        let component = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00, 0x01];
+        assert_eq!(check_component(&component), Ok(()));
+        let module = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+        assert!(check_component(&module).unwrap_err().contains("not a WebAssembly component"));
+        assert!(check_component(b"#!/bin/sh").is_err());
+        assert!(check_component(&[]).is_err());
+    }
+}

@@ -1,0 +1,131 @@
+//! Every node announces itself every [`ANNOUNCE_PERIOD`]: its status (what `/status` answers)
+//! and the builds it serves, as its entry in the KV bucket [`NODES`]. A node that stops cleanly
+//! removes its entry at once; one that stops announcing (killed, cut off) is marked gone once its
+//! entry is older than [`GONE_AFTER`], and forgotten after [`FORGET_AFTER`].
+//!
+//! The live node with the smallest name also removes the builds no node serves any more (see
+//! `plugins`): one node does it, so nodes do not race to delete.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures_util::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::{Cluster, ClusterError};
+
+/// The KV bucket of node entries: node name → [`Announcement`].
+const NODES: &str = "wasmpush-nodes";
+
+/// How often a node announces itself.
+pub const ANNOUNCE_PERIOD: Duration = Duration::from_secs(2);
+
+/// How old a node's entry may be before the node counts as gone: three announcements missed.
+const GONE_AFTER: Duration = Duration::from_secs(6);
+
+/// How long the entry of a node that is gone is kept.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
+/// How long a node that stops waits for its entry's removal.
+const LEAVE_TIME: Duration = Duration::from_secs(1);
+
+/// What a node announces.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Announcement {
+    /// The builds it serves (their SHA-256), whichever plugin.
+    pub builds: BTreeSet<String>,
+    /// Its status, as its admin endpoint's `/status` answers.
+    pub status: serde_json::Value,
+}
+
+/// A node as the cluster knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterNode {
+    /// Its name (`[cluster] node`).
+    pub node: String,
+    /// Milliseconds since it last announced itself.
+    pub age_ms: u64,
+    /// Whether it is gone: it has not announced itself for [`GONE_AFTER`].
+    pub gone: bool,
+    /// What it last announced.
+    #[serde(flatten)]
+    pub announcement: Announcement,
+}
+
+fn jetstream(err: impl std::fmt::Display) -> ClusterError {
+    ClusterError::JetStream(err.to_string())
+}
+
+impl Cluster {
+    /// Announces this node as `node` every [`ANNOUNCE_PERIOD`] with what `announcement` says
+    /// then, until `stop`; then removes its entry.
+    pub async fn announce(
+        self,
+        node: String,
+        announcement: impl Fn() -> Announcement + Send + 'static,
+        stop: CancellationToken,
+    ) {
+        let mut every = tokio::time::interval(ANNOUNCE_PERIOD);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = stop.cancelled() => break,
+            }
+            if let Err(err) = self.announce_once(&node, &announcement()).await {
+                tracing::debug!(cause = %err, "cannot announce this node to the cluster");
+            }
+        }
+        let leave = async { self.nodes_bucket().await?.purge(&node).await.map_err(jetstream) };
+        if let Ok(Err(err)) | Err(err) = tokio::time::timeout(LEAVE_TIME, leave).await.map_err(jetstream) {
+            tracing::warn!(cause = %err, "cannot remove this node from the cluster's list; it will be marked gone");
+        }
+    }
+
+    /// Puts this node's entry; on the live node with the smallest name, removes old builds.
+    async fn announce_once(&self, node: &str, announcement: &Announcement) -> Result<(), ClusterError> {
+        let value = serde_json::to_vec(announcement).expect("an announcement serializes");
+        self.nodes_bucket().await?.put(node, value.into()).await.map_err(jetstream)?;
+        let nodes = self.nodes().await?;
+        let live = || nodes.iter().filter(|known| !known.gone);
+        if live().map(|known| known.node.as_str()).min() == Some(node) {
+            let served = live().flat_map(|known| known.announcement.builds.iter().cloned()).collect();
+            self.remove_old_builds(&served).await?;
+        }
+        Ok(())
+    }
+
+    /// Every node the cluster knows, by name: live ones and ones gone within [`FORGET_AFTER`].
+    pub async fn nodes(&self) -> Result<Vec<ClusterNode>, ClusterError> {
+        let bucket = self.nodes_bucket().await?;
+        let names: Vec<String> = bucket.keys().await.map_err(jetstream)?.try_collect().await.map_err(jetstream)?;
+        let now = time::OffsetDateTime::now_utc();
+        let mut nodes = Vec::with_capacity(names.len());
+        for name in names {
+            let Some(entry) = bucket.entry(name.as_str()).await.map_err(jetstream)? else { continue };
+            // Written by other programs too: an entry that is no announcement is left out.
+            let Ok(announcement) = serde_json::from_slice::<Announcement>(&entry.value) else { continue };
+            let age = u64::try_from((now - entry.created).whole_milliseconds()).unwrap_or(0);
+            let gone = Duration::from_millis(age) > GONE_AFTER;
+            nodes.push(ClusterNode { node: name, age_ms: age, gone, announcement });
+        }
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(nodes)
+    }
+
+    /// The node entries' KV bucket, created if missing.
+    async fn nodes_bucket(&self) -> Result<kv::Store, ClusterError> {
+        if let Ok(store) = self.jetstream.get_key_value(NODES).await {
+            return Ok(store);
+        }
+        let config = kv::Config {
+            bucket: NODES.to_owned(),
+            history: 1,
+            max_age: FORGET_AFTER,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        self.jetstream.create_key_value(config).await.map_err(jetstream)
+    }
+}

@@ -1,0 +1,246 @@
+//! A cluster's plugin builds and its list of nodes, on a real `nats-server -js`: `wasmpush deploy`
+//! reaches every node without dropping a client, two racing deploys have one winner, a build no
+//! node can load leaves the old one serving and is reported, a node that joins serves the
+//! current builds, old builds are removed once no node serves them; every node lists every node,
+//! a stopped one leaves at once, a killed one is marked gone.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use serde_json::Value;
+use wasmpush_tests::http::request;
+use wasmpush_tests::{Client, NatsServer, artifacts};
+
+use crate::cluster::nodes_on;
+use crate::data::parse;
+use crate::util::{BINARY, SOON, write_config};
+
+/// The path of `versioned` with empty params.
+const VERSIONED: &str = "/ws/versioned?params=%7B%7D";
+
+/// Runs `wasmpush ARGS` off the test's runtime (the nodes run on it).
+async fn wasmpush(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || Command::new(BINARY).args(args).output().unwrap()).await.unwrap()
+}
+
+/// `wasmpush deploy versioned FILE --nats URL --wait 30`.
+async fn deploy(nats: &NatsServer, file: &str) -> Output {
+    let args = ["deploy", "versioned", file, "--nats", &nats.url(), "--wait", "30"];
+    wasmpush(args.map(str::to_owned).to_vec()).await
+}
+
+/// The SHA-256 of `file` in hex: its build's name.
+fn build_of(file: &str) -> String {
+    wasmpush::plugin::content_hash(&std::fs::read(file).unwrap())
+}
+
+/// The version in a `versioned` frame.
+fn version(frame: &str) -> String {
+    parse(frame)["version"].as_str().unwrap().to_owned()
+}
+
+/// Reads `client` until a frame of `wanted` arrives; panics if the connection ends first.
+async fn until_version(client: &mut Client, wanted: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while version(&client.next_text(SOON).await) != wanted {
+        assert!(tokio::time::Instant::now() < deadline, "never pushed version {wanted}");
+    }
+}
+
+/// The builds in the cluster's Object Store.
+async fn stored_builds(nats: &NatsServer) -> Vec<String> {
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let store = js.get_object_store("wasmpush-builds").await.unwrap();
+    let listed: Vec<_> = store.list().await.unwrap().try_collect().await.unwrap();
+    listed.into_iter().map(|info| info.name).collect()
+}
+
+/// `/cluster` of the node whose admin endpoint is `admin`.
+async fn cluster_of(admin: std::net::SocketAddr) -> Value {
+    let (status, body) = request(admin, "GET", "/cluster", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    parse(&body)
+}
+
+/// `(name, gone)` of every node `/cluster` of `admin` lists.
+async fn listed(admin: std::net::SocketAddr) -> Vec<(String, bool)> {
+    let cluster = cluster_of(admin).await;
+    let nodes = cluster["nodes"].as_array().unwrap();
+    nodes.iter().map(|node| (node["node"].as_str().unwrap().to_owned(), node["gone"].as_bool().unwrap())).collect()
+}
+
+/// Waits up to `within` until `check` holds of the list `admin` gives.
+async fn until_listed(admin: std::net::SocketAddr, within: Duration, check: impl Fn(&[(String, bool)]) -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let nodes = listed(admin).await;
+        if check(&nodes) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "after {within:?} the cluster lists {nodes:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_reaches_every_node_without_dropping_a_client_and_a_racing_one_loses() {
+    let nats = NatsServer::start();
+    let nodes = nodes_on(&nats, 3).await;
+
+    // Not a component: refused before it reaches any node.
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), "#!/bin/sh\necho hello\n").unwrap();
+    let args = ["deploy", "versioned", script.path().to_str().unwrap(), "--nats", &nats.url()];
+    let refused = wasmpush(args.map(str::to_owned).to_vec()).await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a WebAssembly component"), "{refused:?}");
+
+    let first = deploy(&nats, artifacts::VERSIONED_V1).await;
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("served by all 3 live nodes"), "{first:?}");
+    let mut clients = Vec::new();
+    for node in &nodes {
+        let mut client = Client::connect(&node.url(VERSIONED)).await;
+        assert_eq!(version(&client.next_text(SOON).await), "1", "{} serves the deployed build", node.addr);
+        clients.push(client);
+    }
+
+    let second = deploy(&nats, artifacts::VERSIONED_V2).await;
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    for client in &mut clients {
+        until_version(client, "2").await;
+    }
+    // The first build is removed once no node serves it; the second stays.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while stored_builds(&nats).await.contains(&build_of(artifacts::VERSIONED_V1)) {
+        assert!(tokio::time::Instant::now() < deadline, "the replaced build was never removed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(stored_builds(&nats).await, [build_of(artifacts::VERSIONED_V2)]);
+
+    // A node that joins serves the cluster's build from its first connection.
+    let late = nodes_on(&nats, 1).await.remove(0);
+    let mut client = Client::connect(&late.url(VERSIONED)).await;
+    assert_eq!(version(&client.next_text(SOON).await), "2");
+
+    // A component no node can load: each node keeps the build it serves and says why.
+    let broken = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(broken.path(), [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00, 0xff, 0xff]).unwrap();
+    let failed = deploy(&nats, broken.path().to_str().unwrap()).await;
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("nodes could not load the build"), "{stderr}");
+    for client in clients.iter_mut().chain([&mut client]) {
+        assert_eq!(version(&client.next_text(SOON).await), "2", "the old build serves on");
+    }
+    for node in nodes.iter().chain([&late]) {
+        let kept = wasmpush::plugin::content_hash(&std::fs::read(node.plugin_path("versioned")).unwrap());
+        assert_eq!(kept, build_of(artifacts::VERSIONED_V2), "a restart would serve the build that loaded");
+    }
+
+    // Two deploys at once from the same pointer: at most one moves it from what it read.
+    let racing = [artifacts::VERSIONED_V1, artifacts::VERSIONED_V2].map(|file| deploy(&nats, file));
+    let outcomes = futures_util::future::join_all(racing).await;
+    let won: Vec<bool> = outcomes.iter().map(|outcome| outcome.status.success()).collect();
+    assert!(won.contains(&true), "{outcomes:?}");
+    for outcome in outcomes.iter().filter(|outcome| !outcome.status.success()) {
+        assert!(String::from_utf8_lossy(&outcome.stderr).contains("won the race"), "{outcome:?}");
+    }
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let pointer = js.get_key_value("wasmpush-plugins").await.unwrap().get("versioned").await.unwrap().unwrap();
+    let pointed = parse(std::str::from_utf8(&pointer).unwrap())["build"].as_str().unwrap().to_owned();
+    let winner = if pointed == build_of(artifacts::VERSIONED_V1) { "1" } else { "2" };
+    assert!(won[usize::from(winner == "2")], "the pointer names a deploy that said it won: {outcomes:?}");
+    for client in clients.iter_mut().chain([&mut client]) {
+        until_version(client, winner).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_lists_every_node_a_stopped_one_leaves_and_a_killed_one_is_marked_gone() {
+    let nats = NatsServer::start();
+    // A node run by the command line (so it can be killed), and two in this process.
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let extra = format!("[cluster]\nnats = [\"{}\"]\nnode = \"daemon-node\"\n", nats.url());
+    let (config, _, _) = write_config(dir.path(), &plugins, &extra);
+    let pid_file = dir.path().join("wasmpush.pid");
+    let path = |path: &std::path::Path| path.to_str().unwrap().to_owned();
+    let started = wasmpush(
+        [
+            "start",
+            "--daemon",
+            "--config",
+            &path(&config),
+            "--pid-file",
+            &path(&pid_file),
+            "--log-file",
+            &path(&dir.path().join("log")),
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    )
+    .await;
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    let named = std::fs::read_to_string(&pid_file).unwrap();
+    let pid: i32 = named.split_whitespace().next().unwrap().parse().unwrap();
+    let _daemon = KillOnExit(pid);
+    let mut nodes = nodes_on(&nats, 2).await;
+    let names: Vec<String> = nodes
+        .iter()
+        .map(|node| format!("{}-{}", hostname(), node.addr.port()))
+        .chain(["daemon-node".to_owned()])
+        .collect();
+    let all_live = |listed: &[(String, bool)]| names.iter().all(|name| listed.contains(&(name.clone(), false)));
+    until_listed(nodes[0].admin_addr, Duration::from_secs(10), all_live).await;
+
+    // `status --cluster` of the daemon prints every node, live, with its build and revision.
+    let printed = wasmpush(
+        ["status", "--cluster", "--pid-file", &path(&pid_file), "--config", &path(&config)].map(str::to_owned).to_vec(),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&printed.stdout);
+    assert!(printed.status.success(), "{text} {}", String::from_utf8_lossy(&printed.stderr));
+    assert!(text.contains("3 nodes, 3 live"), "{text}");
+    for name in &names {
+        assert!(text.lines().any(|line| line.contains(name.as_str()) && line.contains(" live ")), "{name}: {text}");
+    }
+
+    // A node that stops cleanly leaves the list at once (within one announcement).
+    let stopped = nodes.remove(1);
+    let stopped_name = names[1].clone();
+    stopped.stop().await.unwrap();
+    until_listed(nodes[0].admin_addr, Duration::from_secs(3), |listed| {
+        !listed.iter().any(|(name, _)| *name == stopped_name)
+    })
+    .await;
+
+    // A killed node is marked gone within 10 s.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    until_listed(nodes[0].admin_addr, Duration::from_secs(10), |listed| {
+        listed.contains(&("daemon-node".to_owned(), true))
+    })
+    .await;
+    let cluster = cluster_of(nodes[0].admin_addr).await;
+    let me =
+        cluster["nodes"].as_array().unwrap().iter().find(|node| node["node"] == names[0].as_str()).unwrap().clone();
+    assert_eq!(me["status"]["nats_connected"], true, "{me}");
+    assert_eq!(me["gone"], false);
+}
+
+/// Kills process `pid` when the test ends, however it ends.
+struct KillOnExit(i32);
+
+impl Drop for KillOnExit {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// This machine's host name, as a node's default name holds it.
+fn hostname() -> String {
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).take(56).collect()
+}
