@@ -23,6 +23,10 @@
 //! began its batch (the `sent_us` it carries) to its arrival, the least the kernel's sends and this
 //! client's reads cost at this fan-out. `stale` is null.
 //!
+//! With several `--url`s (comma-separated: the nodes of a cluster) the connections are spread
+//! over them in turn and `nodes` gives each node's `latency_p50_ms`, `latency_p99_ms`,
+//! `established` and `stale`.
+//!
 //! Usage: `data_bench --url ws://127.0.0.1:19503/ws/portfolio --publish 127.0.0.1:19505
 //! --connections 19000 --seconds 20 [--prices 1000 --rate 200 --batch-ms 100 --tick-ms 0
 //! --sources IP,IP --floor]`
@@ -43,7 +47,7 @@ use wasmpush_tests::wire::{self, Frame, Mask, integers_after};
 
 /// Command-line settings.
 struct Settings {
-    url: String,
+    urls: Vec<String>,
     publish: SocketAddr,
     connections: usize,
     seconds: u64,
@@ -58,7 +62,7 @@ struct Settings {
 
 fn parse_args() -> anyhow::Result<Settings> {
     let mut settings = Settings {
-        url: "ws://127.0.0.1:9503/ws/portfolio".to_owned(),
+        urls: vec!["ws://127.0.0.1:9503/ws/portfolio".to_owned()],
         publish: SocketAddr::from(([127, 0, 0, 1], 9505)),
         connections: 1000,
         seconds: 20,
@@ -74,7 +78,7 @@ fn parse_args() -> anyhow::Result<Settings> {
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--url" => settings.url = value()?,
+            "--url" => settings.urls = value()?.split(',').map(str::to_owned).collect(),
             "--publish" => settings.publish = value()?.parse()?,
             "--connections" => settings.connections = value()?.parse()?,
             "--seconds" => settings.seconds = value()?.parse()?,
@@ -183,11 +187,18 @@ async fn main() -> anyhow::Result<()> {
     });
 
     // Connect, then read each connection on its own task; its last frame is kept for the check.
-    let host: SocketAddr = settings.url.split('/').nth(2).context("url has no host")?.parse()?;
-    let path = settings.url.splitn(4, '/').nth(3).context("url has no path")?;
+    let nodes: Vec<(SocketAddr, &str)> = settings
+        .urls
+        .iter()
+        .map(|url| {
+            let host = url.split('/').nth(2).context("url has no host")?.parse()?;
+            anyhow::Ok((host, url.splitn(4, '/').nth(3).context("url has no path")?))
+        })
+        .collect::<Result<_, _>>()?;
     let mut readers = Vec::with_capacity(settings.connections);
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for i in 0..settings.connections {
+        let (host, path) = nodes[i % nodes.len()];
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::new(settings.sources[i % settings.sources.len()], 0))?;
         let mut stream = socket.connect(host).await.with_context(|| format!("connection {i}"))?;
@@ -240,9 +251,13 @@ async fn main() -> anyhow::Result<()> {
     // Let the last changes arrive, then check every client's last frame.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (mut stale, mut latencies, mut from_post) = (0, Vec::new(), Vec::new());
+    let mut per_node: Vec<(usize, usize, Vec<u64>)> = vec![(0, 0, Vec::new()); nodes.len()];
     for (i, (reader, report)) in readers.into_iter().enumerate() {
         reader.abort();
         let report = std::mem::take(&mut *report.lock().unwrap());
+        let node = &mut per_node[i % nodes.len()];
+        node.0 += 1;
+        node.2.extend(&report.latencies);
         latencies.extend(report.latencies);
         from_post.extend(report.from_post);
         let frame: Value = serde_json::from_slice(&report.last).unwrap_or_default();
@@ -252,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
             positions.filter(|p| p["symbol"] == symbol(s)).any(|p| p["price"].as_f64() == Some(expected))
         });
         stale += usize::from(!fresh);
+        node.1 += usize::from(!fresh);
     }
     latencies.sort_unstable();
     from_post.sort_unstable();
@@ -259,7 +275,22 @@ async fn main() -> anyhow::Result<()> {
         sorted.get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1))).copied()
     };
     let ms = |us: Option<u64>| us.map_or(Value::Null, |us| json!((us as f64 / 1000.0 * 100.0).round() / 100.0));
+    let nodes: Vec<Value> = per_node
+        .into_iter()
+        .zip(&settings.urls)
+        .map(|((established, stale, mut latencies), url)| {
+            latencies.sort_unstable();
+            json!({
+                "url": url,
+                "established": established,
+                "stale": stale,
+                "latency_p50_ms": ms(quantile(&latencies, 0.5)),
+                "latency_p99_ms": ms(quantile(&latencies, 0.99)),
+            })
+        })
+        .collect();
     let report = json!({
+        "nodes": nodes,
         "established": established,
         "dropped": shared.dropped.load(Ordering::Relaxed),
         "batches": batch,

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# `just bench-cluster`: three release engines on one NATS JetStream server against one engine,
+# all on this machine, in one run (issue #24's targets):
+# - live data: 9,000 event-driven `portfolio` connections (tick_ms = 0) on one node, then 3,000 on
+#   each of three nodes, under a feeder of 200 price updates a second through one node's publish
+#   API: update acknowledged -> frame p50/p99 per node, and stale clients (a lost change);
+# - nothing lost: every node's applied revision against the stream's last;
+# - publish throughput: the publish API alone, one node against a cluster node (through NATS);
+# - convergence: NATS killed (-9) and restarted on its store; the time from it accepting
+#   connections to a write through one node being served by all three;
+# - a node joining with 100,000 keys: from its start to /healthz 200 (caught up);
+# - rollout: `wasmpush deploy --wait` of alternating builds; the time from the command's start to
+#   each node serving the new build (its /status), over 10 deploys.
+# Usage: tests/cluster_bench.sh TARGET_DIR
+set -euo pipefail
+target_dir=$1
+engine="$target_dir/release/wasmpush"
+data_bench="$target_dir/release/data_bench"
+nats_server="$target_dir/nats-server/bin/nats-server"
+work=$(mktemp -d)
+pids=()
+nats_pid=""
+trap 'for p in "${pids[@]}" $nats_pid; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+ulimit -n "$(ulimit -Hn)"
+mkdir -p "$work/plugins"
+cp "$target_dir/wasm32-wasip2/plugin/portfolio_plugin.wasm" "$work/plugins/portfolio.wasm"
+nats_port=14222
+now_ms() { date +%s%3N; }
+
+start_nats() {
+  "$nats_server" -js -a 127.0.0.1 -p $nats_port -m 18222 -sd "$work/nats" > "$work/nats.log" 2>&1 &
+  nats_pid=$!
+  until (echo > /dev/tcp/127.0.0.1/$nats_port) 2> /dev/null; do sleep 0.01; done
+}
+
+# Starts node $1 (ports 2N503 websocket, 2N504 admin, 2N505 publish); "cluster" as $2 joins NATS.
+start_node() {
+  local n=$1 dir="$work/node$1"
+  mkdir -p "$dir/plugins"
+  cp "$work/plugins/"*.wasm "$dir/plugins/"
+  {
+    printf 'listen = "127.0.0.1:2%s503"\nadmin = "127.0.0.1:2%s504"\npublish = "127.0.0.1:2%s505"\n' "$n" "$n" "$n"
+    printf 'plugins_dir = "%s/plugins"\ndata_dir = "%s/data"\n' "$dir" "$dir"
+    printf '[plugins.portfolio]\nread = ["accounts", "prices"]\ntick_ms = 0\n'
+    [[ "${2:-}" == cluster ]] && printf '[cluster]\nnats = ["nats://127.0.0.1:%s"]\nnode = "node%s"\n' $nats_port "$n"
+  } > "$dir/wasmpush.toml"
+  "$engine" start --config "$dir/wasmpush.toml" --pid-file "$dir/pid" > "$dir/log" 2>&1 &
+  pids+=($!)
+  until curl -sf "http://127.0.0.1:2${n}504/healthz" > /dev/null; do sleep 0.02; done
+}
+
+stop_nodes() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+
+json_field() { sed -E "s/.*\"$1\":([0-9.]+|null).*/\\1/" <<< "$2"; }
+revision_of() { json_field data_revision "$(curl -sf "http://127.0.0.1:2${1}504/status")"; }
+stream_last() { curl -sf "http://127.0.0.1:18222/jsz?streams=true" | python3 -c '
+import json, sys
+for account in json.load(sys.stdin).get("account_details", []):
+    for stream in account.get("stream_detail", []):
+        if stream["name"] == "KV_wasmpush-data":
+            print(stream["state"]["last_seq"])'; }
+
+echo "## One node, 9,000 portfolio connections"
+start_node 1
+"$data_bench" --url ws://127.0.0.1:21503/ws/portfolio --publish 127.0.0.1:21505 --connections 9000 --seconds 20 \
+  --sources 127.0.0.1,127.0.0.2 > "$work/single.json"
+cat "$work/single.json"
+"$data_bench" --publish 127.0.0.1:21505 --publish-only --seconds 10
+stop_nodes
+
+echo "## Three nodes on NATS, 3,000 portfolio connections each, the feed through node 1"
+start_nats
+for n in 1 2 3; do rm -rf "$work/node$n/data"; start_node "$n" cluster; done
+urls=ws://127.0.0.1:21503/ws/portfolio,ws://127.0.0.1:22503/ws/portfolio,ws://127.0.0.1:23503/ws/portfolio
+"$data_bench" --url "$urls" --publish 127.0.0.1:21505 --connections 9000 --seconds 20 \
+  --sources 127.0.0.1,127.0.0.2 > "$work/cluster.json"
+cat "$work/cluster.json"
+sleep 1
+echo "stream last: $(stream_last); applied: node1 $(revision_of 1), node2 $(revision_of 2), node3 $(revision_of 3)"
+"$data_bench" --publish 127.0.0.1:21505 --publish-only --seconds 10
+
+echo "## Convergence after kill -9 of NATS"
+kill -9 "$nats_pid"; wait "$nats_pid" 2>/dev/null || true
+sleep 2
+start_nats
+accepted=$(now_ms)
+value=$RANDOM
+until [[ "$(curl -s -o /dev/null -w '%{http_code}' -X PUT --data "{\"v\":$value}" http://127.0.0.1:21505/v1/buckets/probe/keys/k)" == 200 ]]; do
+  sleep 0.02
+done
+for n in 2 3; do
+  until [[ "$(curl -s "http://127.0.0.1:2${n}505/v1/buckets/probe/keys/k")" == "{\"v\":$value}" ]]; do sleep 0.02; done
+done
+echo "converged $(( $(now_ms) - accepted )) ms after NATS accepted connections again"
+
+echo "## Acknowledged -> applied: a PUT through node 1, then nodes 2 and 3 read until they serve it (200 writes)"
+python3 - << 'EOF'
+import http.client, json, time
+writer = http.client.HTTPConnection("127.0.0.1", 21505)
+readers = {2: http.client.HTTPConnection("127.0.0.1", 22505), 3: http.client.HTTPConnection("127.0.0.1", 23505)}
+delays = {2: [], 3: []}
+for i in range(200):
+    value = json.dumps({"i": i}, separators=(",", ":"))
+    writer.request("PUT", "/v1/buckets/probe/keys/applied", value, {"Content-Type": "application/json"})
+    answer = writer.getresponse()
+    answer.read()
+    assert answer.status == 200
+    acked = time.perf_counter()
+    for node, reader in readers.items():
+        while True:
+            reader.request("GET", "/v1/buckets/probe/keys/applied")
+            if reader.getresponse().read() == value.encode():
+                delays[node].append((time.perf_counter() - acked) * 1000)
+                break
+for node, samples in delays.items():
+    samples.sort()
+    print(f"node{node}: acknowledged -> served p50 {samples[100]:.2f} ms, p99 {samples[197]:.2f} ms")
+EOF
+
+echo "## A node joining with 100,000 keys"
+python3 - << 'EOF'
+import http.client, json
+for batch in range(200):
+    body = json.dumps({"put": {f"k{batch * 500 + i}": {"n": batch * 500 + i} for i in range(500)}})
+    connection = http.client.HTTPConnection("127.0.0.1", 21505)
+    connection.request("POST", "/v1/buckets/bulk", body, {"Content-Type": "application/json"})
+    answer = connection.getresponse()
+    assert answer.status == 200, answer.read()
+EOF
+started=$(now_ms)
+start_node 4 cluster
+until [[ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:24504/healthz)" == 200 ]]; do sleep 0.01; done
+echo "node 4 ready (caught up with $(stream_last) revisions) $(( $(now_ms) - started )) ms after it was started"
+
+echo "## Rollout: 10 deploys with --wait, alternating two builds"
+builds=("$target_dir/wasm32-wasip2/plugin/portfolio_plugin.wasm" "$target_dir/wasm32-wasip2/plugin/quote_plugin.wasm")
+for round in $(seq 10); do
+  build=${builds[$(( round % 2 ))]}
+  hash=$(sha256sum "$build" | cut -d' ' -f1)
+  began=$(now_ms)
+  "$engine" deploy rollout "$build" --nats nats://127.0.0.1:$nats_port > /dev/null
+  returned=$(now_ms)
+  line="deploy $round: command $(( returned - began )) ms;"
+  for n in 1 2 3 4; do
+    until curl -sf "http://127.0.0.1:2${n}504/status" | grep -q "\"name\":\"rollout\",\"version\":\"$hash\"" ; do sleep 0.005; done
+    line="$line node$n serves it $(( $(now_ms) - returned )) ms after;"
+  done
+  echo "$line"
+done
+stop_nodes
