@@ -8,7 +8,8 @@
 # - publish throughput: the publish API alone, one node against a cluster node (through NATS);
 # - convergence: NATS killed (-9) and restarted on its store; the time from it accepting
 #   connections to a write through one node being served by all three;
-# - a node joining with 100,000 keys: from its start to /healthz 200 (caught up);
+# - a node joining with 100,000 keys: from its start to /healthz 200 (caught up), and the p99 of
+#   3,000 clients on the other nodes under the feed meanwhile, beside a run without a join;
 # - rollout: `wasmpush deploy --wait` of alternating builds; the time from the command's start to
 #   each node serving the new build (its /status), over 10 deploys.
 # Usage: tests/cluster_bench.sh TARGET_DIR
@@ -88,7 +89,7 @@ sleep 2
 start_nats
 accepted=$(now_ms)
 value=$RANDOM
-until [[ "$(curl -s -o /dev/null -w '%{http_code}' -X PUT --data "{\"v\":$value}" http://127.0.0.1:21505/v1/buckets/probe/keys/k)" == 200 ]]; do
+until [[ "$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Type: application/json' --data "{\"v\":$value}" http://127.0.0.1:21505/v1/buckets/probe/keys/k)" == 200 ]]; do
   sleep 0.02
 done
 for n in 2 3; do
@@ -130,10 +131,22 @@ for batch in range(200):
     answer = connection.getresponse()
     assert answer.status == 200, answer.read()
 EOF
+p99s() {
+  python3 -c 'import json, sys
+for node in json.load(sys.stdin)["nodes"]:
+    print(node["url"], "p99", node["latency_p99_ms"], "ms, stale", node["stale"])' < "$1" | paste -sd ';'
+}
+"$data_bench" --url "$urls" --publish 127.0.0.1:21505 --connections 3000 --seconds 12 --sources 127.0.0.3 > "$work/quiet.json"
+echo "nodes 1-3 under the feed, no node joining: $(p99s "$work/quiet.json")"
+"$data_bench" --url "$urls" --publish 127.0.0.1:21505 --connections 3000 --seconds 12 --sources 127.0.0.4 > "$work/join.json" &
+bench_pid=$!
+sleep 5
 started=$(now_ms)
 start_node 4 cluster
 until [[ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:24504/healthz)" == 200 ]]; do sleep 0.01; done
 echo "node 4 ready (caught up with $(stream_last) revisions) $(( $(now_ms) - started )) ms after it was started"
+wait "$bench_pid"
+echo "nodes 1-3 under the feed while node 4 joined: $(p99s "$work/join.json")"
 
 echo "## Rollout: 10 deploys with --wait, alternating two builds"
 builds=("$target_dir/wasm32-wasip2/plugin/portfolio_plugin.wasm" "$target_dir/wasm32-wasip2/plugin/quote_plugin.wasm")

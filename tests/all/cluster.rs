@@ -90,6 +90,13 @@ async fn data_published_through_one_node_reaches_every_node_a_batch_whole() {
         assert_eq!(parse(&client.next_text(SOON).await)["total"], 20.0);
     }
 
+    // One JetStream atomic batch holds at most 1,000 messages: a larger batch is refused whole.
+    let put: serde_json::Map<String, Value> = (0..1001).map(|i| (format!("S{i}"), json!({"price": 1}))).collect();
+    let body = json!({ "put": put }).to_string();
+    let (status, answer) = request(nodes[0].publish_addr, "POST", "/v1/buckets/prices", None, &body).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer.contains("at most 1000"), "{answer}");
+
     // A batch through the third node: every client's next frame shows both prices moved.
     let moved = json!({"put": {"AAPL": {"price": 3}, "MSFT": {"price": 4}}});
     let next = write(&nodes[2], "POST", "/v1/buckets/prices", moved).await;
@@ -317,6 +324,8 @@ async fn a_stalled_watch_recovers_and_a_node_joining_while_writes_go_on_gets_the
     write(&nodes[0], "PUT", "/v1/buckets/load/keys/after-stall", json!(1)).await;
     for node in &nodes {
         until_node_has(node, "load", "after-stall", &json!(1)).await;
+        let status = node.status().await;
+        assert!(status["follow_restarts"].as_u64() >= Some(1), "the stalled watch was recreated: {status}");
     }
 
     // A node joins while 300 writes go on; it ends with every one of them.

@@ -81,8 +81,8 @@ impl Cluster {
     pub async fn follow(self, store: DataStore, limits: DataLimits) {
         loop {
             if let Err(err) = self.follow_once(&store, &limits).await {
-                self.link.follow_restarts.fetch_add(1, Ordering::Relaxed);
                 if self.is_connected() {
+                    self.link.follow_restarts.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(cause = %err, "following the cluster's data failed; following again");
                 } else {
                     tracing::debug!(cause = %err, "following the cluster's data failed while NATS is unreachable");

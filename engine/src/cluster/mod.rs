@@ -149,8 +149,8 @@ impl Cluster {
         self.link.lag.load(Ordering::Relaxed)
     }
 
-    /// How often the following ended and began again (a failure, a stalled watch, a stream
-    /// recreated): each time from the applied revision.
+    /// How often the following ended while NATS was reachable (a failure, a stalled watch, a
+    /// stream recreated) and began again from the applied revision.
     pub fn follow_restarts(&self) -> u64 {
         self.link.follow_restarts.load(Ordering::Relaxed)
     }

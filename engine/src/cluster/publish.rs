@@ -14,6 +14,10 @@ use futures_util::StreamExt;
 use super::{ACK_TIMEOUT, Cluster, subject};
 use crate::data::{Change, DataError};
 
+/// Messages one JetStream atomic batch may hold (the server's limit): a node of a cluster takes
+/// batches up to this many keys, whatever `max_batch_keys` allows.
+pub const MAX_ATOMIC_BATCH: usize = 1000;
+
 /// Batches this process has published, for unique batch ids.
 static BATCHES: AtomicU64 = AtomicU64::new(0);
 
@@ -37,6 +41,9 @@ impl Cluster {
     pub async fn publish(&self, changes: Vec<Change>) -> Result<u64, DataError> {
         if !self.is_connected() {
             return Err(DataError::Unavailable("NATS is unreachable: nothing was written".to_owned()));
+        }
+        if changes.len() > MAX_ATOMIC_BATCH {
+            return Err(DataError::BatchTooLarge { count: changes.len(), limit: MAX_ATOMIC_BATCH });
         }
         if changes.len() > 1 && !self.takes_atomic_batches().await {
             return Err(DataError::Unavailable(
@@ -64,10 +71,12 @@ impl Cluster {
                 }
             };
             let subject = subject(&change.bucket, &change.key);
-            self.client
-                .publish_with_reply_and_headers(subject, inbox.clone(), headers, payload)
-                .await
-                .map_err(unavailable)?;
+            // Only the first message (which opens the batch) and the commit are answered.
+            let sent = match index == 0 || index + 1 == last {
+                true => self.client.publish_with_reply_and_headers(subject, inbox.clone(), headers, payload).await,
+                false => self.client.publish_with_headers(subject, headers, payload).await,
+            };
+            sent.map_err(unavailable)?;
         }
         let ack = async {
             // Messages of a batch before its last are answered with nothing; the last with the ack.

@@ -61,12 +61,15 @@ pub enum DataError {
         /// `max_value_bytes`.
         limit: usize,
     },
-    /// A batch has more changes than `max_batch_keys`.
-    #[error("a batch of {count} changes is more than max_batch_keys ({limit})")]
+    /// A batch has more changes than one batch may hold.
+    #[error(
+        "a batch of {count} changes is more than {limit}, the most one batch may hold (max_batch_keys; on a node of \
+         a cluster at most 1000, JetStream's atomic batch limit)"
+    )]
     BatchTooLarge {
         /// Changes in the batch.
         count: usize,
-        /// `max_batch_keys`.
+        /// `max_batch_keys`, or the cluster's atomic batch limit.
         limit: usize,
     },
     /// The store would hold more than `max_data_bytes`.

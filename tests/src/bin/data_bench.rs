@@ -161,11 +161,11 @@ async fn main() -> anyhow::Result<()> {
         return publish_only(&settings).await;
     }
     // Seed: every price at batch 0, one account per connection.
-    for chunk in (0..settings.prices).collect::<Vec<_>>().chunks(5000).filter(|_| !settings.floor) {
+    for chunk in (0..settings.prices).collect::<Vec<_>>().chunks(1000).filter(|_| !settings.floor) {
         let put: serde_json::Map<String, Value> = chunk.iter().map(|&s| (symbol(s), json!({"price": 0}))).collect();
         post(settings.publish, "prices", json!({ "put": put })).await?;
     }
-    for chunk in (0..settings.connections).collect::<Vec<_>>().chunks(5000).filter(|_| !settings.floor) {
+    for chunk in (0..settings.connections).collect::<Vec<_>>().chunks(1000).filter(|_| !settings.floor) {
         let put: serde_json::Map<String, Value> = chunk
             .iter()
             .map(|&i| {
