@@ -67,6 +67,11 @@ pub(super) fn status(
     println!("  connections:    {}", status.connections);
     println!("  pushes/s:       {} ({} in all)", status.pushes_per_sec, status.pushes);
     println!("  plugin errors:  {}, faults: {}", status.plugin_errors, status.plugin_faults);
+    if let Some(connected) = status.nats_connected {
+        let link = if connected { "up" } else { "DOWN" };
+        let lag = status.data_lag.unwrap_or(0);
+        println!("  cluster:        NATS {link}, data revision {}, {lag} behind the stream", status.data_revision);
+    }
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
     for plugin in &status.plugins {
         let loaded_ago = now_ms.saturating_sub(plugin.loaded_at_ms) / 1000;
