@@ -130,12 +130,14 @@ impl Cluster {
         let mut messages = consumer.messages().await.map_err(|err| err.to_string())?;
         let mut gathered = Gathered::default();
         let mut check = tokio::time::interval(CHECK_PERIOD);
-        let mut progress = (store.view().snapshot().revision(), Instant::now());
+        // The last stream sequence received, and when: a watch that receives nothing while the
+        // stream is ahead has stalled (a resync receives without applying until it is whole).
+        let mut progress = (from.saturating_sub(1), Instant::now());
         loop {
             let message = tokio::select! {
                 message = messages.next() => message,
                 _ = check.tick() => {
-                    self.check_stream(store, origin, &mut progress).await?;
+                    self.check_stream(store, origin, &progress).await?;
                     continue;
                 }
             };
@@ -143,6 +145,7 @@ impl Cluster {
             let message = message.map_err(|err| err.to_string())?;
             let (sequence, pending) =
                 message.info().map(|info| (info.stream_sequence, info.pending)).map_err(|err| err.to_string())?;
+            progress = (sequence, Instant::now());
             let headers = message.message.headers.as_ref();
             let change = match change_of(message.message.subject.as_str(), headers, &message.message.payload, limits) {
                 Followed::Change(change) => Some(change),
@@ -185,10 +188,10 @@ impl Cluster {
 
     /// Checks the stream against what this node applied: one recreated (another creation time)
     /// or gone back (its last sequence below the node's revision) ends the following, which then
-    /// resyncs; a node that lags without applying anything for [`STALL_TIME`] while connected
-    /// ends it too, and follows again from its revision. `progress` is the revision applied and
-    /// since when.
-    async fn check_stream(&self, store: &DataStore, origin: u64, progress: &mut (u64, Instant)) -> Result<(), String> {
+    /// resyncs; a watch that received nothing for [`STALL_TIME`] while the stream is ahead of it
+    /// and NATS is reachable ends it too, and the node follows again from its revision.
+    /// `progress` is the last sequence received and when.
+    async fn check_stream(&self, store: &DataStore, origin: u64, progress: &(u64, Instant)) -> Result<(), String> {
         let mut stream = self.jetstream.get_stream(DATA_STREAM).await.map_err(|err| err.to_string())?;
         let info = stream.info().await.map_err(|err| err.to_string())?;
         let (last, applied) = (info.state.last_sequence, store.view().snapshot().revision());
@@ -199,13 +202,12 @@ impl Cluster {
             return Err(format!("the data stream ends at {last}, below this node's revision {applied}"));
         }
         self.link.lag.store(last - applied, Ordering::Relaxed);
-        if applied != progress.0 || last == applied {
-            *progress = (applied, Instant::now());
-        } else if progress.1.elapsed() >= STALL_TIME && self.is_connected() {
+        let (received, since) = *progress;
+        if last > received && since.elapsed() >= STALL_TIME && self.is_connected() {
             return Err(format!(
-                "the watch stalled: nothing applied for {:?} while the stream is {} ahead",
-                progress.1.elapsed(),
-                last - applied
+                "the watch stalled: nothing received for {:?} while the stream is {} ahead",
+                since.elapsed(),
+                last - received
             ));
         }
         Ok(())
