@@ -42,8 +42,12 @@ start_node() {
   {
     printf 'listen = "127.0.0.1:2%s503"\nadmin = "127.0.0.1:2%s504"\npublish = "127.0.0.1:2%s505"\n' "$n" "$n" "$n"
     printf 'plugins_dir = "%s/plugins"\ndata_dir = "%s/data"\n' "$dir" "$dir"
+    # Nodes sharing this machine's two cores get one worker thread each (a node alone, one per core).
+    if [[ "${2:-}" == cluster ]]; then printf 'workers = 1\n'; fi
     printf '[plugins.portfolio]\nread = ["accounts", "prices"]\ntick_ms = 0\n'
-    [[ "${2:-}" == cluster ]] && printf '[cluster]\nnats = ["nats://127.0.0.1:%s"]\nnode = "node%s"\n' $nats_port "$n"
+    if [[ "${2:-}" == cluster ]]; then
+      printf '[cluster]\nnats = ["nats://127.0.0.1:%s"]\nnode = "node%s"\n' $nats_port "$n"
+    fi
   } > "$dir/wasmpush.toml"
   "$engine" start --config "$dir/wasmpush.toml" --pid-file "$dir/pid" > "$dir/log" 2>&1 &
   pids+=($!)
