@@ -10,8 +10,8 @@
 #   connections to a write through one node being served by all three;
 # - a node joining with 100,000 keys: from its start to /healthz 200 (caught up), and the p99 of
 #   3,000 clients on the other nodes under the feed meanwhile, beside a run without a join;
-# - rollout: `wasmpush deploy --wait` of alternating builds; the time from the command's start to
-#   each node serving the new build (its /status), over 10 deploys.
+# - rollout: `wasmpush deploy` of alternating builds (tests/cluster_rollout.mjs, Node.js); the time
+#   from the command's return to the first frame of the new build at a client on each node.
 # Usage: tests/cluster_bench.sh TARGET_DIR
 set -euo pipefail
 target_dir=$1
@@ -45,6 +45,7 @@ start_node() {
     # Nodes sharing this machine's two cores get one worker thread each (a node alone, one per core).
     if [[ "${2:-}" == cluster ]]; then printf 'workers = 1\n'; fi
     printf '[plugins.portfolio]\nread = ["accounts", "prices"]\ntick_ms = 0\n'
+    printf '[plugins.rollout]\nread = ["accounts", "prices"]\n'
     if [[ "${2:-}" == cluster ]]; then
       printf '[cluster]\nnats = ["nats://127.0.0.1:%s"]\nnode = "node%s"\n' $nats_port "$n"
     fi
@@ -152,19 +153,8 @@ echo "node 4 ready (caught up with $(stream_last) revisions) $(( $(now_ms) - sta
 wait "$bench_pid"
 echo "nodes 1-3 under the feed while node 4 joined: $(p99s "$work/join.json")"
 
-echo "## Rollout: 10 deploys with --wait, alternating two builds"
-builds=("$target_dir/wasm32-wasip2/plugin/portfolio_plugin.wasm" "$target_dir/wasm32-wasip2/plugin/quote_plugin.wasm")
-for round in $(seq 10); do
-  build=${builds[$(( round % 2 ))]}
-  hash=$(sha256sum "$build" | cut -d' ' -f1)
-  began=$(now_ms)
-  "$engine" deploy rollout "$build" --nats nats://127.0.0.1:$nats_port > /dev/null
-  returned=$(now_ms)
-  line="deploy $round: command $(( returned - began )) ms;"
-  for n in 1 2 3 4; do
-    until curl -sf "http://127.0.0.1:2${n}504/status" | grep -q "\"name\":\"rollout\",\"version\":\"$hash\"" ; do sleep 0.005; done
-    line="$line node$n serves it $(( $(now_ms) - returned )) ms after;"
-  done
-  echo "$line"
-done
+echo "## Rollout: 10 deploys alternating two builds; a client on each node times the first frame of the new build"
+node --experimental-websocket --no-warnings "$(dirname "$0")/cluster_rollout.mjs" "$engine" nats://127.0.0.1:$nats_port \
+  "$target_dir/wasm32-wasip2/plugin/portfolio_plugin.wasm" "$target_dir/wasm32-wasip2/plugin/quote_plugin.wasm" 10 \
+  21503 22503 23503 24503
 stop_nodes
