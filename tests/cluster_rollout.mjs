@@ -29,7 +29,7 @@ const clients = await Promise.all(ports.map((port) => new Promise((resolve, reje
   };
   ws.onclose = () => console.error(`the client of node ${port} was closed`);
   ws.onopen = () => resolve(client);
-  ws.onerror = reject;
+  ws.onerror = () => reject(new Error(`cannot connect to ws://127.0.0.1:${port}/ws/rollout`));
 })));
 
 const worst = [];

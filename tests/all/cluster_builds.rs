@@ -119,6 +119,15 @@ async fn a_deploy_reaches_every_node_without_dropping_a_client_and_a_racing_one_
     }
     assert_eq!(stored_builds(&nats).await, [build_of(artifacts::VERSIONED_V2)]);
 
+    // The same build under another name: `--wait` returns once every node serves it as that name.
+    let args = ["deploy", "again", artifacts::VERSIONED_V2, "--nats", &nats.url(), "--wait", "30"];
+    let again = wasmpush(args.map(str::to_owned).to_vec()).await;
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    for node in &nodes {
+        let mut client = Client::connect(&node.url("/ws/again?params=%7B%7D")).await;
+        assert_eq!(version(&client.next_text(SOON).await), "2", "{} serves `again` once deploy returned", node.addr);
+    }
+
     // A node that joins serves the cluster's build from its first connection.
     let late = nodes_on(&nats, 1).await.remove(0);
     let mut client = Client::connect(&late.url(VERSIONED)).await;

@@ -89,17 +89,20 @@ async fn wait_for_nodes(
             "nodes could not load the build (they serve their old one):\n{}",
             failed.join("\n")
         );
-        let waiting: Vec<&str> = nodes
-            .iter()
-            .filter(|node| !node.announcement.builds.contains(build))
-            .map(|node| node.node.as_str())
-            .collect();
+        let waiting: Vec<&str> =
+            nodes.iter().filter(|node| !serves(node, plugin, build)).map(|node| node.node.as_str()).collect();
         if waiting.is_empty() {
             println!("served by all {} live nodes", nodes.len());
             return Ok(ExitCode::SUCCESS);
         }
         anyhow::ensure!(Instant::now() < deadline, "after {timeout:?}, not served yet by: {}", waiting.join(", "));
     }
+}
+
+/// Whether `node` serves `build` as plugin `plugin` (the same build may serve under other names).
+fn serves(node: &ClusterNode, plugin: &str, build: &str) -> bool {
+    let plugins = node.announcement.status.get("plugins").and_then(|plugins| plugins.as_array());
+    plugins.into_iter().flatten().any(|served| served["name"] == plugin && served["version"] == build)
 }
 
 /// `node: reason` if `node` reports a failed load of `plugin` after `since`.
