@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{DeliverPolicy, push};
+use async_nats::jetstream::stream::Stream;
 use futures_util::StreamExt;
 
-use super::{Cluster, DATA_BUCKET, DATA_STREAM};
+use super::{Cluster, DATA_BUCKET};
 use crate::data::{Change, DataLimits, DataStore};
 
 /// How long a follower whose stream failed waits before it follows again.
@@ -95,9 +96,10 @@ impl Cluster {
     /// Follows from the revision after the store's (or resyncs, then follows) until the stream
     /// ends or fails.
     async fn follow_once(&self, store: &DataStore, limits: &DataLimits) -> Result<(), String> {
-        let stream = self.data_stream().await.map_err(|err| err.to_string())?;
+        let mut stream = self.data_stream().await.map_err(|err| err.to_string())?;
         let info = stream.cached_info();
         let (last, origin) = (info.state.last_sequence, origin_of(info.created.unix_timestamp_nanos()));
+        let empty = info.state.messages == 0;
         let held = store.view().snapshot();
         let mut resync = (held.origin() != origin || held.revision() > last).then(HashMap::new);
         let from = match resync {
@@ -114,7 +116,7 @@ impl Cluster {
             None => held.revision() + 1,
         };
         self.link.catch_up_to.store(last, Ordering::Relaxed);
-        if info.state.messages == 0 || (resync.is_none() && from > last) {
+        if empty || (resync.is_none() && from > last) {
             if resync.take().is_some() {
                 store.replace(Vec::new(), last, origin).await.map_err(|err| err.to_string())?;
             }
@@ -137,7 +139,7 @@ impl Cluster {
             let message = tokio::select! {
                 message = messages.next() => message,
                 _ = check.tick() => {
-                    self.check_stream(store, origin, &progress).await?;
+                    self.check_stream(&mut stream, store, origin, &progress).await?;
                     continue;
                 }
             };
@@ -191,8 +193,13 @@ impl Cluster {
     /// resyncs; a watch that received nothing for [`STALL_TIME`] while the stream is ahead of it
     /// and NATS is reachable ends it too, and the node follows again from its revision.
     /// `progress` is the last sequence received and when.
-    async fn check_stream(&self, store: &DataStore, origin: u64, progress: &(u64, Instant)) -> Result<(), String> {
-        let mut stream = self.jetstream.get_stream(DATA_STREAM).await.map_err(|err| err.to_string())?;
+    async fn check_stream(
+        &self,
+        stream: &mut Stream,
+        store: &DataStore,
+        origin: u64,
+        progress: &(u64, Instant),
+    ) -> Result<(), String> {
         let info = stream.info().await.map_err(|err| err.to_string())?;
         let (last, applied) = (info.state.last_sequence, store.view().snapshot().revision());
         if origin_of(info.created.unix_timestamp_nanos()) != origin {

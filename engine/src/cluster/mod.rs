@@ -164,7 +164,6 @@ impl Cluster {
     /// The data stream, created (as KV bucket [`DATA_BUCKET`], history 1, atomic batches
     /// allowed) if it does not exist.
     async fn data_stream(&self) -> Result<jetstream::stream::Stream, ClusterError> {
-        let js = |err: &dyn std::fmt::Display| ClusterError::JetStream(err.to_string());
         let stream = match self.jetstream.get_stream(DATA_STREAM).await {
             Ok(stream) => stream,
             Err(_) => {
@@ -175,8 +174,8 @@ impl Cluster {
                     num_replicas: self.replicas,
                     ..Default::default()
                 };
-                self.jetstream.create_key_value(config).await.map_err(|err| js(&err))?;
-                self.jetstream.get_stream(DATA_STREAM).await.map_err(|err| js(&err))?
+                self.jetstream.create_key_value(config).await.map_err(jetstream_error)?;
+                self.jetstream.get_stream(DATA_STREAM).await.map_err(jetstream_error)?
             }
         };
         if !stream.cached_info().config.allow_atomic_publish {
@@ -186,7 +185,7 @@ impl Cluster {
                 tracing::warn!(cause = %err, "the NATS server does not allow atomic batches: multi-key batches are refused");
             }
         }
-        let stream = self.jetstream.get_stream(DATA_STREAM).await.map_err(|err| js(&err))?;
+        let stream = self.jetstream.get_stream(DATA_STREAM).await.map_err(jetstream_error)?;
         self.link.atomic_batches.store(stream.cached_info().config.allow_atomic_publish, Ordering::Relaxed);
         Ok(stream)
     }
@@ -201,6 +200,22 @@ impl Cluster {
         }
         self.link.atomic_batches.load(Ordering::Relaxed)
     }
+}
+
+impl Cluster {
+    /// The KV bucket `config` names, created with `config` (and the node's replicas) if missing.
+    async fn kv_bucket(&self, config: jetstream::kv::Config) -> Result<jetstream::kv::Store, ClusterError> {
+        if let Ok(store) = self.jetstream.get_key_value(&config.bucket).await {
+            return Ok(store);
+        }
+        let config = jetstream::kv::Config { num_replicas: self.replicas, ..config };
+        self.jetstream.create_key_value(config).await.map_err(jetstream_error)
+    }
+}
+
+/// A JetStream failure as a [`ClusterError`].
+fn jetstream_error(err: impl std::fmt::Display) -> ClusterError {
+    ClusterError::JetStream(err.to_string())
 }
 
 /// The NATS client options of `settings`: its credentials, TLS roots, reconnecting for ever.

@@ -26,7 +26,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
-use super::{Cluster, ClusterError};
+use super::{Cluster, ClusterError, jetstream_error};
 use crate::config::is_valid_name;
 use crate::plugin::content_hash;
 use crate::registry::{MAX_PLUGIN_BYTES, PluginRegistry};
@@ -85,10 +85,6 @@ pub enum DeployError {
     Cluster(#[from] ClusterError),
 }
 
-fn jetstream(err: impl std::fmt::Display) -> ClusterError {
-    ClusterError::JetStream(err.to_string())
-}
-
 impl Cluster {
     /// Stores `wasm` as a build of plugin `name` and points the plugin at it, by
     /// compare-and-swap. The file must be a WebAssembly component of at most
@@ -102,7 +98,7 @@ impl Cluster {
         check_component(wasm).map_err(DeployError::Invalid)?;
         let pointers = self.pointers().await?;
         let current =
-            pointers.entry(name).await.map_err(jetstream)?.filter(|entry| entry.operation == kv::Operation::Put);
+            pointers.entry(name).await.map_err(jetstream_error)?.filter(|entry| entry.operation == kv::Operation::Put);
         let previous = current.as_ref().and_then(|entry| serde_json::from_slice::<Pointer>(&entry.value).ok());
         let build = content_hash(wasm);
         let builds = self.builds().await?;
@@ -113,11 +109,11 @@ impl Cluster {
         let revision = match current {
             Some(entry) => pointers.update(name, value, entry.revision).await.map_err(|err| match err.kind() {
                 kv::UpdateErrorKind::WrongLastRevision => lost(),
-                _ => jetstream(err).into(),
+                _ => jetstream_error(err).into(),
             })?,
             None => pointers.create(name, value).await.map_err(|err| match err.kind() {
                 kv::CreateErrorKind::AlreadyExists => lost(),
-                _ => jetstream(err).into(),
+                _ => jetstream_error(err).into(),
             })?,
         };
         // The build may have been removed as unused between the upload and the pointer's move
@@ -137,7 +133,7 @@ impl Cluster {
         if builds.info(build).await.is_ok_and(|info| !info.deleted) {
             return Ok(());
         }
-        builds.put(build, &mut &wasm[..]).await.map_err(jetstream)?;
+        builds.put(build, &mut &wasm[..]).await.map_err(jetstream_error)?;
         Ok(())
     }
 
@@ -146,10 +142,11 @@ impl Cluster {
     /// connection). Returns the plugins whose build it took.
     pub async fn fetch_builds(&self, dir: &Path, registry: &Arc<PluginRegistry>) -> Result<Vec<String>, ClusterError> {
         let pointers = self.pointers().await?;
-        let names: Vec<String> = pointers.keys().await.map_err(jetstream)?.try_collect().await.map_err(jetstream)?;
+        let names: Vec<String> =
+            pointers.keys().await.map_err(jetstream_error)?.try_collect().await.map_err(jetstream_error)?;
         let mut written = Vec::new();
         for name in names {
-            if let Some(entry) = pointers.entry(name.as_str()).await.map_err(jetstream)?
+            if let Some(entry) = pointers.entry(name.as_str()).await.map_err(jetstream_error)?
                 && self.install(dir, &entry, registry).await == Some(true)
             {
                 written.push(name);
@@ -174,9 +171,9 @@ impl Cluster {
     }
 
     async fn follow_builds_once(&self, dir: &Path, registry: &Arc<PluginRegistry>) -> Result<(), ClusterError> {
-        let mut pointers = self.pointers().await?.watch_with_history(">").await.map_err(jetstream)?;
+        let mut pointers = self.pointers().await?.watch_with_history(">").await.map_err(jetstream_error)?;
         while let Some(entry) = pointers.next().await {
-            let entry = entry.map_err(jetstream)?;
+            let entry = entry.map_err(jetstream_error)?;
             if self.install(dir, &entry, registry).await.is_none() {
                 return Err(ClusterError::JetStream(format!("the build of `{}` could not be fetched", entry.key)));
             }
@@ -205,7 +202,9 @@ impl Cluster {
             }
         };
         let path = dir.join(format!("{name}.wasm"));
-        if tokio::fs::read(&path).await.is_ok_and(|held| content_hash(&held) == pointer.build) {
+        if registry.get(&name).is_some_and(|served| served.hash == pointer.build)
+            || tokio::fs::read(&path).await.is_ok_and(|held| content_hash(&held) == pointer.build)
+        {
             return Some(false);
         }
         let wasm = match self.fetch(&pointer).await {
@@ -254,25 +253,26 @@ impl Cluster {
     /// a pointer's previous build at once, any other after [`ORPHAN_AGE`].
     pub(super) async fn remove_old_builds(&self, served: &BTreeSet<String>) -> Result<(), ClusterError> {
         let pointers = self.pointers().await?;
-        let names: Vec<String> = pointers.keys().await.map_err(jetstream)?.try_collect().await.map_err(jetstream)?;
+        let names: Vec<String> =
+            pointers.keys().await.map_err(jetstream_error)?.try_collect().await.map_err(jetstream_error)?;
         let (mut named, mut replaced) = (BTreeSet::new(), BTreeSet::new());
         for name in names {
-            let Some(entry) = pointers.entry(name.as_str()).await.map_err(jetstream)? else { continue };
+            let Some(entry) = pointers.entry(name.as_str()).await.map_err(jetstream_error)? else { continue };
             if let Ok(pointer) = serde_json::from_slice::<Pointer>(&entry.value) {
                 named.insert(pointer.build);
                 replaced.extend(pointer.previous);
             }
         }
         let builds = self.builds().await?;
-        let mut listed = builds.list().await.map_err(jetstream)?;
+        let mut listed = builds.list().await.map_err(jetstream_error)?;
         let now = time::OffsetDateTime::now_utc();
         while let Some(info) = listed.next().await {
-            let info = info.map_err(jetstream)?;
+            let info = info.map_err(jetstream_error)?;
             let old = info.modified.is_some_and(|modified| now - modified > ORPHAN_AGE);
             if named.contains(&info.name) || served.contains(&info.name) || !(replaced.contains(&info.name) || old) {
                 continue;
             }
-            builds.delete(&info.name).await.map_err(jetstream)?;
+            builds.delete(&info.name).await.map_err(jetstream_error)?;
             tracing::info!(build = &info.name, "removed a build no node serves any more");
         }
         Ok(())
@@ -280,12 +280,7 @@ impl Cluster {
 
     /// The pointers' KV bucket, created if missing.
     async fn pointers(&self) -> Result<kv::Store, ClusterError> {
-        if let Ok(store) = self.jetstream.get_key_value(POINTERS).await {
-            return Ok(store);
-        }
-        let config =
-            kv::Config { bucket: POINTERS.to_owned(), history: 5, num_replicas: self.replicas, ..Default::default() };
-        self.jetstream.create_key_value(config).await.map_err(jetstream)
+        self.kv_bucket(kv::Config { bucket: POINTERS.to_owned(), history: 5, ..Default::default() }).await
     }
 
     /// The builds' Object Store, created if missing.
@@ -295,7 +290,7 @@ impl Cluster {
         }
         let config =
             object_store::Config { bucket: BUILDS.to_owned(), num_replicas: self.replicas, ..Default::default() };
-        self.jetstream.create_object_store(config).await.map_err(jetstream)
+        self.jetstream.create_object_store(config).await.map_err(jetstream_error)
     }
 }
 

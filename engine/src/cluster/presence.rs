@@ -14,7 +14,7 @@ use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::{Cluster, ClusterError};
+use super::{Cluster, ClusterError, jetstream_error};
 
 /// The KV bucket of node entries: node name → [`Announcement`].
 const NODES: &str = "wasmpush-nodes";
@@ -54,10 +54,6 @@ pub struct ClusterNode {
     pub announcement: Announcement,
 }
 
-fn jetstream(err: impl std::fmt::Display) -> ClusterError {
-    ClusterError::JetStream(err.to_string())
-}
-
 impl Cluster {
     /// Announces this node as `node` every [`ANNOUNCE_PERIOD`] with what `announcement` says
     /// then, until `stop`; then removes its entry.
@@ -77,8 +73,8 @@ impl Cluster {
                 tracing::debug!(cause = %err, "cannot announce this node to the cluster");
             }
         }
-        let leave = async { self.nodes_bucket().await?.purge(&node).await.map_err(jetstream) };
-        if let Ok(Err(err)) | Err(err) = tokio::time::timeout(LEAVE_TIME, leave).await.map_err(jetstream) {
+        let leave = async { self.nodes_bucket().await?.purge(&node).await.map_err(jetstream_error) };
+        if let Ok(Err(err)) | Err(err) = tokio::time::timeout(LEAVE_TIME, leave).await.map_err(jetstream_error) {
             tracing::warn!(cause = %err, "cannot remove this node from the cluster's list; it will be marked gone");
         }
     }
@@ -86,8 +82,9 @@ impl Cluster {
     /// Puts this node's entry; on the live node with the smallest name, removes old builds.
     async fn announce_once(&self, node: &str, announcement: &Announcement) -> Result<(), ClusterError> {
         let value = serde_json::to_vec(announcement).expect("an announcement serializes");
-        self.nodes_bucket().await?.put(node, value.into()).await.map_err(jetstream)?;
-        let nodes = self.nodes().await?;
+        let bucket = self.nodes_bucket().await?;
+        bucket.put(node, value.into()).await.map_err(jetstream_error)?;
+        let nodes = listed(&bucket).await?;
         let live = || nodes.iter().filter(|known| !known.gone);
         if live().map(|known| known.node.as_str()).min() == Some(node) {
             let served = live().flat_map(|known| known.announcement.builds.iter().cloned()).collect();
@@ -98,34 +95,30 @@ impl Cluster {
 
     /// Every node the cluster knows, by name: live ones and ones gone within [`FORGET_AFTER`].
     pub async fn nodes(&self) -> Result<Vec<ClusterNode>, ClusterError> {
-        let bucket = self.nodes_bucket().await?;
-        let names: Vec<String> = bucket.keys().await.map_err(jetstream)?.try_collect().await.map_err(jetstream)?;
-        let now = time::OffsetDateTime::now_utc();
-        let mut nodes = Vec::with_capacity(names.len());
-        for name in names {
-            let Some(entry) = bucket.entry(name.as_str()).await.map_err(jetstream)? else { continue };
-            // Written by other programs too: an entry that is no announcement is left out.
-            let Ok(announcement) = serde_json::from_slice::<Announcement>(&entry.value) else { continue };
-            let age = u64::try_from((now - entry.created).whole_milliseconds()).unwrap_or(0);
-            let gone = Duration::from_millis(age) > GONE_AFTER;
-            nodes.push(ClusterNode { node: name, age_ms: age, gone, announcement });
-        }
-        nodes.sort_by(|a, b| a.node.cmp(&b.node));
-        Ok(nodes)
+        listed(&self.nodes_bucket().await?).await
     }
 
     /// The node entries' KV bucket, created if missing.
     async fn nodes_bucket(&self) -> Result<kv::Store, ClusterError> {
-        if let Ok(store) = self.jetstream.get_key_value(NODES).await {
-            return Ok(store);
-        }
-        let config = kv::Config {
-            bucket: NODES.to_owned(),
-            history: 1,
-            max_age: FORGET_AFTER,
-            num_replicas: self.replicas,
-            ..Default::default()
-        };
-        self.jetstream.create_key_value(config).await.map_err(jetstream)
+        self.kv_bucket(kv::Config { bucket: NODES.to_owned(), history: 1, max_age: FORGET_AFTER, ..Default::default() })
+            .await
     }
+}
+
+/// Every node `bucket` holds, by name.
+async fn listed(bucket: &kv::Store) -> Result<Vec<ClusterNode>, ClusterError> {
+    let names: Vec<String> =
+        bucket.keys().await.map_err(jetstream_error)?.try_collect().await.map_err(jetstream_error)?;
+    let now = time::OffsetDateTime::now_utc();
+    let mut nodes = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(entry) = bucket.entry(name.as_str()).await.map_err(jetstream_error)? else { continue };
+        // Written by other programs too: an entry that is no announcement is left out.
+        let Ok(announcement) = serde_json::from_slice::<Announcement>(&entry.value) else { continue };
+        let age = u64::try_from((now - entry.created).whole_milliseconds()).unwrap_or(0);
+        let gone = Duration::from_millis(age) > GONE_AFTER;
+        nodes.push(ClusterNode { node: name, age_ms: age, gone, announcement });
+    }
+    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    Ok(nodes)
 }
