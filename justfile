@@ -51,8 +51,9 @@ new-plugin NAME DIR="plugins":
 build-plugin NAME: setup
     cargo build --target wasm32-wasip2 --profile plugin -p {{NAME}}-plugin
 
-# Write NAME.wasm.tmp, rename into place: a local deploy is atomic. A cluster deploy goes through NATS.
-# Build plugin NAME and deploy it to DIR (default runtime/plugins), or `--cluster URL`: to every node
+# Write NAME.wasm.tmp, rename into place: a local deploy is atomic. A cluster deploy goes through NATS;
+# a canary or shadow run through the running engine's admin endpoint (docs/rollouts.md).
+# Build plugin NAME and deploy it to DIR (default runtime/plugins), `--cluster URL` (every node), or `--canary PCT`/`--shadow`
 [group('plugins')]
 [positional-arguments]
 deploy-plugin NAME *WHERE: (build-plugin NAME)
@@ -63,6 +64,10 @@ deploy-plugin NAME *WHERE: (build-plugin NAME)
     if [[ "${1:-}" == "--cluster" ]]; then
         if [[ -z "${2:-}" ]]; then echo "error: --cluster needs the NATS URL, e.g. nats://127.0.0.1:4222" >&2; exit 2; fi
         cargo run --release --quiet -p wasmpush -- deploy "$name" "$build" --nats "$2" --wait 30
+        exit
+    fi
+    if [[ "${1:-}" == --canary* || "${1:-}" == --shadow* ]]; then
+        cargo run --release --quiet -p wasmpush -- deploy "$name" "$build" "$@"
         exit
     fi
     dir="${1:-{{plugins_dir}}}"

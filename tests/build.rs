@@ -19,7 +19,8 @@ const PLUGINS: &[(&str, &str)] = &[
 ];
 
 /// Builds of the `versioned` test plugin: (version baked in, constant).
-const VERSIONED: &[(&str, &str)] = &[("1", "VERSIONED_V1"), ("2", "VERSIONED_V2")];
+const VERSIONED: &[(&str, &str)] =
+    &[("1", "VERSIONED_V1"), ("2", "VERSIONED_V2"), ("trap", "VERSIONED_TRAP"), ("slow", "VERSIONED_SLOW")];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());

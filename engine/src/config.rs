@@ -132,6 +132,46 @@ pub struct Config {
     /// Membership of a cluster of engines sharing their data through NATS JetStream
     /// (`[cluster]`); without `nats` the engine is a single node.
     pub cluster: ClusterSettings,
+    /// The version history, shadow runs and canaries (`[rollouts]`).
+    pub rollouts: RolloutSettings,
+}
+
+/// How builds are kept, tried and judged (`[rollouts]`): docs/rollouts.md.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutSettings {
+    /// Builds kept per plugin in the data directory's version history (1 to 1000).
+    pub keep_versions: usize,
+    /// Share of each tick interval a shard may spend on shadow calls, in percent (1 to 100).
+    pub shadow_budget_pct: u32,
+    /// Calls the candidate of a canary must have made before it is judged (at least 1).
+    pub min_calls: u64,
+    /// Points of business-error rate the candidate may have above the serving build.
+    pub max_error_increase_pct: u32,
+    /// Points of fault rate (traps, timeouts, memory) the candidate may have above the serving
+    /// build.
+    pub max_fault_increase_pct: u32,
+    /// How much slower (call time p99) the candidate may be than the serving build, in percent.
+    pub max_p99_increase_pct: u32,
+    /// Call time p99, in microseconds, below which the candidate is never judged slow.
+    pub p99_floor_us: u64,
+    /// Frames per call the candidate must push at least, in percent of the serving build's.
+    pub min_frames_pct: u32,
+}
+
+impl Default for RolloutSettings {
+    fn default() -> Self {
+        RolloutSettings {
+            keep_versions: 10,
+            shadow_budget_pct: 25,
+            min_calls: 100,
+            max_error_increase_pct: 5,
+            max_fault_increase_pct: 1,
+            max_p99_increase_pct: 100,
+            p99_floor_us: 1000,
+            min_frames_pct: 50,
+        }
+    }
 }
 
 /// Whether `name` can name a plugin (`NAME.wasm`, `/ws/NAME`) or a node of a cluster: 1 to 64
@@ -300,6 +340,7 @@ impl Default for Config {
             http_max_connections_per_ip: 32,
             recover_data: false,
             cluster: ClusterSettings::default(),
+            rollouts: RolloutSettings::default(),
         }
     }
 }
@@ -477,6 +518,23 @@ impl Config {
             "use 1 to 64 letters, digits, `-` and `_`",
         )?;
         check((1..=5).contains(&cluster.replicas), "cluster.replicas", "must be between 1 and 5")?;
+        let rollouts = &self.rollouts;
+        check((1..=1000).contains(&rollouts.keep_versions), "rollouts.keep_versions", "must be between 1 and 1000")?;
+        check(
+            (1..=100).contains(&rollouts.shadow_budget_pct),
+            "rollouts.shadow_budget_pct",
+            "must be between 1 and 100",
+        )?;
+        check((1..=1_000_000_000).contains(&rollouts.min_calls), "rollouts.min_calls", "must be at least 1")?;
+        for (key, pct) in [
+            ("rollouts.max_error_increase_pct", rollouts.max_error_increase_pct),
+            ("rollouts.max_fault_increase_pct", rollouts.max_fault_increase_pct),
+            ("rollouts.min_frames_pct", rollouts.min_frames_pct),
+        ] {
+            check(pct <= 100, key, "must be between 0 and 100")?;
+        }
+        check(rollouts.max_p99_increase_pct <= 100_000, "rollouts.max_p99_increase_pct", "must be at most 100000")?;
+        check(rollouts.p99_floor_us <= 60_000_000, "rollouts.p99_floor_us", "must be at most 60000000")?;
         let auth = &self.auth;
         check(auth.leeway_secs <= 3600, "auth.leeway_secs", "must be at most 3600")?;
         check(
@@ -557,6 +615,7 @@ impl Config {
             http_max_connections_per_ip,
             recover_data: _,
             cluster,
+            rollouts,
         } = self;
         [
             ("listen", *listen != other.listen),
@@ -597,6 +656,7 @@ impl Config {
             ("http_max_connections", *http_max_connections != other.http_max_connections),
             ("http_max_connections_per_ip", *http_max_connections_per_ip != other.http_max_connections_per_ip),
             ("cluster", *cluster != other.cluster),
+            ("rollouts", *rollouts != other.rollouts),
         ]
         .into_iter()
         .filter(|(_, changed)| *changed)

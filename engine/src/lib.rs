@@ -26,8 +26,11 @@
 //!   announces each change; `publish`: the HTTP API that feeds it.
 //! - `registry`: the plugin versions served, loaded from files and swapped atomically.
 //! - `plugin_files`: what a plugin file is called (`NAME.wasm`).
+//! - `wall_clock`: times as milliseconds since the Unix epoch.
 //! - `watcher`: reports changed plugin files; knows nothing about wasmtime or the registry.
 //! - `reload`: the actor that turns file changes and rescan requests into registry updates.
+//! - `rollout`: what a canary or shadow run is and counts, how it is judged, the version history;
+//!   `rollout_control`: starting, judging and ending rollouts, and rollback to a kept build.
 //! - `bearer`: the bearer token of the admin endpoint and the publish API.
 //! - `metrics`: counters and histograms; `admin`: the `/status`, `/metrics` and `/healthz` endpoint;
 //!   `health`: whether the engine serves (starting, ready, failed).
@@ -65,9 +68,12 @@ mod publish;
 mod rate_limit;
 mod registry;
 mod reload;
+mod rollout;
+mod rollout_control;
 mod server;
 mod services;
 mod shard;
+mod wall_clock;
 mod watcher;
 
 pub use cli::{Cli, main};

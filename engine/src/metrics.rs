@@ -65,6 +65,8 @@ pub struct Metrics {
     pub data_keys: Gauge,
     /// Bytes of every key and value the data store holds now.
     pub data_bytes: Gauge,
+    /// Rollouts ended, by outcome (`promoted`, `rolled_back`, `aborted`, `finished`, `ended`).
+    pub rollouts: Family<Labels, Counter>,
 }
 
 /// Plugin calls by outcome: one counter each of `wasmpush_plugin_calls_total{outcome=…}`.
@@ -137,6 +139,9 @@ impl Default for Metrics {
         let data_bytes = Gauge::default();
         registry.register("data_bytes", "Bytes of every key and value the data store holds", data_bytes.clone());
 
+        let rollouts = Family::<Labels, Counter>::default();
+        registry.register("rollouts", "Rollouts (canaries, shadow runs) ended, by outcome", rollouts.clone());
+
         let labelled = |family: &Family<Labels, Counter>, key: &'static str, value: &'static str| {
             family.get_or_create(&vec![(key, value)]).clone()
         };
@@ -175,17 +180,23 @@ impl Default for Metrics {
             data_updates,
             data_keys,
             data_bytes,
+            rollouts,
             registry,
         }
     }
 }
 
 impl Metrics {
-    /// Every metric in the OpenMetrics text format (which Prometheus scrapes).
-    pub fn encode(&self) -> String {
+    /// Every metric in the OpenMetrics text format (which Prometheus scrapes), with `extra`
+    /// metric families (OpenMetrics text, each with its `# TYPE` line) before the closing
+    /// `# EOF`.
+    pub fn encode(&self, extra: &str) -> String {
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
-        text
+        match text.strip_suffix("# EOF\n") {
+            Some(body) => format!("{body}{extra}# EOF\n"),
+            None => text + extra,
+        }
     }
 }
 
@@ -198,9 +209,10 @@ mod tests {
         let metrics = Metrics::default();
         metrics.calls.error.inc();
         metrics.frames_pushed.inc_by(3);
-        let text = metrics.encode();
+        let text = metrics.encode("# TYPE extra counter\nextra_total 1\n");
         assert!(text.contains("wasmpush_plugin_calls_total{outcome=\"error\"} 1"), "{text}");
         assert!(text.contains("wasmpush_frames_pushed_total 3"), "{text}");
         assert!(text.contains("wasmpush_tick_lateness_seconds_bucket"), "{text}");
+        assert!(text.ends_with("extra_total 1\n# EOF\n"), "{text}");
     }
 }

@@ -3,6 +3,11 @@
 //! published with one atomic pointer swap, only after it compiled and instantiated, so a bad file
 //! never replaces a good version.
 //!
+//! Beside each served version it holds the plugin's [`Rollout`] in progress, if any (a canary or
+//! shadow candidate, read by the shards at every phase), keeps every build it loads in the
+//! [`VersionHistory`], and keeps the last builds it replaced compiled, so a rollback to one of
+//! them compiles nothing.
+//!
 //! Loading compiles, which is slow: call [`PluginRegistry::load_file`] and
 //! [`PluginRegistry::rescan`] from a blocking thread, never from a worker or an async task.
 
@@ -15,6 +20,13 @@ use arc_swap::ArcSwap;
 
 use crate::plugin::{LoadError, PluginHost, PluginVersion, content_hash};
 use crate::plugin_files::plugin_name;
+use crate::rollout::{Rollout, VersionHistory};
+
+/// Builds a plugin's registry keeps compiled after they stopped serving, newest last.
+const RETIRED_COMPILED: usize = 2;
+
+/// Versions by plugin name.
+type ByName<T> = BTreeMap<Arc<str>, T>;
 
 /// The largest plugin file read (a real plugin is well under a few MiB).
 pub const MAX_PLUGIN_BYTES: u64 = 64 << 20;
@@ -25,7 +37,13 @@ pub struct PluginRegistry {
     /// Compiles and validates plugin files.
     host: PluginHost,
     /// The served versions by name; replaced whole on every change.
-    versions: ArcSwap<BTreeMap<Arc<str>, Arc<PluginVersion>>>,
+    versions: ArcSwap<ByName<Arc<PluginVersion>>>,
+    /// The rollouts in progress by plugin name; replaced whole on every change.
+    rollouts: ArcSwap<ByName<Arc<Rollout>>>,
+    /// The builds that stopped serving last, still compiled, by plugin name (oldest first).
+    retired: Mutex<ByName<Vec<Arc<PluginVersion>>>>,
+    /// Where every loaded build is kept, if anywhere.
+    history: Option<VersionHistory>,
     /// The most recent failed load, kept for `status` until a later load of the same plugin
     /// succeeds.
     last_error: Mutex<Option<FailedLoad>>,
@@ -96,7 +114,46 @@ pub enum Loaded {
 impl PluginRegistry {
     /// An empty registry.
     pub fn new(host: PluginHost) -> Self {
-        PluginRegistry { host, versions: ArcSwap::default(), last_error: Mutex::new(None) }
+        PluginRegistry {
+            host,
+            versions: ArcSwap::default(),
+            rollouts: ArcSwap::default(),
+            retired: Mutex::default(),
+            history: None,
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// The same registry, keeping every build it loads in `history`.
+    pub fn with_history(self, history: VersionHistory) -> Self {
+        PluginRegistry { history: Some(history), ..self }
+    }
+
+    /// The version history, if builds are kept.
+    pub fn history(&self) -> Option<&VersionHistory> {
+        self.history.as_ref()
+    }
+
+    /// The rollout of plugin `name` in progress, if any.
+    pub fn rollout(&self, name: &str) -> Option<Arc<Rollout>> {
+        self.rollouts.load().get(name).cloned()
+    }
+
+    /// Every rollout in progress, by plugin name.
+    pub fn rollouts(&self) -> Arc<ByName<Arc<Rollout>>> {
+        self.rollouts.load_full()
+    }
+
+    /// Sets (or with `None` ends) the rollout of plugin `name`.
+    pub fn set_rollout(&self, name: &Arc<str>, rollout: Option<Arc<Rollout>>) {
+        self.rollouts.rcu(|rollouts| {
+            let mut rollouts = BTreeMap::clone(rollouts);
+            match &rollout {
+                Some(rollout) => rollouts.insert(name.clone(), rollout.clone()),
+                None => rollouts.remove(name),
+            };
+            rollouts
+        });
     }
 
     /// The version of `name` now served, if any.
@@ -118,15 +175,15 @@ impl PluginRegistry {
     /// version served before keeps serving and the failure is kept for `status`.
     pub fn load_file(&self, path: &Path) -> Result<Loaded, PluginFileError> {
         let plugin = plugin_name(path).ok_or_else(|| PluginFileError::BadName(path.to_owned()))?;
-        let result = read_plugin_file(&plugin, path).and_then(|bytes| self.compile(&plugin, &bytes));
+        let result = read_plugin_file(&plugin, path).and_then(|bytes| self.compile(&plugin, &bytes, "file"));
         self.record(&plugin, &result);
         result
     }
 
     /// Loads `bytes` (a build a cluster's node fetched) as plugin `plugin`, as
     /// [`Self::load_file`] loads a file.
-    pub fn load_build(&self, plugin: &str, bytes: &[u8]) -> Result<Loaded, PluginFileError> {
-        let result = self.compile(plugin, bytes);
+    pub fn load_build(&self, plugin: &str, bytes: &[u8], source: &str) -> Result<Loaded, PluginFileError> {
+        let result = self.compile(plugin, bytes, source);
         self.record(plugin, &result);
         result
     }
@@ -152,23 +209,69 @@ impl PluginRegistry {
         *self.last_error.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(failed);
     }
 
-    fn compile(&self, plugin: &str, bytes: &[u8]) -> Result<Loaded, PluginFileError> {
+    fn compile(&self, plugin: &str, bytes: &[u8], source: &str) -> Result<Loaded, PluginFileError> {
         if let Some(current) = self.get(plugin)
             && current.size == bytes.len()
             && current.hash == content_hash(bytes)
         {
             return Ok(Loaded::Unchanged(current));
         }
-        let version = self
-            .host
-            .load(plugin, bytes)
-            .map_err(|source| PluginFileError::Invalid { plugin: plugin.to_owned(), source })?;
+        let version = self.build(plugin, bytes, source)?;
+        self.publish(version.clone());
+        Ok(Loaded::Published(version))
+    }
+
+    /// Compiles `bytes` as a build of `plugin` loaded from `source` without serving it (a
+    /// build this registry retired is taken as it is), and keeps it in the history.
+    pub fn build(&self, plugin: &str, bytes: &[u8], source: &str) -> Result<Arc<PluginVersion>, PluginFileError> {
+        let hash = content_hash(bytes);
+        let version = match self.retired(plugin, &hash) {
+            Some(version) => version,
+            None => self
+                .host
+                .load(plugin, bytes)
+                .map_err(|source| PluginFileError::Invalid { plugin: plugin.to_owned(), source })?,
+        };
+        if let Some(history) = &self.history {
+            let protect = self.protected(plugin);
+            let protect: Vec<&str> = protect.iter().map(String::as_str).collect();
+            if let Err(err) = history.keep(plugin, &hash, bytes, source, &protect) {
+                tracing::warn!(%plugin, cause = %err, "cannot keep the build in the version history");
+            }
+        }
+        Ok(version)
+    }
+
+    /// Serves `version` from now on; the version it replaces is kept compiled for a while.
+    pub fn publish(&self, version: Arc<PluginVersion>) {
+        let mut replaced = None;
         self.versions.rcu(|versions| {
             let mut versions = BTreeMap::clone(versions);
-            versions.insert(version.name.clone(), version.clone());
+            replaced = versions.insert(version.name.clone(), version.clone());
             versions
         });
-        Ok(Loaded::Published(version))
+        if let Some(old) = replaced.filter(|old| old.hash != version.hash) {
+            let mut retired = self.retired.lock().unwrap_or_else(|poison| poison.into_inner());
+            let kept = retired.entry(old.name.clone()).or_default();
+            kept.retain(|kept| kept.hash != old.hash && kept.hash != version.hash);
+            kept.push(old);
+            if kept.len() > RETIRED_COMPILED {
+                kept.remove(0);
+            }
+        }
+    }
+
+    /// Build `hash` of `plugin`, compiled, if this registry served it lately.
+    pub fn retired(&self, plugin: &str, hash: &str) -> Option<Arc<PluginVersion>> {
+        let retired = self.retired.lock().unwrap_or_else(|poison| poison.into_inner());
+        retired.get(plugin)?.iter().find(|version| version.hash == hash).cloned()
+    }
+
+    /// The builds of `plugin` the history must not drop: the one serving, and a rollout's.
+    fn protected(&self, plugin: &str) -> Vec<String> {
+        let serving = self.get(plugin).map(|version| version.hash.clone());
+        let candidate = self.rollout(plugin).map(|rollout| rollout.candidate.hash.clone());
+        serving.into_iter().chain(candidate).collect()
     }
 
     /// Stops serving plugin `name`; returns whether it was served.

@@ -22,6 +22,7 @@ mod metrics;
 mod nginx;
 mod raw_frames;
 mod reload;
+mod rollouts;
 mod routing;
 mod session;
 mod slow_consumers;

@@ -12,6 +12,8 @@ use nix::sys::signal::Signal;
 use super::http::request;
 use super::pidfile::{self, running};
 use crate::admin::{ClusterStatus, Status};
+use crate::rollout::{RolloutKind, thousands};
+use crate::rollout_control::RolloutStatus;
 
 /// The LSB exit code of `status` for "not running".
 const NOT_RUNNING: u8 = 3;
@@ -77,11 +79,50 @@ pub(super) fn status(
         let loaded_ago = now_ms.saturating_sub(plugin.loaded_at_ms) / 1000;
         let (name, version, bytes) = (&plugin.name, &plugin.version, plugin.bytes);
         println!("  plugin {name}: version {version:.12}, {bytes} bytes, loaded {loaded_ago} s ago");
+        if let Some(rollout) = &plugin.rollout {
+            print_rollout(rollout, now_ms);
+        }
+        if let Some(last) = plugin.last_rollouts.first() {
+            let ago = now_ms.saturating_sub(last.ended_at_ms) / 1000;
+            println!("    last rollout (build {:.12}, {ago} s ago): {}", last.status.candidate, last.reason);
+        }
     }
     if let Some(error) = &status.last_reload_error {
         println!("  last reload error: {}: {}", error.plugin, error.reason);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a rollout in progress: what it is, and its live comparison.
+fn print_rollout(rollout: &RolloutStatus, now_ms: u64) {
+    let what = match rollout.kind {
+        RolloutKind::Canary { percent, manual } => format!("{}canary {percent} %", if manual { "manual " } else { "" }),
+        RolloutKind::Shadow { sample } => format!("shadow run, {sample} % sample"),
+    };
+    let left = match rollout.awaiting_promote {
+        true => "window over: waiting for `wasmpush promote` or `abort`".to_owned(),
+        false => format!("{} s left", rollout.ends_at_ms.saturating_sub(now_ms) / 1000),
+    };
+    println!("    rollout: {what} of build {:.12}, {left}", rollout.candidate);
+    for (role, calls) in [("serving  ", &rollout.serving_calls), ("candidate", &rollout.candidate_calls)] {
+        println!(
+            "      {role} {:>9} calls, errors {:.1} %, traps {:.1} %, timeouts {:.1} %, p50 {:.0} µs, p99 {:.0} µs",
+            thousands(calls.calls),
+            calls.pct(calls.errors),
+            calls.pct(calls.traps),
+            calls.pct(calls.timeouts),
+            calls.p50_us,
+            calls.p99_us
+        );
+    }
+    if let Some(shadow) = &rollout.shadow {
+        let (compared, different, shed) =
+            (thousands(shadow.compared), thousands(shadow.different), thousands(shadow.shed));
+        println!("      compared {compared}: {different} different, {shed} shed");
+        for sample in &shadow.samples {
+            println!("      e.g. params {:?}: {} | {}", sample.params_keys, sample.serving, sample.candidate);
+        }
+    }
 }
 
 /// Prints every node of a cluster, one a line.

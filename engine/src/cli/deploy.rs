@@ -1,5 +1,6 @@
-//! `wasmpush deploy NAME FILE --nats URL`: ships a plugin build to every node of a cluster. The
-//! build goes into the cluster's Object Store, named by its hash, and plugin NAME's pointer moves
+//! `wasmpush deploy NAME FILE`: ships a plugin build. Without `--nats`, to the running engine
+//! through its admin endpoint (`rollouts`): at once, as a canary (`--canary PCT`) or as a shadow
+//! run (`--shadow`). With `--nats URL`, to every node of a cluster: the build goes into the cluster's Object Store, named by its hash, and plugin NAME's pointer moves
 //! to it by compare-and-swap (`cluster::plugins`); every node fetches, validates and hot-swaps
 //! it. With `--wait SECS` the command returns once every live node serves the build, and fails
 //! naming each node that could not load it.
@@ -13,10 +14,11 @@ use std::io::Read as _;
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::admin::unix_ms;
+use super::rollouts::{Admin, AdminArgs, Shipping, deploy};
 use crate::cluster::{ANNOUNCE_PERIOD, Cluster, ClusterNode, Deployed};
 use crate::config::Config;
 use crate::registry::MAX_PLUGIN_BYTES;
+use crate::wall_clock::unix_ms;
 
 /// What to deploy, and where.
 #[derive(Debug, Args)]
@@ -25,20 +27,42 @@ pub(super) struct DeployArgs {
     name: String,
     /// The build: a WebAssembly component (`just build-plugin NAME` makes one).
     file: PathBuf,
-    /// NATS servers of the cluster, comma-separated [default: `[cluster] nats` of --config].
+    /// NATS servers of a cluster to deploy to, comma-separated (or `[cluster] nats` of --config).
     #[arg(long, value_name = "URLS", value_delimiter = ',')]
     nats: Vec<String>,
-    /// Config file whose `[cluster]` table (servers, credentials) to use.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Seconds to wait until every live node serves the build (0: return once it is deployed).
+    /// With --nats: seconds to wait until every live node serves the build (0: return once it
+    /// is deployed).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     wait: u64,
+    /// A canary: the build serves PCT % of the plugin's connections, is judged against the
+    /// serving build, rolled back if worse, promoted at the end of --for.
+    #[arg(long, value_name = "PCT", conflicts_with = "shadow")]
+    canary: Option<f64>,
+    /// The canary's window in seconds.
+    #[arg(long = "for", value_name = "SECS", default_value_t = 60, requires = "canary")]
+    window: u64,
+    /// A canary that waits for `wasmpush promote` at the end of its window.
+    #[arg(long, requires = "canary")]
+    manual: bool,
+    /// A shadow run for SECS seconds: the build runs beside the serving one on --sample % of the
+    /// connections, its frames compared, never sent.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "60")]
+    shadow: Option<u64>,
+    /// The shadow run's sample, in percent of the connections.
+    #[arg(long, value_name = "PCT", default_value_t = 100.0, requires = "shadow")]
+    sample: f64,
+    /// Which engine (without --nats), or the config whose `[cluster]` to use (with it).
+    #[command(flatten)]
+    engine: AdminArgs,
 }
 
 /// Deploys the build; exit code 0 once it is deployed (and, with `--wait`, served everywhere).
-pub(super) fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
-    let config = match &args.config {
+/// Without a cluster, the engine is found by `admin_of`.
+pub(super) fn run(
+    args: DeployArgs,
+    admin_of: impl FnOnce(&AdminArgs) -> anyhow::Result<Admin>,
+) -> anyhow::Result<ExitCode> {
+    let config = match &args.engine.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
@@ -46,12 +70,28 @@ pub(super) fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     if !args.nats.is_empty() {
         settings.nats = args.nats.clone();
     }
-    anyhow::ensure!(!settings.nats.is_empty(), "no NATS server: give --nats URL, or --config with `[cluster] nats`");
     // One byte over the limit is enough to refuse it: a huge file is not read whole.
     let mut wasm = Vec::new();
     std::fs::File::open(&args.file)
         .and_then(|file| file.take(MAX_PLUGIN_BYTES + 1).read_to_end(&mut wasm))
         .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let shipping = match (args.canary, args.shadow) {
+        (Some(percent), _) => Shipping::Canary { percent, secs: args.window, manual: args.manual },
+        (None, Some(secs)) => Shipping::Shadow { sample: args.sample, secs },
+        (None, None) => Shipping::Now,
+    };
+    if settings.nats.is_empty() {
+        anyhow::ensure!(
+            wasm.len() as u64 <= MAX_PLUGIN_BYTES,
+            "{} is over the limit of {MAX_PLUGIN_BYTES} bytes",
+            args.file.display()
+        );
+        return deploy(&admin_of(&args.engine)?, &args.name, &args.file, &wasm, shipping);
+    }
+    anyhow::ensure!(
+        matches!(shipping, Shipping::Now),
+        "canaries and shadow runs ship to one engine for now, not through --nats to a cluster (docs/rollouts.md)"
+    );
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let cluster = Cluster::connect_once(&settings, config.max_value_bytes).await?;

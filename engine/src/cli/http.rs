@@ -10,6 +10,9 @@ use anyhow::Context as _;
 /// How long the engine has to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the engine has to answer a deploy: it compiles the build first.
+pub(super) const DEPLOY_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Sends `method path` to `addr` with `body` (JSON) and, if given, a bearer `token`; returns the
 /// status code and the body.
 pub(super) fn request(
@@ -19,16 +22,40 @@ pub(super) fn request(
     token: Option<&str>,
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
+    let json = Body { content_type: "application/json", bytes: body.as_bytes() };
+    request_with(addr, method, path, token, json, TIMEOUT)
+}
+
+/// A request's body and what it is.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Body<'a> {
+    /// Its `Content-Type`.
+    pub(super) content_type: &'a str,
+    /// The bytes.
+    pub(super) bytes: &'a [u8],
+}
+
+/// [`request`] with any `body`, answered within `timeout`.
+pub(super) fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Body<'_>,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     let auth = token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: {}\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.content_type,
+        body.bytes.len()
     )?;
+    stream.write_all(body.bytes)?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     let response = String::from_utf8_lossy(&response);

@@ -7,7 +7,9 @@
 //! - `start`: `start` and `restart` — flags, config, the engine run with its signals.
 //! - `control`: `stop`, `reload` and `status`, acting on a running engine.
 //! - `data`: `data put|get|del|ls` through the publish API; `http`: the client both use.
-//! - `deploy`: `deploy NAME FILE --nats URL`, a plugin build to every node of a cluster.
+//! - `deploy`: `deploy NAME FILE`: to every node of a cluster (`--nats`), or to one engine.
+//! - `rollouts`: one engine's builds through its admin endpoint: deploy at once, as a canary or
+//!   a shadow run; `versions`, `rollback`, `promote`, `abort`.
 //! - `daemon`: `start --daemon`: a detached child, and the wait until it listens.
 //! - `pidfile`: how the commands find the engine, and how `start` refuses to run twice.
 //! - `error_chain`: an error and its causes on one line.
@@ -24,11 +26,11 @@ mod handover;
 mod http;
 mod launch;
 mod pidfile;
+mod rollouts;
 mod secrets;
 mod start;
 
 use std::ffi::OsString;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -39,6 +41,7 @@ use tracing_subscriber::EnvFilter;
 use self::error_chain::describe;
 use self::launch::Launch;
 use self::pidfile::DEFAULT_PID_FILE;
+use self::rollouts::AdminArgs;
 use self::start::StartArgs;
 use crate::config::Config;
 
@@ -64,15 +67,9 @@ enum Command {
     Restart(StartArgs),
     /// Shows whether the engine runs and what it serves; exit code 0 when running, 3 when not.
     Status {
-        /// Pid file of the running engine.
-        #[arg(long, value_name = "FILE", default_value = DEFAULT_PID_FILE)]
-        pid_file: PathBuf,
-        /// Config file the engine was started with (for its admin address).
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// Admin address of the engine [default: from --config, else as the engine was started].
-        #[arg(long, value_name = "ADDR")]
-        admin: Option<SocketAddr>,
+        /// Which engine.
+        #[command(flatten)]
+        engine: AdminArgs,
         /// Print the engine's /status (or /cluster) JSON as it is.
         #[arg(long)]
         json: bool,
@@ -80,9 +77,6 @@ enum Command {
         /// pushes per second, applied revision and lag, plugin builds, reload errors, NATS link.
         #[arg(long)]
         cluster: bool,
-        /// Bearer token of the admin endpoint [default: from --config or the engine's start].
-        #[arg(long, value_name = "TOKEN", env = "WASMPUSH_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
     },
     /// Stops the running engine: SIGTERM, wait for it to exit, SIGKILL after the timeout.
     Stop {
@@ -95,9 +89,44 @@ enum Command {
     },
     /// Reads and writes the engine's data through its publish API (put, get, del, ls).
     Data(data::DataArgs),
-    /// Ships a plugin build to every node of a cluster through NATS: each node fetches,
-    /// validates and hot-swaps it (docs/cluster.md).
+    /// Ships a plugin build: to the running engine (at once, `--canary PCT` or `--shadow`), or
+    /// with `--nats` to every node of a cluster (docs/rollouts.md, docs/cluster.md).
     Deploy(deploy::DeployArgs),
+    /// Lists the builds the engine keeps of plugin NAME, newest first, marking the one serving.
+    Versions {
+        /// The plugin.
+        name: String,
+        /// Which engine.
+        #[command(flatten)]
+        engine: AdminArgs,
+    },
+    /// Switches plugin NAME to a kept build at once: VERSION (a hash or its first digits), or
+    /// the newest kept one that is not serving.
+    Rollback {
+        /// The plugin.
+        name: String,
+        /// The build, as `versions` lists it.
+        version: Option<String>,
+        /// Which engine.
+        #[command(flatten)]
+        engine: AdminArgs,
+    },
+    /// Promotes plugin NAME's canary to every connection now.
+    Promote {
+        /// The plugin.
+        name: String,
+        /// Which engine.
+        #[command(flatten)]
+        engine: AdminArgs,
+    },
+    /// Ends plugin NAME's canary or shadow run now: every connection on the serving build.
+    Abort {
+        /// The plugin.
+        name: String,
+        /// Which engine.
+        #[command(flatten)]
+        engine: AdminArgs,
+    },
     /// Makes the running engine rescan its plugins directory (sends SIGHUP).
     Reload {
         /// Pid file of the running engine.
@@ -176,26 +205,35 @@ impl Cli {
                 control::stop(&args.pid_file, Duration::from_secs(args.stop_timeout))?;
                 start::start_daemon(&args)
             }
-            Command::Status { pid_file, config, admin, json, cluster, admin_token } => {
-                let started = match (config, launch::load(&pid_file)) {
-                    (Some(path), _) => Config::from_file(&path)?,
-                    // The settings the running engine was started with.
-                    (None, Some(launch)) => {
-                        std::env::set_current_dir(&launch.dir)?;
-                        relaunch(&launch, None)?.config()?
-                    }
-                    (None, None) => Config::default(),
-                };
-                let token = admin_token.or(started.admin_token);
+            Command::Status { engine, json, cluster } => {
+                let admin = admin_of(&engine)?;
                 let view = control::StatusView { json, cluster };
-                control::status(&pid_file, admin.unwrap_or(started.admin), token.as_deref(), view)
+                control::status(&engine.pid_file, admin.addr, admin.token.as_deref(), view)
             }
+            Command::Versions { name, engine } => rollouts::versions(&admin_of(&engine)?, &name),
+            Command::Rollback { name, version, engine } => {
+                rollouts::rollback(&admin_of(&engine)?, &name, version.as_deref())
+            }
+            Command::Promote { name, engine } => rollouts::end(&admin_of(&engine)?, &name, "promote"),
+            Command::Abort { name, engine } => rollouts::end(&admin_of(&engine)?, &name, "abort"),
             Command::Stop { pid_file, timeout } => control::stop(&pid_file, Duration::from_secs(timeout)),
             Command::Reload { pid_file } => control::reload(&pid_file),
             Command::Data(args) => data::run(args),
-            Command::Deploy(args) => deploy::run(args),
+            Command::Deploy(args) => deploy::run(args, admin_of),
         }
     }
+}
+
+/// The admin endpoint of the engine `engine` names (see [`rollouts::admin_of`]); the settings
+/// of a running engine are the ones it was started with.
+fn admin_of(engine: &AdminArgs) -> anyhow::Result<rollouts::Admin> {
+    rollouts::admin_of(engine, || match launch::load(&engine.pid_file) {
+        Some(launch) => {
+            std::env::set_current_dir(&launch.dir)?;
+            Ok(relaunch(&launch, None)?.config()?)
+        }
+        None => Ok(Config::default()),
+    })
 }
 
 /// The `start` flags `launch` was started with, with the setting flags of `given` on top (and its

@@ -215,7 +215,8 @@ impl Cluster {
             }
         };
         let (loader, plugin) = (registry.clone(), name.clone());
-        let loaded = tokio::task::spawn_blocking(move || loader.load_build(&plugin, &wasm).map(|_| wasm)).await;
+        let loaded =
+            tokio::task::spawn_blocking(move || loader.load_build(&plugin, &wasm, "cluster").map(|_| wasm)).await;
         let wasm = match loaded {
             Ok(Ok(wasm)) => wasm,
             Ok(Err(err)) => {

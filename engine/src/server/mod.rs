@@ -39,6 +39,8 @@ use crate::metrics::Metrics;
 use crate::plugin::{HostError, PluginHost, SandboxLimits};
 use crate::registry::PluginRegistry;
 use crate::reload::Reloader;
+use crate::rollout::VersionHistory;
+use crate::rollout_control::Rollouts;
 use crate::services::{PublishSettings, Services};
 use crate::shard::{ShardSettings, Shards};
 use crate::watcher::{CHANGE_CAPACITY, PluginWatcher};
@@ -170,6 +172,14 @@ pub async fn run_with(
     };
     let registry = Arc::new(plugin_registry(&config).await?);
     let reloader = Reloader::new(registry.clone(), dir, metrics.clone());
+    let rollouts = Rollouts::start(
+        registry.clone(),
+        config.plugins_dir.clone(),
+        &config.data_dir,
+        config.rollouts.clone(),
+        metrics.clone(),
+        reloading.clone(),
+    );
     // The admin endpoint answers from here on: `/healthz` says 503 until the engine serves.
     let health = Arc::new(Health::default());
     let store_fault = StoreFault::default();
@@ -181,6 +191,7 @@ pub async fn run_with(
     let view = DataView::default();
     let admin_state = AdminState {
         registry: registry.clone(),
+        rollouts,
         metrics: metrics.clone(),
         listen: listener.local_addr().map_err(ServerError::Listener)?,
         started,
@@ -243,7 +254,12 @@ pub async fn run_with(
         let follow = cluster.clone().follow_builds(config.plugins_dir.clone(), registry.clone());
         tokio::spawn(reloading.clone().run_until_cancelled_owned(follow));
     }
-    let settings = ShardSettings { live: live.clone(), metrics: metrics.clone(), data: view.clone() };
+    let settings = ShardSettings {
+        live: live.clone(),
+        metrics: metrics.clone(),
+        shadow_budget_pct: config.rollouts.shadow_budget_pct,
+        data: view.clone(),
+    };
     let shards = Shards::spawn(config.worker_count(), settings, registry.clone()).map_err(ServerError::Workers)?;
     let announce = announce_to(&shards, metrics.clone(), view.clone());
     let announce = move |changes: Arc<ChangeSet>| {
@@ -458,7 +474,7 @@ async fn plugin_registry(config: &Config) -> Result<PluginRegistry, ServerError>
         .await
         .expect("building the plugin host does not panic")
         .map_err(ServerError::PluginHost)?;
-    Ok(PluginRegistry::new(host))
+    Ok(PluginRegistry::new(host).with_history(VersionHistory::new(&config.data_dir, config.rollouts.keep_versions)))
 }
 
 /// The limits every plugin instance runs under, from the configuration.

@@ -95,8 +95,9 @@ pub(super) struct Session {
     pushes: u64,
     /// Why the connection gets no calls, if it does not.
     parked: Option<Park>,
-    /// The instance generation that has seen the current params and identity; 0 when none has.
-    params_seen: u64,
+    /// The two instance generations that saw the current params and identity last (a shadow or
+    /// canary instance runs beside the serving one); 0 for none.
+    params_seen: [u64; 2],
     /// Whether a data change is waiting to re-run the connection.
     data_pending: bool,
     /// When its last data-triggered call ran.
@@ -120,7 +121,7 @@ impl Session {
     /// New params from the client: no instance has seen them, and they lift any park.
     pub(super) fn set_params(&mut self, params: String) {
         self.params = Some(Arc::from(params));
-        self.params_seen = 0;
+        self.params_seen = [0; 2];
         self.parked = None;
     }
 
@@ -128,7 +129,7 @@ impl Session {
     /// error park as new params do (what the client may see can have changed).
     pub(super) fn set_identity(&mut self, identity: Arc<Identity>) {
         self.identity = Some(identity);
-        self.params_seen = 0;
+        self.params_seen = [0; 2];
         if matches!(self.parked, Some(Park::Error { .. })) {
             self.parked = None;
         }
@@ -193,7 +194,7 @@ impl Session {
     /// The params and identity to send to instance `generation`: `None` if it has seen them
     /// already.
     pub(super) fn params_for(&self, generation: u64) -> Option<CallParams<'_>> {
-        (self.params_seen != generation).then(|| CallParams {
+        (!self.params_seen.contains(&generation)).then(|| CallParams {
             json: self.params.as_deref().unwrap_or("{}"),
             identity: self.identity.as_deref().map(|who| (who.subject.as_deref(), who.claims.as_str())),
         })
@@ -201,7 +202,26 @@ impl Session {
 
     /// Instance `generation` was sent the params and ran the call.
     pub(super) fn seen_by(&mut self, generation: u64) {
-        self.params_seen = generation;
+        if !self.params_seen.contains(&generation) {
+            self.params_seen = [self.params_seen[1], generation];
+        }
+    }
+
+    /// The params JSON object (`{}` before the client sent one).
+    pub(super) fn params(&self) -> &str {
+        self.params.as_deref().unwrap_or("{}")
+    }
+
+    /// The build that served this connection was rolled back: an error park and a back-off it
+    /// caused are over. Returns whether the connection was parked (it is due at once then).
+    pub(super) fn rolled_back(&mut self) -> bool {
+        self.faults.clear();
+        self.backoff_until = None;
+        let parked = matches!(self.parked, Some(Park::Error { .. }));
+        if parked {
+            self.parked = None;
+        }
+        parked
     }
 
     /// A call faulted on this connection at `now`: back off for longer with each fault in the
@@ -365,8 +385,25 @@ mod tests {
         session.seen_by(1);
         assert_eq!(session.params_for(1), None);
         assert_eq!(session.params_for(2), Some(r#"{"a":1}"#.into()), "a new instance is sent them");
+        session.seen_by(2);
+        assert_eq!((session.params_for(1), session.params_for(2)), (None, None), "two instances side by side");
+        session.seen_by(3);
+        assert_eq!(session.params_for(1), Some(r#"{"a":1}"#.into()), "the oldest of three is sent them again");
         session.set_params(r#"{"a":2}"#.to_owned());
-        assert_eq!(session.params_for(1), Some(r#"{"a":2}"#.into()));
+        assert_eq!(session.params_for(3), Some(r#"{"a":2}"#.into()));
+    }
+
+    #[test]
+    fn a_rollback_lifts_the_error_park_and_the_back_off_a_candidate_caused() {
+        let mut session = with_params();
+        assert!(!session.rolled_back(), "nothing to lift");
+        session.faulted(Instant::now());
+        session.park(Park::error(), 7);
+        assert!(!session.is_due(None, Instant::now()));
+        assert!(session.rolled_back());
+        assert!(session.is_due(None, Instant::now()), "due at once on the serving build");
+        session.park(Park::Unavailable, 8);
+        assert!(!session.rolled_back(), "a removed plugin's park is not the candidate's");
     }
 
     #[test]

@@ -23,18 +23,19 @@ mod throttle;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use flume::RecvTimeoutError;
 
 pub use self::slot::ShardSettings;
-use self::slot::{DueCalls, PluginSlot};
+use self::slot::{DueCalls, PluginSlot, ShadowBudget};
 use self::throttle::Throttle;
 use crate::auth::Identity;
 use crate::data::{ChangeSet, Snapshot};
 use crate::outbound::OutboundQueue;
 use crate::phase_clock::{PHASES, PhaseClock, PhaseLoad};
 use crate::registry::PluginRegistry;
+use crate::wall_clock::now_ms;
 
 /// Commands a shard's channel holds at most; a connection task sending to a full channel waits,
 /// which stops it reading from its socket until the shard catches up.
@@ -158,11 +159,14 @@ struct Shard {
     load: PhaseLoad,
     /// The data as of the last change set applied; a new plugin slot starts from it.
     snapshot: Arc<Snapshot>,
+    /// What shadow calls may spend.
+    shadow: ShadowBudget,
 }
 
 impl Shard {
     fn new(settings: ShardSettings, registry: Arc<PluginRegistry>) -> Self {
         let snapshot = settings.data.snapshot();
+        let shadow = ShadowBudget::new(settings.shadow_budget_pct);
         Shard {
             settings,
             registry,
@@ -170,6 +174,7 @@ impl Shard {
             plugin_of: HashMap::new(),
             load: PhaseLoad::default(),
             snapshot,
+            shadow,
         }
     }
 
@@ -192,7 +197,10 @@ impl Shard {
         loop {
             let now = Instant::now();
             if work.is_empty() && !self.slots.is_empty() && now >= clock.next_run() {
-                self.settings.metrics.tick_lateness.observe(clock.lateness(now).as_secs_f64());
+                let lateness = clock.lateness(now);
+                self.settings.metrics.tick_lateness.observe(lateness.as_secs_f64());
+                // Late by a whole phase: shadow work waits until the shard is back on time.
+                self.shadow.late = lateness >= self.settings.live.tick() / PHASES;
                 self.push_due_now();
                 work = self.due_in_phase(phase);
                 let steps = self.load.steps_to_next(phase);
@@ -205,7 +213,7 @@ impl Shard {
             if let Some((plugin, due)) = work.next_chunk()
                 && let Some(slot) = self.slots.get_mut(&plugin)
             {
-                slot.run(&due, unix_ms());
+                slot.run(&due, now_ms(), &mut self.shadow);
             }
             self.release_deferred();
             // A round of commands between two chunks: only what is queued while a phase is
@@ -291,10 +299,10 @@ impl Shard {
     /// Pushes to the connections whose params just arrived or whose data changed, in batches of
     /// at most [`CHUNK`].
     fn push_due_now(&mut self) {
-        let now_ms = unix_ms();
+        let now_ms = now_ms();
         for slot in self.slots.values_mut() {
             for chunk in slot.take_due_now().chunks(CHUNK) {
-                slot.run(chunk, now_ms);
+                slot.run(chunk, now_ms, &mut self.shadow);
             }
         }
     }
@@ -365,11 +373,6 @@ impl OverrunLog {
         );
         true
     }
-}
-
-/// Wall-clock time in milliseconds since the Unix epoch.
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

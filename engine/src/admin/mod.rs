@@ -1,14 +1,18 @@
 //! The admin HTTP endpoint (default `127.0.0.1:9504`): `GET /status` (JSON), `GET /metrics`
 //! (Prometheus text), `GET /healthz` (200 only while the engine serves, undegraded) and, on a
-//! node of a cluster, `GET /cluster` (every node, JSON).
-//! Read-only: it reports what the registry and the counters hold and changes nothing. [`Status`]
-//! is also what `wasmpush status` reads back, so the printer cannot drift from the endpoint.
+//! node of a cluster, `GET /cluster` (every node, JSON). [`Status`] is also what
+//! `wasmpush status` reads back, so the printer cannot drift from the endpoint.
+//!
+//! The rollout routes (`rollouts`) change what serves: `POST /plugins/NAME/deploy` (a build, at
+//! once, as a canary or as a shadow run), `…/promote`, `…/abort`, `…/rollback`, and
+//! `GET /plugins/NAME/versions`. Every route but `/healthz` takes the admin token when one is
+//! set.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::header;
@@ -26,12 +30,18 @@ use crate::health::{Health, HealthState};
 use crate::http_server::{self, HttpLimits};
 use crate::metrics::Metrics;
 use crate::registry::PluginRegistry;
+use crate::rollout_control::{EndedRollout, RolloutStatus, Rollouts};
+use crate::wall_clock::unix_ms;
+
+mod rollouts;
 
 /// What the admin endpoint reads.
 #[derive(Debug, Clone)]
 pub struct AdminState {
     /// What `/status` lists as served, and the last failed load.
     pub registry: Arc<PluginRegistry>,
+    /// The rollouts: started, ended and listed through the rollout routes.
+    pub rollouts: Arc<Rollouts>,
     /// What `/metrics` encodes and `/status` sums up.
     pub metrics: Arc<Metrics>,
     /// Where the WebSocket server listens.
@@ -112,6 +122,12 @@ pub struct PluginStatus {
     pub bytes: usize,
     /// When this version was loaded, in milliseconds since the Unix epoch.
     pub loaded_at_ms: u64,
+    /// Its canary or shadow run in progress, with the live comparison.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+    /// Its last rollouts that ended, newest first, with their outcome.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_rollouts: Vec<EndedRollout>,
 }
 
 /// A failed load.
@@ -146,6 +162,8 @@ impl AdminState {
                     version: version.hash.clone(),
                     bytes: version.size,
                     loaded_at_ms: unix_ms(version.loaded_at),
+                    rollout: self.rollouts.status(&version.name),
+                    last_rollouts: self.rollouts.ended(&version.name),
                 })
                 .collect(),
             last_reload_error: self.registry.last_error().map(|failed| ReloadErrorStatus {
@@ -195,6 +213,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
         .route("/status", get(|State(state): State<AdminState>| async move { Json(state.status()) }))
         .route("/metrics", get(|State(state): State<AdminState>| async move { metrics(&state) }))
         .route("/cluster", get(|State(state): State<AdminState>| async move { cluster(&state).await }))
+        .merge(rollouts::routes())
         .layer(axum::middleware::from_fn(move |request, next| bearer::require(token.clone(), request, next)));
     let limits = state.limits;
     let router = guarded.route("/healthz", get(|State(state): State<AdminState>| async move { healthz(&state) }));
@@ -258,10 +277,5 @@ async fn sample_push_rate(state: AdminState, shutdown: CancellationToken) {
 /// The `/metrics` response.
 fn metrics(state: &AdminState) -> impl IntoResponse + use<> {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(header::CONTENT_TYPE, content_type)], state.metrics.encode())
-}
-
-/// `time` in milliseconds since the Unix epoch.
-pub(crate) fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    ([(header::CONTENT_TYPE, content_type)], state.metrics.encode(&state.rollouts.metrics_text()))
 }

@@ -1,0 +1,702 @@
+//! [`Rollouts`]: the controller of safe rollouts (the `rollout` module holds what it controls):
+//! starts, judges and ends rollouts, and switches a plugin back to a kept build.
+//!
+//! Every change goes through one lock, so a deploy, a promotion, an abort, a rollback and the
+//! judge never act on a plugin at once. A rollout in progress is written to
+//! `DATA_DIR/rollouts/NAME.json`; an engine that starts and finds one there ends it (the serving
+//! build, the one in the plugins directory, serves every connection) and records that. The last
+//! rollouts of each plugin, with their outcome and figures, are kept in `rollouts/ended.json`.
+//!
+//! A promotion or a rollback also writes the build to the plugins directory (`NAME.wasm`,
+//! through a temporary file), so a restart serves what the engine served; the watcher then
+//! finds the file unchanged.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{RolloutSettings, is_valid_name};
+use crate::metrics::Metrics;
+use crate::plugin::content_hash;
+use crate::registry::{Loaded, PluginRegistry};
+use crate::rollout::{
+    CohortReport, CohortStats, KeptVersion, Rollout, RolloutKind, ShadowReport, ShadowStats, thousands, worse,
+    write_atomically,
+};
+use crate::wall_clock::unix_ms;
+
+/// How often the judge looks at a rollout's figures.
+const JUDGE_PERIOD: Duration = Duration::from_millis(250);
+
+/// Ended rollouts kept per plugin.
+const ENDED_KEPT: usize = 5;
+
+/// Hex digits a version given by hand must have at least.
+const MIN_VERSION_PREFIX: usize = 4;
+
+/// How a build is shipped through the admin endpoint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DeployMode {
+    /// Served by every connection at its next tick, as a file drop.
+    Now,
+    /// A canary of `percent` % of the connections for `window`; promoted at its end unless
+    /// `manual`.
+    Canary {
+        /// Share of the connections, in percent.
+        percent: f64,
+        /// How long it is judged.
+        window: Duration,
+        /// Whether promotion waits for `wasmpush promote`.
+        manual: bool,
+    },
+    /// A shadow run on `sample` % of the connections for `window`.
+    Shadow {
+        /// Share of the connections, in percent.
+        sample: f64,
+        /// How long it runs.
+        window: Duration,
+    },
+}
+
+/// Why a rollout request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// The name cannot name a plugin.
+    #[error("`{0}` is not a plugin name: letters, digits, `-` and `_`, at most 64")]
+    BadName(String),
+    /// A share or window out of range.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Nothing serves the plugin, so there is nothing to compare a candidate with.
+    #[error("plugin `{0}` is not served: deploy it plainly first (a canary or shadow needs a build to compare with)")]
+    NotServed(String),
+    /// The candidate is the build already serving.
+    #[error("plugin `{plugin}` already serves build {hash:.12}")]
+    SameBuild {
+        /// The plugin.
+        plugin: String,
+        /// The build.
+        hash: String,
+    },
+    /// Another rollout of the plugin is in progress.
+    #[error(
+        "a {kind} of `{plugin}` (build {candidate:.12}) is in progress since {age_secs} s: promote or abort it first"
+    )]
+    Busy {
+        /// The plugin.
+        plugin: String,
+        /// `canary` or `shadow run`.
+        kind: &'static str,
+        /// Its candidate.
+        candidate: String,
+        /// Seconds since it started.
+        age_secs: u64,
+    },
+    /// No rollout of the plugin is in progress.
+    #[error("no rollout of `{0}` is in progress")]
+    NoRollout(String),
+    /// A promotion asked of a shadow run, which serves nothing.
+    #[error("`{0}` runs a shadow, which serves nothing: deploy the build plainly or as a canary to ship it")]
+    ShadowNotPromotable(String),
+    /// The build failed to load; nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    /// The version asked for is not kept.
+    #[error("plugin `{plugin}` keeps no build {asked}; kept: {kept}")]
+    UnknownVersion {
+        /// The plugin.
+        plugin: String,
+        /// What was asked.
+        asked: String,
+        /// The kept builds, newest first.
+        kept: String,
+    },
+    /// The version history could not be read or written.
+    #[error("version history: {0}")]
+    History(String),
+}
+
+impl RolloutError {
+    /// The HTTP status the admin endpoint answers it with.
+    pub fn status(&self) -> u16 {
+        match self {
+            RolloutError::BadName(_) | RolloutError::BadRequest(_) => 400,
+            RolloutError::NotServed(_) | RolloutError::NoRollout(_) | RolloutError::UnknownVersion { .. } => 404,
+            RolloutError::SameBuild { .. } | RolloutError::Busy { .. } | RolloutError::ShadowNotPromotable(_) => 409,
+            RolloutError::Refused(_) => 422,
+            RolloutError::History(_) => 500,
+        }
+    }
+}
+
+/// How a rollout ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The candidate serves every connection.
+    Promoted,
+    /// The judge found the candidate worse: the serving build serves every connection.
+    RolledBack,
+    /// Ended by hand (`wasmpush abort`), or because the serving build was replaced.
+    Aborted,
+    /// A shadow run's window is over.
+    Finished,
+    /// The engine restarted mid-rollout.
+    Ended,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Promoted => "promoted",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Aborted => "aborted",
+            Outcome::Finished => "finished",
+            Outcome::Ended => "ended",
+        }
+    }
+}
+
+/// A rollout in progress, as `/status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    /// The plugin.
+    pub plugin: String,
+    /// Canary or shadow, and its share.
+    #[serde(flatten)]
+    pub kind: RolloutKind,
+    /// The candidate build's hash.
+    pub candidate: String,
+    /// The hash of the build it is compared with.
+    pub serving: String,
+    /// When it started, in ms since the Unix epoch.
+    pub started_at_ms: u64,
+    /// When its window ends, in ms since the Unix epoch.
+    pub ends_at_ms: u64,
+    /// The serving build's figures.
+    pub serving_calls: CohortReport,
+    /// The candidate's figures.
+    pub candidate_calls: CohortReport,
+    /// A shadow run's comparisons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowReport>,
+    /// A manual canary whose window is over: waiting for `wasmpush promote`.
+    #[serde(default)]
+    pub awaiting_promote: bool,
+}
+
+/// A rollout that ended, as `/status` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndedRollout {
+    /// What it was.
+    #[serde(flatten)]
+    pub status: RolloutStatus,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why, in words: "rolled back: traps 12.0 % vs 0.0 % over 4,212 calls".
+    pub reason: String,
+    /// When, in ms since the Unix epoch.
+    pub ended_at_ms: u64,
+}
+
+/// `wasmpush versions NAME`: the kept builds of a plugin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionList {
+    /// The plugin.
+    pub plugin: String,
+    /// The build serving now, if any.
+    pub serving: Option<String>,
+    /// The kept builds, newest first.
+    pub versions: Vec<KeptVersion>,
+}
+
+/// A rollout in progress as written to disk: enough to say, after a restart, which one ended.
+#[derive(Debug, Serialize, Deserialize)]
+struct Started {
+    status: RolloutStatus,
+}
+
+/// Starts, judges and ends rollouts.
+#[derive(Debug)]
+pub struct Rollouts {
+    /// Where builds and rollouts are published.
+    registry: Arc<PluginRegistry>,
+    /// Where a promoted or rolled-back build is written.
+    plugins_dir: PathBuf,
+    /// Thresholds and the history's size.
+    settings: RolloutSettings,
+    /// `DATA_DIR/rollouts`.
+    state_dir: PathBuf,
+    /// The last rollouts of each plugin, newest last.
+    ended: Mutex<BTreeMap<String, VecDeque<EndedRollout>>>,
+    /// Held by every change: one at a time.
+    changes: Mutex<()>,
+    /// Where ended rollouts are counted.
+    metrics: Arc<Metrics>,
+    /// Ends the judges when the engine stops.
+    stop: CancellationToken,
+    /// Where the judges run.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Rollouts {
+    /// The controller of `registry`'s rollouts, keeping its state under `data_dir`. Ends (and
+    /// records) any rollout a previous engine left in progress. Call within a Tokio runtime.
+    pub fn start(
+        registry: Arc<PluginRegistry>,
+        plugins_dir: PathBuf,
+        data_dir: &Path,
+        settings: RolloutSettings,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) -> Arc<Self> {
+        let state_dir = data_dir.join("rollouts");
+        let ended = read_ended(&state_dir.join("ended.json"));
+        let rollouts = Arc::new(Rollouts {
+            registry,
+            plugins_dir,
+            settings,
+            state_dir,
+            ended: Mutex::new(ended),
+            changes: Mutex::new(()),
+            metrics,
+            stop,
+            runtime: tokio::runtime::Handle::current(),
+        });
+        rollouts.end_interrupted();
+        rollouts
+    }
+
+    /// Ships `wasm` as plugin `plugin`: at once, or as a canary or shadow run. Compiles: call
+    /// from a blocking thread. Returns what happened, in a line.
+    pub fn deploy(self: &Arc<Self>, plugin: &str, wasm: &[u8], mode: DeployMode) -> Result<String, RolloutError> {
+        if !is_valid_name(plugin) {
+            return Err(RolloutError::BadName(plugin.to_owned()));
+        }
+        check_mode(mode)?;
+        let _changes = self.lock();
+        self.refuse_if_busy(plugin)?;
+        let (kind, window) = match mode {
+            DeployMode::Now => {
+                return match self.registry.load_build(plugin, wasm, "deploy") {
+                    Ok(Loaded::Unchanged(version)) => {
+                        Ok(format!("{plugin} already serves build {}", version.short_hash()))
+                    }
+                    Ok(Loaded::Published(version)) => {
+                        self.write_plugin_file(plugin, wasm);
+                        tracing::info!(%plugin, version = version.short_hash(), "plugin deployed");
+                        Ok(format!("{plugin} serves build {} on every connection", version.short_hash()))
+                    }
+                    Err(err) => Err(RolloutError::Refused(err.to_string())),
+                };
+            }
+            DeployMode::Canary { percent, window, manual } => (RolloutKind::Canary { percent, manual }, window),
+            DeployMode::Shadow { sample, window } => (RolloutKind::Shadow { sample }, window),
+        };
+        let serving = self.registry.get(plugin).ok_or_else(|| RolloutError::NotServed(plugin.to_owned()))?;
+        let hash = content_hash(wasm);
+        if serving.hash == hash {
+            return Err(RolloutError::SameBuild { plugin: plugin.to_owned(), hash });
+        }
+        let source = if matches!(kind, RolloutKind::Canary { .. }) { "canary" } else { "shadow" };
+        let candidate = self.registry.build(plugin, wasm, source).map_err(|err| {
+            self.registry.fail(plugin, err.to_string());
+            RolloutError::Refused(err.to_string())
+        })?;
+        let rollout = Arc::new(Rollout {
+            plugin: serving.name.clone(),
+            kind,
+            candidate,
+            serving,
+            wasm: Arc::from(wasm),
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            window,
+            serving_stats: CohortStats::default(),
+            candidate_stats: CohortStats::default(),
+            shadow: ShadowStats::default(),
+        });
+        let status = status_of(&rollout);
+        let record = serde_json::to_vec(&Started { status })?;
+        let written =
+            std::fs::create_dir_all(&self.state_dir).and_then(|()| write_atomically(&self.state_file(plugin), &record));
+        if let Err(err) = written {
+            tracing::warn!(%plugin, cause = %err, "cannot record the rollout on disk; a restart will not know of it");
+        }
+        self.registry.set_rollout(&rollout.plugin, Some(rollout.clone()));
+        let what = describe(&rollout);
+        tracing::info!(%plugin, candidate = rollout.candidate.short_hash(), window_secs = window.as_secs(), "{what} started");
+        let this = self.clone();
+        self.runtime.spawn(async move { this.judge(rollout).await });
+        Ok(format!("{what} of {plugin} started for {} s", window.as_secs()))
+    }
+
+    /// Promotes the canary of `plugin` now (a manual one, or before its window is over).
+    pub fn promote(&self, plugin: &str) -> Result<EndedRollout, RolloutError> {
+        let rollout = self.current(plugin)?;
+        if rollout.is_shadow() {
+            return Err(RolloutError::ShadowNotPromotable(plugin.to_owned()));
+        }
+        self.end(&rollout, Outcome::Promoted, "promoted by `wasmpush promote`".to_owned())
+    }
+
+    /// Ends the rollout of `plugin` now: every connection on the serving build.
+    pub fn abort(&self, plugin: &str) -> Result<EndedRollout, RolloutError> {
+        let rollout = self.current(plugin)?;
+        self.end(&rollout, Outcome::Aborted, "aborted by `wasmpush abort`".to_owned())
+    }
+
+    /// Switches `plugin` to kept build `version` (a hash or a prefix of one; `None`: the newest
+    /// kept build that is not serving). No compile if the build served lately. Call from a
+    /// blocking thread.
+    pub fn rollback(&self, plugin: &str, version: Option<&str>) -> Result<KeptVersion, RolloutError> {
+        if !is_valid_name(plugin) {
+            return Err(RolloutError::BadName(plugin.to_owned()));
+        }
+        let _changes = self.lock();
+        self.refuse_if_busy(plugin)?;
+        let list = self.versions(plugin)?;
+        let unknown = |asked: &str| RolloutError::UnknownVersion {
+            plugin: plugin.to_owned(),
+            asked: asked.to_owned(),
+            kept: kept_list(&list),
+        };
+        let target = match version {
+            None => list.versions.iter().find(|kept| Some(&kept.hash) != list.serving.as_ref()),
+            Some(asked) => {
+                let asked = asked.to_ascii_lowercase();
+                let mut matches = list.versions.iter().filter(|kept| kept.hash.starts_with(&asked));
+                match (matches.next(), matches.next()) {
+                    (Some(kept), None) if asked.len() >= MIN_VERSION_PREFIX => Some(kept),
+                    _ => None,
+                }
+            }
+        };
+        let target = target.ok_or_else(|| unknown(version.unwrap_or("older than the serving one")))?.clone();
+        if list.serving.as_ref() == Some(&target.hash) {
+            return Err(RolloutError::SameBuild { plugin: plugin.to_owned(), hash: target.hash });
+        }
+        let history = self.registry.history().ok_or_else(|| RolloutError::History("none is kept".to_owned()))?;
+        let wasm = history.read(plugin, &target.hash).map_err(|err| RolloutError::History(err.to_string()))?;
+        if content_hash(&wasm) != target.hash {
+            return Err(RolloutError::History(format!("kept build {:.12} of {plugin} is damaged", target.hash)));
+        }
+        let version =
+            self.registry.build(plugin, &wasm, "rollback").map_err(|err| RolloutError::Refused(err.to_string()))?;
+        self.registry.publish(version.clone());
+        self.write_plugin_file(plugin, &wasm);
+        tracing::warn!(%plugin, version = version.short_hash(), "rolled back to a kept build");
+        Ok(target)
+    }
+
+    /// The kept builds of `plugin`, newest first, and the one serving.
+    pub fn versions(&self, plugin: &str) -> Result<VersionList, RolloutError> {
+        let history = self.registry.history().ok_or_else(|| RolloutError::History("none is kept".to_owned()))?;
+        let versions = history.list(plugin).map_err(|err| RolloutError::History(err.to_string()))?;
+        let serving = self.registry.get(plugin).map(|version| version.hash.clone());
+        Ok(VersionList { plugin: plugin.to_owned(), serving, versions })
+    }
+
+    /// The rollout of `plugin` in progress, with its figures so far.
+    pub fn status(&self, plugin: &str) -> Option<RolloutStatus> {
+        self.registry.rollout(plugin).map(|rollout| status_of(&rollout))
+    }
+
+    /// The last rollouts of `plugin` that ended, newest first.
+    pub fn ended(&self, plugin: &str) -> Vec<EndedRollout> {
+        let ended = self.ended.lock().unwrap_or_else(|poison| poison.into_inner());
+        ended.get(plugin).map(|list| list.iter().rev().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Metric families of the rollouts in progress, labelled by plugin, build (`version`, only
+    /// the serving one and the candidate) and role, as OpenMetrics text.
+    pub fn metrics_text(&self) -> String {
+        let rollouts = self.registry.rollouts();
+        if rollouts.is_empty() {
+            return String::new();
+        }
+        let mut calls = String::from(
+            "# TYPE wasmpush_rollout_calls counter\n# HELP wasmpush_rollout_calls Calls of each build of a rollout in progress, by outcome\n",
+        );
+        let mut shadow = String::from(
+            "# TYPE wasmpush_rollout_shadow_calls counter\n# HELP wasmpush_rollout_shadow_calls Calls of a shadow run, by comparison\n",
+        );
+        for (plugin, rollout) in rollouts.iter() {
+            for (role, build, report) in [
+                ("serving", &rollout.serving, rollout.serving_stats.report()),
+                ("candidate", &rollout.candidate, rollout.candidate_stats.report()),
+            ] {
+                let labels = format!("plugin=\"{plugin}\",version=\"{}\",role=\"{role}\"", build.short_hash());
+                for (outcome, count) in [
+                    ("all", report.calls),
+                    ("frame", report.frames),
+                    ("error", report.errors),
+                    ("trap", report.traps),
+                    ("timeout", report.timeouts),
+                ] {
+                    calls += &format!("wasmpush_rollout_calls_total{{{labels},outcome=\"{outcome}\"}} {count}\n");
+                }
+            }
+            if rollout.is_shadow() {
+                let report = rollout.shadow.report();
+                let labels = format!("plugin=\"{plugin}\",version=\"{}\"", rollout.candidate.short_hash());
+                for (result, count) in
+                    [("identical", report.identical), ("different", report.different), ("shed", report.shed)]
+                {
+                    shadow += &format!("wasmpush_rollout_shadow_calls_total{{{labels},result=\"{result}\"}} {count}\n");
+                }
+            }
+        }
+        calls + &shadow
+    }
+
+    /// Judges `rollout` every [`JUDGE_PERIOD`] until it ends: a canary worse than the serving
+    /// build is rolled back, a healthy one promoted at the end of its window (unless manual); a
+    /// shadow run finishes at the end of its window. A rollout whose serving build was replaced
+    /// (a file dropped meanwhile) is aborted.
+    async fn judge(self: Arc<Self>, rollout: Arc<Rollout>) {
+        let mut every = tokio::time::interval(JUDGE_PERIOD);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = self.stop.cancelled() => return,
+            }
+            let Some(verdict) = self.verdict(&rollout) else { continue };
+            let this = self.clone();
+            let rollout = rollout.clone();
+            // Ending writes files: off the runtime's threads.
+            let _ = tokio::task::spawn_blocking(move || this.end(&rollout, verdict.0, verdict.1)).await;
+            return;
+        }
+    }
+
+    /// How `rollout` must end now, and why, if it must.
+    fn verdict(&self, rollout: &Rollout) -> Option<(Outcome, String)> {
+        let serving = self.registry.get(&rollout.plugin);
+        if !serving.is_some_and(|serving| Arc::ptr_eq(&serving, &rollout.serving)) {
+            return Some((Outcome::Aborted, "aborted: the serving build was replaced meanwhile".to_owned()));
+        }
+        let over = rollout.started.elapsed() >= rollout.window;
+        let (serving, candidate) = (rollout.serving_stats.report(), rollout.candidate_stats.report());
+        match rollout.kind {
+            RolloutKind::Shadow { .. } => over.then(|| {
+                let shadow = rollout.shadow.report();
+                let (compared, different) = (shadow.compared, shadow.different);
+                let share = if compared == 0 { 0.0 } else { different as f64 * 100.0 / compared as f64 };
+                let summary = format!(
+                    "finished: {} of {} calls different ({share:.1} %)",
+                    thousands(different),
+                    thousands(compared)
+                );
+                (Outcome::Finished, summary)
+            }),
+            RolloutKind::Canary { manual, .. } => {
+                if let Some(why) = worse(&serving, &candidate, &self.settings) {
+                    return Some((Outcome::RolledBack, format!("rolled back: {why}")));
+                }
+                if !over || manual {
+                    return None;
+                }
+                if candidate.calls < self.settings.min_calls {
+                    let (calls, needed) = (candidate.calls, self.settings.min_calls);
+                    return Some((
+                        Outcome::RolledBack,
+                        format!("rolled back: {calls} calls over the window, fewer than the {needed} needed to judge"),
+                    ));
+                }
+                let summary = format!("promoted: healthy over {} calls", thousands(candidate.calls));
+                Some((Outcome::Promoted, summary))
+            }
+        }
+    }
+
+    /// Ends `rollout` (if it is still the plugin's) with `outcome`: a promoted candidate serves
+    /// every connection and is written to the plugins directory; otherwise every connection is
+    /// on the serving build at its next tick. Logs, counts and records it.
+    fn end(&self, rollout: &Arc<Rollout>, outcome: Outcome, reason: String) -> Result<EndedRollout, RolloutError> {
+        let _changes = self.lock();
+        let plugin = &rollout.plugin;
+        if !self.registry.rollout(plugin).is_some_and(|current| Arc::ptr_eq(&current, rollout)) {
+            return Err(RolloutError::NoRollout(plugin.to_string()));
+        }
+        // Serving first, then the rollout gone: a canary connection never steps back to the
+        // old build on its way to the new one.
+        if outcome == Outcome::Promoted {
+            self.registry.publish(rollout.candidate.clone());
+            self.write_plugin_file(plugin, &rollout.wasm);
+        }
+        self.registry.set_rollout(plugin, None);
+        let ended =
+            EndedRollout { status: status_of(rollout), outcome, reason, ended_at_ms: unix_ms(SystemTime::now()) };
+        self.metrics.rollouts.get_or_create(&vec![("outcome", outcome.label())]).inc();
+        let candidate = rollout.candidate.short_hash();
+        match outcome {
+            Outcome::RolledBack | Outcome::Aborted => {
+                tracing::warn!(%plugin, candidate, reason = %ended.reason, "rollout ended")
+            }
+            _ => tracing::info!(%plugin, candidate, reason = %ended.reason, "rollout ended"),
+        }
+        self.record(ended.clone());
+        if let Err(err) = std::fs::remove_file(self.state_file(plugin)) {
+            tracing::debug!(%plugin, cause = %err, "no rollout record to remove");
+        }
+        Ok(ended)
+    }
+
+    /// Records each rollout a previous engine left in progress as ended by the restart.
+    fn end_interrupted(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.state_dir) else { return };
+        for path in entries.filter_map(|entry| entry.ok().map(|entry| entry.path())) {
+            let plugin = path.file_stem().and_then(|stem| stem.to_str()).unwrap_or_default().to_owned();
+            if path.extension().is_none_or(|ext| ext != "json") || !is_valid_name(&plugin) || plugin == "ended" {
+                continue;
+            }
+            let started = std::fs::read(&path).ok().and_then(|bytes| serde_json::from_slice::<Started>(&bytes).ok());
+            let _ = std::fs::remove_file(&path);
+            let Some(Started { status }) = started else {
+                tracing::warn!(path = %path.display(), "removing an unreadable rollout record");
+                continue;
+            };
+            let reason = "ended: the engine restarted mid-rollout; the serving build serves every connection";
+            tracing::warn!(%plugin, candidate = %format_args!("{:.12}", status.candidate), "{reason}");
+            self.metrics.rollouts.get_or_create(&vec![("outcome", Outcome::Ended.label())]).inc();
+            self.record(EndedRollout {
+                status,
+                outcome: Outcome::Ended,
+                reason: reason.to_owned(),
+                ended_at_ms: unix_ms(SystemTime::now()),
+            });
+        }
+    }
+
+    /// Keeps `ended` among its plugin's last rollouts, on disk too.
+    fn record(&self, ended: EndedRollout) {
+        let mut all = self.ended.lock().unwrap_or_else(|poison| poison.into_inner());
+        let plugin = ended.status.plugin.clone();
+        let list = all.entry(plugin).or_default();
+        list.push_back(ended);
+        while list.len() > ENDED_KEPT {
+            list.pop_front();
+        }
+        let written = serde_json::to_vec(&*all).map_err(std::io::Error::other).and_then(|json| {
+            std::fs::create_dir_all(&self.state_dir)
+                .and_then(|()| write_atomically(&self.state_dir.join("ended.json"), &json))
+        });
+        if let Err(err) = written {
+            tracing::warn!(cause = %err, "cannot record the ended rollout on disk");
+        }
+    }
+
+    /// The rollout of `plugin` in progress.
+    fn current(&self, plugin: &str) -> Result<Arc<Rollout>, RolloutError> {
+        self.registry.rollout(plugin).ok_or_else(|| RolloutError::NoRollout(plugin.to_owned()))
+    }
+
+    /// Refuses a change to `plugin` while a rollout of it is in progress.
+    fn refuse_if_busy(&self, plugin: &str) -> Result<(), RolloutError> {
+        match self.registry.rollout(plugin) {
+            None => Ok(()),
+            Some(rollout) => Err(RolloutError::Busy {
+                plugin: plugin.to_owned(),
+                kind: if rollout.is_shadow() { "shadow run" } else { "canary" },
+                candidate: rollout.candidate.hash.clone(),
+                age_secs: rollout.started.elapsed().as_secs(),
+            }),
+        }
+    }
+
+    /// Writes a build that now serves to the plugins directory, so a restart serves it too.
+    fn write_plugin_file(&self, plugin: &str, wasm: &[u8]) {
+        let path = self.plugins_dir.join(format!("{plugin}.wasm"));
+        if let Err(err) = write_atomically(&path, wasm) {
+            tracing::error!(%plugin, path = %path.display(), cause = %err, "cannot write the build that now serves; a restart would serve the file's");
+        }
+    }
+
+    fn state_file(&self, plugin: &str) -> PathBuf {
+        self.state_dir.join(format!("{plugin}.json"))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.changes.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+impl From<serde_json::Error> for RolloutError {
+    fn from(err: serde_json::Error) -> Self {
+        RolloutError::History(err.to_string())
+    }
+}
+
+/// Refuses a share outside 0–100 % or a window outside 1 s – 1 day.
+fn check_mode(mode: DeployMode) -> Result<(), RolloutError> {
+    let (share, window) = match mode {
+        DeployMode::Now => return Ok(()),
+        DeployMode::Canary { percent, window, .. } => (percent, window),
+        DeployMode::Shadow { sample, window } => (sample, window),
+    };
+    if !(share > 0.0 && share <= 100.0) {
+        return Err(RolloutError::BadRequest(format!("a share must be above 0 and at most 100 %, not {share}")));
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&window) {
+        return Err(RolloutError::BadRequest("a window must be between 1 s and 86400 s".to_owned()));
+    }
+    Ok(())
+}
+
+/// "canary (10 %)", "shadow run (100 % sample)".
+fn describe(rollout: &Rollout) -> String {
+    match rollout.kind {
+        RolloutKind::Canary { percent, manual: false } => format!("canary ({percent} %)"),
+        RolloutKind::Canary { percent, manual: true } => format!("manual canary ({percent} %)"),
+        RolloutKind::Shadow { sample } => format!("shadow run ({sample} % sample)"),
+    }
+}
+
+/// `rollout` with its figures so far.
+fn status_of(rollout: &Rollout) -> RolloutStatus {
+    let over = rollout.started.elapsed() >= rollout.window;
+    RolloutStatus {
+        plugin: rollout.plugin.to_string(),
+        kind: rollout.kind,
+        candidate: rollout.candidate.hash.clone(),
+        serving: rollout.serving.hash.clone(),
+        started_at_ms: unix_ms(rollout.started_at),
+        ends_at_ms: unix_ms(rollout.started_at + rollout.window),
+        serving_calls: rollout.serving_stats.report(),
+        candidate_calls: rollout.candidate_stats.report(),
+        shadow: rollout.is_shadow().then(|| rollout.shadow.report()),
+        awaiting_promote: over && matches!(rollout.kind, RolloutKind::Canary { manual: true, .. }),
+    }
+}
+
+/// The kept builds as one line: `3f2a…(serving), 9bc1…`.
+fn kept_list(list: &VersionList) -> String {
+    if list.versions.is_empty() {
+        return "none".to_owned();
+    }
+    let shown: Vec<String> = list
+        .versions
+        .iter()
+        .map(|kept| {
+            let serving = if Some(&kept.hash) == list.serving.as_ref() { " (serving)" } else { "" };
+            format!("{:.12}{serving}", kept.hash)
+        })
+        .collect();
+    shown.join(", ")
+}
+
+/// The ended rollouts recorded in `path`; none if it is missing or unreadable.
+fn read_ended(path: &Path) -> BTreeMap<String, VecDeque<EndedRollout>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+            tracing::warn!(path = %path.display(), cause = %err, "ignoring an unreadable record of ended rollouts");
+            BTreeMap::new()
+        }),
+        Err(_) => BTreeMap::new(),
+    }
+}
