@@ -138,6 +138,12 @@ bench-cluster: setup setup-nats
     just build-plugin portfolio
     tests/cluster_bench.sh {{target_dir}}
 
+# What a shadow run at 100 % sample costs against no rollout (plugin CPU per call, missed ticks), and how fast a canary's rollback reaches its connections
+[group('bench')]
+bench-rollouts CONNECTIONS="2000": setup
+    cargo build --release -p wasmpush --bin wasmpush -p wasmpush-tests --bin rollout_bench
+    ulimit -n 20000 && {{target_dir}}/release/rollout_bench {{CONNECTIONS}}
+
 # The plugin host's cost per connection per tick for `quote` (batches of 1,000) against the same function run natively
 [group('bench')]
 bench-host: setup

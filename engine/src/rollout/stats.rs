@@ -188,6 +188,8 @@ pub struct ShadowStats {
     identical: AtomicU64,
     /// Sampled calls not run on the candidate: its time budget was spent or the shard was late.
     shed: AtomicU64,
+    /// Nanoseconds spent on the candidate's calls and the comparisons.
+    time_ns: AtomicU64,
     /// The first few differences.
     samples: Mutex<Vec<Difference>>,
 }
@@ -214,15 +216,20 @@ pub struct ShadowReport {
     pub different: u64,
     /// Sampled calls not run on the candidate (its budget was spent or its shard was late).
     pub shed: u64,
+    /// Time spent on the candidate's calls and the comparisons, in microseconds.
+    #[serde(default)]
+    pub time_us: u64,
     /// A few differences.
     pub samples: Vec<Difference>,
 }
 
 impl ShadowStats {
-    /// Counts a batch: `compared` calls, of which `identical` agreed.
-    pub fn record(&self, compared: u64, identical: u64) {
+    /// Counts a batch: `compared` calls, of which `identical` agreed, run and compared in
+    /// `elapsed`.
+    pub fn record(&self, compared: u64, identical: u64, elapsed: Duration) {
         self.compared.fetch_add(compared, Ordering::Relaxed);
         self.identical.fetch_add(identical, Ordering::Relaxed);
+        self.time_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// Counts sampled calls the candidate did not run.
@@ -256,6 +263,7 @@ impl ShadowStats {
             identical,
             different: compared.saturating_sub(identical),
             shed: self.shed.load(Ordering::Relaxed),
+            time_us: self.time_ns.load(Ordering::Relaxed) / 1000,
             samples: self.samples.lock().unwrap_or_else(|poison| poison.into_inner()).clone(),
         }
     }
@@ -313,11 +321,11 @@ mod tests {
     #[test]
     fn a_difference_shows_the_params_keys_only_and_cut_frames() {
         let shadow = ShadowStats::default();
-        shadow.record(10, 7);
+        shadow.record(10, 7, Duration::from_micros(1500));
         let long = "é".repeat(2500);
         shadow.sample(r#"{"account":"secret-42","n":3}"#, r#"{"v":1}"#, &long);
         let report = shadow.report();
-        assert_eq!((report.compared, report.identical, report.different), (10, 7, 3));
+        assert_eq!((report.compared, report.identical, report.different, report.time_us), (10, 7, 3, 1500));
         let sample = &report.samples[0];
         assert_eq!(sample.params_keys, ["account", "n"]);
         assert!(!format!("{sample:?}").contains("secret-42"), "values are redacted");

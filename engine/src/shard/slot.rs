@@ -521,10 +521,8 @@ impl PluginSlot {
         let seqs: Vec<u64> = sampled.iter().map(|index| seqs[*index]).collect();
         let started = Instant::now();
         let result = self.call(Which::Candidate, &rollout.candidate, &calls, batch, Role::Shadow { seqs: &seqs });
-        let elapsed = started.elapsed();
-        budget.spend(calls.len(), elapsed);
         let stats = &rollout.candidate_stats;
-        stats.record_batch(calls.len(), elapsed);
+        stats.record_batch(calls.len(), started.elapsed());
         let mut identical = 0;
         let mut counts = BatchCounts::default();
         for (at, &index) in sampled.iter().enumerate() {
@@ -549,7 +547,9 @@ impl PluginSlot {
             }
         }
         stats.record_counts(counts);
-        rollout.shadow.record(sampled.len() as u64, identical);
+        let elapsed = started.elapsed();
+        budget.spend(calls.len(), elapsed);
+        rollout.shadow.record(sampled.len() as u64, identical, elapsed);
     }
 
     /// Calls build `which` once with `due`, building an instance first if there is none;
