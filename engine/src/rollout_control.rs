@@ -3,7 +3,7 @@
 //!
 //! Every change goes through one lock, so a deploy, a promotion, an abort, a rollback and the
 //! judge never act on a plugin at once. A rollout in progress is written to
-//! `DATA_DIR/rollouts/NAME.json`; an engine that starts and finds one there ends it (the serving
+//! `DATA_DIR/rollouts/running/NAME.json`; an engine that starts and finds one there ends it (the serving
 //! build, the one in the plugins directory, serves every connection) and records that. The last
 //! rollouts of each plugin, with their outcome and figures, are kept in `rollouts/ended.json`.
 //!
@@ -229,7 +229,7 @@ pub struct Rollouts {
     plugins_dir: PathBuf,
     /// Thresholds and the history's size.
     settings: RolloutSettings,
-    /// `DATA_DIR/rollouts`.
+    /// `DATA_DIR/rollouts`: `ended.json`, and `running/NAME.json` for each rollout in progress.
     state_dir: PathBuf,
     /// The last rollouts of each plugin, newest last.
     ended: Mutex<BTreeMap<String, VecDeque<EndedRollout>>>,
@@ -322,8 +322,8 @@ impl Rollouts {
         });
         let status = status_of(&rollout);
         let record = serde_json::to_vec(&Started { status })?;
-        let written =
-            std::fs::create_dir_all(&self.state_dir).and_then(|()| write_atomically(&self.state_file(plugin), &record));
+        let written = std::fs::create_dir_all(self.state_dir.join("running"))
+            .and_then(|()| write_atomically(&self.state_file(plugin), &record));
         if let Err(err) = written {
             tracing::warn!(%plugin, cause = %err, "cannot record the rollout on disk; a restart will not know of it");
         }
@@ -549,10 +549,10 @@ impl Rollouts {
 
     /// Records each rollout a previous engine left in progress as ended by the restart.
     fn end_interrupted(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.state_dir) else { return };
+        let Ok(entries) = std::fs::read_dir(self.state_dir.join("running")) else { return };
         for path in entries.filter_map(|entry| entry.ok().map(|entry| entry.path())) {
             let plugin = path.file_stem().and_then(|stem| stem.to_str()).unwrap_or_default().to_owned();
-            if path.extension().is_none_or(|ext| ext != "json") || !is_valid_name(&plugin) || plugin == "ended" {
+            if path.extension().is_none_or(|ext| ext != "json") || !is_valid_name(&plugin) {
                 continue;
             }
             let started = std::fs::read(&path).ok().and_then(|bytes| serde_json::from_slice::<Started>(&bytes).ok());
@@ -618,7 +618,7 @@ impl Rollouts {
     }
 
     fn state_file(&self, plugin: &str) -> PathBuf {
-        self.state_dir.join(format!("{plugin}.json"))
+        self.state_dir.join("running").join(format!("{plugin}.json"))
     }
 
     fn lock(&self) -> MutexGuard<'_, ()> {

@@ -442,3 +442,53 @@ async fn bad_rollout_requests_are_refused_and_change_nothing() {
     let (code, body) = wasmpush_tests::http::exchange(engine.admin_addr, &raw).await;
     assert_eq!(code, 403, "{body}");
 }
+
+/// Runs the real `wasmpush` with `args` on a blocking thread; its success and output.
+async fn wasmpush(args: &[&str]) -> (bool, String) {
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || std::process::Command::new(BINARY).args(&args).output().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_canary_ends_it_and_status_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(artifacts::VERSIONED_V1, plugins.join("versioned.wasm")).unwrap();
+    let (config, port, _) = crate::util::write_config(dir.path(), &plugins, "drain_secs = 1\n");
+    let (config, pid_file) = (config.to_str().unwrap().to_owned(), dir.path().join("wasmpush.pid"));
+    let pid = pid_file.to_str().unwrap();
+    let log_file = dir.path().join("wasmpush.log");
+    let log = log_file.to_str().unwrap();
+    let (started, said) =
+        wasmpush(&["start", "--daemon", "--config", &config, "--pid-file", pid, "--log-file", log]).await;
+    assert!(started, "{said}");
+    let url = format!("ws://127.0.0.1:{port}/ws/versioned?params={}", encode("{}"));
+
+    // Found through the running engine's pid file, as an operator would.
+    let v2 = artifacts::VERSIONED_V2;
+    let (deployed, said) =
+        wasmpush(&["deploy", "versioned", v2, "--canary", "50", "--manual", "--pid-file", pid]).await;
+    assert!(deployed, "{said}");
+    let (_, status) = wasmpush(&["status", "--pid-file", pid]).await;
+    assert!(status.contains("rollout: manual canary 50 % of build"), "{status}");
+    assert!(status.contains("candidate") && status.contains("calls, errors"), "{status}");
+
+    let (restarted, said) = wasmpush(&["restart", "--config", &config, "--pid-file", pid, "--log-file", log]).await;
+    assert!(restarted, "{said}");
+    let (_, status) = wasmpush(&["status", "--pid-file", pid]).await;
+    assert!(status.contains("ended: the engine restarted mid-rollout"), "{status}");
+    assert!(!status.contains("rollout: manual canary"), "{status}");
+    let mut client = Client::connect_retrying(&url, SOON).await;
+    let versions: Vec<String> = client.texts_during(TICK * 4).await.iter().map(|f| version_of(f)).collect();
+    assert!(
+        !versions.is_empty() && versions.iter().all(|v| v == "1"),
+        "every connection on the serving build: {versions:?}"
+    );
+    let (stopped, said) = wasmpush(&["stop", "--pid-file", pid]).await;
+    assert!(stopped, "{said}");
+}
