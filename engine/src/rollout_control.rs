@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::plugin::content_hash;
 use crate::registry::{Loaded, PluginRegistry};
 use crate::rollout::{
-    CohortReport, CohortStats, KeptVersion, Rollout, RolloutKind, ShadowReport, ShadowStats, thousands, worse,
+    CohortReport, CohortStats, KeptVersion, Outcome, Rollout, RolloutKind, ShadowReport, ShadowStats, verdict,
     write_atomically,
 };
 use crate::wall_clock::unix_ms;
@@ -105,6 +105,9 @@ pub enum RolloutError {
     /// The build failed to load; nothing changed.
     #[error("{0}")]
     Refused(String),
+    /// The rollout is the cluster's: its judge ends it.
+    #[error("the rollout of `{0}` is the cluster's: the cluster's judge ends it (docs/rollouts.md)")]
+    ClusterRollout(String),
     /// The version asked for is not kept.
     #[error("plugin `{plugin}` keeps no build {asked}; kept: {kept}")]
     UnknownVersion {
@@ -126,37 +129,12 @@ impl RolloutError {
         match self {
             RolloutError::BadName(_) | RolloutError::BadRequest(_) => 400,
             RolloutError::NotServed(_) | RolloutError::NoRollout(_) | RolloutError::UnknownVersion { .. } => 404,
-            RolloutError::SameBuild { .. } | RolloutError::Busy { .. } | RolloutError::ShadowNotPromotable(_) => 409,
+            RolloutError::SameBuild { .. }
+            | RolloutError::Busy { .. }
+            | RolloutError::ShadowNotPromotable(_)
+            | RolloutError::ClusterRollout(_) => 409,
             RolloutError::Refused(_) => 422,
             RolloutError::History(_) => 500,
-        }
-    }
-}
-
-/// How a rollout ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// The candidate serves every connection.
-    Promoted,
-    /// The judge found the candidate worse: the serving build serves every connection.
-    RolledBack,
-    /// Ended by hand (`wasmpush abort`), or because the serving build was replaced.
-    Aborted,
-    /// A shadow run's window is over.
-    Finished,
-    /// The engine restarted mid-rollout.
-    Ended,
-}
-
-impl Outcome {
-    fn label(self) -> &'static str {
-        match self {
-            Outcome::Promoted => "promoted",
-            Outcome::RolledBack => "rolled_back",
-            Outcome::Aborted => "aborted",
-            Outcome::Finished => "finished",
-            Outcome::Ended => "ended",
         }
     }
 }
@@ -297,6 +275,73 @@ impl Rollouts {
             DeployMode::Canary { percent, window, manual } => (RolloutKind::Canary { percent, manual }, window),
             DeployMode::Shadow { sample, window } => (RolloutKind::Shadow { sample }, window),
         };
+        let rollout = self.begin(plugin, wasm, kind, window, SystemTime::now(), false)?;
+        let status = status_of(&rollout);
+        let record = serde_json::to_vec(&Started { status })?;
+        let written = std::fs::create_dir_all(self.state_dir.join("running"))
+            .and_then(|()| write_atomically(&self.state_file(plugin), &record));
+        if let Err(err) = written {
+            tracing::warn!(%plugin, cause = %err, "cannot record the rollout on disk; a restart will not know of it");
+        }
+        let this = self.clone();
+        let what = describe(&rollout);
+        self.runtime.spawn(async move { this.judge(rollout).await });
+        Ok(format!("{what} of {plugin} started for {} s", window.as_secs()))
+    }
+
+    /// Follows the cluster's rollout of `plugin` (its pointer names candidate `wasm`, of `kind`,
+    /// started at `started_at` for `window`): this node runs and counts it, the cluster's judge
+    /// ends it (see [`Self::end_cluster_rollout`]). A rollout of another candidate here is
+    /// aborted first. Compiles: call from a blocking thread.
+    pub fn follow_cluster_rollout(
+        self: &Arc<Self>,
+        plugin: &str,
+        wasm: &[u8],
+        kind: RolloutKind,
+        window: Duration,
+        started_at: SystemTime,
+    ) -> Result<(), RolloutError> {
+        // Written by other programs too: a share or window out of range is refused here.
+        check_mode(match kind {
+            RolloutKind::Canary { percent, manual } => DeployMode::Canary { percent, window, manual },
+            RolloutKind::Shadow { sample } => DeployMode::Shadow { sample, window },
+        })?;
+        let hash = content_hash(wasm);
+        if let Some(local) = self.registry.rollout(plugin) {
+            if local.candidate.hash == hash {
+                return Ok(());
+            }
+            self.end(&local, Outcome::Aborted, "aborted: the cluster started another rollout".to_owned())?;
+        }
+        let _changes = self.lock();
+        self.begin(plugin, wasm, kind, window, started_at, true).map(drop)
+    }
+
+    /// Ends the cluster's rollout of `plugin` here, as the cluster's judge ended it: `ended`
+    /// (its outcome and reason, as the pointer says) if the pointer says, else promoted if the
+    /// cluster now serves the candidate (`serving`), aborted otherwise.
+    pub fn end_cluster_rollout(&self, plugin: &str, serving: &str, ended: Option<(Outcome, String)>) {
+        let Some(local) = self.registry.rollout(plugin).filter(|local| local.cluster) else { return };
+        let (outcome, reason) = ended.unwrap_or_else(|| match serving == local.candidate.hash {
+            true => (Outcome::Promoted, "promoted by the cluster".to_owned()),
+            false => (Outcome::Aborted, "ended by the cluster".to_owned()),
+        });
+        if let Err(err) = self.end(&local, outcome, reason) {
+            tracing::debug!(%plugin, cause = %err, "the cluster's rollout had ended here already");
+        }
+    }
+
+    /// Starts a rollout of `wasm` as `plugin`'s candidate (the caller holds the lock); judged
+    /// here, or by the cluster (`cluster`).
+    fn begin(
+        &self,
+        plugin: &str,
+        wasm: &[u8],
+        kind: RolloutKind,
+        window: Duration,
+        started_at: SystemTime,
+        cluster: bool,
+    ) -> Result<Arc<Rollout>, RolloutError> {
         let serving = self.registry.get(plugin).ok_or_else(|| RolloutError::NotServed(plugin.to_owned()))?;
         let hash = content_hash(wasm);
         if serving.hash == hash {
@@ -307,37 +352,31 @@ impl Rollouts {
             self.registry.fail(plugin, err.to_string());
             RolloutError::Refused(err.to_string())
         })?;
+        let age = SystemTime::now().duration_since(started_at).unwrap_or_default();
         let rollout = Arc::new(Rollout {
             plugin: serving.name.clone(),
             kind,
             candidate,
             serving,
             wasm: Arc::from(wasm),
-            started_at: SystemTime::now(),
-            started: Instant::now(),
+            started_at,
+            started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
             window,
+            cluster,
             serving_stats: CohortStats::default(),
             candidate_stats: CohortStats::default(),
             shadow: ShadowStats::default(),
         });
-        let status = status_of(&rollout);
-        let record = serde_json::to_vec(&Started { status })?;
-        let written = std::fs::create_dir_all(self.state_dir.join("running"))
-            .and_then(|()| write_atomically(&self.state_file(plugin), &record));
-        if let Err(err) = written {
-            tracing::warn!(%plugin, cause = %err, "cannot record the rollout on disk; a restart will not know of it");
-        }
         self.registry.set_rollout(&rollout.plugin, Some(rollout.clone()));
         let what = describe(&rollout);
-        tracing::info!(%plugin, candidate = rollout.candidate.short_hash(), window_secs = window.as_secs(), "{what} started");
-        let this = self.clone();
-        self.runtime.spawn(async move { this.judge(rollout).await });
-        Ok(format!("{what} of {plugin} started for {} s", window.as_secs()))
+        let candidate = rollout.candidate.short_hash();
+        tracing::info!(%plugin, candidate, window_secs = window.as_secs(), cluster, "{what} started");
+        Ok(rollout)
     }
 
     /// Promotes the canary of `plugin` now (a manual one, or before its window is over).
     pub fn promote(&self, plugin: &str) -> Result<EndedRollout, RolloutError> {
-        let rollout = self.current(plugin)?;
+        let rollout = self.local(plugin)?;
         if rollout.is_shadow() {
             return Err(RolloutError::ShadowNotPromotable(plugin.to_owned()));
         }
@@ -346,7 +385,7 @@ impl Rollouts {
 
     /// Ends the rollout of `plugin` now: every connection on the serving build.
     pub fn abort(&self, plugin: &str) -> Result<EndedRollout, RolloutError> {
-        let rollout = self.current(plugin)?;
+        let rollout = self.local(plugin)?;
         self.end(&rollout, Outcome::Aborted, "aborted by `wasmpush abort`".to_owned())
     }
 
@@ -482,36 +521,7 @@ impl Rollouts {
         }
         let over = rollout.started.elapsed() >= rollout.window;
         let (serving, candidate) = (rollout.serving_stats.report(), rollout.candidate_stats.report());
-        match rollout.kind {
-            RolloutKind::Shadow { .. } => over.then(|| {
-                let shadow = rollout.shadow.report();
-                let (compared, different) = (shadow.compared, shadow.different);
-                let share = if compared == 0 { 0.0 } else { different as f64 * 100.0 / compared as f64 };
-                let summary = format!(
-                    "finished: {} of {} calls different ({share:.1} %)",
-                    thousands(different),
-                    thousands(compared)
-                );
-                (Outcome::Finished, summary)
-            }),
-            RolloutKind::Canary { manual, .. } => {
-                if let Some(why) = worse(&serving, &candidate, &self.settings) {
-                    return Some((Outcome::RolledBack, format!("rolled back: {why}")));
-                }
-                if !over || manual {
-                    return None;
-                }
-                if candidate.calls < self.settings.min_calls {
-                    let (calls, needed) = (candidate.calls, self.settings.min_calls);
-                    return Some((
-                        Outcome::RolledBack,
-                        format!("rolled back: {calls} calls over the window, fewer than the {needed} needed to judge"),
-                    ));
-                }
-                let summary = format!("promoted: healthy over {} calls", thousands(candidate.calls));
-                Some((Outcome::Promoted, summary))
-            }
-        }
+        verdict(rollout.kind, over, &serving, &candidate, &rollout.shadow.report(), &self.settings)
     }
 
     /// Ends `rollout` (if it is still the plugin's) with `outcome`: a promoted candidate serves
@@ -591,9 +601,13 @@ impl Rollouts {
         }
     }
 
-    /// The rollout of `plugin` in progress.
-    fn current(&self, plugin: &str) -> Result<Arc<Rollout>, RolloutError> {
-        self.registry.rollout(plugin).ok_or_else(|| RolloutError::NoRollout(plugin.to_owned()))
+    /// The rollout of `plugin` in progress, if this engine judges it (not the cluster).
+    fn local(&self, plugin: &str) -> Result<Arc<Rollout>, RolloutError> {
+        match self.registry.rollout(plugin) {
+            None => Err(RolloutError::NoRollout(plugin.to_owned())),
+            Some(rollout) if rollout.cluster => Err(RolloutError::ClusterRollout(plugin.to_owned())),
+            Some(rollout) => Ok(rollout),
+        }
     }
 
     /// Refuses a change to `plugin` while a rollout of it is in progress.

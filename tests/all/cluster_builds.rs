@@ -40,10 +40,16 @@ fn version(frame: &str) -> String {
     parse(frame)["version"].as_str().unwrap().to_owned()
 }
 
-/// Reads `client` until a frame of `wanted` arrives; panics if the connection ends first.
+/// Reads `client` until a frame of `wanted` arrives, past error frames (a candidate that
+/// trapped on it); panics if the connection ends first.
 async fn until_version(client: &mut Client, wanted: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while version(&client.next_text(SOON).await) != wanted {
+    loop {
+        let frame = parse(&client.next_text(SOON).await);
+        if frame["version"] == wanted {
+            return;
+        }
+        assert!(frame["version"].is_string() || frame["code"].is_u64(), "neither data nor error: {frame}");
         assert!(tokio::time::Instant::now() < deadline, "never pushed version {wanted}");
     }
 }
@@ -252,4 +258,88 @@ impl Drop for KillOnExit {
 fn hostname() -> String {
     let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
     host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).take(56).collect()
+}
+
+/// Plugin `versioned`'s entry of `node`'s `/status`.
+async fn versioned_status(node: &wasmpush_tests::TestEngine) -> Value {
+    let status = node.status().await;
+    status["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|plugin| plugin["name"] == "versioned")
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits up to 30 s until `check` holds of every node's `versioned` status.
+async fn until_every_node(nodes: &[&wasmpush_tests::TestEngine], what: &str, check: impl Fn(&Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for node in nodes {
+        loop {
+            let plugin = versioned_status(node).await;
+            if check(&plugin) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{} never {what}: {plugin}", node.addr);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_canary_is_judged_on_every_nodes_figures_and_its_end_reaches_every_node() {
+    let nats = NatsServer::start();
+    let first = nodes_on(&nats, 2).await;
+    let deployed = deploy(&nats, artifacts::VERSIONED_V1).await;
+    assert!(deployed.status.success(), "{}", String::from_utf8_lossy(&deployed.stderr));
+    let mut clients = Vec::new();
+    for (i, node) in first.iter().enumerate() {
+        for n in 0..10 {
+            let params = wasmpush_tests::percent_encode(&format!(r#"{{"n":{}}}"#, i * 10 + n));
+            let mut client = Client::connect(&node.url(&format!("/ws/versioned?params={params}"))).await;
+            assert_eq!(version(&client.next_text(SOON).await), "1");
+            clients.push(client);
+        }
+    }
+
+    let canary = |file: &str, secs: &str| {
+        ["deploy", "versioned", file, "--canary", "50", "--for", secs, "--nats", &nats.url()]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    let started = wasmpush(canary(artifacts::VERSIONED_TRAP, "60")).await;
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    assert!(String::from_utf8_lossy(&started.stdout).contains("started a cluster canary of versioned"), "{started:?}");
+    let trap = build_of(artifacts::VERSIONED_TRAP);
+    // A second rollout meanwhile is refused, naming the one running.
+    let refused = wasmpush(canary(artifacts::VERSIONED_V2, "60")).await;
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is in progress in the cluster"), "{refused:?}");
+    // A node that joins mid-rollout follows it.
+    let late = nodes_on(&nats, 1).await;
+    let every: Vec<&wasmpush_tests::TestEngine> = first.iter().chain(&late).collect();
+    until_every_node(&every, "followed the canary", |plugin| plugin["rollout"]["candidate"] == trap.as_str()).await;
+
+    // Judged on the sum: rolled back on every node, with the cluster's reason.
+    until_every_node(&every, "rolled the canary back", |plugin| plugin["last_rollouts"][0]["outcome"] == "rolled_back")
+        .await;
+    for node in &every {
+        let plugin = versioned_status(node).await;
+        let reason = plugin["last_rollouts"][0]["reason"].as_str().unwrap();
+        assert!(reason.starts_with("rolled back: traps ") && reason.ends_with("(cluster)"), "{reason}");
+        assert!(plugin.get("rollout").is_none(), "{plugin}");
+    }
+    for client in &mut clients {
+        until_version(client, "1").await;
+    }
+
+    // A healthy one is promoted everywhere at the end of its window.
+    let started = wasmpush(canary(artifacts::VERSIONED_V2, "6")).await;
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    until_every_node(&every, "promoted the canary", |plugin| plugin["last_rollouts"][0]["outcome"] == "promoted").await;
+    let v2 = build_of(artifacts::VERSIONED_V2);
+    until_every_node(&every, "served the promoted build", |plugin| plugin["version"] == v2.as_str()).await;
+    for client in &mut clients {
+        until_version(client, "2").await;
+    }
 }

@@ -162,6 +162,19 @@ fn print_cluster(cluster: &ClusterStatus) {
         if let Some(error) = &status.last_reload_error {
             println!("      last reload error: {}: {}", error.plugin, error.reason);
         }
+        for plugin in &status.plugins {
+            if let Some(rollout) = &plugin.rollout {
+                let calls = &rollout.candidate_calls;
+                println!(
+                    "      rollout of {}: build {:.12}, candidate {} calls, errors {:.1} %, traps {:.1} %",
+                    plugin.name,
+                    rollout.candidate,
+                    thousands(calls.calls),
+                    calls.pct(calls.errors),
+                    calls.pct(calls.traps)
+                );
+            }
+        }
         for (bucket, count) in &status.invalid_values {
             println!("      {count} invalid values written to bucket {bucket} (not applied)");
         }

@@ -18,6 +18,7 @@ use super::rollouts::{Admin, AdminArgs, Shipping, deploy};
 use crate::cluster::{ANNOUNCE_PERIOD, Cluster, ClusterNode, Deployed};
 use crate::config::Config;
 use crate::registry::MAX_PLUGIN_BYTES;
+use crate::rollout::RolloutKind;
 use crate::wall_clock::unix_ms;
 
 /// What to deploy, and where.
@@ -88,13 +89,36 @@ pub(super) fn run(
         );
         return deploy(&admin_of(&args.engine)?, &args.name, &args.file, &wasm, shipping);
     }
-    anyhow::ensure!(
-        matches!(shipping, Shipping::Now),
-        "canaries and shadow runs ship to one engine for now, not through --nats to a cluster (docs/rollouts.md)"
-    );
+    let rollout = match shipping {
+        Shipping::Now => None,
+        Shipping::Canary { manual: true, .. } => {
+            anyhow::bail!("a cluster's canary is promoted by the cluster's judge: --manual is for one engine")
+        }
+        Shipping::Canary { percent, secs, manual } => Some((RolloutKind::Canary { percent, manual }, secs)),
+        Shipping::Shadow { sample, secs } => Some((RolloutKind::Shadow { sample }, secs)),
+    };
+    if let Some((kind, secs)) = rollout {
+        let share = match kind {
+            RolloutKind::Canary { percent, .. } => percent,
+            RolloutKind::Shadow { sample } => sample,
+        };
+        anyhow::ensure!(share > 0.0 && share <= 100.0, "a share must be above 0 and at most 100 %, not {share}");
+        anyhow::ensure!((1..=86_400).contains(&secs), "a window must be between 1 s and 86400 s");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let cluster = Cluster::connect_once(&settings, config.max_value_bytes).await?;
+        if let Some((kind, secs)) = rollout {
+            let Deployed { pointer, revision } =
+                cluster.deploy_rollout(&args.name, &wasm, kind, Duration::from_secs(secs)).await?;
+            let candidate = pointer.rollout.map(|rollout| rollout.candidate).unwrap_or_default();
+            println!(
+                "started a cluster {} of {} for {secs} s: build {candidate:.12}, pointer revision {revision}",
+                if matches!(kind, RolloutKind::Shadow { .. }) { "shadow run" } else { "canary" },
+                args.name
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         let started = unix_ms(SystemTime::now());
         let Deployed { pointer, revision } = cluster.deploy(&args.name, &wasm).await?;
         println!(

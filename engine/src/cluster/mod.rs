@@ -24,6 +24,7 @@ mod follow;
 mod plugins;
 mod presence;
 mod publish;
+mod rollouts;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,7 +33,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
-use crate::config::ClusterSettings;
+use crate::config::{ClusterSettings, RolloutSettings};
 pub use plugins::{Deployed, START_SYNC_TIME};
 pub use presence::{ANNOUNCE_PERIOD, Announcement, ClusterNode};
 
@@ -69,6 +70,8 @@ pub struct Cluster {
     replicas: usize,
     /// What the node knows of its following of the data.
     link: Arc<Link>,
+    /// How the cluster's rollouts are judged (on the node that judges them).
+    rollouts: RolloutSettings,
 }
 
 /// What a node knows of its following of the cluster's data: set by the follower, read by status.
@@ -128,7 +131,13 @@ impl Cluster {
             .collect::<Result<_, _>>()?;
         let client = options.connect(urls).await.map_err(|err| ClusterError::Setup(err.to_string()))?;
         let jetstream = jetstream::new(client.clone());
-        Ok(Cluster { client, jetstream, max_value_bytes, replicas: settings.replicas, link: Arc::default() })
+        let (replicas, rollouts) = (settings.replicas, RolloutSettings::default());
+        Ok(Cluster { client, jetstream, max_value_bytes, replicas, link: Arc::default(), rollouts })
+    }
+
+    /// The same cluster, judging its rollouts by `settings` (`[rollouts]`).
+    pub fn judging_by(self, settings: RolloutSettings) -> Self {
+        Cluster { rollouts: settings, ..self }
     }
 
     /// Whether the NATS connection is up now.

@@ -26,10 +26,12 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
+use super::rollouts::{ClusterRollout, EndedClusterRollout, busy};
 use super::{Cluster, ClusterError, jetstream_error};
 use crate::config::is_valid_name;
 use crate::plugin::content_hash;
 use crate::registry::{MAX_PLUGIN_BYTES, PluginRegistry};
+use crate::rollout_control::Rollouts;
 
 /// The Object Store holding plugin builds, named by their SHA-256.
 const BUILDS: &str = "wasmpush-builds";
@@ -47,8 +49,8 @@ const INSTALL_RETRY: Duration = Duration::from_secs(5);
 /// How long a node waits for NATS at start before it serves the builds it has.
 pub const START_SYNC_TIME: Duration = Duration::from_secs(10);
 
-/// What a plugin's pointer holds: the build it serves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a plugin's pointer holds: the build it serves, and the cluster's rollout of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pointer {
     /// The build's SHA-256 in hex: its name in [`BUILDS`] and its version id on every node.
     pub build: String,
@@ -57,6 +59,12 @@ pub struct Pointer {
     /// The build it replaced, if any.
     #[serde(default)]
     pub previous: Option<String>,
+    /// The canary or shadow run in progress across the cluster, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<ClusterRollout>,
+    /// How the last one ended, as the cluster's judge decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<EndedClusterRollout>,
 }
 
 /// What a deploy did.
@@ -90,6 +98,26 @@ impl Cluster {
     /// compare-and-swap. The file must be a WebAssembly component of at most
     /// [`MAX_PLUGIN_BYTES`]; every node validates it fully when it loads it.
     pub async fn deploy(&self, name: &str, wasm: &[u8]) -> Result<Deployed, DeployError> {
+        self.move_pointer(name, wasm, |current, build| {
+            if let Some(rollout) = current.and_then(|current| current.rollout.as_ref()) {
+                return Err(DeployError::Invalid(busy(name, rollout)));
+            }
+            let previous = current.map(|current| current.build.clone());
+            Ok(Pointer { build: build.to_owned(), bytes: wasm.len() as u64, previous, rollout: None, ended: None })
+        })
+        .await
+    }
+
+    /// Stores `wasm` as a build of plugin `name` and moves the plugin's pointer by
+    /// compare-and-swap to what `next` makes of the current pointer (if any) and the build's
+    /// hash. The file must be a WebAssembly component of at most [`MAX_PLUGIN_BYTES`]; every
+    /// node validates it fully when it loads it.
+    pub(super) async fn move_pointer(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        next: impl FnOnce(Option<&Pointer>, &str) -> Result<Pointer, DeployError>,
+    ) -> Result<Deployed, DeployError> {
         if !is_valid_name(name) {
             return Err(DeployError::Invalid(format!(
                 "`{name}` is not a plugin name: use 1 to 64 letters, digits, `-` and `_`"
@@ -99,11 +127,11 @@ impl Cluster {
         let pointers = self.pointers().await?;
         let current =
             pointers.entry(name).await.map_err(jetstream_error)?.filter(|entry| entry.operation == kv::Operation::Put);
-        let previous = current.as_ref().and_then(|entry| serde_json::from_slice::<Pointer>(&entry.value).ok());
+        let read = current.as_ref().and_then(|entry| serde_json::from_slice::<Pointer>(&entry.value).ok());
         let build = content_hash(wasm);
+        let pointer = next(read.as_ref(), &build)?;
         let builds = self.builds().await?;
         self.store_build(&builds, &build, wasm).await?;
-        let pointer = Pointer { build, bytes: wasm.len() as u64, previous: previous.map(|pointer| pointer.build) };
         let value = serde_json::to_vec(&pointer).expect("a pointer serializes").into();
         let lost = || DeployError::Lost { plugin: name.to_owned() };
         let revision = match current {
@@ -118,7 +146,7 @@ impl Cluster {
         };
         // The build may have been removed as unused between the upload and the pointer's move
         // (an old build deployed again): now that the pointer names it, it is kept for good.
-        self.store_build(&builds, &pointer.build, wasm).await?;
+        self.store_build(&builds, &build, wasm).await?;
         Ok(Deployed { pointer, revision })
     }
 
@@ -140,14 +168,19 @@ impl Cluster {
     /// Fetches and loads every plugin's current build, into `dir` too: once, at start, before
     /// the node loads its plugins (it then serves the cluster's builds from its first
     /// connection). Returns the plugins whose build it took.
-    pub async fn fetch_builds(&self, dir: &Path, registry: &Arc<PluginRegistry>) -> Result<Vec<String>, ClusterError> {
+    pub async fn fetch_builds(
+        &self,
+        dir: &Path,
+        registry: &Arc<PluginRegistry>,
+        rollouts: &Arc<Rollouts>,
+    ) -> Result<Vec<String>, ClusterError> {
         let pointers = self.pointers().await?;
         let names: Vec<String> =
             pointers.keys().await.map_err(jetstream_error)?.try_collect().await.map_err(jetstream_error)?;
         let mut written = Vec::new();
         for name in names {
             if let Some(entry) = pointers.entry(name.as_str()).await.map_err(jetstream_error)?
-                && self.install(dir, &entry, registry).await == Some(true)
+                && self.install(dir, &entry, registry, rollouts).await == Some(true)
             {
                 written.push(name);
             }
@@ -158,9 +191,9 @@ impl Cluster {
     /// Follows every plugin's pointer for as long as the engine runs: each build it moves to is
     /// fetched, loaded and kept in `dir`. A build that could not be fetched is tried again every
     /// [`INSTALL_RETRY`].
-    pub async fn follow_builds(self, dir: PathBuf, registry: Arc<PluginRegistry>) {
+    pub async fn follow_builds(self, dir: PathBuf, registry: Arc<PluginRegistry>, rollouts: Arc<Rollouts>) {
         loop {
-            match self.follow_builds_once(&dir, &registry).await {
+            match self.follow_builds_once(&dir, &registry, &rollouts).await {
                 Ok(()) => tokio::time::sleep(super::follow::RETRY).await,
                 Err(err) => {
                     tracing::debug!(cause = %err, "following the cluster's plugin builds failed; following again");
@@ -170,51 +203,82 @@ impl Cluster {
         }
     }
 
-    async fn follow_builds_once(&self, dir: &Path, registry: &Arc<PluginRegistry>) -> Result<(), ClusterError> {
+    async fn follow_builds_once(
+        &self,
+        dir: &Path,
+        registry: &Arc<PluginRegistry>,
+        rollouts: &Arc<Rollouts>,
+    ) -> Result<(), ClusterError> {
         let mut pointers = self.pointers().await?.watch_with_history(">").await.map_err(jetstream_error)?;
         while let Some(entry) = pointers.next().await {
             let entry = entry.map_err(jetstream_error)?;
-            if self.install(dir, &entry, registry).await.is_none() {
+            if self.install(dir, &entry, registry, rollouts).await.is_none() {
                 return Err(ClusterError::JetStream(format!("the build of `{}` could not be fetched", entry.key)));
             }
         }
         Ok(())
     }
 
-    /// Takes the build `entry` points at, unless the file in `dir` is that build already:
-    /// fetches it, loads it, and once it loaded writes it into `dir`. Whether it took it; `None`
-    /// if it could not fetch it (tried again later). A failure is logged and kept for `status`
-    /// as the plugin's failed load: the build served before serves on.
-    async fn install(&self, dir: &Path, entry: &kv::Entry, registry: &Arc<PluginRegistry>) -> Option<bool> {
+    /// Takes what `entry` points at: ends this node's part of a cluster rollout the pointer no
+    /// longer holds (before the serving build, so a promoted candidate keeps its instances),
+    /// takes the serving build, then follows the rollout the pointer holds. Whether it took a
+    /// build; `None` if it could not fetch one (tried again later).
+    async fn install(
+        &self,
+        dir: &Path,
+        entry: &kv::Entry,
+        registry: &Arc<PluginRegistry>,
+        rollouts: &Arc<Rollouts>,
+    ) -> Option<bool> {
         let name = entry.key.clone();
         if entry.operation != kv::Operation::Put || !is_valid_name(&name) {
             return Some(false);
         }
-        let failed = |reason: String| {
-            tracing::error!(plugin = name, %reason, "cannot take the cluster's build; the build served before serves on");
-            registry.fail(&name, format!("the cluster's build: {reason}"));
-        };
         let pointer: Pointer = match serde_json::from_slice(&entry.value) {
             Ok(pointer) => pointer,
             Err(err) => {
-                failed(format!("its pointer in the cluster is not valid: {err}"));
+                let reason = format!("its pointer in the cluster is not valid: {err}");
+                tracing::error!(plugin = name, %reason, "cannot take the cluster's build; the build served before serves on");
+                registry.fail(&name, format!("the cluster's build: {reason}"));
                 return Some(false);
             }
         };
+        if pointer.rollout.is_none() {
+            self.leave_rollout(&name, &pointer, rollouts).await;
+        }
+        let took = self.install_serving(dir, &name, &pointer, registry).await?;
+        if let Some(rollout) = &pointer.rollout {
+            self.join_rollout(&name, rollout, rollouts).await?;
+        }
+        Some(took)
+    }
+
+    /// Takes the build `pointer` names as plugin `name`, unless the file in `dir` is that build
+    /// already: fetches it, loads it, and once it loaded writes it into `dir`. Whether it took
+    /// it; `None` if it could not fetch it. A failure is logged and kept for `status` as the
+    /// plugin's failed load: the build served before serves on.
+    async fn install_serving(
+        &self,
+        dir: &Path,
+        name: &str,
+        pointer: &Pointer,
+        registry: &Arc<PluginRegistry>,
+    ) -> Option<bool> {
         let path = dir.join(format!("{name}.wasm"));
-        if registry.get(&name).is_some_and(|served| served.hash == pointer.build)
+        if registry.get(name).is_some_and(|served| served.hash == pointer.build)
             || tokio::fs::read(&path).await.is_ok_and(|held| content_hash(&held) == pointer.build)
         {
             return Some(false);
         }
-        let wasm = match self.fetch(&pointer).await {
+        let wasm = match self.fetch(&pointer.build).await {
             Ok(wasm) => wasm,
             Err(reason) => {
-                failed(reason);
+                tracing::error!(plugin = name, %reason, "cannot take the cluster's build; the build served before serves on");
+                registry.fail(name, format!("the cluster's build: {reason}"));
                 return None;
             }
         };
-        let (loader, plugin) = (registry.clone(), name.clone());
+        let (loader, plugin) = (registry.clone(), name.to_owned());
         let loaded =
             tokio::task::spawn_blocking(move || loader.load_build(&plugin, &wasm, "cluster").map(|_| wasm)).await;
         let wasm = match loaded {
@@ -237,15 +301,14 @@ impl Cluster {
         Some(true)
     }
 
-    /// The build `pointer` names, checked against its hash.
-    async fn fetch(&self, pointer: &Pointer) -> Result<Vec<u8>, String> {
+    /// Build `build` from the store, checked against its hash.
+    pub(super) async fn fetch(&self, build: &str) -> Result<Vec<u8>, String> {
         let builds = self.builds().await.map_err(|err| err.to_string())?;
-        let mut object =
-            builds.get(&pointer.build).await.map_err(|err| format!("build {} cannot be read: {err}", pointer.build))?;
+        let mut object = builds.get(build).await.map_err(|err| format!("build {build} cannot be read: {err}"))?;
         let mut wasm = Vec::new();
         (&mut object).take(MAX_PLUGIN_BYTES + 1).read_to_end(&mut wasm).await.map_err(|err| err.to_string())?;
-        if content_hash(&wasm) != pointer.build {
-            return Err(format!("build {} does not match its hash", pointer.build));
+        if content_hash(&wasm) != build {
+            return Err(format!("build {build} does not match its hash"));
         }
         Ok(wasm)
     }
@@ -261,6 +324,7 @@ impl Cluster {
             let Some(entry) = pointers.entry(name.as_str()).await.map_err(jetstream_error)? else { continue };
             if let Ok(pointer) = serde_json::from_slice::<Pointer>(&entry.value) {
                 named.insert(pointer.build);
+                named.extend(pointer.rollout.map(|rollout| rollout.candidate));
                 replaced.extend(pointer.previous);
             }
         }
@@ -280,7 +344,7 @@ impl Cluster {
     }
 
     /// The pointers' KV bucket, created if missing.
-    async fn pointers(&self) -> Result<kv::Store, ClusterError> {
+    pub(super) async fn pointers(&self) -> Result<kv::Store, ClusterError> {
         self.kv_bucket(kv::Config { bucket: POINTERS.to_owned(), history: 5, ..Default::default() }).await
     }
 

@@ -4,7 +4,8 @@
 //! entry is older than [`GONE_AFTER`], and forgotten after [`FORGET_AFTER`].
 //!
 //! The live node with the smallest name also removes the builds no node serves any more (see
-//! `plugins`): one node does it, so nodes do not race to delete.
+//! `plugins`) and judges the cluster's rollouts (see `rollouts`): one node does it, so nodes do
+//! not race.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -89,6 +90,7 @@ impl Cluster {
         if live().map(|known| known.node.as_str()).min() == Some(node) {
             let served = live().flat_map(|known| known.announcement.builds.iter().cloned()).collect();
             self.remove_old_builds(&served).await?;
+            self.judge_rollouts(&nodes).await?;
         }
         Ok(())
     }

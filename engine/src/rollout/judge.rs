@@ -1,9 +1,81 @@
-//! The canary's judge: compares the candidate's cohort with the serving build's and says whether
+//! The judge: how a rollout ends ([`verdict`]). It compares the candidate's cohort with the serving build's and says whether
 //! the candidate is worse beyond a threshold (`[rollouts]` settings), in words an operator reads
 //! in `status` ("traps 12.0 % vs 0.0 % over 4,212 calls").
 
-use super::stats::CohortReport;
+use serde::{Deserialize, Serialize};
+
+use super::RolloutKind;
+use super::stats::{CohortReport, ShadowReport};
 use crate::config::RolloutSettings;
+
+/// How a rollout ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The candidate serves every connection.
+    Promoted,
+    /// The judge found the candidate worse: the serving build serves every connection.
+    RolledBack,
+    /// Ended by hand (`wasmpush abort`), or because the serving build was replaced.
+    Aborted,
+    /// A shadow run's window is over.
+    Finished,
+    /// The engine restarted mid-rollout.
+    Ended,
+}
+
+impl Outcome {
+    /// Its name as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Promoted => "promoted",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Aborted => "aborted",
+            Outcome::Finished => "finished",
+            Outcome::Ended => "ended",
+        }
+    }
+}
+
+/// How a rollout of `kind` must end now, and why, if it must: its window is `over` or not, its
+/// builds' figures are `serving` and `candidate` (and `shadow`'s, for a shadow run). A canary worse
+/// than the serving build is rolled back at once; at the end of its window one with too few calls
+/// is rolled back, a healthy one promoted unless manual. A shadow run finishes at the end of its
+/// window.
+pub fn verdict(
+    kind: RolloutKind,
+    over: bool,
+    serving: &CohortReport,
+    candidate: &CohortReport,
+    shadow: &ShadowReport,
+    settings: &RolloutSettings,
+) -> Option<(Outcome, String)> {
+    match kind {
+        RolloutKind::Shadow { .. } => over.then(|| {
+            let (compared, different) = (shadow.compared, shadow.different);
+            let share = if compared == 0 { 0.0 } else { different as f64 * 100.0 / compared as f64 };
+            let summary =
+                format!("finished: {} of {} calls different ({share:.1} %)", thousands(different), thousands(compared));
+            (Outcome::Finished, summary)
+        }),
+        RolloutKind::Canary { manual, .. } => {
+            if let Some(why) = worse(serving, candidate, settings) {
+                return Some((Outcome::RolledBack, format!("rolled back: {why}")));
+            }
+            if !over || manual {
+                return None;
+            }
+            if candidate.calls < settings.min_calls {
+                let (calls, needed) = (candidate.calls, settings.min_calls);
+                return Some((
+                    Outcome::RolledBack,
+                    format!("rolled back: {calls} calls over the window, fewer than the {needed} needed to judge"),
+                ));
+            }
+            Some((Outcome::Promoted, format!("promoted: healthy over {} calls", thousands(candidate.calls))))
+        }
+    }
+}
 
 /// Why a candidate is worse than the serving build, if it is (`None`: nothing to hold against
 /// it yet). A candidate with fewer than `min_calls` calls is not judged.

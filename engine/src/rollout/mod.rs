@@ -28,8 +28,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 pub use self::history::{KeptVersion, VersionHistory, write_atomically};
-pub use self::judge::{thousands, worse};
-pub use self::stats::{BatchCounts, CohortReport, CohortStats, ShadowReport, ShadowStats};
+pub use self::judge::{Outcome, thousands, verdict};
+pub use self::stats::{BatchCounts, CohortReport, CohortStats, MAX_SAMPLES, ShadowReport, ShadowStats};
 use crate::plugin::PluginVersion;
 
 /// What a rollout does with its candidate.
@@ -71,6 +71,9 @@ pub struct Rollout {
     pub started: Instant,
     /// How long it runs.
     pub window: Duration,
+    /// Whether the cluster runs it (every node follows its plugin's pointer, and the cluster's
+    /// judge ends it) rather than this engine.
+    pub cluster: bool,
     /// The serving build's calls (on a shadow run: every call; on a canary: its cohort's).
     pub serving_stats: CohortStats,
     /// The candidate's calls.

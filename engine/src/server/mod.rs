@@ -185,13 +185,15 @@ pub async fn run_with(
     let store_fault = StoreFault::default();
     let cluster = match config.cluster.nats.is_empty() {
         true => None,
-        false => Some(Cluster::connect(&config.cluster, config.max_value_bytes).await?),
+        false => {
+            Some(Cluster::connect(&config.cluster, config.max_value_bytes).await?.judging_by(config.rollouts.clone()))
+        }
     };
     // Empty until the data is loaded (before the engine serves).
     let view = DataView::default();
     let admin_state = AdminState {
         registry: registry.clone(),
-        rollouts,
+        rollouts: rollouts.clone(),
         metrics: metrics.clone(),
         listen: listener.local_addr().map_err(ServerError::Listener)?,
         started,
@@ -222,7 +224,7 @@ pub async fn run_with(
     services.start_admin().map_err(ServerError::Listener)?;
     // A node of a cluster serves the cluster's builds from its first connection.
     if let Some(cluster) = &cluster {
-        fetch_cluster_builds(cluster, &config.plugins_dir, &registry, &mut shutdown).await;
+        fetch_cluster_builds(cluster, &config.plugins_dir, (&registry, &rollouts), &mut shutdown).await;
     }
     tokio::select! {
         biased;
@@ -251,7 +253,7 @@ pub async fn run_with(
     tokio::spawn(apply_reloads(reloads, config.clone(), live.clone(), auth.clone(), rescans));
     tokio::spawn(reloader.run(changed, overflowed, rescan_requests, reloading.clone()));
     if let Some(cluster) = &cluster {
-        let follow = cluster.clone().follow_builds(config.plugins_dir.clone(), registry.clone());
+        let follow = cluster.clone().follow_builds(config.plugins_dir.clone(), registry.clone(), rollouts.clone());
         tokio::spawn(reloading.clone().run_until_cancelled_owned(follow));
     }
     let settings = ShardSettings {
@@ -433,11 +435,12 @@ async fn apply_reloads(
 async fn fetch_cluster_builds(
     cluster: &Cluster,
     dir: &std::path::Path,
-    registry: &Arc<PluginRegistry>,
+    (registry, rollouts): (&Arc<PluginRegistry>, &Arc<Rollouts>),
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) {
+    let fetch = cluster.fetch_builds(dir, registry, rollouts);
     tokio::select! {
-        fetched = tokio::time::timeout(crate::cluster::START_SYNC_TIME, cluster.fetch_builds(dir, registry)) => match fetched {
+        fetched = tokio::time::timeout(crate::cluster::START_SYNC_TIME, fetch) => match fetched {
             Ok(Ok(written)) => tracing::info!(plugins = ?written, "the cluster's current builds are here"),
             Ok(Err(err)) => tracing::warn!(cause = %err, "cannot fetch the cluster's builds; serving the ones here"),
             Err(_) => tracing::warn!("NATS did not answer in time; serving the builds here until it does"),
