@@ -440,6 +440,11 @@ impl Rollouts {
         Ok(VersionList { plugin: plugin.to_owned(), serving, versions })
     }
 
+    /// The candidate of `plugin`'s rollout in progress, if any.
+    pub fn candidate(&self, plugin: &str) -> Option<String> {
+        self.registry.rollout(plugin).map(|rollout| rollout.candidate.hash.clone())
+    }
+
     /// The rollout of `plugin` in progress, with its figures so far.
     pub fn status(&self, plugin: &str) -> Option<RolloutStatus> {
         self.registry.rollout(plugin).map(|rollout| status_of(&rollout))

@@ -26,12 +26,13 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
-use super::rollouts::{ClusterRollout, EndedClusterRollout, busy};
 use super::{Cluster, ClusterError, jetstream_error};
 use crate::config::is_valid_name;
 use crate::plugin::content_hash;
 use crate::registry::{MAX_PLUGIN_BYTES, PluginRegistry};
+use crate::rollout::{Outcome, RolloutKind};
 use crate::rollout_control::Rollouts;
+use crate::wall_clock::now_ms;
 
 /// The Object Store holding plugin builds, named by their SHA-256.
 const BUILDS: &str = "wasmpush-builds";
@@ -65,6 +66,43 @@ pub struct Pointer {
     /// How the last one ended, as the cluster's judge decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<EndedClusterRollout>,
+}
+
+/// A canary or shadow run across the cluster, as the plugin's pointer holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterRollout {
+    /// Canary or shadow, and its share.
+    #[serde(flatten)]
+    pub kind: RolloutKind,
+    /// The candidate build's SHA-256: its name in the builds' store.
+    pub candidate: String,
+    /// The candidate's size in bytes.
+    pub bytes: u64,
+    /// When it started, in ms since the Unix epoch.
+    pub started_at_ms: u64,
+    /// Its window in seconds.
+    pub window_secs: u64,
+}
+
+/// How the cluster's judge ended a rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndedClusterRollout {
+    /// The candidate it was about.
+    pub candidate: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why, summed over the nodes.
+    pub reason: String,
+}
+
+/// "a canary of `NAME` (build …) is in progress in the cluster": why another deploy waits.
+pub(super) fn busy(name: &str, rollout: &ClusterRollout) -> String {
+    let kind = if matches!(rollout.kind, RolloutKind::Shadow { .. }) { "shadow run" } else { "canary" };
+    let age = now_ms().saturating_sub(rollout.started_at_ms) / 1000;
+    format!(
+        "a {kind} of `{name}` (build {:.12}) is in progress in the cluster since {age} s: it ends by the cluster's judge",
+        rollout.candidate
+    )
 }
 
 /// What a deploy did.

@@ -12,52 +12,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::kv;
-use serde::{Deserialize, Serialize};
-
-use super::plugins::{DeployError, Deployed, Pointer};
+use super::plugins::{ClusterRollout, DeployError, Deployed, EndedClusterRollout, Pointer, busy};
 use super::presence::ClusterNode;
 use super::{Cluster, ClusterError, jetstream_error};
 use crate::rollout::{CohortReport, Outcome, RolloutKind, ShadowReport, verdict};
 use crate::rollout_control::{RolloutStatus, Rollouts};
 use crate::wall_clock::now_ms;
-
-/// A canary or shadow run across the cluster, as the plugin's pointer holds it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClusterRollout {
-    /// Canary or shadow, and its share.
-    #[serde(flatten)]
-    pub kind: RolloutKind,
-    /// The candidate build's SHA-256: its name in the builds' store.
-    pub candidate: String,
-    /// The candidate's size in bytes.
-    pub bytes: u64,
-    /// When it started, in ms since the Unix epoch.
-    pub started_at_ms: u64,
-    /// Its window in seconds.
-    pub window_secs: u64,
-}
-
-/// How the cluster's judge ended a rollout.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EndedClusterRollout {
-    /// The candidate it was about.
-    pub candidate: String,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Why, summed over the nodes.
-    pub reason: String,
-}
-
-/// "a canary of `NAME` (build …) is in progress in the cluster": why another deploy waits.
-pub(super) fn busy(name: &str, rollout: &ClusterRollout) -> String {
-    let kind = if matches!(rollout.kind, RolloutKind::Shadow { .. }) { "shadow run" } else { "canary" };
-    let age = now_ms().saturating_sub(rollout.started_at_ms) / 1000;
-    format!(
-        "a {kind} of `{name}` (build {:.12}) is in progress in the cluster since {age} s: it ends by the cluster's judge",
-        rollout.candidate
-    )
-}
+use async_nats::jetstream::kv;
 
 impl Cluster {
     /// Starts a canary or shadow run of `wasm` as plugin `name` across the cluster, for `window`.
@@ -102,8 +63,7 @@ impl Cluster {
         rollout: &ClusterRollout,
         rollouts: &Arc<Rollouts>,
     ) -> Option<()> {
-        let followed = rollouts.status(name).is_some_and(|local| local.candidate == rollout.candidate);
-        if followed {
+        if rollouts.candidate(name).as_ref() == Some(&rollout.candidate) {
             return Some(());
         }
         let wasm = match self.fetch(&rollout.candidate).await {
@@ -129,11 +89,11 @@ impl Cluster {
     /// Ends this node's part of a cluster rollout of plugin `name` that `pointer` no longer
     /// holds, as the pointer says it ended.
     pub(super) async fn leave_rollout(&self, name: &str, pointer: &Pointer, rollouts: &Arc<Rollouts>) {
-        let Some(local) = rollouts.status(name) else { return };
+        let Some(candidate) = rollouts.candidate(name) else { return };
         let ended = pointer
             .ended
             .as_ref()
-            .filter(|ended| ended.candidate == local.candidate)
+            .filter(|ended| ended.candidate == candidate)
             .map(|ended| (ended.outcome, format!("{} (cluster)", ended.reason)));
         let (rollouts, plugin, serving) = (rollouts.clone(), name.to_owned(), pointer.build.clone());
         let _ = tokio::task::spawn_blocking(move || rollouts.end_cluster_rollout(&plugin, &serving, ended)).await;

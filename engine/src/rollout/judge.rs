@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::RolloutKind;
+use super::candidate::RolloutKind;
 use super::stats::{CohortReport, ShadowReport};
 use crate::config::RolloutSettings;
 
