@@ -308,19 +308,27 @@ async fn a_cluster_canary_is_judged_on_every_nodes_figures_and_its_end_reaches_e
             .map(str::to_owned)
             .to_vec()
     };
-    let started = wasmpush(canary(artifacts::VERSIONED_TRAP, "60")).await;
+    // A healthy one: a node that joins mid-rollout follows it, and it is promoted everywhere at
+    // the end of its window.
+    let started = wasmpush(canary(artifacts::VERSIONED_V2, "10")).await;
     assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
     assert!(String::from_utf8_lossy(&started.stdout).contains("started a cluster canary of versioned"), "{started:?}");
-    let trap = build_of(artifacts::VERSIONED_TRAP);
+    let v2 = build_of(artifacts::VERSIONED_V2);
     // A second rollout meanwhile is refused, naming the one running.
-    let refused = wasmpush(canary(artifacts::VERSIONED_V2, "60")).await;
+    let refused = wasmpush(canary(artifacts::VERSIONED_TRAP, "60")).await;
     assert!(String::from_utf8_lossy(&refused.stderr).contains("is in progress in the cluster"), "{refused:?}");
-    // A node that joins mid-rollout follows it.
     let late = nodes_on(&nats, 1).await;
     let every: Vec<&wasmpush_tests::TestEngine> = first.iter().chain(&late).collect();
-    until_every_node(&every, "followed the canary", |plugin| plugin["rollout"]["candidate"] == trap.as_str()).await;
+    until_every_node(&every, "followed the canary", |plugin| plugin["rollout"]["candidate"] == v2.as_str()).await;
+    until_every_node(&every, "promoted the canary", |plugin| plugin["last_rollouts"][0]["outcome"] == "promoted").await;
+    until_every_node(&every, "served the promoted build", |plugin| plugin["version"] == v2.as_str()).await;
+    for client in &mut clients {
+        until_version(client, "2").await;
+    }
 
-    // Judged on the sum: rolled back on every node, with the cluster's reason.
+    // A trapping one is judged on the sum: rolled back on every node, with the cluster's reason.
+    let started = wasmpush(canary(artifacts::VERSIONED_TRAP, "60")).await;
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
     until_every_node(&every, "rolled the canary back", |plugin| plugin["last_rollouts"][0]["outcome"] == "rolled_back")
         .await;
     for node in &every {
@@ -328,17 +336,8 @@ async fn a_cluster_canary_is_judged_on_every_nodes_figures_and_its_end_reaches_e
         let reason = plugin["last_rollouts"][0]["reason"].as_str().unwrap();
         assert!(reason.starts_with("rolled back: traps ") && reason.ends_with("(cluster)"), "{reason}");
         assert!(plugin.get("rollout").is_none(), "{plugin}");
+        assert_eq!(plugin["version"], v2.as_str(), "the serving build serves on");
     }
-    for client in &mut clients {
-        until_version(client, "1").await;
-    }
-
-    // A healthy one is promoted everywhere at the end of its window.
-    let started = wasmpush(canary(artifacts::VERSIONED_V2, "6")).await;
-    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
-    until_every_node(&every, "promoted the canary", |plugin| plugin["last_rollouts"][0]["outcome"] == "promoted").await;
-    let v2 = build_of(artifacts::VERSIONED_V2);
-    until_every_node(&every, "served the promoted build", |plugin| plugin["version"] == v2.as_str()).await;
     for client in &mut clients {
         until_version(client, "2").await;
     }

@@ -238,7 +238,9 @@ async fn a_canary_that_traps_on_a_share_of_clients_rolls_itself_back() {
 async fn a_healthy_canary_is_promoted_at_the_end_of_its_window_and_a_manual_one_by_promote() {
     let engine = engine_with(|_| {}).await;
     let (tasks, stop) = clients(&engine, 20).await;
-    cli_ok(&engine, &["deploy", "versioned", artifacts::VERSIONED_V2, "--canary", "50", "--for", "2"]).await;
+    // Four seconds: 200 candidate calls when the machine keeps up, and at least the 50 needed to
+    // judge when the CI machine runs tests side by side.
+    cli_ok(&engine, &["deploy", "versioned", artifacts::VERSIONED_V2, "--canary", "50", "--for", "4"]).await;
     // While it runs, /status and /metrics show the live comparison.
     let live = plugin_status(&engine, "versioned").await;
     assert_eq!(live["rollout"]["kind"], "canary", "{live}");

@@ -10,23 +10,31 @@
 //! A promotion or a rollback also writes the build to the plugins directory (`NAME.wasm`,
 //! through a temporary file), so a restart serves what the engine served; the watcher then
 //! finds the file unchanged.
+//!
+//! ## Layout
+//! - this file: [`Rollouts`] — starting, judging, ending, following the cluster's, rollback.
+//! - `requests`: what it is asked ([`DeployMode`]) and how it refuses ([`RolloutError`]).
+//! - `report`: what it reports — `/status` records, the records on disk, metric families.
+
+mod report;
+mod requests;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+pub use self::report::{EndedRollout, RolloutStatus, VersionList};
+use self::report::{Started, describe, kept_list, read_ended, status_of};
+use self::requests::check_mode;
+pub use self::requests::{DeployMode, RolloutError};
 use crate::config::{RolloutSettings, is_valid_name};
 use crate::metrics::Metrics;
 use crate::plugin::content_hash;
 use crate::registry::{Loaded, PluginRegistry};
-use crate::rollout::{
-    CohortReport, CohortStats, KeptVersion, Outcome, Rollout, RolloutKind, ShadowReport, ShadowStats, verdict,
-    write_atomically,
-};
+use crate::rollout::{CohortStats, KeptVersion, Outcome, Rollout, RolloutKind, ShadowStats, verdict, write_atomically};
 use crate::wall_clock::unix_ms;
 
 /// How often the judge looks at a rollout's figures.
@@ -37,166 +45,6 @@ const ENDED_KEPT: usize = 5;
 
 /// Hex digits a version given by hand must have at least.
 const MIN_VERSION_PREFIX: usize = 4;
-
-/// How a build is shipped through the admin endpoint.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum DeployMode {
-    /// Served by every connection at its next tick, as a file drop.
-    Now,
-    /// A canary of `percent` % of the connections for `window`; promoted at its end unless
-    /// `manual`.
-    Canary {
-        /// Share of the connections, in percent.
-        percent: f64,
-        /// How long it is judged.
-        window: Duration,
-        /// Whether promotion waits for `wasmpush promote`.
-        manual: bool,
-    },
-    /// A shadow run on `sample` % of the connections for `window`.
-    Shadow {
-        /// Share of the connections, in percent.
-        sample: f64,
-        /// How long it runs.
-        window: Duration,
-    },
-}
-
-/// Why a rollout request was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum RolloutError {
-    /// The name cannot name a plugin.
-    #[error("`{0}` is not a plugin name: letters, digits, `-` and `_`, at most 64")]
-    BadName(String),
-    /// A share or window out of range.
-    #[error("{0}")]
-    BadRequest(String),
-    /// Nothing serves the plugin, so there is nothing to compare a candidate with.
-    #[error("plugin `{0}` is not served: deploy it plainly first (a canary or shadow needs a build to compare with)")]
-    NotServed(String),
-    /// The candidate is the build already serving.
-    #[error("plugin `{plugin}` already serves build {hash:.12}")]
-    SameBuild {
-        /// The plugin.
-        plugin: String,
-        /// The build.
-        hash: String,
-    },
-    /// Another rollout of the plugin is in progress.
-    #[error(
-        "a {kind} of `{plugin}` (build {candidate:.12}) is in progress since {age_secs} s: promote or abort it first"
-    )]
-    Busy {
-        /// The plugin.
-        plugin: String,
-        /// `canary` or `shadow run`.
-        kind: &'static str,
-        /// Its candidate.
-        candidate: String,
-        /// Seconds since it started.
-        age_secs: u64,
-    },
-    /// No rollout of the plugin is in progress.
-    #[error("no rollout of `{0}` is in progress")]
-    NoRollout(String),
-    /// A promotion asked of a shadow run, which serves nothing.
-    #[error("`{0}` runs a shadow, which serves nothing: deploy the build plainly or as a canary to ship it")]
-    ShadowNotPromotable(String),
-    /// The build failed to load; nothing changed.
-    #[error("{0}")]
-    Refused(String),
-    /// The rollout is the cluster's: its judge ends it.
-    #[error("the rollout of `{0}` is the cluster's: the cluster's judge ends it (docs/rollouts.md)")]
-    ClusterRollout(String),
-    /// The version asked for is not kept.
-    #[error("plugin `{plugin}` keeps no build {asked}; kept: {kept}")]
-    UnknownVersion {
-        /// The plugin.
-        plugin: String,
-        /// What was asked.
-        asked: String,
-        /// The kept builds, newest first.
-        kept: String,
-    },
-    /// The version history could not be read or written.
-    #[error("version history: {0}")]
-    History(String),
-}
-
-impl RolloutError {
-    /// The HTTP status the admin endpoint answers it with.
-    pub fn status(&self) -> u16 {
-        match self {
-            RolloutError::BadName(_) | RolloutError::BadRequest(_) => 400,
-            RolloutError::NotServed(_) | RolloutError::NoRollout(_) | RolloutError::UnknownVersion { .. } => 404,
-            RolloutError::SameBuild { .. }
-            | RolloutError::Busy { .. }
-            | RolloutError::ShadowNotPromotable(_)
-            | RolloutError::ClusterRollout(_) => 409,
-            RolloutError::Refused(_) => 422,
-            RolloutError::History(_) => 500,
-        }
-    }
-}
-
-/// A rollout in progress, as `/status` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RolloutStatus {
-    /// The plugin.
-    pub plugin: String,
-    /// Canary or shadow, and its share.
-    #[serde(flatten)]
-    pub kind: RolloutKind,
-    /// The candidate build's hash.
-    pub candidate: String,
-    /// The hash of the build it is compared with.
-    pub serving: String,
-    /// When it started, in ms since the Unix epoch.
-    pub started_at_ms: u64,
-    /// When its window ends, in ms since the Unix epoch.
-    pub ends_at_ms: u64,
-    /// The serving build's figures.
-    pub serving_calls: CohortReport,
-    /// The candidate's figures.
-    pub candidate_calls: CohortReport,
-    /// A shadow run's comparisons.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shadow: Option<ShadowReport>,
-    /// A manual canary whose window is over: waiting for `wasmpush promote`.
-    #[serde(default)]
-    pub awaiting_promote: bool,
-}
-
-/// A rollout that ended, as `/status` lists it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EndedRollout {
-    /// What it was.
-    #[serde(flatten)]
-    pub status: RolloutStatus,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Why, in words: "rolled back: traps 12.0 % vs 0.0 % over 4,212 calls".
-    pub reason: String,
-    /// When, in ms since the Unix epoch.
-    pub ended_at_ms: u64,
-}
-
-/// `wasmpush versions NAME`: the kept builds of a plugin.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VersionList {
-    /// The plugin.
-    pub plugin: String,
-    /// The build serving now, if any.
-    pub serving: Option<String>,
-    /// The kept builds, newest first.
-    pub versions: Vec<KeptVersion>,
-}
-
-/// A rollout in progress as written to disk: enough to say, after a restart, which one ended.
-#[derive(Debug, Serialize, Deserialize)]
-struct Started {
-    status: RolloutStatus,
-}
 
 /// Starts, judges and ends rollouts.
 #[derive(Debug)]
@@ -456,46 +304,9 @@ impl Rollouts {
         ended.get(plugin).map(|list| list.iter().rev().cloned().collect()).unwrap_or_default()
     }
 
-    /// Metric families of the rollouts in progress, labelled by plugin, build (`version`, only
-    /// the serving one and the candidate) and role, as OpenMetrics text.
+    /// Metric families of the rollouts in progress (see [`report::metrics_text`]).
     pub fn metrics_text(&self) -> String {
-        let rollouts = self.registry.rollouts();
-        if rollouts.is_empty() {
-            return String::new();
-        }
-        let mut calls = String::from(
-            "# TYPE wasmpush_rollout_calls counter\n# HELP wasmpush_rollout_calls Calls of each build of a rollout in progress, by outcome\n",
-        );
-        let mut shadow = String::from(
-            "# TYPE wasmpush_rollout_shadow_calls counter\n# HELP wasmpush_rollout_shadow_calls Calls of a shadow run, by comparison\n",
-        );
-        for (plugin, rollout) in rollouts.iter() {
-            for (role, build, report) in [
-                ("serving", &rollout.serving, rollout.serving_stats.report()),
-                ("candidate", &rollout.candidate, rollout.candidate_stats.report()),
-            ] {
-                let labels = format!("plugin=\"{plugin}\",version=\"{}\",role=\"{role}\"", build.short_hash());
-                for (outcome, count) in [
-                    ("all", report.calls),
-                    ("frame", report.frames),
-                    ("error", report.errors),
-                    ("trap", report.traps),
-                    ("timeout", report.timeouts),
-                ] {
-                    calls += &format!("wasmpush_rollout_calls_total{{{labels},outcome=\"{outcome}\"}} {count}\n");
-                }
-            }
-            if rollout.is_shadow() {
-                let report = rollout.shadow.report();
-                let labels = format!("plugin=\"{plugin}\",version=\"{}\"", rollout.candidate.short_hash());
-                for (result, count) in
-                    [("identical", report.identical), ("different", report.different), ("shed", report.shed)]
-                {
-                    shadow += &format!("wasmpush_rollout_shadow_calls_total{{{labels},result=\"{result}\"}} {count}\n");
-                }
-            }
-        }
-        calls + &shadow
+        report::metrics_text(&self.registry.rollouts())
     }
 
     /// Judges `rollout` every [`JUDGE_PERIOD`] until it ends: a canary worse than the serving
@@ -642,80 +453,5 @@ impl Rollouts {
 
     fn lock(&self) -> MutexGuard<'_, ()> {
         self.changes.lock().unwrap_or_else(|poison| poison.into_inner())
-    }
-}
-
-impl From<serde_json::Error> for RolloutError {
-    fn from(err: serde_json::Error) -> Self {
-        RolloutError::History(err.to_string())
-    }
-}
-
-/// Refuses a share outside 0–100 % or a window outside 1 s – 1 day.
-fn check_mode(mode: DeployMode) -> Result<(), RolloutError> {
-    let (share, window) = match mode {
-        DeployMode::Now => return Ok(()),
-        DeployMode::Canary { percent, window, .. } => (percent, window),
-        DeployMode::Shadow { sample, window } => (sample, window),
-    };
-    if !(share > 0.0 && share <= 100.0) {
-        return Err(RolloutError::BadRequest(format!("a share must be above 0 and at most 100 %, not {share}")));
-    }
-    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&window) {
-        return Err(RolloutError::BadRequest("a window must be between 1 s and 86400 s".to_owned()));
-    }
-    Ok(())
-}
-
-/// "canary (10 %)", "shadow run (100 % sample)".
-fn describe(rollout: &Rollout) -> String {
-    match rollout.kind {
-        RolloutKind::Canary { percent, manual: false } => format!("canary ({percent} %)"),
-        RolloutKind::Canary { percent, manual: true } => format!("manual canary ({percent} %)"),
-        RolloutKind::Shadow { sample } => format!("shadow run ({sample} % sample)"),
-    }
-}
-
-/// `rollout` with its figures so far.
-fn status_of(rollout: &Rollout) -> RolloutStatus {
-    let over = rollout.started.elapsed() >= rollout.window;
-    RolloutStatus {
-        plugin: rollout.plugin.to_string(),
-        kind: rollout.kind,
-        candidate: rollout.candidate.hash.clone(),
-        serving: rollout.serving.hash.clone(),
-        started_at_ms: unix_ms(rollout.started_at),
-        ends_at_ms: unix_ms(rollout.started_at + rollout.window),
-        serving_calls: rollout.serving_stats.report(),
-        candidate_calls: rollout.candidate_stats.report(),
-        shadow: rollout.is_shadow().then(|| rollout.shadow.report()),
-        awaiting_promote: over && matches!(rollout.kind, RolloutKind::Canary { manual: true, .. }),
-    }
-}
-
-/// The kept builds as one line: `3f2a…(serving), 9bc1…`.
-fn kept_list(list: &VersionList) -> String {
-    if list.versions.is_empty() {
-        return "none".to_owned();
-    }
-    let shown: Vec<String> = list
-        .versions
-        .iter()
-        .map(|kept| {
-            let serving = if Some(&kept.hash) == list.serving.as_ref() { " (serving)" } else { "" };
-            format!("{:.12}{serving}", kept.hash)
-        })
-        .collect();
-    shown.join(", ")
-}
-
-/// The ended rollouts recorded in `path`; none if it is missing or unreadable.
-fn read_ended(path: &Path) -> BTreeMap<String, VecDeque<EndedRollout>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
-            tracing::warn!(path = %path.display(), cause = %err, "ignoring an unreadable record of ended rollouts");
-            BTreeMap::new()
-        }),
-        Err(_) => BTreeMap::new(),
     }
 }
