@@ -41,6 +41,9 @@ pub(crate) async fn nodes_on(nats: &NatsServer, nodes: usize) -> Vec<TestEngine>
         TestEngine::start(&[("portfolio", artifacts::PORTFOLIO)], move |config| {
             portfolio(config, |table| table.tick_ms = Some(0));
             config.cluster.nats = vec![url];
+            // Canaries are not judged on call time here: on a loaded CI machine a descheduled
+            // shard makes any build's p99 look slow (the time rule has its unit test).
+            config.rollouts.p99_floor_us = 60_000_000;
         })
     };
     join_all((0..nodes).map(start)).await
