@@ -158,11 +158,13 @@ async fn main() {
     let decided = ended["ended_at_ms"].as_u64().unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut reach: Vec<u64> = Vec::new();
-    let mut late_frames = 0;
+    let (mut late_frames, mut cohort, mut silent) = (0, 0, 0);
     for record in &frames {
         let record = record.lock().unwrap();
         late_frames += record.iter().filter(|(version, at)| version == "trap" && *at > decided).count();
         let in_canary = record.iter().any(|(version, _)| version == "trap" || version == "error");
+        cohort += usize::from(in_canary);
+        silent += usize::from(in_canary && !record.iter().any(|(_, at)| *at >= decided));
         if in_canary && let Some((_, at)) = record.iter().find(|(version, at)| version == "1" && *at >= decided) {
             reach.push(at - decided);
         }
@@ -181,7 +183,9 @@ async fn main() {
         reach.last().unwrap(),
         *reach.last().unwrap() as f64 / TICK_MS as f64
     );
-    println!("(frames of the candidate made after the decision: {late_frames})");
+    println!(
+        "(frames of the candidate made after the decision: {late_frames}; canary clients: {cohort}, of which without any frame after it (their connection ended: this process fell behind reading): {silent})"
+    );
 }
 
 /// What ten seconds of load cost.
