@@ -14,7 +14,7 @@ use wasmpush_tests::{Client, NatsServer, artifacts};
 
 use crate::cluster::nodes_on;
 use crate::data::parse;
-use crate::util::{BINARY, SOON, write_config};
+use crate::util::{BINARY, SOON, version_of, write_config};
 
 /// The path of `versioned` with empty params.
 const VERSIONED: &str = "/ws/versioned?params=%7B%7D";
@@ -33,11 +33,6 @@ async fn deploy(nats: &NatsServer, file: &str) -> Output {
 /// The SHA-256 of `file` in hex: its build's name.
 fn build_of(file: &str) -> String {
     wasmpush::plugin::content_hash(&std::fs::read(file).unwrap())
-}
-
-/// The version in a `versioned` frame.
-fn version(frame: &str) -> String {
-    parse(frame)["version"].as_str().unwrap().to_owned()
 }
 
 /// Reads `client` until a frame of `wanted` arrives, past error frames (a candidate that
@@ -108,7 +103,7 @@ async fn a_deploy_reaches_every_node_without_dropping_a_client_and_a_racing_one_
     let mut clients = Vec::new();
     for node in &nodes {
         let mut client = Client::connect(&node.url(VERSIONED)).await;
-        assert_eq!(version(&client.next_text(SOON).await), "1", "{} serves the deployed build", node.addr);
+        assert_eq!(version_of(&client.next_text(SOON).await), "1", "{} serves the deployed build", node.addr);
         clients.push(client);
     }
 
@@ -131,13 +126,13 @@ async fn a_deploy_reaches_every_node_without_dropping_a_client_and_a_racing_one_
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     for node in &nodes {
         let mut client = Client::connect(&node.url("/ws/again?params=%7B%7D")).await;
-        assert_eq!(version(&client.next_text(SOON).await), "2", "{} serves `again` once deploy returned", node.addr);
+        assert_eq!(version_of(&client.next_text(SOON).await), "2", "{} serves `again` once deploy returned", node.addr);
     }
 
     // A node that joins serves the cluster's build from its first connection.
     let late = nodes_on(&nats, 1).await.remove(0);
     let mut client = Client::connect(&late.url(VERSIONED)).await;
-    assert_eq!(version(&client.next_text(SOON).await), "2");
+    assert_eq!(version_of(&client.next_text(SOON).await), "2");
 
     // A component no node can load: each node keeps the build it serves and says why.
     let broken = tempfile::NamedTempFile::new().unwrap();
@@ -147,7 +142,7 @@ async fn a_deploy_reaches_every_node_without_dropping_a_client_and_a_racing_one_
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(stderr.contains("nodes could not load the build"), "{stderr}");
     for client in clients.iter_mut().chain([&mut client]) {
-        assert_eq!(version(&client.next_text(SOON).await), "2", "the old build serves on");
+        assert_eq!(version_of(&client.next_text(SOON).await), "2", "the old build serves on");
     }
     for node in nodes.iter().chain([&late]) {
         let kept = wasmpush::plugin::content_hash(&std::fs::read(node.plugin_path("versioned")).unwrap());
@@ -298,7 +293,7 @@ async fn a_cluster_canary_is_judged_on_every_nodes_figures_and_its_end_reaches_e
         for n in 0..10 {
             let params = wasmpush_tests::percent_encode(&format!(r#"{{"n":{}}}"#, i * 10 + n));
             let mut client = Client::connect(&node.url(&format!("/ws/versioned?params={params}"))).await;
-            assert_eq!(version(&client.next_text(SOON).await), "1");
+            assert_eq!(version_of(&client.next_text(SOON).await), "1");
             clients.push(client);
         }
     }

@@ -5,13 +5,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use wasmpush_tests::{Client, Frame, TestEngine, artifacts};
 
-use crate::util::{SOON, TICK, encode, number_of, seq_of};
-
-/// The `version` of a `versioned` frame.
-fn version_of(frame: &str) -> String {
-    let value: serde_json::Value = serde_json::from_str(frame).unwrap_or_else(|e| panic!("{e}: {frame}"));
-    value["version"].as_str().unwrap_or_else(|| panic!("no version in {frame}")).to_owned()
-}
+use crate::util::{SOON, TICK, encode, number_of, seq_of, version_of};
 
 /// An engine serving `versioned` v1 (and `quote`).
 async fn versioned_engine() -> TestEngine {

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wasmpush_tests::{Client, Frame, TestEngine, artifacts};
 
-use crate::util::{BINARY, SOON, TICK, encode};
+use crate::util::{BINARY, SOON, TICK, encode, version_of};
 
 /// What a client of `versioned` received: data frames by build, and error frames.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,17 +111,22 @@ async fn records(tasks: Vec<JoinHandle<Record>>, stop: watch::Sender<bool>) -> V
     records
 }
 
-/// Runs the real `wasmpush` CLI against `engine`'s admin endpoint; its success and output.
-async fn cli(engine: &TestEngine, args: &[&str]) -> (bool, String) {
-    let pid_file = engine.plugins_dir().join("no-such.pid");
+/// Runs the real `wasmpush` with `args` on a blocking thread (no admin token from the
+/// environment); its success and output.
+async fn wasmpush(args: &[&str]) -> (bool, String) {
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
     let mut command = std::process::Command::new(BINARY);
-    command
-        .args(args)
-        .args(["--admin", &engine.admin_addr.to_string(), "--pid-file", pid_file.to_str().unwrap()])
-        .env_remove("WASMPUSH_ADMIN_TOKEN");
+    command.args(&args).env_remove("WASMPUSH_ADMIN_TOKEN");
     let output = tokio::task::spawn_blocking(move || command.output().expect("run wasmpush")).await.unwrap();
     let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
     (output.status.success(), text)
+}
+
+/// Runs the real `wasmpush` CLI against `engine`'s admin endpoint; its success and output.
+async fn cli(engine: &TestEngine, args: &[&str]) -> (bool, String) {
+    let (admin, pid_file) = (engine.admin_addr.to_string(), engine.plugins_dir().join("no-such.pid"));
+    let engine_args = ["--admin", &admin, "--pid-file", pid_file.to_str().unwrap()];
+    wasmpush(&[args, &engine_args].concat()).await
 }
 
 /// `cli`, which must succeed.
@@ -298,13 +303,6 @@ async fn a_canary_connection_keeps_its_build_across_ticks_and_new_params() {
     assert!(said.contains("aborted by `wasmpush abort`"), "{said}");
 }
 
-fn version_of(frame: &str) -> String {
-    match parse(frame) {
-        Got::Data { version, .. } => version,
-        Got::Error(code) => panic!("error frame {code}: {frame}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_run_counts_differences_and_sends_nothing() {
     let engine = engine_with(|_| {}).await;
@@ -448,16 +446,6 @@ async fn bad_rollout_requests_are_refused_and_change_nothing() {
     );
     let (code, body) = wasmpush_tests::http::exchange(engine.admin_addr, &raw).await;
     assert_eq!(code, 403, "{body}");
-}
-
-/// Runs the real `wasmpush` with `args` on a blocking thread; its success and output.
-async fn wasmpush(args: &[&str]) -> (bool, String) {
-    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-    let output = tokio::task::spawn_blocking(move || std::process::Command::new(BINARY).args(&args).output().unwrap())
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,12 @@ pub fn seq_of(frame: &str) -> u64 {
     number_of(frame, "seq")
 }
 
+/// The `version` of a `versioned` frame; panics on any other frame (an error frame).
+pub fn version_of(frame: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(frame).unwrap_or_else(|e| panic!("{e}: {frame}"));
+    value["version"].as_str().unwrap_or_else(|| panic!("no version in {frame}")).to_owned()
+}
+
 /// The whole-number field `name` of a data frame.
 pub fn number_of(frame: &str, name: &str) -> u64 {
     let value: serde_json::Value = serde_json::from_str(frame).unwrap_or_else(|e| panic!("{e}: {frame}"));

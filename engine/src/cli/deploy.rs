@@ -98,12 +98,7 @@ pub(super) fn run(
         Shipping::Shadow { sample, secs } => Some((RolloutKind::Shadow { sample }, secs)),
     };
     if let Some((kind, secs)) = rollout {
-        let share = match kind {
-            RolloutKind::Canary { percent, .. } => percent,
-            RolloutKind::Shadow { sample } => sample,
-        };
-        anyhow::ensure!(share > 0.0 && share <= 100.0, "a share must be above 0 and at most 100 %, not {share}");
-        anyhow::ensure!((1..=86_400).contains(&secs), "a window must be between 1 s and 86400 s");
+        kind.check(Duration::from_secs(secs)).map_err(anyhow::Error::msg)?;
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {

@@ -212,15 +212,10 @@ impl Cluster {
         registry: &Arc<PluginRegistry>,
         rollouts: &Arc<Rollouts>,
     ) -> Result<Vec<String>, ClusterError> {
-        let pointers = self.pointers().await?;
-        let names: Vec<String> =
-            pointers.keys().await.map_err(jetstream_error)?.try_collect().await.map_err(jetstream_error)?;
         let mut written = Vec::new();
-        for name in names {
-            if let Some(entry) = pointers.entry(name.as_str()).await.map_err(jetstream_error)?
-                && self.install(dir, &entry, registry, rollouts).await == Some(true)
-            {
-                written.push(name);
+        for entry in self.pointer_entries().await? {
+            if self.install(dir, &entry, registry, rollouts).await == Some(true) {
+                written.push(entry.key);
             }
         }
         Ok(written)
@@ -351,15 +346,27 @@ impl Cluster {
         Ok(wasm)
     }
 
-    /// Removes the builds no pointer names and none of `served` (the builds live nodes serve):
-    /// a pointer's previous build at once, any other after [`ORPHAN_AGE`].
-    pub(super) async fn remove_old_builds(&self, served: &BTreeSet<String>) -> Result<(), ClusterError> {
+    /// Every plugin's pointer entry, as the bucket holds it now.
+    pub(super) async fn pointer_entries(&self) -> Result<Vec<kv::Entry>, ClusterError> {
         let pointers = self.pointers().await?;
         let names: Vec<String> =
             pointers.keys().await.map_err(jetstream_error)?.try_collect().await.map_err(jetstream_error)?;
-        let (mut named, mut replaced) = (BTreeSet::new(), BTreeSet::new());
+        let mut entries = Vec::with_capacity(names.len());
         for name in names {
-            let Some(entry) = pointers.entry(name.as_str()).await.map_err(jetstream_error)? else { continue };
+            entries.extend(pointers.entry(name.as_str()).await.map_err(jetstream_error)?);
+        }
+        Ok(entries)
+    }
+
+    /// Removes the builds no pointer of `entries` names and none of `served` (the builds live
+    /// nodes serve): a pointer's previous build at once, any other after [`ORPHAN_AGE`].
+    pub(super) async fn remove_old_builds(
+        &self,
+        entries: &[kv::Entry],
+        served: &BTreeSet<String>,
+    ) -> Result<(), ClusterError> {
+        let (mut named, mut replaced) = (BTreeSet::new(), BTreeSet::new());
+        for entry in entries {
             if let Ok(pointer) = serde_json::from_slice::<Pointer>(&entry.value) {
                 named.insert(pointer.build);
                 named.extend(pointer.rollout.map(|rollout| rollout.candidate));

@@ -89,8 +89,9 @@ impl Cluster {
         let live = || nodes.iter().filter(|known| !known.gone);
         if live().map(|known| known.node.as_str()).min() == Some(node) {
             let served = live().flat_map(|known| known.announcement.builds.iter().cloned()).collect();
-            self.remove_old_builds(&served).await?;
-            self.judge_rollouts(&nodes).await?;
+            let pointers = self.pointer_entries().await?;
+            self.remove_old_builds(&pointers, &served).await?;
+            self.judge_rollouts(&pointers, &nodes).await?;
         }
         Ok(())
     }

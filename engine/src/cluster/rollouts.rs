@@ -99,21 +99,20 @@ impl Cluster {
         let _ = tokio::task::spawn_blocking(move || rollouts.end_cluster_rollout(&plugin, &serving, ended)).await;
     }
 
-    /// Judges every rollout in the cluster's pointers on the sum of the `nodes`' figures (the
+    /// Judges every rollout in the pointers' `entries` on the sum of the `nodes`' figures (the
     /// live node with the smallest name calls it): ends each one whose verdict is in by moving
     /// its pointer.
-    pub(super) async fn judge_rollouts(&self, nodes: &[ClusterNode]) -> Result<(), ClusterError> {
+    pub(super) async fn judge_rollouts(
+        &self,
+        entries: &[kv::Entry],
+        nodes: &[ClusterNode],
+    ) -> Result<(), ClusterError> {
         let pointers = self.pointers().await?;
-        let mut names = pointers.keys().await.map_err(jetstream_error)?;
-        let mut keys = Vec::new();
-        while let Some(name) = futures_util::StreamExt::next(&mut names).await {
-            keys.push(name.map_err(jetstream_error)?);
-        }
-        for name in keys {
-            let Some(entry) = pointers.entry(name.as_str()).await.map_err(jetstream_error)? else { continue };
+        for entry in entries {
+            let name = &entry.key;
             let Ok(pointer) = serde_json::from_slice::<Pointer>(&entry.value) else { continue };
             let Some(rollout) = &pointer.rollout else { continue };
-            let (serving, candidate, shadow) = summed(nodes, &name, &rollout.candidate);
+            let (serving, candidate, shadow) = summed(nodes, name, &rollout.candidate);
             let over = now_ms() >= rollout.started_at_ms.saturating_add(rollout.window_secs.saturating_mul(1000));
             let Some((outcome, reason)) = verdict(rollout.kind, over, &serving, &candidate, &shadow, &self.rollouts)
             else {

@@ -28,6 +28,29 @@ pub enum RolloutKind {
     },
 }
 
+impl RolloutKind {
+    /// Its share of the plugin's connections, in percent: a canary's cohort, a shadow's sample.
+    pub fn share(self) -> f64 {
+        match self {
+            RolloutKind::Canary { percent, .. } => percent,
+            RolloutKind::Shadow { sample } => sample,
+        }
+    }
+
+    /// Checks its share is above 0 and at most 100 %, and `window` between 1 s and a day; why
+    /// not, in a line.
+    pub fn check(self, window: Duration) -> Result<(), String> {
+        let share = self.share();
+        if !(share > 0.0 && share <= 100.0) {
+            return Err(format!("a share must be above 0 and at most 100 %, not {share}"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&window) {
+            return Err("a window must be between 1 s and 86400 s".to_owned());
+        }
+        Ok(())
+    }
+}
+
 /// A candidate build beside a plugin's serving one.
 #[derive(Debug)]
 pub struct Rollout {
@@ -62,10 +85,7 @@ impl Rollout {
     /// Whether connection `conn_id` is in the candidate's share: a canary's cohort, or a shadow
     /// run's sample. Stable for the rollout's life: a connection stays on one build.
     pub fn takes(&self, conn_id: u64) -> bool {
-        match self.kind {
-            RolloutKind::Canary { percent, .. } => in_share(percent, conn_id),
-            RolloutKind::Shadow { sample } => in_share(sample, conn_id),
-        }
+        in_share(self.kind.share(), conn_id)
     }
 
     /// Whether it is a shadow run.

@@ -28,7 +28,6 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::report::{EndedRollout, RolloutStatus, VersionList};
 use self::report::{Started, describe, kept_list, read_ended, status_of};
-use self::requests::check_mode;
 pub use self::requests::{DeployMode, RolloutError};
 use crate::config::{RolloutSettings, is_valid_name};
 use crate::metrics::Metrics;
@@ -103,25 +102,22 @@ impl Rollouts {
         if !is_valid_name(plugin) {
             return Err(RolloutError::BadName(plugin.to_owned()));
         }
-        check_mode(mode)?;
+        let rollout = mode.rollout();
+        if let Some((kind, window)) = rollout {
+            kind.check(window).map_err(RolloutError::BadRequest)?;
+        }
         let _changes = self.lock();
         self.refuse_if_busy(plugin)?;
-        let (kind, window) = match mode {
-            DeployMode::Now => {
-                return match self.registry.load_build(plugin, wasm, "deploy") {
-                    Ok(Loaded::Unchanged(version)) => {
-                        Ok(format!("{plugin} already serves build {}", version.short_hash()))
-                    }
-                    Ok(Loaded::Published(version)) => {
-                        self.write_plugin_file(plugin, wasm);
-                        tracing::info!(%plugin, version = version.short_hash(), "plugin deployed");
-                        Ok(format!("{plugin} serves build {} on every connection", version.short_hash()))
-                    }
-                    Err(err) => Err(RolloutError::Refused(err.to_string())),
-                };
-            }
-            DeployMode::Canary { percent, window, manual } => (RolloutKind::Canary { percent, manual }, window),
-            DeployMode::Shadow { sample, window } => (RolloutKind::Shadow { sample }, window),
+        let Some((kind, window)) = rollout else {
+            return match self.registry.load_build(plugin, wasm, "deploy") {
+                Ok(Loaded::Unchanged(version)) => Ok(format!("{plugin} already serves build {}", version.short_hash())),
+                Ok(Loaded::Published(version)) => {
+                    self.write_plugin_file(plugin, wasm);
+                    tracing::info!(%plugin, version = version.short_hash(), "plugin deployed");
+                    Ok(format!("{plugin} serves build {} on every connection", version.short_hash()))
+                }
+                Err(err) => Err(RolloutError::Refused(err.to_string())),
+            };
         };
         let rollout = self.begin(plugin, wasm, kind, window, SystemTime::now(), false)?;
         let status = status_of(&rollout);
@@ -150,10 +146,7 @@ impl Rollouts {
         started_at: SystemTime,
     ) -> Result<(), RolloutError> {
         // Written by other programs too: a share or window out of range is refused here.
-        check_mode(match kind {
-            RolloutKind::Canary { percent, manual } => DeployMode::Canary { percent, window, manual },
-            RolloutKind::Shadow { sample } => DeployMode::Shadow { sample, window },
-        })?;
+        kind.check(window).map_err(RolloutError::BadRequest)?;
         let hash = content_hash(wasm);
         if let Some(local) = self.registry.rollout(plugin) {
             if local.candidate.hash == hash {

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::rollout::RolloutKind;
+
 /// How a build is shipped through the admin endpoint.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DeployMode {
@@ -110,18 +112,13 @@ impl From<serde_json::Error> for RolloutError {
     }
 }
 
-/// Refuses a share outside 0–100 % or a window outside 1 s – 1 day.
-pub(super) fn check_mode(mode: DeployMode) -> Result<(), RolloutError> {
-    let (share, window) = match mode {
-        DeployMode::Now => return Ok(()),
-        DeployMode::Canary { percent, window, .. } => (percent, window),
-        DeployMode::Shadow { sample, window } => (sample, window),
-    };
-    if !(share > 0.0 && share <= 100.0) {
-        return Err(RolloutError::BadRequest(format!("a share must be above 0 and at most 100 %, not {share}")));
+impl DeployMode {
+    /// The rollout it asks for, and its window; `None` for a deploy at once.
+    pub fn rollout(self) -> Option<(RolloutKind, Duration)> {
+        match self {
+            DeployMode::Now => None,
+            DeployMode::Canary { percent, window, manual } => Some((RolloutKind::Canary { percent, manual }, window)),
+            DeployMode::Shadow { sample, window } => Some((RolloutKind::Shadow { sample }, window)),
+        }
     }
-    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&window) {
-        return Err(RolloutError::BadRequest("a window must be between 1 s and 86400 s".to_owned()));
-    }
-    Ok(())
 }

@@ -28,6 +28,8 @@ const ADMIN: &str = "127.0.0.1:19604";
 struct Engine {
     process: KillOnDrop,
     admin_addr: std::net::SocketAddr,
+    /// Clock ticks per second of `/proc`'s CPU times.
+    ticks_per_sec: f64,
     _dir: tempfile::TempDir,
 }
 
@@ -53,7 +55,10 @@ impl Engine {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|err| panic!("cannot start {}: {err} (`just bench-rollouts` builds it)", binary.display()));
-        let engine = Engine { process: KillOnDrop(process), admin_addr: ADMIN.parse().unwrap(), _dir: dir };
+        let clk_tck = std::process::Command::new("getconf").arg("CLK_TCK").output().unwrap().stdout;
+        let ticks_per_sec = String::from_utf8_lossy(&clk_tck).trim().parse().unwrap();
+        let engine =
+            Engine { process: KillOnDrop(process), admin_addr: ADMIN.parse().unwrap(), ticks_per_sec, _dir: dir };
         drop(Client::connect_retrying(&engine.url("/ws/versioned?params=%7B%7D"), Duration::from_secs(30)).await);
         engine
     }
@@ -68,8 +73,6 @@ impl Engine {
 
     /// CPU seconds the engine's shard threads used so far.
     fn shard_cpu_secs(&self) -> f64 {
-        let clk_tck = std::process::Command::new("getconf").arg("CLK_TCK").output().unwrap().stdout;
-        let ticks_per_sec: f64 = String::from_utf8_lossy(&clk_tck).trim().parse().unwrap();
         let tasks = std::fs::read_dir(format!("/proc/{}/task", self.process.0.id())).unwrap();
         let mut ticks = 0u64;
         for task in tasks.flatten() {
@@ -80,7 +83,7 @@ impl Engine {
                 ticks += fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
             }
         }
-        ticks as f64 / ticks_per_sec
+        ticks as f64 / self.ticks_per_sec
     }
 }
 
@@ -291,7 +294,7 @@ async fn post_wasm(engine: &Engine, path: &str, wasm: &str) {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    wasmpush_tests::feed::unix_time().as_millis() as u64
 }
 
 fn num_cpus() -> usize {
