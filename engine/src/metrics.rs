@@ -9,7 +9,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
+
+use crate::call_stats::PluginStatsTable;
 
 /// Labels of a labelled counter: one `(name, value)` pair.
 type Labels = Vec<(&'static str, &'static str)>;
@@ -67,6 +69,22 @@ pub struct Metrics {
     pub data_bytes: Gauge,
     /// Rollouts ended, by outcome (`promoted`, `rolled_back`, `aborted`, `finished`, `ended`).
     pub rollouts: Family<Labels, Counter>,
+    /// Shard phases that started on time (less than a whole phase late).
+    pub phases_on_time: Counter,
+    /// Shard phases that started a whole phase or more late: their connections' ticks came late.
+    pub phases_late: Counter,
+    /// Writes to the publish API that were applied.
+    pub publishes_ok: Counter,
+    /// Writes to the publish API refused for what they asked (4xx).
+    pub publishes_refused: Counter,
+    /// Writes to the publish API that failed in the engine or its cluster (5xx).
+    pub publishes_failed: Counter,
+    /// Time the console's sampler spent (its reading every second, and while a console is open
+    /// the update it sends), in microseconds.
+    pub console_sampling_us: Counter,
+    /// Each plugin's calls and connections, for the console (not exported: a label per plugin
+    /// is the console's business, not every scrape's).
+    pub plugins: PluginStatsTable,
 }
 
 /// Plugin calls by outcome: one counter each of `wasmpush_plugin_calls_total{outcome=…}`.
@@ -99,48 +117,96 @@ impl CallCounters {
     }
 }
 
+/// `metric`, registered in `registry` under `name` with `help`.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("wasmpush");
-        let connections = Gauge::default();
-        registry.register("connections", "Connections open now", connections.clone());
-        let handshakes = Family::<Labels, Counter>::default();
-        registry.register("handshakes", "WebSocket handshakes by result", handshakes.clone());
-        let calls = Family::<Labels, Counter>::default();
-        registry.register("plugin_calls", "Plugin calls by outcome", calls.clone());
-        let reloads = Family::<Labels, Counter>::default();
-        registry.register("reloads", "Plugin loads by result", reloads.clone());
-        let closes = Family::<Labels, Counter>::default();
-        registry.register("closes", "Connections the engine closed, by reason", closes.clone());
-        let frames_pushed = Counter::default();
-        registry.register("frames_pushed", "Data frames pushed", frames_pushed.clone());
-        let bytes_pushed = Counter::default();
-        registry.register("bytes_pushed", "Bytes of data frames pushed", bytes_pushed.clone());
+        let connections = registered(&mut registry, "connections", "Connections open now", Gauge::default());
+        let handshakes = registered(
+            &mut registry,
+            "handshakes",
+            "WebSocket handshakes by result",
+            Family::<Labels, Counter>::default(),
+        );
+        let calls =
+            registered(&mut registry, "plugin_calls", "Plugin calls by outcome", Family::<Labels, Counter>::default());
+        let reloads =
+            registered(&mut registry, "reloads", "Plugin loads by result", Family::<Labels, Counter>::default());
+        let closes = registered(
+            &mut registry,
+            "closes",
+            "Connections the engine closed, by reason",
+            Family::<Labels, Counter>::default(),
+        );
+        let frames_pushed = registered(&mut registry, "frames_pushed", "Data frames pushed", Counter::default());
+        let bytes_pushed = registered(&mut registry, "bytes_pushed", "Bytes of data frames pushed", Counter::default());
         // 10 µs to ~2.6 s: batch calls range from one connection to tens of thousands.
-        let call_duration = Histogram::new(exponential_buckets(0.000_01, 4.0, 10));
-        registry.register("plugin_call_duration_seconds", "Duration of one batch call", call_duration.clone());
+        let call_duration = registered(
+            &mut registry,
+            "plugin_call_duration_seconds",
+            "Duration of one batch call",
+            Histogram::new(exponential_buckets(0.000_01, 4.0, 10)),
+        );
         // 100 µs to ~1.6 s.
-        let tick_lateness = Histogram::new(exponential_buckets(0.000_1, 2.0, 15));
-        registry.register("tick_lateness_seconds", "How late a shard tick started", tick_lateness.clone());
-        let frames_unchanged = Counter::default();
-        registry.register(
+        let tick_lateness = registered(
+            &mut registry,
+            "tick_lateness_seconds",
+            "How late a shard tick started",
+            Histogram::new(exponential_buckets(0.000_1, 2.0, 15)),
+        );
+        let frames_unchanged = registered(
+            &mut registry,
             "frames_unchanged",
             "Frames left unsent as identical to the last (skip_unchanged)",
-            frames_unchanged.clone(),
+            Counter::default(),
         );
-        let token_refreshes = Counter::default();
-        registry.register("token_refreshes", "Token refreshes accepted", token_refreshes.clone());
-        let data_pushes = Counter::default();
-        registry.register("data_pushes", "Frames pushed by calls a data change triggered", data_pushes.clone());
-        let data_updates = Counter::default();
-        registry.register("data_updates", "Keys whose value a published batch changed", data_updates.clone());
-        let data_keys = Gauge::default();
-        registry.register("data_keys", "Keys the data store holds", data_keys.clone());
-        let data_bytes = Gauge::default();
-        registry.register("data_bytes", "Bytes of every key and value the data store holds", data_bytes.clone());
+        let token_refreshes =
+            registered(&mut registry, "token_refreshes", "Token refreshes accepted", Counter::default());
+        let data_pushes = registered(
+            &mut registry,
+            "data_pushes",
+            "Frames pushed by calls a data change triggered",
+            Counter::default(),
+        );
+        let data_updates =
+            registered(&mut registry, "data_updates", "Keys whose value a published batch changed", Counter::default());
+        let data_keys = registered(&mut registry, "data_keys", "Keys the data store holds", Gauge::default());
+        let data_bytes = registered(
+            &mut registry,
+            "data_bytes",
+            "Bytes of every key and value the data store holds",
+            Gauge::default(),
+        );
 
-        let rollouts = Family::<Labels, Counter>::default();
-        registry.register("rollouts", "Rollouts (canaries, shadow runs) ended, by outcome", rollouts.clone());
+        let rollouts = registered(
+            &mut registry,
+            "rollouts",
+            "Rollouts (canaries, shadow runs) ended, by outcome",
+            Family::<Labels, Counter>::default(),
+        );
+        let phases = registered(
+            &mut registry,
+            "shard_phases",
+            "Shard phases run, on time or a whole phase late",
+            Family::<Labels, Counter>::default(),
+        );
+        let console_sampling_us = registered(
+            &mut registry,
+            "console_sampling_microseconds",
+            "Time the console's sampler spent, in microseconds",
+            Counter::default(),
+        );
+        let publishes = registered(
+            &mut registry,
+            "publish_requests",
+            "Writes to the publish API, by result",
+            Family::<Labels, Counter>::default(),
+        );
 
         let labelled = |family: &Family<Labels, Counter>, key: &'static str, value: &'static str| {
             family.get_or_create(&vec![(key, value)]).clone()
@@ -181,6 +247,13 @@ impl Default for Metrics {
             data_keys,
             data_bytes,
             rollouts,
+            phases_on_time: labelled(&phases, "timing", "on_time"),
+            phases_late: labelled(&phases, "timing", "late"),
+            publishes_ok: labelled(&publishes, "result", "ok"),
+            publishes_refused: labelled(&publishes, "result", "refused"),
+            publishes_failed: labelled(&publishes, "result", "failed"),
+            console_sampling_us,
+            plugins: PluginStatsTable::default(),
             registry,
         }
     }

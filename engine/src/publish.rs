@@ -41,6 +41,7 @@ use crate::bearer;
 use crate::cluster::Cluster;
 use crate::data::{Change, DataError, DataStore, check_bucket};
 use crate::http_server::{self, HttpLimits};
+use crate::metrics::Metrics;
 
 /// Keys one listing page holds at most, and by default.
 const MAX_PAGE: usize = 1000;
@@ -74,16 +75,29 @@ struct Publish {
     cluster: Option<Cluster>,
 }
 
-/// Serves the publish API on `listener` until `shutdown`, each batch at most `max_batch_bytes`.
+/// What the publish API is started with.
+#[derive(Debug, Clone)]
+pub struct PublishSettings {
+    /// The bearer token it requires, if any.
+    pub token: Option<String>,
+    /// Its clients' time and connection limits.
+    pub limits: HttpLimits,
+    /// Bytes of one batch's body.
+    pub max_batch_bytes: usize,
+    /// The cluster its writes go to, on a node of one.
+    pub cluster: Option<Cluster>,
+    /// Where its writes are counted by result.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serves the publish API on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     store: DataStore,
-    token: Option<String>,
-    cluster: Option<Cluster>,
-    limits: HttpLimits,
-    max_batch_bytes: usize,
+    settings: PublishSettings,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let PublishSettings { token, limits, max_batch_bytes, cluster, metrics } = settings;
     let body = BodyLimits {
         put: store.limits().max_value_bytes.saturating_mul(2) + 1024,
         batch: max_batch_bytes,
@@ -102,9 +116,26 @@ pub async fn serve(
         .layer(middleware::from_fn_with_state(body.clone(), read_body))
         .layer(middleware::from_fn(move |request, next| bearer::require(token.clone(), request, next)))
         .layer(middleware::from_fn_with_state(body, refuse_web_pages))
+        .layer(middleware::from_fn_with_state(metrics, count_writes))
         .with_state(state);
     http_server::serve(listener, router, limits, shutdown).await;
     Ok(())
+}
+
+/// Counts each write (a request other than `GET`) by its answer: applied, refused (4xx) or failed
+/// (5xx).
+async fn count_writes(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let write = request.method() != Method::GET;
+    let response = next.run(request).await;
+    if write {
+        let status = response.status();
+        match () {
+            () if status.is_server_error() => metrics.publishes_failed.inc(),
+            () if status.is_client_error() => metrics.publishes_refused.inc(),
+            () => metrics.publishes_ok.inc(),
+        };
+    }
+    response
 }
 
 /// Refuses what a web page could send: a request with an `Origin`, and on loopback one whose

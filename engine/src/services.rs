@@ -14,8 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminState};
 use crate::cluster::Cluster;
 use crate::data::{ChangeSet, DataLimits, DataStore, DataView, DurableStore, StoreFault};
-use crate::http_server::HttpLimits;
-use crate::publish;
+use crate::publish::{self, PublishSettings};
 
 /// The admin endpoint, the publish API and the data writer, started and stopped together.
 pub(crate) struct Services {
@@ -79,8 +78,7 @@ impl Services {
         let (listener, store, settings, stop) = (copy(socket)?, store.clone(), settings.clone(), self.stop.clone());
         tracing::info!(publish = ?listener.local_addr().ok(), "publish API listening");
         self.running.push(tokio::spawn(async move {
-            let PublishSettings { token, limits, max_batch_bytes, cluster } = settings;
-            if let Err(err) = publish::serve(listener, store, token, cluster, limits, max_batch_bytes, stop).await {
+            if let Err(err) = publish::serve(listener, store, settings, stop).await {
                 tracing::error!(cause = %err, "publish API failed");
             }
         }));
@@ -118,19 +116,6 @@ impl Services {
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
     }
-}
-
-/// What the publish API is started with.
-#[derive(Debug, Clone)]
-pub(crate) struct PublishSettings {
-    /// The bearer token it requires, if any.
-    pub(crate) token: Option<String>,
-    /// Its clients' time and connection limits.
-    pub(crate) limits: HttpLimits,
-    /// Bytes of one batch's body.
-    pub(crate) max_batch_bytes: usize,
-    /// The cluster its writes go to, on a node of one.
-    pub(crate) cluster: Option<Cluster>,
 }
 
 /// A listener on a copy of `socket`, for one start of a service.

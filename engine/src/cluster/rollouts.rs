@@ -15,7 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::plugins::{ClusterRollout, DeployError, Deployed, EndedClusterRollout, Pointer, busy};
 use super::presence::ClusterNode;
 use super::{Cluster, ClusterError, jetstream_error};
-use crate::rollout::{CohortReport, Outcome, RolloutKind, ShadowReport, verdict};
+use crate::call_stats::CallReport;
+use crate::rollout::{Outcome, RolloutKind, ShadowReport, verdict};
 use crate::rollout_control::{RolloutStatus, Rollouts};
 use crate::wall_clock::now_ms;
 use async_nats::jetstream::kv;
@@ -143,9 +144,8 @@ impl Cluster {
 
 /// Every live node's figures of plugin `plugin`'s rollout of `candidate`, summed: counts add
 /// up; call time quantiles are the worst node's; shadow samples the first few.
-fn summed(nodes: &[ClusterNode], plugin: &str, candidate: &str) -> (CohortReport, CohortReport, ShadowReport) {
-    let (mut serving, mut tried, mut shadow) =
-        (CohortReport::default(), CohortReport::default(), ShadowReport::default());
+fn summed(nodes: &[ClusterNode], plugin: &str, candidate: &str) -> (CallReport, CallReport, ShadowReport) {
+    let (mut serving, mut tried, mut shadow) = (CallReport::default(), CallReport::default(), ShadowReport::default());
     for status in reports(nodes, plugin).filter(|status| status.candidate == candidate) {
         add(&mut serving, &status.serving_calls);
         add(&mut tried, &status.candidate_calls);
@@ -172,7 +172,7 @@ fn reports<'a>(nodes: &'a [ClusterNode], plugin: &'a str) -> impl Iterator<Item 
 }
 
 /// Adds `more` to `sum`: counts add, quantiles take the larger.
-fn add(sum: &mut CohortReport, more: &CohortReport) {
+fn add(sum: &mut CallReport, more: &CallReport) {
     sum.calls += more.calls;
     sum.frames += more.frames;
     sum.errors += more.errors;

@@ -36,6 +36,19 @@ pub struct Snapshot {
     /// creation time of the data stream it follows (a stream recreated under the same name
     /// counts its revisions anew, so a node must not resume one from the other's revision).
     origin: u64,
+    /// Each bucket's bytes and changes applied, for the console.
+    tallies: HashMap<Arc<str>, BucketTally>,
+}
+
+/// One bucket's size and changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BucketTally {
+    /// Keys it holds.
+    pub keys: usize,
+    /// Bytes of its keys and values.
+    pub bytes: usize,
+    /// Changes applied to it since the engine loaded it (a bucket emptied starts anew).
+    pub updates: u64,
 }
 
 /// A read of one key: the bucket and key names as the snapshot holds them (shared, so recording
@@ -91,6 +104,11 @@ impl Snapshot {
         self.buckets.values().map(OrdMap::len).sum()
     }
 
+    /// Each bucket that holds keys, with its size and the changes applied to it.
+    pub fn tallies(&self) -> impl Iterator<Item = (&Arc<str>, &BucketTally)> {
+        self.tallies.iter()
+    }
+
     /// The bucket named `name`, if it holds keys.
     pub fn bucket(&self, name: &str) -> Option<(&Arc<str>, &Bucket)> {
         self.buckets.get_key_value(name)
@@ -135,14 +153,20 @@ impl Snapshot {
             self.buckets.get_key_value(bucket).map_or_else(|| Arc::from(bucket), |(name, _)| name.clone());
         let mut keys = self.buckets.remove(bucket).unwrap_or_default();
         let key_name = keys.get_key_value(key).map_or_else(|| Arc::from(key), |(name, _)| name.clone());
+        let mut tally = self.tallies.remove(bucket).unwrap_or_default();
         if let Some(old) = keys.remove(key) {
             self.bytes -= key.len() + old.json.len();
+            tally.bytes -= key.len() + old.json.len();
         }
         if let Some(json) = json {
             self.bytes += key.len() + json.len();
+            tally.bytes += key.len() + json.len();
             keys.insert(key_name.clone(), Entry { json, revision });
         }
         if !keys.is_empty() {
+            tally.keys = keys.len();
+            tally.updates += 1;
+            self.tallies.insert(bucket_name.clone(), tally);
             self.buckets.insert(bucket_name.clone(), keys);
         }
         self.revision = revision;
@@ -165,6 +189,8 @@ mod tests {
         assert_eq!(first.get("prices", "MSFT"), None);
         assert_eq!(second.get("prices", "AAPL"), Some(&Entry { json: Arc::from("22"), revision: 2 }));
         assert_eq!((second.revision(), second.bytes(), second.key_count()), (3, 4 + 2 + 4 + 1, 2));
+        let tallies: Vec<_> = second.tallies().map(|(name, tally)| (name.to_string(), *tally)).collect();
+        assert_eq!(tallies, [("prices".to_owned(), BucketTally { keys: 2, bytes: 11, updates: 3 })]);
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::stats::{CohortStats, ShadowStats};
+use super::stats::ShadowStats;
+use crate::call_stats::CallStats;
 use crate::plugin::PluginVersion;
 
 /// What a rollout does with its candidate.
@@ -74,9 +75,9 @@ pub struct Rollout {
     /// judge ends it) rather than this engine.
     pub cluster: bool,
     /// The serving build's calls (on a shadow run: every call; on a canary: its cohort's).
-    pub serving_stats: CohortStats,
+    pub serving_stats: CallStats,
     /// The candidate's calls.
-    pub candidate_stats: CohortStats,
+    pub candidate_stats: CallStats,
     /// A shadow run's comparisons.
     pub shadow: ShadowStats,
 }

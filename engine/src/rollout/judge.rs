@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::candidate::RolloutKind;
-use super::stats::{CohortReport, ShadowReport};
+use super::stats::ShadowReport;
+use crate::call_stats::CallReport;
 use crate::config::RolloutSettings;
 
 /// How a rollout ended.
@@ -45,8 +46,8 @@ impl Outcome {
 pub fn verdict(
     kind: RolloutKind,
     over: bool,
-    serving: &CohortReport,
-    candidate: &CohortReport,
+    serving: &CallReport,
+    candidate: &CallReport,
     shadow: &ShadowReport,
     settings: &RolloutSettings,
 ) -> Option<(Outcome, String)> {
@@ -79,7 +80,7 @@ pub fn verdict(
 
 /// Why a candidate is worse than the serving build, if it is (`None`: nothing to hold against
 /// it yet). A candidate with fewer than `min_calls` calls is not judged.
-pub fn worse(serving: &CohortReport, candidate: &CohortReport, settings: &RolloutSettings) -> Option<String> {
+pub fn worse(serving: &CallReport, candidate: &CallReport, settings: &RolloutSettings) -> Option<String> {
     if candidate.calls < settings.min_calls {
         return None;
     }
@@ -126,8 +127,8 @@ pub fn thousands(n: u64) -> String {
 mod tests {
     use super::*;
 
-    fn cohort(calls: u64, frames: u64, errors: u64, traps: u64, p99_us: f64) -> CohortReport {
-        CohortReport { calls, frames, errors, traps, timeouts: 0, p50_us: p99_us / 2.0, p99_us }
+    fn cohort(calls: u64, frames: u64, errors: u64, traps: u64, p99_us: f64) -> CallReport {
+        CallReport { calls, frames, errors, traps, timeouts: 0, p50_us: p99_us / 2.0, p99_us }
     }
 
     #[test]

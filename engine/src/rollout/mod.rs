@@ -26,4 +26,4 @@ mod stats;
 pub use self::candidate::{Rollout, RolloutKind};
 pub use self::history::{KeptVersion, VersionHistory, write_atomically};
 pub use self::judge::{Outcome, thousands, verdict};
-pub use self::stats::{BatchCounts, CohortReport, CohortStats, MAX_SAMPLES, ShadowReport, ShadowStats};
+pub use self::stats::{MAX_SAMPLES, ShadowReport, ShadowStats};

@@ -29,11 +29,12 @@ use tokio_util::sync::CancellationToken;
 pub use self::report::{EndedRollout, RolloutStatus, VersionList};
 use self::report::{Started, describe, kept_list, read_ended, status_of};
 pub use self::requests::{DeployMode, RolloutError};
+use crate::call_stats::CallStats;
 use crate::config::{RolloutSettings, is_valid_name};
 use crate::metrics::Metrics;
 use crate::plugin::content_hash;
 use crate::registry::{Loaded, PluginRegistry};
-use crate::rollout::{CohortStats, KeptVersion, Outcome, Rollout, RolloutKind, ShadowStats, verdict, write_atomically};
+use crate::rollout::{KeptVersion, Outcome, Rollout, RolloutKind, ShadowStats, verdict, write_atomically};
 use crate::wall_clock::unix_ms;
 
 /// How often the judge looks at a rollout's figures.
@@ -204,8 +205,8 @@ impl Rollouts {
             started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
             window,
             cluster,
-            serving_stats: CohortStats::default(),
-            candidate_stats: CohortStats::default(),
+            serving_stats: CallStats::default(),
+            candidate_stats: CallStats::default(),
             shadow: ShadowStats::default(),
         });
         self.registry.set_rollout(&rollout.plugin, Some(rollout.clone()));

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::rollout::{CohortReport, KeptVersion, Outcome, Rollout, RolloutKind, ShadowReport};
+use crate::call_stats::CallReport;
+use crate::rollout::{KeptVersion, Outcome, Rollout, RolloutKind, ShadowReport};
 use crate::wall_clock::unix_ms;
 
 /// A rollout in progress, as `/status` shows it.
@@ -28,9 +29,9 @@ pub struct RolloutStatus {
     /// When its window ends, in ms since the Unix epoch.
     pub ends_at_ms: u64,
     /// The serving build's figures.
-    pub serving_calls: CohortReport,
+    pub serving_calls: CallReport,
     /// The candidate's figures.
-    pub candidate_calls: CohortReport,
+    pub candidate_calls: CallReport,
     /// A shadow run's comparisons.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowReport>,

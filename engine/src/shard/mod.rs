@@ -201,6 +201,12 @@ impl Shard {
                 self.settings.metrics.tick_lateness.observe(lateness.as_secs_f64());
                 // Late by a whole phase: shadow work waits until the shard is back on time.
                 self.shadow.late = lateness >= self.settings.live.tick() / PHASES;
+                let metrics = &self.settings.metrics;
+                if self.shadow.late {
+                    metrics.phases_late.inc()
+                } else {
+                    metrics.phases_on_time.inc()
+                };
                 self.push_due_now();
                 work = self.due_in_phase(phase);
                 let steps = self.load.steps_to_next(phase);

@@ -10,12 +10,14 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::conn::{AfterFault, Conn, Park, ReadIds, Session, frame_hash};
 use super::reads::{ReadIndex, StaleIds};
 use super::throttle::Throttle;
 use crate::auth::Identity;
+use crate::call_stats::{BatchCounts, CallStats, PluginStats};
 use crate::data::{ChangeSet, DataView, Snapshot};
 use crate::live::{LiveSettings, PluginPolicy};
 use crate::metrics::Metrics;
@@ -26,7 +28,7 @@ use crate::plugin::{
 };
 use crate::protocol::{ClientError, PLUGIN_ERROR, error_frame};
 use crate::registry::PluginRegistry;
-use crate::rollout::{BatchCounts, CohortStats, Rollout};
+use crate::rollout::Rollout;
 
 /// How often a slot logs a plugin fault at most (faults are counted in metrics either way).
 const FAULT_LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -183,6 +185,8 @@ pub(super) struct PluginSlot {
     visits: Vec<u64>,
     /// Holds fault lines to one a second: a client can make its plugin fault on every message.
     fault_log: Throttle,
+    /// The plugin's calls and connections on every shard, whichever build serves them.
+    stats: Arc<PluginStats>,
 }
 
 impl PluginSlot {
@@ -194,6 +198,7 @@ impl PluginSlot {
         snapshot: Arc<Snapshot>,
     ) -> Self {
         PluginSlot {
+            stats: settings.metrics.plugins.of(&name),
             name,
             settings,
             registry,
@@ -232,6 +237,7 @@ impl PluginSlot {
             self.due_now.push((conn_id, Trigger::Open));
         }
         self.members[phase as usize].push(conn_id);
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
         let session = Session::new(params, identity);
         let conn = Conn { phase, outbound, session, reads: Vec::new(), read_ids: (0, ReadIds::new()) };
         self.conns.insert(conn_id, conn);
@@ -330,6 +336,7 @@ impl PluginSlot {
     /// Forgets a connection; returns the phase it had, if it was here.
     pub(super) fn close(&mut self, conn_id: u64) -> Option<u32> {
         let conn = self.conns.remove(&conn_id)?;
+        self.stats.connections.fetch_sub(1, Ordering::Relaxed);
         let members = &mut self.members[conn.phase as usize];
         if let Some(at) = members.iter().position(|member| *member == conn_id) {
             members.swap_remove(at);
@@ -465,7 +472,7 @@ impl PluginSlot {
         version: &Arc<PluginVersion>,
         ready: &[(u64, Trigger)],
         batch: &Batch<'_>,
-        stats: Option<&CohortStats>,
+        stats: Option<&CallStats>,
     ) -> Option<Outcomes> {
         if ready.is_empty() {
             return None;
@@ -474,6 +481,7 @@ impl PluginSlot {
         let result = self.call(which, version, ready, batch, Role::Serving);
         let elapsed = started.elapsed();
         self.settings.metrics.call_duration.observe(elapsed.as_secs_f64());
+        self.stats.calls.record_batch(ready.len(), elapsed);
         stats.inspect(|stats| stats.record_batch(ready.len(), elapsed));
         match result {
             Ok(outcomes) => {
@@ -481,8 +489,7 @@ impl PluginSlot {
                 for (&(conn_id, trigger), outcome) in ready.iter().zip(outcomes.iter()) {
                     self.settle(conn_id, trigger, outcome, batch.policy, &mut tally, stats);
                 }
-                stats.inspect(|stats| stats.record_counts(tally.counts()));
-                tally.add_to(&self.settings.metrics);
+                self.count(&tally, stats);
                 Some(outcomes)
             }
             // A batch of one call has its culprit: running it again would only cost another fault.
@@ -644,7 +651,7 @@ impl PluginSlot {
         version: &Arc<PluginVersion>,
         due: &[(u64, Trigger)],
         batch: &Batch<'_>,
-        stats: Option<&CohortStats>,
+        stats: Option<&CallStats>,
     ) {
         let deadline = Instant::now() + self.settings.live.tick();
         let mut tally = Tally::default();
@@ -659,7 +666,15 @@ impl PluginSlot {
                 Err(fault) => self.fault(item.0, &fault, stats),
             }
         }
-        stats.inspect(|stats| stats.record_counts(tally.counts()));
+        self.count(&tally, stats);
+    }
+
+    /// Adds what a batch's calls delivered to the engine's metrics, the plugin's figures and,
+    /// during a rollout, its build's (`stats`).
+    fn count(&self, tally: &Tally, stats: Option<&CallStats>) {
+        let counts = tally.counts();
+        self.stats.calls.record_counts(counts);
+        stats.inspect(|stats| stats.record_counts(counts));
         tally.add_to(&self.settings.metrics);
     }
 
@@ -671,7 +686,7 @@ impl PluginSlot {
         outcome: Result<Outcome<'_>, PluginFault>,
         policy: &PluginPolicy,
         tally: &mut Tally,
-        stats: Option<&CohortStats>,
+        stats: Option<&CallStats>,
     ) {
         match outcome {
             Ok(outcome) => self.deliver(conn_id, trigger, outcome, policy, tally),
@@ -726,7 +741,8 @@ impl PluginSlot {
 
     /// Parks a connection a fault hit, with its error frame; counts it in `stats` during a
     /// rollout.
-    fn fault(&mut self, conn_id: u64, fault: &PluginFault, stats: Option<&CohortStats>) {
+    fn fault(&mut self, conn_id: u64, fault: &PluginFault, stats: Option<&CallStats>) {
+        self.stats.calls.record_fault(fault);
         stats.inspect(|stats| stats.record_fault(fault));
         let calls = &self.settings.metrics.calls;
         match fault {
@@ -811,12 +827,12 @@ struct Tally {
 }
 
 impl Tally {
-    /// What a rollout's stats count of it.
+    /// What a plugin's or a build's call stats count of it.
     fn counts(&self) -> BatchCounts {
         BatchCounts { frames: self.pushed + self.unchanged, errors: self.error }
     }
 
-    fn add_to(self, metrics: &Metrics) {
+    fn add_to(&self, metrics: &Metrics) {
         let calls = &metrics.calls;
         calls.ok.inc_by(self.pushed + self.unchanged);
         calls.none.inc_by(self.skipped);
