@@ -94,7 +94,11 @@ async fn deploy(
         Err(err) => return rollout_refusal(&err),
     };
     answer(&state, move |rollouts| {
-        rollouts.deploy(&name, &body, mode).map(|message| serde_json::json!({ "message": message }))
+        let deployed = rollouts.deploy(&name, &body, mode);
+        if let Err(err) = &deployed {
+            tracing::warn!(plugin = %name, cause = %err, "deploy refused; the serving build is unchanged");
+        }
+        deployed.map(|message| serde_json::json!({ "message": message }))
     })
     .await
 }

@@ -37,6 +37,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use self::error_chain::describe;
 use self::launch::Launch;
@@ -44,6 +47,7 @@ use self::pidfile::DEFAULT_PID_FILE;
 use self::rollouts::AdminArgs;
 use self::start::StartArgs;
 use crate::config::Config;
+use crate::events;
 
 /// wasmpush: a WebSocket push engine whose business logic is a hot-swappable WebAssembly plugin.
 #[derive(Debug, Parser)]
@@ -140,7 +144,7 @@ enum Command {
 const LOG_LINES_WAITING: usize = 8192;
 
 /// The whole `wasmpush` command: sets up logging (`RUST_LOG`, default `info`, the NATS client's
-/// own lines from `warn`), parses the
+/// own lines from `warn`; the console's recent events beside it, see `events`), parses the
 /// arguments, runs the command and prints the error chain if it fails.
 ///
 /// Log lines go to standard error through a writer thread: a shard that logs never blocks on a
@@ -153,11 +157,12 @@ pub fn main() -> ExitCode {
         .thread_name("wasmpush-log")
         .finish(std::io::stderr());
     let dropped = writer.error_counter();
-    tracing_subscriber::fmt()
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
+    let standard_error = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn")))
-        .init();
+        .with_filter(filter);
+    tracing_subscriber::registry().with(standard_error).with(events::layer()).init();
     let code = match Cli::parse().run() {
         Ok(code) => code,
         Err(err) => {
