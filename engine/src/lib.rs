@@ -21,6 +21,7 @@
 //! - `shard`: the worker threads that own connection state and run the plugins every tick.
 //! - [`phase_clock`]: the schedule of a shard's phases; public because the benchmark's
 //!   `push_floor` runs on the same schedule.
+//! - `call_stats`: what a plugin's or a build's calls did, counted by shards, read as reports.
 //! - `cluster`: many nodes sharing one data set through NATS JetStream.
 //! - `data`: the buckets plugins read — in memory, on disk, changed by one writer that
 //!   announces each change; `publish`: the HTTP API that feeds it.
@@ -46,11 +47,14 @@ mod admin;
 mod admission;
 mod auth;
 mod bearer;
+mod call_stats;
 mod cli;
 mod cluster;
 pub mod config;
 mod connection;
+mod console;
 mod data;
+mod events;
 mod handshake;
 mod health;
 mod http_server;

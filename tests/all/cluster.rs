@@ -108,6 +108,26 @@ async fn data_published_through_one_node_reaches_every_node_a_batch_whole() {
         let frame = parse(&client.next_text(SOON).await);
         assert_eq!(frame["total"], 50.0, "a frame shows the batch whole: {frame}");
     }
+
+    // Any node's console lists every node, live, and the data every node holds.
+    let every_node = |event: &str, data: &str| {
+        let update: Value = serde_json::from_str(data).unwrap_or_default();
+        let live = |nodes: &Vec<Value>| nodes.iter().filter(|node| node["gone"] == false).count();
+        event == "update" && update["nodes"].as_array().is_some_and(|nodes| live(nodes) == 3)
+    };
+    let update = wasmpush_tests::http::until_event(nodes[2].admin_addr, "/console/stream", SOON * 4, every_node).await;
+    let update: Value = serde_json::from_str(&update.expect("an update listing three live nodes")).unwrap();
+    assert!(
+        update["nodes"].as_array().unwrap().iter().all(|node| node["status"]["nats_connected"] == true),
+        "{update}"
+    );
+    let keys: Vec<(&str, u64)> = update["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["name"].as_str().unwrap(), b["keys"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(keys, [("accounts", 1), ("prices", 2)], "{update}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wasmpush_tests::{Client, Frame, TestEngine, artifacts};
 
-use crate::util::{BINARY, SOON, TICK, encode, version_of};
+use crate::util::{SOON, TICK, encode, version_of, wasmpush};
 
 /// What a client of `versioned` received: data frames by build, and error frames.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,17 +109,6 @@ async fn records(tasks: Vec<JoinHandle<Record>>, stop: watch::Sender<bool>) -> V
         records.push(task.await.expect("client task"));
     }
     records
-}
-
-/// Runs the real `wasmpush` with `args` on a blocking thread (no admin token from the
-/// environment); its success and output.
-async fn wasmpush(args: &[&str]) -> (bool, String) {
-    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-    let mut command = std::process::Command::new(BINARY);
-    command.args(&args).env_remove("WASMPUSH_ADMIN_TOKEN");
-    let output = tokio::task::spawn_blocking(move || command.output().expect("run wasmpush")).await.unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
 }
 
 /// Runs the real `wasmpush` CLI against `engine`'s admin endpoint; its success and output.

@@ -56,6 +56,17 @@ pub fn number_of(frame: &str, name: &str) -> u64 {
 /// The real `wasmpush` binary, built by this crate.
 pub const BINARY: &str = env!("CARGO_BIN_EXE_wasmpush-under-test");
 
+/// Runs the real `wasmpush` with `args` on a blocking thread (no admin token from the
+/// environment); its success and output.
+pub async fn wasmpush(args: &[&str]) -> (bool, String) {
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    let mut command = std::process::Command::new(BINARY);
+    command.args(&args).env_remove("WASMPUSH_ADMIN_TOKEN");
+    let output = tokio::task::spawn_blocking(move || command.output().expect("run wasmpush")).await.unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
 /// The real engine started in the foreground with `config` and `pid_file`, output discarded;
 /// killed if the test ends before it stops.
 pub fn start_in_foreground(config: &Path, pid_file: &Path) -> KillOnDrop {
@@ -84,13 +95,18 @@ pub fn free_port() -> u16 {
 }
 
 /// A config file for `plugins` on three free ports (WebSocket, admin, publish) with its data in
-/// `dir/data`, plus `extra` lines; returns (config path, WebSocket port, admin port).
+/// `dir/data`, plus `extra` lines (which may set an address themselves); returns (config path,
+/// WebSocket port, admin port).
 pub fn write_config(dir: &Path, plugins: &Path, extra: &str) -> (PathBuf, u16, u16) {
     let (port, admin, publish) = (free_port(), free_port(), free_port());
     let config = dir.join("wasmpush.toml");
+    let addresses: String = [("listen", port), ("admin", admin), ("publish", publish)]
+        .iter()
+        .filter(|(key, _)| !extra.lines().any(|line| line.starts_with(&format!("{key} = "))))
+        .map(|(key, port)| format!("{key} = \"127.0.0.1:{port}\"\n"))
+        .collect();
     let text = format!(
-        "listen = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\npublish = \"127.0.0.1:{publish}\"\n\
-         plugins_dir = {:?}\ndata_dir = {:?}\n{extra}",
+        "{addresses}plugins_dir = {:?}\ndata_dir = {:?}\n{extra}",
         plugins.display().to_string(),
         dir.join("data").display().to_string(),
     );
@@ -110,4 +126,60 @@ pub fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find_map(|line| line.strip_prefix("VmHWM:")).unwrap();
     line.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap() * 1024
+}
+
+/// The real engine as an operator runs it: `wasmpush start --daemon` with a config file, a pid
+/// file and a log file in its own directory; stopped with `wasmpush stop` when dropped.
+pub struct Daemon {
+    /// Its directory: config, pid file, log, plugins and data.
+    pub dir: tempfile::TempDir,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its WebSocket port.
+    pub port: u16,
+    /// Its admin port.
+    pub admin: u16,
+}
+
+impl Daemon {
+    /// Starts the engine serving `plugins` (name, wasm path), with `extra` config lines.
+    pub async fn start(plugins: &[(&str, &str)], extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins_dir = dir.path().join("plugins");
+        std::fs::create_dir(&plugins_dir).unwrap();
+        for (name, wasm) in plugins {
+            std::fs::copy(wasm, plugins_dir.join(format!("{name}.wasm"))).unwrap();
+        }
+        let (config, port, admin) = write_config(dir.path(), &plugins_dir, extra);
+        let daemon = Daemon { dir, config, port, admin };
+        let (started, said) = daemon.cli(&["start", "--daemon", "--config", daemon.config.to_str().unwrap()]).await;
+        assert!(started, "{said}");
+        daemon
+    }
+
+    /// Runs `wasmpush ARGS --pid-file PID --log-file LOG` against it.
+    pub async fn cli(&self, args: &[&str]) -> (bool, String) {
+        let pid_file = self.dir.path().join("wasmpush.pid");
+        let log_file = self.dir.path().join("wasmpush.log");
+        let logs = ["start", "restart"].contains(&args[0]);
+        let mut args: Vec<&str> = args.to_vec();
+        args.extend(["--pid-file", pid_file.to_str().unwrap()]);
+        if logs {
+            args.extend(["--log-file", log_file.to_str().unwrap()]);
+        }
+        wasmpush(&args).await
+    }
+
+    /// `wasmpush restart`, which must succeed.
+    pub async fn restart(&self) {
+        let (restarted, said) = self.cli(&["restart", "--config", self.config.to_str().unwrap()]).await;
+        assert!(restarted, "{said}");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let pid_file = self.dir.path().join("wasmpush.pid");
+        let _ = std::process::Command::new(BINARY).args(["stop", "--pid-file"]).arg(pid_file).output();
+    }
 }

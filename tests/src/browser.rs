@@ -1,5 +1,6 @@
 //! [`Browser`]: headless Chromium driven over the Chrome DevTools Protocol, for tests of the demo
-//! page in a real browser. Only what those tests need: open a page, evaluate JavaScript in it.
+//! page, the console and the JavaScript client in a real browser. Only what those tests need:
+//! open a page, evaluate JavaScript in it, keep a screenshot.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,7 +38,9 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// Starts Chromium on `url`, attaches to its page and waits until the page has loaded.
+    /// Starts Chromium on `url`, attaches to its page and waits until the page has loaded. A
+    /// URL may carry credentials (`http://user:password@host/`), which Chromium answers a
+    /// `Basic` challenge with, as if typed into its prompt.
     pub async fn open(url: &str) -> Browser {
         let profile = tempfile::tempdir().expect("temp dir");
         let log = std::fs::File::create(profile.path().join(LOG)).expect("log file");
@@ -54,6 +57,7 @@ impl Browser {
                     "--disable-component-update",
                     "--disable-sync",
                     "--remote-debugging-port=0",
+                    "--window-size=1400,1800",
                 ])
                 .arg(format!("--user-data-dir={}", profile.path().display()))
                 .arg(url)
@@ -67,10 +71,12 @@ impl Browser {
                     )
                 }),
         );
-        match attach(&mut process, profile.path(), url).await {
+        let shown = without_credentials(url);
+        match attach(&mut process, profile.path(), &shown).await {
             Ok((devtools, session)) => {
                 let mut browser = Browser { _process: process, profile, devtools, session };
-                let loaded = format!("location.href.startsWith({url:?}) && document.readyState === 'complete'");
+                let href = r"location.href.replace(/\/\/[^@\/]*@/, '//')";
+                let loaded = format!("{href}.startsWith({shown:?}) && document.readyState === 'complete'");
                 browser.wait_for(&loaded, STARTUP, "[location.href, document.readyState]").await;
                 browser
             }
@@ -110,9 +116,29 @@ impl Browser {
         }
     }
 
+    /// Writes a PNG of the page as it shows now to `path` (its directory made if missing).
+    pub async fn screenshot(&mut self, path: &Path) {
+        use base64::Engine as _;
+        let shot = self.devtools.call("Page.captureScreenshot", json!({ "format": "png" }), Some(&self.session)).await;
+        let shot = shot.unwrap_or_else(|problem| panic!("{problem}; chromium's log:\n{}", self.log()));
+        let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap_or_default());
+        std::fs::create_dir_all(path.parent().expect("a file path")).expect("artefact directory");
+        std::fs::write(path, png.expect("a base64 PNG")).expect("write the screenshot");
+    }
+
     /// What Chromium wrote to standard error so far.
     fn log(&self) -> String {
         std::fs::read_to_string(self.profile.path().join(LOG)).unwrap_or_default()
+    }
+}
+
+/// `url` without its credentials (`http://user:password@host/` → `http://host/`), as a page shows it.
+fn without_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) if rest.split('/').next().is_some_and(|authority| authority.contains('@')) => {
+            format!("{scheme}://{}", rest.split_once('@').map_or(rest, |(_, host)| host))
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -138,7 +164,8 @@ async fn attach(process: &mut Child, profile: &Path, url: &str) -> Result<(DevTo
     loop {
         let targets = devtools.call("Target.getTargets", json!({}), None).await?;
         let page = targets["targetInfos"].as_array().into_iter().flatten().find(|target| {
-            target["type"] == "page" && target["url"].as_str().is_some_and(|shown| shown.starts_with(url))
+            let shown = target["url"].as_str().map(without_credentials);
+            target["type"] == "page" && shown.is_some_and(|shown| shown.starts_with(url))
         });
         if let Some(page) = page {
             let params = json!({ "targetId": page["targetId"], "flatten": true });

@@ -3,6 +3,9 @@
 //! node of a cluster, `GET /cluster` (every node, JSON). [`Status`] is also what
 //! `wasmpush status` reads back, so the printer cannot drift from the endpoint.
 //!
+//! `GET /console` is the operator console: a live page of the engine's figures, plugins, data,
+//! events and cluster (`console`; its feed is the `console` module's).
+//!
 //! The rollout routes (`rollouts`) change what serves: `POST /plugins/NAME/deploy` (a build, at
 //! once, as a canary or as a shadow run), `…/promote`, `…/abort`, `…/rollback`, and
 //! `GET /plugins/NAME/versions`. Every route but `/healthz` takes the admin token when one is
@@ -12,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::header;
@@ -25,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bearer;
 use crate::cluster::{Announcement, Cluster, ClusterNode};
+use crate::console::Console;
 use crate::data::{DataView, StoreFault};
 use crate::health::{Health, HealthState};
 use crate::http_server::{self, HttpLimits};
@@ -33,6 +37,7 @@ use crate::registry::PluginRegistry;
 use crate::rollout_control::{EndedRollout, RolloutStatus, Rollouts};
 use crate::wall_clock::unix_ms;
 
+mod console;
 mod rollouts;
 
 /// What the admin endpoint reads.
@@ -48,7 +53,7 @@ pub struct AdminState {
     pub listen: SocketAddr,
     /// When the engine started.
     pub started: Instant,
-    /// Data frames pushed in the last whole second, updated every second.
+    /// Data frames pushed in the last whole second, updated every second by the console's sampler.
     pub pushes_per_sec: Arc<AtomicU64>,
     /// What `/healthz` answers.
     pub health: Arc<Health>,
@@ -63,6 +68,8 @@ pub struct AdminState {
     pub cluster: Option<Cluster>,
     /// The data the node serves, for the revision it applied.
     pub data: DataView,
+    /// The operator console's live feed.
+    pub console: Arc<Console>,
 }
 
 /// The `/status` document.
@@ -207,13 +214,18 @@ impl AdminState {
 
 /// Serves the admin endpoint on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
-    tokio::spawn(sample_push_rate(state.clone(), shutdown.clone()));
+    let sampled = state.clone();
+    let degraded = move || sampled.degraded();
+    let console =
+        state.console.clone().run(state.pushes_per_sec.clone(), state.cluster.clone(), degraded, shutdown.clone());
+    tokio::spawn(console);
     let token = state.token.clone();
     let guarded = Router::new()
         .route("/status", get(|State(state): State<AdminState>| async move { Json(state.status()) }))
         .route("/metrics", get(|State(state): State<AdminState>| async move { metrics(&state) }))
         .route("/cluster", get(|State(state): State<AdminState>| async move { cluster(&state).await }))
         .merge(rollouts::routes())
+        .merge(console::routes())
         .layer(axum::middleware::from_fn(move |request, next| bearer::require(token.clone(), request, next)));
     let limits = state.limits;
     let router = guarded.route("/healthz", get(|State(state): State<AdminState>| async move { healthz(&state) }));
@@ -256,22 +268,6 @@ pub struct ClusterStatus {
     pub nats_connected: bool,
     /// Every node the cluster knows, by name, live or gone.
     pub nodes: Vec<ClusterNode>,
-}
-
-/// Keeps `pushes_per_sec` up to date until `shutdown`.
-async fn sample_push_rate(state: AdminState, shutdown: CancellationToken) {
-    let mut every_second = tokio::time::interval(Duration::from_secs(1));
-    let mut previous = state.metrics.frames_pushed.get();
-    loop {
-        tokio::select! {
-            _ = every_second.tick() => {
-                let now = state.metrics.frames_pushed.get();
-                state.pushes_per_sec.store(now - previous, Ordering::Relaxed);
-                previous = now;
-            }
-            () = shutdown.cancelled() => return,
-        }
-    }
 }
 
 /// The `/metrics` response.

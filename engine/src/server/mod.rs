@@ -31,17 +31,19 @@ use crate::auth::{Authenticator, KeyError, SharedAuthenticator};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::{Config, ConfigError};
 use crate::connection::ConnectionSettings;
+use crate::console::{self, Console};
 use crate::data::{ChangeSet, DataError, DataView, StoreFault};
 use crate::health::Health;
 use crate::http_server::HttpLimits;
 use crate::live::LiveSettings;
 use crate::metrics::Metrics;
 use crate::plugin::{HostError, PluginHost, SandboxLimits};
+use crate::publish::PublishSettings;
 use crate::registry::PluginRegistry;
 use crate::reload::Reloader;
 use crate::rollout::VersionHistory;
 use crate::rollout_control::Rollouts;
-use crate::services::{PublishSettings, Services};
+use crate::services::Services;
 use crate::shard::{ShardSettings, Shards};
 use crate::watcher::{CHANGE_CAPACITY, PluginWatcher};
 use accepting::{Accepting, Stopped};
@@ -204,12 +206,19 @@ pub async fn run_with(
         limits: http_limits(&config),
         cluster: cluster.clone(),
         data: view.clone(),
+        console: Console::new(console::Sources {
+            metrics: metrics.clone(),
+            registry: registry.clone(),
+            rollouts: rollouts.clone(),
+            data: view.clone(),
+        }),
     };
     let publish_settings = PublishSettings {
         token: config.publish_token.clone(),
         limits: http_limits(&config),
         max_batch_bytes: config.max_batch_bytes,
         cluster: cluster.clone(),
+        metrics: metrics.clone(),
     };
     let node =
         cluster.as_ref().map(|cluster| (cluster.clone(), node_name(&config, admin_state.listen), admin_state.clone()));
