@@ -10,10 +10,11 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{self, Admission, Admitted};
+use crate::admission::{self, Admission, Admitted, Seat};
 use crate::auth;
 use crate::config::Config;
 use crate::connection::{self, ConnectionSettings};
@@ -94,62 +95,35 @@ pub(crate) async fn accept(
         }
     }
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let mut routed = None;
-    let mut seated = None;
+    let mut admitted_route = None;
+    let mut refused_in_band = None;
     // The callback's signature is tungstenite's; its error is the HTTP response itself.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
-        let config = &shared.config;
-        let header = |name| request.headers().get(name).and_then(|value| value.to_str().ok());
-        if let Err(refusal) = handshake::check_origin(header("origin"), header("host"), &config.allowed_origins) {
-            return Err(refuse(&refusal));
-        }
-        let uri = request.uri();
-        let served = |name: &str| shared.registry.get(name).map(|version| version.name.clone());
-        let live = &shared.connection.live;
-        let mut route =
-            handshake::route(uri.path(), uri.query(), &config.default_plugin, served, live.max_params_bytes())
-                .map_err(|refusal| refuse(&refusal))?;
-        let protocols = header("sec-websocket-protocol");
-        let token = auth::handshake_token(uri.query(), protocols, header("authorization"));
-        match handshake::authenticate(live.plugin(&route.plugin).auth, token.as_deref(), &shared.connection.auth.load())
-        {
-            Ok(identity) => route.identity = identity.map(Arc::new),
-            Err(refusal) => {
-                shared.metrics.handshakes_unauthorized.inc();
-                return Err(refuse(&refusal));
+        let protocols = request.headers().get("sec-websocket-protocol").and_then(|value| value.to_str().ok());
+        let mut answered = auth::answered_protocol(protocols);
+        match admit(&shared, conn_id, request) {
+            Ok(admitted) => admitted_route = Some(admitted),
+            // Over a limit: answered at once, cheaply, and worth retrying; the client backs off.
+            Err(refusal) if refusal.status != 503 && auth::wants_refusals_in_band(protocols) => {
+                // The answer itself says the close that follows is a refusal.
+                answered = Some(auth::REFUSALS_IN_BAND);
+                refused_in_band = Some(refusal);
             }
-        }
-        // The plugin's instance on this connection's shard is sent the params of so many
-        // connections at most: beyond that its memory cap could not hold them.
-        let memory = config.plugin_memory_mib << 20;
-        let per_instance = admission::seats_per_instance(memory, live.max_params_bytes());
-        let shard = shared.shards.shard_of(conn_id);
-        match shared.admission.seat(route.plugin.clone(), shard, per_instance) {
-            Some(seat) => seated = Some(seat),
-            None => {
-                shared.metrics.handshakes_over_limit.inc();
-                let reason = format!(
-                    "plugin `{}` is at its connection limit on this worker ({per_instance}: its plugin_memory_mib \
-                     holds the params of so many connections of up to max_params_bytes)",
-                    route.plugin
-                );
-                return Err(refuse(&Refusal { status: 503, reason }));
-            }
+            Err(refusal) => return Err(refuse(&refusal)),
         }
         // RFC 6455: the server may pick one of the subprotocols the client offered, and a browser
         // that offered some fails a handshake whose answer picks none.
-        if let Some(protocol) = auth::answered_protocol(protocols).and_then(|p| http::HeaderValue::from_str(p).ok()) {
+        if let Some(protocol) = answered.and_then(|p| http::HeaderValue::from_str(p).ok()) {
             response.headers_mut().insert(http::header::SEC_WEBSOCKET_PROTOCOL, protocol);
         }
-        routed = Some(route);
         Ok(response)
     };
     let (socket, outbound) = SharedSocket::new(stream, head);
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(socket, callback, Some(shared.websocket));
     let handshake = tokio::time::timeout_at(deadline, handshake).await;
     admitted.handshake_done();
-    let ws = match handshake {
+    let mut ws = match handshake {
         Ok(Ok(ws)) => ws,
         Ok(Err(err)) => {
             shared.metrics.handshakes_rejected.inc();
@@ -164,12 +138,61 @@ pub(crate) async fn accept(
             return;
         }
     };
-    let (Some(route), Some(_seat)): (Option<Route>, _) = (routed, seated) else { return };
+    if let Some(refusal) = refused_in_band {
+        shared.metrics.handshakes_rejected.inc();
+        let frame =
+            CloseFrame { code: CloseCode::from(4000 + refusal.status), reason: close_reason(&refusal.reason).into() };
+        let _ = tokio::time::timeout_at(deadline, ws.close(Some(frame))).await;
+        let _ = tokio::time::timeout_at(deadline, outbound.flush()).await;
+        return;
+    }
+    let Some((route, _seat)) = admitted_route else { return };
     let shard = shared.shards.sender(conn_id);
     shared.metrics.handshakes_accepted.inc();
     shared.metrics.connections.inc();
     connection::serve(ws, outbound, conn_id, route, shard, shared.connection.clone(), cancel).await;
     shared.metrics.connections.dec();
+}
+
+/// The handshake's decisions on `request`: its origin, its plugin and params, its token, and a
+/// seat in the plugin's instance on connection `conn_id`'s shard — or why it is refused.
+fn admit(shared: &Shared, conn_id: u64, request: &Request) -> Result<(Route, Seat), Refusal> {
+    let config = &shared.config;
+    let header = |name| request.headers().get(name).and_then(|value| value.to_str().ok());
+    handshake::check_origin(header("origin"), header("host"), &config.allowed_origins)?;
+    let uri = request.uri();
+    let served = |name: &str| shared.registry.get(name).map(|version| version.name.clone());
+    let live = &shared.connection.live;
+    let mut route = handshake::route(uri.path(), uri.query(), &config.default_plugin, served, live.max_params_bytes())?;
+    let token = auth::handshake_token(uri.query(), header("sec-websocket-protocol"), header("authorization"));
+    match handshake::authenticate(live.plugin(&route.plugin).auth, token.as_deref(), &shared.connection.auth.load()) {
+        Ok(identity) => route.identity = identity.map(Arc::new),
+        Err(refusal) => {
+            shared.metrics.handshakes_unauthorized.inc();
+            return Err(refusal);
+        }
+    }
+    // The plugin's instance on this connection's shard is sent the params of so many
+    // connections at most: beyond that its memory cap could not hold them.
+    let memory = config.plugin_memory_mib << 20;
+    let per_instance = admission::seats_per_instance(memory, live.max_params_bytes());
+    let shard = shared.shards.shard_of(conn_id);
+    let Some(seat) = shared.admission.seat(route.plugin.clone(), shard, per_instance) else {
+        shared.metrics.handshakes_over_limit.inc();
+        let reason = format!(
+            "plugin `{}` is at its connection limit on this worker ({per_instance}: its plugin_memory_mib \
+             holds the params of so many connections of up to max_params_bytes)",
+            route.plugin
+        );
+        return Err(Refusal { status: 503, reason });
+    };
+    Ok((route, seat))
+}
+
+/// `reason` cut to what a close frame carries (123 bytes), at a character boundary.
+fn close_reason(reason: &str) -> &str {
+    let cut = (0..=reason.len().min(123)).rev().find(|at| reason.is_char_boundary(*at)).unwrap_or(0);
+    &reason[..cut]
 }
 
 /// The HTTP response refusing a handshake; a 401 names the scheme it wants (RFC 6750).

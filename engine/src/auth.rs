@@ -288,6 +288,18 @@ pub const BEARER_PROTOCOL_PREFIX: &str = "wasmpush.bearer.";
 /// in `Sec-WebSocket-Protocol` should, so the token is not echoed back).
 pub const PROTOCOL: &str = "wasmpush";
 
+/// The `Sec-WebSocket-Protocol` entry with which a client asks to learn why a handshake is
+/// refused from a close code rather than an HTTP status (which a browser's WebSocket never
+/// shows): the upgrade completes, answering this subprotocol (so the client knows the connection
+/// is no connection), and is closed at once with `4000 + status` (4400, 4401, 4403, 4404) and the
+/// reason. Over-limit refusals (503) stay HTTP.
+pub const REFUSALS_IN_BAND: &str = "wasmpush.refusals";
+
+/// Whether a client's `offered` subprotocols ask for refusals as close codes.
+pub fn wants_refusals_in_band(offered: Option<&str>) -> bool {
+    offered.is_some_and(|offered| offered.split(',').any(|protocol| protocol.trim() == REFUSALS_IN_BAND))
+}
+
 /// The `Sec-WebSocket-Protocol` answer to a client's `offered` list (RFC 6455 lets the server
 /// pick only one the client offered): `wasmpush` if offered, else the token entry, else none.
 pub fn answered_protocol(offered: Option<&str>) -> Option<&str> {
@@ -456,6 +468,8 @@ mod tests {
         assert_eq!(token(Some("params=%7B%7D"), Some("chat"), Some("Basic x")), None);
         assert_eq!(answered_protocol(Some("wasmpush.bearer.xyz, wasmpush")), Some("wasmpush"));
         assert_eq!(answered_protocol(Some("wasmpush.bearer.xyz")), Some("wasmpush.bearer.xyz"));
+        assert!(wants_refusals_in_band(Some("wasmpush, wasmpush.refusals, wasmpush.bearer.xyz")));
+        assert!(!wants_refusals_in_band(Some("wasmpush.refusals2")) && !wants_refusals_in_band(None));
         assert_eq!(answered_protocol(Some("chat")), None);
     }
 }

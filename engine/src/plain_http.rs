@@ -1,5 +1,6 @@
 //! The request head on the WebSocket port, and the requests that are not WebSocket upgrades:
-//! `GET /` serves the demo page (connect to a plugin, watch frames, edit params); anything else
+//! `GET /` serves the demo page (connect to a plugin, watch frames, edit params) and
+//! `GET /wasmpush.js` the JavaScript client it imports (`clients/js`); anything else
 //! gets a proper HTTP error instead of a dropped connection; a socket over a limit gets 503 at
 //! once. The head is read (waiting for each new piece, never polling) and handed on with an
 //! upgrade, so the WebSocket handshake reads it first.
@@ -11,6 +12,9 @@ use tokio::net::TcpStream;
 
 /// The demo page.
 const DEMO_PAGE: &str = include_str!("assets/demo.html");
+
+/// The JavaScript client (`clients/js`), which the demo page imports and any page may.
+const JS_CLIENT: &str = include_str!("../../clients/js/wasmpush.js");
 
 /// Largest request head looked at; a longer one is answered 431.
 const MAX_HEAD: usize = 8192;
@@ -107,6 +111,9 @@ pub async fn respond(mut stream: TcpStream, request: &Request) {
     let (status, content_type, body) = match request {
         Request::Plain { method, path } if path == "/" && (method == "GET" || method == "HEAD") => {
             (200, "text/html; charset=utf-8", DEMO_PAGE.to_owned())
+        }
+        Request::Plain { method, path } if path == "/wasmpush.js" && (method == "GET" || method == "HEAD") => {
+            (200, "text/javascript; charset=utf-8", JS_CLIENT.to_owned())
         }
         Request::Plain { path, .. } if path == "/" || path == "/ws" || path.starts_with("/ws/") => (
             426,

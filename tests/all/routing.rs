@@ -110,7 +110,9 @@ async fn a_plugin_instance_takes_no_more_connections_than_its_memory_holds_param
 async fn plain_http_gets_the_demo_page_or_a_clear_error_and_websockets_still_work() {
     let engine = engine().await;
     let page = wasmpush_tests::http::get(engine.addr, "/").await;
-    assert!(page.contains("<title>wasmpush demo</title>") && page.contains("new WebSocket"), "{page}");
+    assert!(page.contains("<title>wasmpush demo</title>") && page.contains("from '/wasmpush.js'"), "{page}");
+    let client = wasmpush_tests::http::get(engine.addr, "/wasmpush.js").await;
+    assert!(client.contains("export function connect(") && client.contains("new this._WebSocket("), "{client}");
 
     let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let (status, body) = wasmpush_tests::http::exchange(engine.addr, &request("/ws/quote")).await;
