@@ -62,7 +62,8 @@ async fn main() {
         mean(&open) / mean(&closed),
         connections
     );
-    // The clients' tasks and the engine end with the process.
+    // The clients' tasks end with the process, which does not wait for them.
+    drop(engine);
     std::process::exit(0);
 }
 
