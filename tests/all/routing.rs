@@ -1,7 +1,7 @@
 //! URLs: plugins by path, the default plugin, refusals with a clear reason.
 
 use tokio_tungstenite::tungstenite::Error as WsError;
-use wasmpush_tests::Client;
+use wasmpush_tests::{Client, Frame};
 
 use crate::util::{SOON, encode, engine};
 
@@ -26,6 +26,38 @@ async fn unknown_plugins_and_paths_are_refused_with_404() {
     let (status, body) = refused(&engine, "/elsewhere").await;
     assert_eq!(status, 404);
     assert!(body.contains("no such path"), "{body}");
+}
+
+#[tokio::test]
+async fn a_client_offering_wasmpush_refusals_is_refused_with_a_close_code_and_the_reason() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let engine = engine().await;
+    let offered = |path: &str| {
+        let mut request = engine.url(path).into_client_request().unwrap();
+        request.headers_mut().insert("sec-websocket-protocol", "wasmpush, wasmpush.refusals".parse().unwrap());
+        request
+    };
+    for (path, code, reason) in
+        [("/ws/nosuch", 4404, "unknown plugin `nosuch`"), ("/ws/quote?params=%5B1%5D", 4400, "must be a JSON object")]
+    {
+        let (mut client, response) = Client::try_connect_with(offered(path)).await.expect("an upgrade");
+        assert_eq!(
+            response.headers()["sec-websocket-protocol"],
+            "wasmpush.refusals",
+            "the answer says it is a refusal"
+        );
+        match client.closing_frame(SOON).await {
+            Some(Frame::Close(Some((closed, why)))) => {
+                assert_eq!(closed, code, "{path}");
+                assert!(why.contains(reason), "{path}: {why}");
+            }
+            other => panic!("{path}: expected a close {code}, got {other:?}"),
+        }
+    }
+    // Served as usual otherwise, answering `wasmpush`.
+    let (mut client, response) = Client::try_connect_with(offered("/ws/quote?params=%7B%7D")).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "wasmpush");
+    assert!(client.next_text(SOON).await.contains("\"seq\":1"));
 }
 
 #[tokio::test]

@@ -44,8 +44,7 @@ fn asset(content_type: &'static str, body: &'static str, cache: &'static str) ->
 
 /// The event stream of one open console, until the engine stops or the console closes.
 fn stream(state: &AdminState) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<>> {
-    let (opening, updates) = state.console.open();
-    let stop = state.console.stopped().clone();
+    let (opening, updates, stop) = state.console.open();
     let first = Event::default().event("opening").data(opening);
     let rest = futures_util::stream::unfold(updates, move |mut updates| {
         let stop = stop.clone();

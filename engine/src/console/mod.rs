@@ -50,8 +50,9 @@ pub struct Console {
     latest: Mutex<Update>,
     /// Each update as JSON, to every open console.
     feed: broadcast::Sender<Arc<str>>,
-    /// Cancelled when sampling stops: open consoles' streams end.
-    stopped: CancellationToken,
+    /// Cancelled when the current run of the sampler stops (the engine stops, or lets go for a
+    /// restart): the streams opened during it end.
+    stopped: Mutex<CancellationToken>,
 }
 
 /// What a console is sent when it opens.
@@ -74,7 +75,7 @@ impl Console {
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
             latest: Mutex::default(),
             feed,
-            stopped: CancellationToken::new(),
+            stopped: Mutex::default(),
         })
     }
 
@@ -93,7 +94,9 @@ impl Console {
         every_second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         every_second.tick().await;
         let mut nodes: Option<Vec<NodeRow>> = None;
-        let _stopped = self.stopped.clone().drop_guard();
+        let stopped = CancellationToken::new();
+        *self.stopped.lock().unwrap_or_else(|poison| poison.into_inner()) = stopped.clone();
+        let _stopped = stopped.drop_guard();
         for second in 0u64.. {
             tokio::select! {
                 _ = every_second.tick() => {}
@@ -135,19 +138,16 @@ impl Console {
         history.push_back(point);
     }
 
-    /// Cancelled once sampling stopped (the engine stops): open consoles' streams end then.
-    pub fn stopped(&self) -> &CancellationToken {
-        &self.stopped
-    }
-
-    /// Opens a console: what it is shown first (JSON), and the updates from now on.
-    pub fn open(&self) -> (String, broadcast::Receiver<Arc<str>>) {
+    /// Opens a console: what it is shown first (JSON), the updates from now on, and a token
+    /// cancelled when they stop (the sampler's run ends).
+    pub fn open(&self) -> (String, broadcast::Receiver<Arc<str>>, CancellationToken) {
         let updates = self.feed.subscribe();
         let history = self.history.lock().unwrap_or_else(|poison| poison.into_inner()).iter().copied().collect();
         let mut events = crate::events::recent().since(0);
         events.drain(..events.len().saturating_sub(EVENTS_AT_OPEN));
         let latest = self.latest.lock().unwrap_or_else(|poison| poison.into_inner());
         let opening = Opening { history, latest: &latest, events };
-        (serde_json::to_string(&opening).expect("an opening serializes"), updates)
+        let stopped = self.stopped.lock().unwrap_or_else(|poison| poison.into_inner()).clone();
+        (serde_json::to_string(&opening).expect("an opening serializes"), updates, stopped)
     }
 }
