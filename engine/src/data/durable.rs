@@ -14,6 +14,7 @@
 //! it that is not valid JSON, or under a name no longer valid, is left out of the snapshot and
 //! counted, never served.
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -144,9 +145,19 @@ impl DurableStore {
     }
 
     /// Writes `batches` (each change with the revision of its batch) in one transaction, and
-    /// `revision` as the store's, counted in history `origin`; returns once it is on disk.
-    pub fn write(&self, batches: &[(u64, Vec<Change>)], revision: u64, origin: u64) -> Result<(), DataError> {
-        let transaction = self.db()?.begin_write().map_err(storage)?;
+    /// `revision` as the store's, counted in history `origin`; returns once it is on disk, or,
+    /// with [`Flush::Later`], once it is committed in memory.
+    pub fn write(
+        &self,
+        batches: &[(u64, Vec<Change>)],
+        revision: u64,
+        origin: u64,
+        flush: Flush,
+    ) -> Result<(), DataError> {
+        let mut transaction = self.db()?.begin_write().map_err(storage)?;
+        if flush == Flush::Later {
+            transaction.set_durability(redb::Durability::None).map_err(storage)?;
+        }
         {
             let mut table = transaction.open_table(ENTRIES).map_err(storage)?;
             for (batch_revision, changes) in batches {
@@ -165,22 +176,41 @@ impl DurableStore {
         transaction.commit().map_err(storage)
     }
 
+    /// Puts every write made with [`Flush::Later`] on disk (an empty transaction committed
+    /// durably).
+    pub fn flush(&self) -> Result<(), DataError> {
+        self.db()?.begin_write().map_err(storage)?.commit().map_err(storage)
+    }
+
     /// Closes the file and opens it again (redb refuses every write after an I/O error until
-    /// then), then checks it holds `acknowledged`, the revision of the last write the engine
-    /// acknowledged: an error if it cannot be opened or holds another revision.
-    pub fn reopen(&mut self, acknowledged: u64) -> Result<(), DataError> {
+    /// then), then checks it holds a revision in `acknowledged`: the revision of the last write
+    /// the engine acknowledged, or down to the last one flushed when later ones were not (a
+    /// failure may lose them). An error if it cannot be opened or holds another revision;
+    /// otherwise the revision it holds.
+    pub fn reopen(&mut self, acknowledged: RangeInclusive<u64>) -> Result<u64, DataError> {
         drop(self.db.take());
         let db = open_file(&self.path)?;
         let stored = caught(&self.path, || stored_revision(&db))?;
         self.db = Some(db);
-        if stored != acknowledged {
+        if !acknowledged.contains(&stored) {
             return Err(storage(format!(
-                "{} holds revision {stored} after reopening, not {acknowledged}, the last acknowledged",
-                self.path.display()
+                "{} holds revision {stored} after reopening, not {}, the last acknowledged",
+                self.path.display(),
+                acknowledged.end()
             )));
         }
-        Ok(())
+        Ok(stored)
     }
+}
+
+/// When a write must be on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Before [`DurableStore::write`] returns (an fsync).
+    Now,
+    /// With the next write flushed now, [`DurableStore::flush`] or a clean close. A crash
+    /// before then loses it whole, never part of it: the store then holds an earlier revision.
+    Later,
 }
 
 /// Opens redb's file at `path`; an error (or a panic in redb over a damaged file) names the file.
@@ -283,9 +313,9 @@ mod tests {
             let mut store = DurableStore::open(dir.path()).unwrap();
             assert_eq!(store.load(&LIMITS).unwrap().snapshot.key_count(), 0);
             let first = vec![Change::new("prices", "AAPL", Some("1")), Change::new("prices", "MSFT", Some("2"))];
-            store.write(&[(1, first)], 1, 0).unwrap();
+            store.write(&[(1, first)], 1, 0, Flush::Now).unwrap();
             let second = vec![Change::new("prices", "MSFT", None), Change::new("accounts", "a1", Some("{}"))];
-            store.write(&[(2, second), (3, vec![Change::new("prices", "GOOG", None)])], 3, 0).unwrap();
+            store.write(&[(2, second), (3, vec![Change::new("prices", "GOOG", None)])], 3, 0, Flush::Now).unwrap();
         }
         let Loaded { snapshot, skipped } = DurableStore::open(dir.path()).unwrap().load(&LIMITS).unwrap();
         assert_eq!(skipped, 0);
@@ -319,9 +349,9 @@ mod tests {
     fn a_reopened_store_must_hold_the_acknowledged_revision() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = DurableStore::open(dir.path()).unwrap();
-        store.write(&[(7, vec![Change::new("b", "k", Some("1"))])], 7, 0).unwrap();
-        store.reopen(7).unwrap();
-        let err = store.reopen(8).unwrap_err();
+        store.write(&[(7, vec![Change::new("b", "k", Some("1"))])], 7, 0, Flush::Now).unwrap();
+        store.reopen(7..=7).unwrap();
+        let err = store.reopen(8..=8).unwrap_err();
         assert!(err.to_string().contains("holds revision 7 after reopening, not 8"), "{err}");
     }
 
@@ -332,7 +362,7 @@ mod tests {
             let store = DurableStore::open(dir.path()).unwrap();
             let values: Vec<Change> =
                 (0..200).map(|i| Change::new("b", &format!("k{i}"), Some(&format!("\"{}\"", "v".repeat(i))))).collect();
-            store.write(&[(1, values)], 1, 0).unwrap();
+            store.write(&[(1, values)], 1, 0, Flush::Now).unwrap();
         }
         let path = dir.path().join(FILE_NAME);
         let pristine = std::fs::read(&path).unwrap();

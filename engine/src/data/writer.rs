@@ -8,16 +8,26 @@
 //! A batch that breaks a limit is refused alone; the others in its group go on. A change reaches
 //! memory only after it is on disk, and a batch is published whole or not at all.
 //!
+//! A batch the cluster numbered (`apply_at`) is durable in JetStream already: the store only spares
+//! a node that starts again the catch-up from the stream. Such batches are committed without an
+//! fsync and flushed at most [`FLUSH_PERIOD`] later (or with the next write flushed anyway, or
+//! when the writer stops): a node then publishes an update as soon as it is in its store's memory,
+//! as a single node does once its own write is on disk, instead of waiting for a second disk
+//! behind the first. A crash loses at most that last period from the store, whole batches only; the
+//! node starts from the revision before them and reads them from the stream again. The writer
+//! keeps those batches until they are flushed, and writes them again after a failure.
+//!
 //! A disk error fails the group it hit (nothing of it is published), and the writer reopens the
 //! store at once. While it cannot (the disk is still full, the file is gone), every write is
 //! refused as unavailable, the [`StoreFault`] given to [`DataStore::start`] says why (for `/healthz` and status), and the
 //! writer tries again at each write and every [`RETRY_PERIOD`].
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use super::durable::{Change, DurableStore};
+use super::durable::{Change, DurableStore, Flush};
 use super::snapshot::{KeyName, Snapshot};
 use super::{DataError, DataLimits};
 
@@ -29,7 +39,10 @@ const REQUEST_CAPACITY: usize = 1024;
 const MAX_GROUP: usize = 256;
 
 /// How often a writer whose store failed tries to reopen it while no write comes.
-const RETRY_PERIOD: std::time::Duration = std::time::Duration::from_secs(2);
+const RETRY_PERIOD: Duration = Duration::from_secs(2);
+
+/// How long a batch the cluster numbered may stay in the store's memory before it is flushed.
+const FLUSH_PERIOD: Duration = Duration::from_secs(1);
 
 /// Why the data store cannot write now, if it cannot: shared by the writer, which sets and
 /// clears it, and whoever reports the engine's health.
@@ -143,7 +156,8 @@ impl DataStore {
     ) -> std::io::Result<(DataStore, std::thread::JoinHandle<()>)> {
         let (requests, received) = flume::bounded(REQUEST_CAPACITY);
         fault.set(None);
-        let writer = Writer { durable, view: view.clone(), limits, announce: Box::new(announce), fault };
+        let writer =
+            Writer { durable, view: view.clone(), limits, announce: Box::new(announce), fault, unflushed: None };
         let thread =
             std::thread::Builder::new().name("wasmpush-data".to_owned()).spawn(move || writer.run(received))?;
         Ok((DataStore { requests, view, limits }, thread))
@@ -205,15 +219,28 @@ struct Writer {
     announce: Box<dyn Fn(Arc<ChangeSet>) + Send>,
     /// Set while the store cannot write.
     fault: StoreFault,
+    /// Batches committed without an fsync, until they are flushed.
+    unflushed: Option<Unflushed>,
+}
+
+/// What the store holds in memory only.
+struct Unflushed {
+    /// When the first of them was committed.
+    since: Instant,
+    /// The store's revision on disk before them.
+    flushed: u64,
+    /// The batches, each with its revision, in order.
+    batches: Vec<(u64, Vec<Change>)>,
 }
 
 impl Writer {
     /// Commits the waiting batches group by group until every [`DataStore`] is dropped.
     fn run(mut self, requests: flume::Receiver<WriteRequest>) {
         loop {
-            let first = match self.fault.get() {
-                None => requests.recv().map_err(|_| flume::RecvTimeoutError::Disconnected),
-                Some(_) => requests.recv_timeout(RETRY_PERIOD),
+            let first = match (self.fault.get(), &self.unflushed) {
+                (Some(_), _) => requests.recv_timeout(RETRY_PERIOD),
+                (None, Some(unflushed)) => requests.recv_deadline(unflushed.since + FLUSH_PERIOD),
+                (None, None) => requests.recv().map_err(|_| flume::RecvTimeoutError::Disconnected),
             };
             match first {
                 Ok(first) => {
@@ -221,10 +248,28 @@ impl Writer {
                         std::iter::once(first).chain(requests.try_iter().take(MAX_GROUP - 1)).collect();
                     self.commit(group);
                 }
-                Err(flume::RecvTimeoutError::Timeout) => {
+                Err(flume::RecvTimeoutError::Timeout) if self.fault.get().is_some() => {
                     self.recover();
                 }
-                Err(flume::RecvTimeoutError::Disconnected) => return,
+                Err(flume::RecvTimeoutError::Timeout) => self.flush(),
+                Err(flume::RecvTimeoutError::Disconnected) => {
+                    self.flush();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Puts the batches committed without an fsync on disk.
+    fn flush(&mut self) {
+        if self.unflushed.is_none() {
+            return;
+        }
+        match self.durable.flush() {
+            Ok(()) => self.unflushed = None,
+            Err(err) => {
+                tracing::error!(cause = %err, "data flush failed; the batches are written again once the store reopens");
+                self.recover();
             }
         }
     }
@@ -232,7 +277,10 @@ impl Writer {
     /// Reopens the store after a disk error, checking it holds what was last acknowledged;
     /// whether it can write now.
     fn recover(&mut self) -> bool {
-        match self.durable.reopen(self.view.snapshot().revision()) {
+        let acknowledged = self.view.snapshot().revision();
+        let flushed = self.unflushed.as_ref().map_or(acknowledged, |unflushed| unflushed.flushed);
+        let reopened = self.durable.reopen(flushed..=acknowledged).and_then(|_| self.rewrite_unflushed());
+        match reopened {
             Ok(()) => {
                 if self.fault.get().is_some() {
                     tracing::info!(file = %self.durable.path().display(), "data store reopened: writes are accepted again");
@@ -250,6 +298,16 @@ impl Writer {
         }
     }
 
+    /// Writes the batches that were not flushed again, on disk (the reopened store may have lost
+    /// them; writing one it kept changes nothing).
+    fn rewrite_unflushed(&mut self) -> Result<(), DataError> {
+        let Some(unflushed) = &self.unflushed else { return Ok(()) };
+        let snapshot = self.view.snapshot();
+        self.durable.write(&unflushed.batches, snapshot.revision(), snapshot.origin(), Flush::Now)?;
+        self.unflushed = None;
+        Ok(())
+    }
+
     /// Checks each batch of `group` against the limits on top of the ones before it, writes the
     /// accepted ones in one transaction, then publishes and answers.
     fn commit(&mut self, group: Vec<WriteRequest>) {
@@ -261,7 +319,10 @@ impl Writer {
             return;
         }
         let mut next = Snapshot::clone(&self.view.snapshot());
+        let on_disk = next.revision();
         let (mut written, mut accepted, mut changed) = (Vec::new(), Vec::new(), Vec::new());
+        // Whether every batch written is one the cluster numbered (see the module's docs).
+        let mut numbered = true;
         for mut request in group {
             let revision = match request.at {
                 Some(at) if at <= next.revision() && request.replace.is_none() => {
@@ -280,6 +341,7 @@ impl Writer {
             match checked {
                 Ok(keys) => {
                     next = trial;
+                    numbered &= request.at.is_some() && request.replace.is_none();
                     changed.extend(keys);
                     written.push((revision, request.changes));
                     accepted.push((request.reply, revision));
@@ -290,7 +352,9 @@ impl Writer {
         if accepted.is_empty() {
             return;
         }
-        if let Err(err) = self.durable.write(&written, next.revision(), next.origin()) {
+        let due = self.unflushed.as_ref().is_some_and(|unflushed| unflushed.since.elapsed() >= FLUSH_PERIOD);
+        let flush = if numbered && !due { Flush::Later } else { Flush::Now };
+        if let Err(err) = self.durable.write(&written, next.revision(), next.origin(), flush) {
             tracing::error!(cause = %err, batches = accepted.len(), "data write failed; nothing of it was published");
             for (reply, _) in accepted {
                 let _ = reply.send(Err(err.clone()));
@@ -298,6 +362,15 @@ impl Writer {
             // redb refuses every later write until it is reopened.
             self.recover();
             return;
+        }
+        match flush {
+            Flush::Now => self.unflushed = None,
+            Flush::Later => {
+                let since = Instant::now();
+                let unflushed =
+                    self.unflushed.get_or_insert(Unflushed { since, flushed: on_disk, batches: Vec::new() });
+                unflushed.batches.extend(written);
+            }
         }
         let snapshot = Arc::new(next);
         self.view.0.store(snapshot.clone());
@@ -405,13 +478,13 @@ mod tests {
     fn a_store_that_cannot_be_reopened_degrades_writes_until_it_can() {
         let dir = tempfile::tempdir().unwrap();
         let mut durable = DurableStore::open(dir.path()).unwrap();
-        durable.write(&[(1, vec![put("a", "k", "1")])], 1, 0).unwrap();
+        durable.write(&[(1, vec![put("a", "k", "1")])], 1, 0, Flush::Now).unwrap();
         let limits = DataLimits { max_data_bytes: 1 << 20, ..limits() };
         let view = DataView::default();
         view.set(durable.load(&limits).unwrap().snapshot);
         let fault = StoreFault::default();
         let announce = Box::new(|_| {});
-        let mut writer = Writer { durable, view, limits, announce, fault: fault.clone() };
+        let mut writer = Writer { durable, view, limits, announce, fault: fault.clone(), unflushed: None };
         // The file is replaced by something redb cannot open, then by an empty store: neither
         // holds what was acknowledged (revision 1).
         let file = dir.path().join(super::super::FILE_NAME);
@@ -437,19 +510,66 @@ mod tests {
     }
 
     #[test]
+    fn batches_the_cluster_numbered_are_flushed_later_and_written_again_if_the_store_lost_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = DataLimits { max_data_bytes: 1 << 20, ..limits() };
+        let durable = DurableStore::open(dir.path()).unwrap();
+        durable.write(&[(1, vec![put("a", "k", "1")])], 1, 0, Flush::Now).unwrap();
+        let file = dir.path().join(super::super::FILE_NAME);
+        let copy = tempfile::tempdir().unwrap();
+        let as_flushed = copy.path().join(super::super::FILE_NAME);
+        std::fs::copy(&file, &as_flushed).unwrap();
+        let view = DataView::default();
+        view.set(DurableStore::open(copy.path()).unwrap().load(&limits).unwrap().snapshot);
+        let announce = Box::new(|_| {});
+        let fault = StoreFault::default();
+        let mut writer =
+            Writer { durable, view: view.clone(), limits, announce, fault: fault.clone(), unflushed: None };
+        // Each batch puts its own key.
+        let numbered = |writer: &mut Writer, revision: u64, key: &str| {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let changes = vec![put("a", key, &revision.to_string())];
+            writer.commit(vec![WriteRequest { changes, at: Some(revision), replace: None, reply }]);
+            assert_eq!(answer.blocking_recv().unwrap(), Ok(revision));
+        };
+        numbered(&mut writer, 2, "k2");
+        numbered(&mut writer, 3, "k3");
+        assert_eq!(view.snapshot().get("a", "k3").unwrap().json.as_ref(), "3", "published at once");
+        let unflushed = writer.unflushed.as_ref().expect("not flushed yet");
+        assert_eq!((unflushed.flushed, unflushed.batches.len()), (1, 2));
+
+        // The store comes back as it was on disk (revision 1): the batches are written again.
+        std::fs::rename(&as_flushed, &file).unwrap();
+        assert!(writer.recover(), "{:?}", fault.get());
+        assert!(writer.unflushed.is_none());
+        // Flushed at the latest a period after the first batch left unflushed.
+        numbered(&mut writer, 4, "k4");
+        writer.unflushed.as_mut().unwrap().since -= FLUSH_PERIOD;
+        numbered(&mut writer, 5, "k5");
+        assert!(writer.unflushed.is_none(), "a batch after the period is flushed with the rest");
+        let kept = std::thread::spawn(move || {
+            drop(writer);
+            DurableStore::open(dir.path()).unwrap().load(&limits).unwrap().snapshot
+        });
+        let kept = kept.join().unwrap();
+        assert_eq!((kept.revision(), kept.key_count()), (5, 5), "k and k2…k5, none lost");
+    }
+
+    #[test]
     fn a_resync_replaces_the_data_at_a_lower_revision_and_the_store_keeps_it() {
         let dir = tempfile::tempdir().unwrap();
         let limits = DataLimits { max_data_bytes: 1 << 20, ..limits() };
         let announced = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut durable = DurableStore::open(dir.path()).unwrap();
         durable
-            .write(&[(9, vec![put("a", "same", "1"), put("a", "moved", "1"), put("a", "gone", "1")])], 9, 5)
+            .write(&[(9, vec![put("a", "same", "1"), put("a", "moved", "1"), put("a", "gone", "1")])], 9, 5, Flush::Now)
             .unwrap();
         let view = DataView::default();
         view.set(durable.load(&limits).unwrap().snapshot);
         let heard = announced.clone();
         let announce = Box::new(move |set: Arc<ChangeSet>| heard.lock().unwrap().extend(set.changes()));
-        let mut writer = Writer { durable, view: view.clone(), limits, announce, fault: StoreFault::default() };
+        let mut writer =
+            Writer { durable, view: view.clone(), limits, announce, fault: StoreFault::default(), unflushed: None };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let entries = vec![put("a", "same", "1"), put("a", "moved", "2"), put("b", "new", "3")];
         writer.commit(vec![WriteRequest { changes: entries, at: Some(4), replace: Some(77), reply }]);
