@@ -6,7 +6,8 @@
 //! The thread commits group-wise: it takes every batch waiting when it is free and writes them in
 //! one transaction (one fsync), so many small concurrent requests cost one commit, not one each.
 //! A batch that breaks a limit is refused alone; the others in its group go on. A change reaches
-//! memory only after it is on disk, and a batch is published whole or not at all.
+//! memory only after it is on disk (one the cluster numbered: in the store, see below), and a batch
+//! is published whole or not at all.
 //!
 //! A batch the cluster numbered (`apply_at`) is durable in JetStream already: the store only spares
 //! a node that starts again the catch-up from the stream. Such batches are committed without an
