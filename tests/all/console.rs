@@ -69,6 +69,14 @@ async fn the_console_shows_live_figures_plugins_data_and_a_failing_deploy() {
     let pushes_charted = "wasmpushConsole.points.filter(p => p.pushes > 0).length >= 2";
     page.wait_for(pushes_charted, PATIENCE, "wasmpushConsole.points.length").await;
     assert_eq!(page.eval("document.querySelectorAll('#charts .uplot').length").await, 4);
+    // A click on a plugin's row charts its own figures (kept by the page since it opened).
+    page.eval("document.querySelector('#plugins tr[data-plugin=quote]').click()").await;
+    let charted = "!document.querySelector('#plugin-chart').hidden \
+                   && document.querySelectorAll('#plugin-chart .uplot').length === 1 \
+                   && wasmpushConsole.pluginPoints.get('quote').filter((p) => p.calls > 0 && p.p99 > 0).length >= 2";
+    page.wait_for(charted, PATIENCE, "wasmpushConsole.pluginPoints.get('quote')").await;
+    assert_eq!(page.eval("document.querySelector('#plugin-chart-name').textContent").await, "quote");
+    assert_eq!(page.eval("document.querySelector('#plugins tr.chosen').dataset.plugin").await, "quote");
 
     // Data: a bucket's keys and updates, the publish API's writes and refusals.
     let publish = config_address(&daemon.config, "publish");
