@@ -10,7 +10,7 @@ use wasmpush::config::PluginSettings;
 use wasmpush_tests::http::request;
 use wasmpush_tests::{Client, KillOnDrop, TestEngine, artifacts};
 
-use crate::util::{BINARY, SOON, TICK, encode, error_parts, start_in_foreground, write_config};
+use crate::util::{BINARY, SOON, TICK, encode, error_parts, plugins_dir_with, start_in_foreground, write_config};
 
 /// Long enough that a frame that should not come would have come.
 const QUIET: Duration = Duration::from_millis(600);
@@ -335,9 +335,7 @@ async fn data_survives_a_restart_and_a_hot_swap_sees_the_same_data() {
 #[tokio::test]
 async fn an_acknowledged_update_survives_kill_9_and_is_served_before_the_first_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    std::fs::copy(artifacts::PORTFOLIO, plugins.join("portfolio.wasm")).unwrap();
+    let plugins = plugins_dir_with(dir.path(), &[("portfolio", artifacts::PORTFOLIO)]);
     let table = "[plugins.portfolio]\nread = [\"accounts\", \"prices\"]\ntick_ms = 0\n";
     let (config, port, _) = write_config(dir.path(), &plugins, table);
     let publish: std::net::SocketAddr = {

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wasmpush_tests::{Client, Frame, TestEngine, artifacts};
 
-use crate::util::{SOON, TICK, encode, version_of, wasmpush};
+use crate::util::{Daemon, SOON, TICK, encode, version_of, wasmpush};
 
 /// What a client of `versioned` received: data frames by build, and error frames.
 #[derive(Debug, Clone, PartialEq)]
@@ -439,34 +439,21 @@ async fn bad_rollout_requests_are_refused_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_mid_canary_ends_it_and_status_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    std::fs::copy(artifacts::VERSIONED_V1, plugins.join("versioned.wasm")).unwrap();
     // The canary must still run at the restart: not judged on call time (see `engine_with`).
     let extra = "drain_secs = 1\n[rollouts]\np99_floor_us = 60000000\n";
-    let (config, port, _) = crate::util::write_config(dir.path(), &plugins, extra);
-    let (config, pid_file) = (config.to_str().unwrap().to_owned(), dir.path().join("wasmpush.pid"));
-    let pid = pid_file.to_str().unwrap();
-    let log_file = dir.path().join("wasmpush.log");
-    let log = log_file.to_str().unwrap();
-    let (started, said) =
-        wasmpush(&["start", "--daemon", "--config", &config, "--pid-file", pid, "--log-file", log]).await;
-    assert!(started, "{said}");
-    let url = format!("ws://127.0.0.1:{port}/ws/versioned?params={}", encode("{}"));
+    let daemon = Daemon::start(&[("versioned", artifacts::VERSIONED_V1)], extra).await;
+    let url = format!("ws://127.0.0.1:{}/ws/versioned?params={}", daemon.port, encode("{}"));
 
     // Found through the running engine's pid file, as an operator would.
     let v2 = artifacts::VERSIONED_V2;
-    let (deployed, said) =
-        wasmpush(&["deploy", "versioned", v2, "--canary", "50", "--manual", "--pid-file", pid]).await;
+    let (deployed, said) = daemon.cli(&["deploy", "versioned", v2, "--canary", "50", "--manual"]).await;
     assert!(deployed, "{said}");
-    let (_, status) = wasmpush(&["status", "--pid-file", pid]).await;
+    let (_, status) = daemon.cli(&["status"]).await;
     assert!(status.contains("rollout: manual canary 50 % of build"), "{status}");
     assert!(status.contains("candidate") && status.contains("calls, errors"), "{status}");
 
-    let (restarted, said) = wasmpush(&["restart", "--config", &config, "--pid-file", pid, "--log-file", log]).await;
-    assert!(restarted, "{said}");
-    let (_, status) = wasmpush(&["status", "--pid-file", pid]).await;
+    daemon.restart().await;
+    let (_, status) = daemon.cli(&["status"]).await;
     assert!(status.contains("ended: the engine restarted mid-rollout"), "{status}");
     assert!(!status.contains("rollout: manual canary"), "{status}");
     let mut client = Client::connect_retrying(&url, SOON).await;
@@ -475,6 +462,6 @@ async fn a_restart_mid_canary_ends_it_and_status_says_so() {
         !versions.is_empty() && versions.iter().all(|v| v == "1"),
         "every connection on the serving build: {versions:?}"
     );
-    let (stopped, said) = wasmpush(&["stop", "--pid-file", pid]).await;
+    let (stopped, said) = daemon.cli(&["stop"]).await;
     assert!(stopped, "{said}");
 }

@@ -3,14 +3,13 @@
 //! so its resident memory is measured alone.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use wasmpush_tests::{Client, KillOnDrop, artifacts, http};
+use wasmpush_tests::{Client, artifacts, http};
 
-use crate::util::{BINARY, SOON, TICK, encode, write_config};
+use crate::util::{SOON, TICK, encode, plugins_dir_with, start_in_foreground, write_config};
 
 /// Non-reading clients in the test.
 const NON_READERS: usize = 300;
@@ -45,20 +44,9 @@ async fn connections(admin: SocketAddr) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_never_read_are_closed_and_cost_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    std::fs::copy(artifacts::HOSTILE, plugins.join("hostile.wasm")).unwrap();
-    std::fs::copy(artifacts::QUOTE, plugins.join("quote.wasm")).unwrap();
+    let plugins = plugins_dir_with(dir.path(), &[("hostile", artifacts::HOSTILE), ("quote", artifacts::QUOTE)]);
     let (config, port, admin) = write_config(dir.path(), &plugins, "write_timeout_secs = 1\n");
-    let pid_file = dir.path().join("wasmpush.pid");
-    let engine = KillOnDrop(
-        Command::new(BINARY)
-            .args(["start", "--config", config.to_str().unwrap(), "--pid-file", pid_file.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let engine = start_in_foreground(&config, &dir.path().join("wasmpush.pid"));
     let (addr, admin) = (SocketAddr::from(([127, 0, 0, 1], port)), SocketAddr::from(([127, 0, 0, 1], admin)));
 
     let url = format!("ws://{addr}/ws/quote?params={}", encode("{}"));

@@ -81,12 +81,19 @@ pub fn start_in_foreground(config: &Path, pid_file: &Path) -> KillOnDrop {
     )
 }
 
+/// `DIR/plugins` holding `plugins` (name, wasm path) as `NAME.wasm`.
+pub fn plugins_dir_with(dir: &Path, plugins: &[(&str, &str)]) -> PathBuf {
+    let plugins_dir = dir.join("plugins");
+    std::fs::create_dir(&plugins_dir).unwrap();
+    for (name, wasm) in plugins {
+        std::fs::copy(wasm, plugins_dir.join(format!("{name}.wasm"))).unwrap();
+    }
+    plugins_dir
+}
+
 /// `DIR/plugins` holding `quote`.
-pub fn plugins_dir_with_quote(dir: &Path) -> std::path::PathBuf {
-    let plugins = dir.join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    std::fs::copy(artifacts::QUOTE, plugins.join("quote.wasm")).unwrap();
-    plugins
+pub fn plugins_dir_with_quote(dir: &Path) -> PathBuf {
+    plugins_dir_with(dir, &[("quote", artifacts::QUOTE)])
 }
 
 /// A free loopback port (bound, then released).
@@ -145,11 +152,7 @@ impl Daemon {
     /// Starts the engine serving `plugins` (name, wasm path), with `extra` config lines.
     pub async fn start(plugins: &[(&str, &str)], extra: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let plugins_dir = dir.path().join("plugins");
-        std::fs::create_dir(&plugins_dir).unwrap();
-        for (name, wasm) in plugins {
-            std::fs::copy(wasm, plugins_dir.join(format!("{name}.wasm"))).unwrap();
-        }
+        let plugins_dir = plugins_dir_with(dir.path(), plugins);
         let (config, port, admin) = write_config(dir.path(), &plugins_dir, extra);
         let daemon = Daemon { dir, config, port, admin };
         let (started, said) = daemon.cli(&["start", "--daemon", "--config", daemon.config.to_str().unwrap()]).await;

@@ -37,7 +37,7 @@ pub struct Snapshot {
     /// counts its revisions anew, so a node must not resume one from the other's revision).
     origin: u64,
     /// Each bucket's bytes and changes applied, for the console.
-    tallies: HashMap<Arc<str>, BucketTally>,
+    tallies: HashMap<Arc<str>, Tally>,
 }
 
 /// One bucket's size and changes.
@@ -49,6 +49,13 @@ pub struct BucketTally {
     pub bytes: usize,
     /// Changes applied to it since the engine loaded it (a bucket emptied starts anew).
     pub updates: u64,
+}
+
+/// What a snapshot keeps of a bucket beside its keys.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    bytes: usize,
+    updates: u64,
 }
 
 /// A read of one key: the bucket and key names as the snapshot holds them (shared, so recording
@@ -105,8 +112,11 @@ impl Snapshot {
     }
 
     /// Each bucket that holds keys, with its size and the changes applied to it.
-    pub fn tallies(&self) -> impl Iterator<Item = (&Arc<str>, &BucketTally)> {
-        self.tallies.iter()
+    pub fn tallies(&self) -> impl Iterator<Item = (&Arc<str>, BucketTally)> {
+        self.buckets.iter().map(|(name, keys)| {
+            let Tally { bytes, updates } = self.tallies.get(name).copied().unwrap_or_default();
+            (name, BucketTally { keys: keys.len(), bytes, updates })
+        })
     }
 
     /// The bucket named `name`, if it holds keys.
@@ -164,7 +174,6 @@ impl Snapshot {
             keys.insert(key_name.clone(), Entry { json, revision });
         }
         if !keys.is_empty() {
-            tally.keys = keys.len();
             tally.updates += 1;
             self.tallies.insert(bucket_name.clone(), tally);
             self.buckets.insert(bucket_name.clone(), keys);
@@ -189,7 +198,7 @@ mod tests {
         assert_eq!(first.get("prices", "MSFT"), None);
         assert_eq!(second.get("prices", "AAPL"), Some(&Entry { json: Arc::from("22"), revision: 2 }));
         assert_eq!((second.revision(), second.bytes(), second.key_count()), (3, 4 + 2 + 4 + 1, 2));
-        let tallies: Vec<_> = second.tallies().map(|(name, tally)| (name.to_string(), *tally)).collect();
+        let tallies: Vec<_> = second.tallies().map(|(name, tally)| (name.to_string(), tally)).collect();
         assert_eq!(tallies, [("prices".to_owned(), BucketTally { keys: 2, bytes: 11, updates: 3 })]);
     }
 
