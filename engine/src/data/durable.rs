@@ -176,12 +176,6 @@ impl DurableStore {
         transaction.commit().map_err(storage)
     }
 
-    /// Puts every write made with [`Flush::Later`] on disk (an empty transaction committed
-    /// durably).
-    pub fn flush(&self) -> Result<(), DataError> {
-        self.db()?.begin_write().map_err(storage)?.commit().map_err(storage)
-    }
-
     /// Closes the file and opens it again (redb refuses every write after an I/O error until
     /// then), then checks it holds a revision in `acknowledged`: the revision of the last write
     /// the engine acknowledged, or down to the last one flushed when later ones were not (a
@@ -208,7 +202,7 @@ impl DurableStore {
 pub enum Flush {
     /// Before [`DurableStore::write`] returns (an fsync).
     Now,
-    /// With the next write flushed now, [`DurableStore::flush`] or a clean close. A crash
+    /// With the next write flushed now, or a clean close. A crash
     /// before then loses it whole, never part of it: the store then holds an earlier revision.
     Later,
 }

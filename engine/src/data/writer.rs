@@ -6,19 +6,22 @@
 //! The thread commits group-wise: it takes every batch waiting when it is free and writes them in
 //! one transaction (one fsync), so many small concurrent requests cost one commit, not one each.
 //! A batch that breaks a limit is refused alone; the others in its group go on. A change reaches
-//! memory only after it is on disk (one the cluster numbered: in the store, see below), and a batch
-//! is published whole or not at all.
+//! memory only after it is on disk (except one the cluster numbered, see below), and a batch is
+//! published whole or not at all.
 //!
 //! A batch the cluster numbered (`apply_at`) is durable in JetStream already: the store only spares
-//! a node that starts again the catch-up from the stream. Such batches are committed without an
-//! fsync and flushed at most [`FLUSH_PERIOD`] later (or with the next write flushed anyway, or
-//! when the writer stops): a node then publishes an update as soon as it is in its store's memory,
-//! as a single node does once its own write is on disk, instead of waiting for a second disk
-//! behind the first. A crash loses at most that last period from the store, whole batches only; the
-//! node starts from the revision before them and reads them from the stream again. The writer
-//! keeps those batches until they are flushed, and writes them again after a failure.
+//! a node that starts again the catch-up from the stream. Such a batch is published first, so a
+//! node's plugins see an update as soon as it arrives (as a single node's do once its own write is
+//! on disk), not after a second disk behind JetStream's. The writer keeps it in memory and writes
+//! it to the store later: without an fsync once [`WRITE_AT`] changes wait, and flushed with the
+//! rest at most [`FLUSH_PERIOD`] after the oldest (or before the next write flushed anyway, or
+//! when the writer stops). While updates are few, a node pays one store write a second for them,
+//! away from the moment its plugins run. A crash loses at most that last period from the store,
+//! whole batches only; the node starts from the revision before them and reads them from the
+//! stream again. The writer keeps those batches until they are flushed, and writes them again
+//! after a failure.
 //!
-//! A disk error fails the group it hit (nothing of it is published), and the writer reopens the
+//! A disk error fails the group it hit (nothing of it is published, unless the cluster numbered it), and the writer reopens the
 //! store at once. While it cannot (the disk is still full, the file is gone), every write is
 //! refused as unavailable, the [`StoreFault`] given to [`DataStore::start`] says why (for `/healthz` and status), and the
 //! writer tries again at each write and every [`RETRY_PERIOD`].
@@ -42,8 +45,13 @@ const MAX_GROUP: usize = 256;
 /// How often a writer whose store failed tries to reopen it while no write comes.
 const RETRY_PERIOD: Duration = Duration::from_secs(2);
 
-/// How long a batch the cluster numbered may stay in the store's memory before it is flushed.
+/// How long a batch the cluster numbered may wait before it is flushed.
 const FLUSH_PERIOD: Duration = Duration::from_secs(1);
+
+/// Changes the cluster numbered that may wait in memory before they are written to the store,
+/// without an fsync (a flush writes those waiting too): few writes while updates are few, no
+/// large write that delays the next batch while they are many.
+const WRITE_AT: usize = 1000;
 
 /// Why the data store cannot write now, if it cannot: shared by the writer, which sets and
 /// clears it, and whoever reports the engine's health.
@@ -123,8 +131,11 @@ struct WriteRequest {
     /// (puts only); the keys it lacks are deleted, and its revision is taken even if lower.
     replace: Option<u64>,
     /// Where the revision (or the refusal) goes.
-    reply: tokio::sync::oneshot::Sender<Result<u64, DataError>>,
+    reply: Reply,
 }
+
+/// Where a batch's revision (or its refusal) goes.
+type Reply = tokio::sync::oneshot::Sender<Result<u64, DataError>>;
 
 /// The way into the writer thread; cheap to clone. The thread ends when every clone is dropped.
 #[derive(Debug, Clone)]
@@ -232,6 +243,10 @@ struct Unflushed {
     flushed: u64,
     /// The batches, each with its revision, in order.
     batches: Vec<(u64, Vec<Change>)>,
+    /// How many of `batches` the store holds (not flushed).
+    stored: usize,
+    /// Changes in the batches after those: in memory only.
+    waiting: usize,
 }
 
 impl Writer {
@@ -261,17 +276,13 @@ impl Writer {
         }
     }
 
-    /// Puts the batches committed without an fsync on disk.
+    /// Puts the batches the cluster numbered that are not flushed yet on disk, writing first
+    /// those that wait in memory.
     fn flush(&mut self) {
-        if self.unflushed.is_none() {
-            return;
-        }
-        match self.durable.flush() {
-            Ok(()) => self.unflushed = None,
-            Err(err) => {
-                tracing::error!(cause = %err, "data flush failed; the batches are written again once the store reopens");
-                self.recover();
-            }
+        let stored = self.unflushed.as_ref().map_or(0, |unflushed| unflushed.stored);
+        if let Err(err) = self.write_unflushed(stored) {
+            tracing::error!(cause = %err, "data flush failed; the batches are written again once the store reopens");
+            self.recover();
         }
     }
 
@@ -280,7 +291,7 @@ impl Writer {
     fn recover(&mut self) -> bool {
         let acknowledged = self.view.snapshot().revision();
         let flushed = self.unflushed.as_ref().map_or(acknowledged, |unflushed| unflushed.flushed);
-        let reopened = self.durable.reopen(flushed..=acknowledged).and_then(|_| self.rewrite_unflushed());
+        let reopened = self.durable.reopen(flushed..=acknowledged).and_then(|_| self.write_unflushed(0));
         match reopened {
             Ok(()) => {
                 if self.fault.get().is_some() {
@@ -299,12 +310,13 @@ impl Writer {
         }
     }
 
-    /// Writes the batches that were not flushed again, on disk (the reopened store may have lost
-    /// them; writing one it kept changes nothing).
-    fn rewrite_unflushed(&mut self) -> Result<(), DataError> {
+    /// Writes the unflushed batches from the `from`th on to the store and flushes: from the
+    /// first after the store reopened (it may have lost those it held), else from the first it
+    /// does not hold.
+    fn write_unflushed(&mut self, from: usize) -> Result<(), DataError> {
         let Some(unflushed) = &self.unflushed else { return Ok(()) };
         let snapshot = self.view.snapshot();
-        self.durable.write(&unflushed.batches, snapshot.revision(), snapshot.origin(), Flush::Now)?;
+        self.durable.write(&unflushed.batches[from..], snapshot.revision(), snapshot.origin(), Flush::Now)?;
         self.unflushed = None;
         Ok(())
     }
@@ -353,9 +365,14 @@ impl Writer {
         if accepted.is_empty() {
             return;
         }
-        let due = self.unflushed.as_ref().is_some_and(|unflushed| unflushed.since.elapsed() >= FLUSH_PERIOD);
-        let flush = if numbered && !due { Flush::Later } else { Flush::Now };
-        if let Err(err) = self.durable.write(&written, next.revision(), next.origin(), flush) {
+        if numbered {
+            self.publish(next, changed, accepted);
+            self.write_numbered(written, on_disk);
+            return;
+        }
+        // Numbered batches waiting in memory go first: the write below names a later revision.
+        self.flush();
+        if let Err(err) = self.durable.write(&written, next.revision(), next.origin(), Flush::Now) {
             tracing::error!(cause = %err, batches = accepted.len(), "data write failed; nothing of it was published");
             for (reply, _) in accepted {
                 let _ = reply.send(Err(err.clone()));
@@ -364,15 +381,12 @@ impl Writer {
             self.recover();
             return;
         }
-        match flush {
-            Flush::Now => self.unflushed = None,
-            Flush::Later => {
-                let since = Instant::now();
-                let unflushed =
-                    self.unflushed.get_or_insert(Unflushed { since, flushed: on_disk, batches: Vec::new() });
-                unflushed.batches.extend(written);
-            }
-        }
+        self.publish(next, changed, accepted);
+    }
+
+    /// Makes `next` the served snapshot, announces the keys that `changed` and answers each
+    /// accepted request with its revision.
+    fn publish(&self, next: Snapshot, changed: Vec<KeyName>, accepted: Vec<(Reply, u64)>) {
         let snapshot = Arc::new(next);
         self.view.0.store(snapshot.clone());
         if !changed.is_empty() {
@@ -380,6 +394,40 @@ impl Writer {
         }
         for (reply, revision) in accepted {
             let _ = reply.send(Ok(revision));
+        }
+    }
+
+    /// Keeps batches the cluster numbered, published already, until they are flushed: written to
+    /// the store (without an fsync) once [`WRITE_AT`] changes wait, flushed with every other one
+    /// once the oldest waited [`FLUSH_PERIOD`]. `on_disk` is the store's revision before them.
+    fn write_numbered(&mut self, written: Vec<(u64, Vec<Change>)>, on_disk: u64) {
+        let unflushed = self.unflushed.get_or_insert_with(|| Unflushed {
+            since: Instant::now(),
+            flushed: on_disk,
+            batches: Vec::new(),
+            stored: 0,
+            waiting: 0,
+        });
+        unflushed.waiting += written.iter().map(|(_, changes)| changes.len()).sum::<usize>();
+        unflushed.batches.extend(written);
+        if unflushed.since.elapsed() >= FLUSH_PERIOD {
+            return self.flush();
+        }
+        if unflushed.waiting < WRITE_AT {
+            return;
+        }
+        let snapshot = self.view.snapshot();
+        match self.durable.write(
+            &unflushed.batches[unflushed.stored..],
+            snapshot.revision(),
+            snapshot.origin(),
+            Flush::Later,
+        ) {
+            Ok(()) => (unflushed.stored, unflushed.waiting) = (unflushed.batches.len(), 0),
+            Err(err) => {
+                tracing::error!(cause = %err, "data write failed; the batches are written again once the store reopens");
+                self.recover();
+            }
         }
     }
 }
@@ -554,6 +602,42 @@ mod tests {
         });
         let kept = kept.join().unwrap();
         assert_eq!((kept.revision(), kept.key_count()), (5, 5), "k and k2…k5, none lost");
+    }
+
+    #[test]
+    fn numbered_batches_wait_in_memory_until_enough_changes_wait_or_another_write_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = DataLimits { max_data_bytes: 1 << 20, max_batch_keys: WRITE_AT, ..limits() };
+        let mut durable = DurableStore::open(dir.path()).unwrap();
+        durable.write(&[(1, vec![put("a", "k", "1")])], 1, 0, Flush::Now).unwrap();
+        let view = DataView::default();
+        view.set(durable.load(&limits).unwrap().snapshot);
+        let announce = Box::new(|_| {});
+        let mut writer =
+            Writer { durable, view: view.clone(), limits, announce, fault: StoreFault::default(), unflushed: None };
+        let write = |writer: &mut Writer, at: Option<u64>, changes: Vec<Change>| {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            writer.commit(vec![WriteRequest { changes, at, replace: None, reply }]);
+            answer.blocking_recv().unwrap().unwrap()
+        };
+        let stored = |writer: &mut Writer| writer.durable.load(&limits).unwrap().snapshot.revision();
+
+        write(&mut writer, Some(2), vec![put("a", "k2", "2")]);
+        assert_eq!((view.snapshot().revision(), stored(&mut writer)), (2, 1), "published, not written yet");
+        let many = (0..WRITE_AT).map(|i| put("b", &format!("m{i}"), "3")).collect();
+        write(&mut writer, Some(3), many);
+        assert_eq!(stored(&mut writer), 3, "written once {WRITE_AT} changes wait");
+        write(&mut writer, Some(4), vec![put("a", "k4", "4")]);
+        assert_eq!(stored(&mut writer), 3);
+        // A write of the node's own goes on disk with everything before it.
+        assert_eq!(write(&mut writer, None, vec![put("a", "k5", "5")]), 5);
+        assert!(writer.unflushed.is_none());
+        let kept = std::thread::spawn(move || {
+            drop(writer);
+            DurableStore::open(dir.path()).unwrap().load(&limits).unwrap().snapshot
+        });
+        let kept = kept.join().unwrap();
+        assert_eq!((kept.revision(), kept.key_count()), (5, 4 + WRITE_AT), "k, k2, the batch, k4, k5");
     }
 
     #[test]
