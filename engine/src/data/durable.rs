@@ -202,8 +202,8 @@ impl DurableStore {
 pub enum Flush {
     /// Before [`DurableStore::write`] returns (an fsync).
     Now,
-    /// With the next write flushed now, or a clean close. A crash
-    /// before then loses it whole, never part of it: the store then holds an earlier revision.
+    /// With the next write flushed now, or a clean close. A crash before then loses it whole,
+    /// never part of it: the store then holds an earlier revision.
     Later,
 }
 

@@ -21,10 +21,11 @@
 //! stream again. The writer keeps those batches until they are flushed, and writes them again
 //! after a failure.
 //!
-//! A disk error fails the group it hit (nothing of it is published, unless the cluster numbered it), and the writer reopens the
-//! store at once. While it cannot (the disk is still full, the file is gone), every write is
-//! refused as unavailable, the [`StoreFault`] given to [`DataStore::start`] says why (for `/healthz` and status), and the
-//! writer tries again at each write and every [`RETRY_PERIOD`].
+//! A disk error fails the group it hit (nothing of it is published, unless the cluster numbered
+//! it), and the writer reopens the store at once. While it cannot (the disk is still full, the
+//! file is gone), every write is refused as unavailable, the [`StoreFault`] given to
+//! [`DataStore::start`] says why (for `/healthz` and status), and the writer tries again at each
+//! write and every [`RETRY_PERIOD`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -243,10 +244,8 @@ struct Unflushed {
     flushed: u64,
     /// The batches, each with its revision, in order.
     batches: Vec<(u64, Vec<Change>)>,
-    /// How many of `batches` the store holds (not flushed).
+    /// How many of `batches` the store holds (not flushed); the others are in memory only.
     stored: usize,
-    /// Changes in the batches after those: in memory only.
-    waiting: usize,
 }
 
 impl Writer {
@@ -406,14 +405,13 @@ impl Writer {
             flushed: on_disk,
             batches: Vec::new(),
             stored: 0,
-            waiting: 0,
         });
-        unflushed.waiting += written.iter().map(|(_, changes)| changes.len()).sum::<usize>();
         unflushed.batches.extend(written);
         if unflushed.since.elapsed() >= FLUSH_PERIOD {
             return self.flush();
         }
-        if unflushed.waiting < WRITE_AT {
+        let waiting = &unflushed.batches[unflushed.stored..];
+        if waiting.iter().map(|(_, changes)| changes.len()).sum::<usize>() < WRITE_AT {
             return;
         }
         let snapshot = self.view.snapshot();
@@ -423,7 +421,7 @@ impl Writer {
             snapshot.origin(),
             Flush::Later,
         ) {
-            Ok(()) => (unflushed.stored, unflushed.waiting) = (unflushed.batches.len(), 0),
+            Ok(()) => unflushed.stored = unflushed.batches.len(),
             Err(err) => {
                 tracing::error!(cause = %err, "data write failed; the batches are written again once the store reopens");
                 self.recover();
