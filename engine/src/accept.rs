@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::connection::{self, ConnectionSettings};
 use crate::handshake::{self, Refusal, Route};
 use crate::metrics::Metrics;
-use crate::outbound::SharedSocket;
+use crate::outbound::{SharedSocket, close_reason};
 use crate::plain_http;
 use crate::registry::PluginRegistry;
 use crate::shard::Shards;
@@ -187,12 +187,6 @@ fn admit(shared: &Shared, conn_id: u64, request: &Request) -> Result<(Route, Sea
         return Err(Refusal { status: 503, reason });
     };
     Ok((route, seat))
-}
-
-/// `reason` cut to what a close frame carries (123 bytes), at a character boundary.
-fn close_reason(reason: &str) -> &str {
-    let cut = (0..=reason.len().min(123)).rev().find(|at| reason.is_char_boundary(*at)).unwrap_or(0);
-    &reason[..cut]
 }
 
 /// The HTTP response refusing a handshake; a 401 names the scheme it wants (RFC 6750).

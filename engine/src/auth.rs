@@ -274,8 +274,7 @@ pub fn handshake_token<'a>(
     if let Some(token) = from_query {
         return Some(token.into());
     }
-    let from_protocol =
-        protocols.and_then(|offered| offered.split(',').find_map(|p| p.trim().strip_prefix(BEARER_PROTOCOL_PREFIX)));
+    let from_protocol = offered_protocols(protocols).find_map(|protocol| protocol.strip_prefix(BEARER_PROTOCOL_PREFIX));
     from_protocol
         .or_else(|| authorization.and_then(|value| value.strip_prefix("Bearer ").map(str::trim)))
         .map(Into::into)
@@ -297,15 +296,19 @@ pub const REFUSALS_IN_BAND: &str = "wasmpush.refusals";
 
 /// Whether a client's `offered` subprotocols ask for refusals as close codes.
 pub fn wants_refusals_in_band(offered: Option<&str>) -> bool {
-    offered.is_some_and(|offered| offered.split(',').any(|protocol| protocol.trim() == REFUSALS_IN_BAND))
+    offered_protocols(offered).any(|protocol| protocol == REFUSALS_IN_BAND)
+}
+
+/// The entries of a `Sec-WebSocket-Protocol` header, if there is one.
+fn offered_protocols(offered: Option<&str>) -> impl Iterator<Item = &str> {
+    offered.into_iter().flat_map(|offered| offered.split(',')).map(str::trim)
 }
 
 /// The `Sec-WebSocket-Protocol` answer to a client's `offered` list (RFC 6455 lets the server
 /// pick only one the client offered): `wasmpush` if offered, else the token entry, else none.
 pub fn answered_protocol(offered: Option<&str>) -> Option<&str> {
-    let offered = offered?.split(',').map(str::trim);
     let mut token_entry = None;
-    for protocol in offered {
+    for protocol in offered_protocols(offered) {
         if protocol == PROTOCOL {
             return Some(protocol);
         }

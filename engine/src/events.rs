@@ -186,8 +186,7 @@ impl Text {
 /// `text` cut to [`MAX_TEXT`] bytes.
 fn cut(mut text: String) -> String {
     if text.len() > MAX_TEXT {
-        let at = (0..=MAX_TEXT).rev().find(|at| text.is_char_boundary(*at)).unwrap_or(0);
-        text.truncate(at);
+        text.truncate(text.floor_char_boundary(MAX_TEXT));
         text.push('…');
     }
     text

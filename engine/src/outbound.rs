@@ -57,6 +57,14 @@ pub enum Waiting {
     Evicted,
 }
 
+/// Bytes of reason a close frame carries at most: its payload is 125 bytes, 2 of them the code.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// `reason` cut to what a close frame carries, at a character boundary.
+pub fn close_reason(reason: &str) -> &str {
+    &reason[..reason.floor_char_boundary(MAX_CLOSE_REASON)]
+}
+
 /// One connection's outbound side.
 #[derive(Debug)]
 pub struct OutboundQueue {
@@ -242,18 +250,15 @@ impl OutboundQueue {
         self.ready.notify_one();
     }
 
-    /// Queues a close frame with `code` and `reason` (at most 123 bytes of it), written by the
+    /// Queues a close frame with `code` and `reason` (as [`close_reason`] cuts it), written by the
     /// engine itself: after the client broke the protocol the WebSocket layer sends nothing more.
     pub fn push_close(&self, code: u16, reason: &str) {
-        let mut end = reason.len().min(123);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        let payload_len = 2 + end;
+        let reason = close_reason(reason);
+        let payload_len = 2 + reason.len();
         let mut frame = Vec::with_capacity(2 + payload_len);
         frame.extend_from_slice(&[0x88, payload_len as u8]);
         frame.extend_from_slice(&code.to_be_bytes());
-        frame.extend_from_slice(&reason.as_bytes()[..end]);
+        frame.extend_from_slice(reason.as_bytes());
         self.push_protocol(&frame);
     }
 

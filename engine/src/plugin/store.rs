@@ -190,14 +190,7 @@ fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 
 /// `text` cut to at most `max` bytes, on a character boundary.
 fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+    &text[..text.floor_char_boundary(max)]
 }
 
 /// A guest's standard output or error: each write is logged at level info, within the budget.

@@ -117,8 +117,7 @@ fn shown(outcome: &str) -> String {
     if outcome.len() <= MAX_SAMPLE_FRAME {
         return outcome.to_owned();
     }
-    let cut = (0..=MAX_SAMPLE_FRAME).rev().find(|at| outcome.is_char_boundary(*at)).unwrap_or(0);
-    format!("{}… ({} bytes)", &outcome[..cut], outcome.len())
+    format!("{}… ({} bytes)", &outcome[..outcome.floor_char_boundary(MAX_SAMPLE_FRAME)], outcome.len())
 }
 
 #[cfg(test)]
