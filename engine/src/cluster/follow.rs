@@ -18,7 +18,6 @@
 //! anything for [`STALL_TIME`] while connected is a stalled watch, recreated from the applied
 //! revision.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -101,7 +100,7 @@ impl Cluster {
         let (last, origin) = (info.state.last_sequence, origin_of(info.created.unix_timestamp_nanos()));
         let empty = info.state.messages == 0;
         let held = store.view().snapshot();
-        let mut resync = (held.origin() != origin || held.revision() > last).then(HashMap::new);
+        let mut resync = (held.origin() != origin || held.revision() > last).then(Vec::new);
         let from = match resync {
             Some(_) => {
                 tracing::warn!(
@@ -164,15 +163,12 @@ impl Cluster {
             let changes = std::mem::take(&mut gathered.changes);
             match &mut resync {
                 Some(entries) => {
-                    entries.extend(
-                        changes.into_iter().map(|change| ((change.bucket.clone(), change.key.clone()), change)),
-                    );
+                    entries.extend(changes);
                     if !reached {
                         continue;
                     }
-                    let entries = resync.take().into_iter().flat_map(HashMap::into_values);
-                    let puts = entries.filter(|change| change.value.is_some()).collect();
-                    store.replace(puts, sequence, origin).await.map_err(|err| err.to_string())?;
+                    let entries = resync.take().unwrap_or_default();
+                    store.replace(entries, sequence, origin).await.map_err(|err| err.to_string())?;
                     tracing::info!(
                         revision = sequence,
                         keys = store.view().snapshot().key_count(),
@@ -229,8 +225,9 @@ fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
 /// What a stream message does: its key from the subject, a delete for a KV delete or purge, the
 /// value otherwise, checked as a published one; a value or key that fails is invalid.
 fn change_of(subject: &str, headers: Option<&HeaderMap>, payload: &[u8], limits: &DataLimits) -> Followed {
-    let Some((bucket, key)) =
-        subject.strip_prefix(&format!("$KV.{DATA_BUCKET}.")).and_then(|name| name.split_once('.'))
+    let Some((bucket, key)) = subject
+        .strip_prefix("$KV.")
+        .and_then(|name| name.strip_prefix(DATA_BUCKET)?.strip_prefix('.')?.split_once('.'))
     else {
         return Followed::Foreign;
     };

@@ -203,10 +203,11 @@ impl DataStore {
         self.send(changes, Some(revision), None).await
     }
 
-    /// Replaces the whole data with `entries` (every key the cluster's data holds, as puts) at
-    /// `revision` of history `origin`, even if that is below the revision applied: a resync
-    /// after the cluster's stream was recreated or went back. Keys `entries` lacks are deleted;
-    /// every key that changed is announced, so plugins re-run as for any change.
+    /// Replaces the whole data with what `entries` leave (the cluster's stream read from its
+    /// start: the last change of each key counts, and a delete leaves it out) at `revision` of
+    /// history `origin`, even if that is below the revision applied: a resync after the
+    /// cluster's stream was recreated or went back. Keys `entries` lacks are deleted; every key
+    /// that changed is announced, so plugins re-run as for any change.
     pub async fn replace(&self, entries: Vec<Change>, revision: u64, origin: u64) -> Result<u64, DataError> {
         self.send(entries, Some(revision), Some(origin)).await
     }
@@ -448,33 +449,50 @@ fn apply_checked(
     Ok(changed)
 }
 
-/// Makes `snapshot` hold exactly the puts of `entries`, every one at `revision`, counted in
-/// history `origin`; a key it held that `entries` lacks is deleted, and its deletion added to
-/// `entries` (so the store deletes it too). Returns the keys whose value changed.
+/// Makes `snapshot` hold exactly what `entries` leave, every key at `revision`, counted in
+/// history `origin`: the last change of each key counts (a delete leaves it out), as when a
+/// stream is read from its start. A key it held that they lack is deleted. `entries` becomes what
+/// the store must write: the puts by name, then the deletions. Returns the keys whose value changed.
 fn replace(snapshot: &mut Snapshot, entries: &mut Vec<Change>, revision: u64, origin: u64) -> Vec<KeyName> {
-    let kept: std::collections::HashSet<(&str, &str)> =
-        entries.iter().filter(|change| change.value.is_some()).map(|change| (&*change.bucket, &*change.key)).collect();
-    let gone: Vec<Change> = snapshot
-        .keys()
-        .filter(|(bucket, key)| !kept.contains(&(&***bucket, &***key)))
-        .map(|(bucket, key)| Change { bucket: bucket.to_string(), key: key.to_string(), value: None })
+    keep_latest_puts(entries);
+    let puts =
+        entries.iter().map(|change| (&*change.bucket, &*change.key, change.value.as_deref().unwrap_or_default()));
+    let (fresh, names) = Snapshot::of_sorted(puts, revision, origin);
+    let held = |bucket: &str, key: &str| snapshot.get(bucket, key).map(|entry| &*entry.json);
+    let mut changed: Vec<KeyName> = entries
+        .iter()
+        .zip(names)
+        .filter(|(change, _)| held(&change.bucket, &change.key) != change.value.as_deref())
+        .map(|(_, name)| name)
         .collect();
-    drop(kept);
-    let mut fresh = Snapshot::default();
-    let mut changed = Vec::new();
-    for change in entries.iter() {
-        let before = snapshot.get(&change.bucket, &change.key).map(|entry| entry.json.clone());
-        let name = fresh.apply(&change.bucket, &change.key, change.value.as_deref().map(Arc::from), revision);
-        if before.as_deref() != change.value.as_deref() {
-            changed.push(name);
-        }
-    }
-    changed.extend(gone.iter().map(|change| (Arc::from(&*change.bucket), Arc::from(&*change.key))));
-    entries.extend(gone);
-    fresh.set_revision(revision);
-    fresh.set_origin(origin);
+    let gone: Vec<KeyName> = snapshot
+        .keys()
+        .filter(|(bucket, key)| fresh.get(bucket, key).is_none())
+        .map(|(b, k)| (b.clone(), k.clone()))
+        .collect();
+    entries.extend(gone.iter().map(|(bucket, key)| Change {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        value: None,
+    }));
+    changed.extend(gone);
     *snapshot = fresh;
     changed
+}
+
+/// Keeps of `changes` the last of each key, if it is a put, sorted by bucket and key.
+fn keep_latest_puts(changes: &mut Vec<Change>) {
+    // A stable sort keeps each key's changes in their order; of a run of one key, the last
+    // is swapped into the place `dedup_by` keeps.
+    changes.sort_by(|a, b| (&a.bucket, &a.key).cmp(&(&b.bucket, &b.key)));
+    changes.dedup_by(|later, kept| {
+        let same = later.bucket == kept.bucket && later.key == kept.key;
+        if same {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
+    changes.retain(|change| change.value.is_some());
 }
 
 /// Applies `changes` to `snapshot` at `revision`; returns the keys whose value changed (a put of
@@ -654,7 +672,15 @@ mod tests {
         let mut writer =
             Writer { durable, view: view.clone(), limits, announce, fault: StoreFault::default(), unflushed: None };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let entries = vec![put("a", "same", "1"), put("a", "moved", "2"), put("b", "new", "3")];
+        // A stream read from its start: the last change of a key counts, a delete leaves it out.
+        let entries = vec![
+            put("b", "new", "3"),
+            put("a", "moved", "9"),
+            put("b", "dropped", "1"),
+            put("a", "same", "1"),
+            put("a", "moved", "2"),
+            Change::new("b", "dropped", None),
+        ];
         writer.commit(vec![WriteRequest { changes: entries, at: Some(4), replace: Some(77), reply }]);
         assert_eq!(answer.blocking_recv().unwrap(), Ok(4), "taken at its revision, below the 9 held");
         let mut heard = announced.lock().unwrap().clone();
@@ -663,7 +689,9 @@ mod tests {
         assert_eq!(heard, expected, "changed keys are announced, the unchanged one is not");
         let check = |snapshot: &Snapshot| {
             assert_eq!((snapshot.revision(), snapshot.origin(), snapshot.key_count()), (4, 77, 3));
-            assert!(snapshot.get("a", "gone").is_none());
+            assert!(snapshot.get("a", "gone").is_none() && snapshot.get("b", "dropped").is_none());
+            assert_eq!(snapshot.get("a", "moved").unwrap().json.as_ref(), "2");
+            assert_eq!(snapshot.bytes(), ["same1", "moved2", "new3"].concat().len());
             assert_eq!(snapshot.get("a", "same").unwrap().revision, 4, "every entry counts in the new history");
         };
         check(&view.snapshot());
