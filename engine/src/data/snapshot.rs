@@ -94,7 +94,8 @@ impl Snapshot {
             let key: Arc<str> = Arc::from(key);
             tally.bytes += key.len() + json.len();
             tally.updates += 1;
-            keys.insert(key.clone(), Entry { json: Arc::from(json), revision });
+            let twice = keys.insert(key.clone(), Entry { json: Arc::from(json), revision });
+            debug_assert!(twice.is_none(), "{bucket}/{key} given twice");
             names.push((name.clone(), key));
         }
         snapshot.add_bucket(filling);
@@ -104,6 +105,7 @@ impl Snapshot {
     /// Adds a bucket built whole, if there is one.
     fn add_bucket(&mut self, bucket: Option<(Arc<str>, Bucket, Tally)>) {
         let Some((name, keys, tally)) = bucket else { return };
+        debug_assert!(!self.buckets.contains_key(&name), "bucket {name} given in two runs: not sorted");
         self.bytes += tally.bytes;
         self.tallies.insert(name.clone(), tally);
         self.buckets.insert(name, keys);

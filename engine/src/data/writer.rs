@@ -468,7 +468,7 @@ fn replace(snapshot: &mut Snapshot, entries: &mut Vec<Change>, revision: u64, or
     let gone: Vec<KeyName> = snapshot
         .keys()
         .filter(|(bucket, key)| fresh.get(bucket, key).is_none())
-        .map(|(b, k)| (b.clone(), k.clone()))
+        .map(|(bucket, key)| (bucket.clone(), key.clone()))
         .collect();
     entries.extend(gone.iter().map(|(bucket, key)| Change {
         bucket: bucket.to_string(),
