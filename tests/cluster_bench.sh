@@ -8,8 +8,9 @@
 # - publish throughput: the publish API alone, one node against a cluster node (through NATS);
 # - convergence: NATS killed (-9) and restarted on its store; the time from it accepting
 #   connections to a write through one node being served by all three;
-# - a node joining with 100,000 keys: from its start to /healthz 200 (caught up), and the p99 of
-#   3,000 clients on the other nodes under the feed meanwhile, beside a run without a join;
+# - a node joining with 100,000 keys: from its start to /healthz 200 (caught up), with the CPU it
+#   and NATS used meanwhile, and the p99 of 3,000 clients on the other nodes under the feed
+#   meanwhile, beside a run without a join;
 # - rollout: `wasmpush deploy` of alternating builds (tests/cluster_rollout.mjs, Node.js); the time
 #   from the command's return to the first frame of the new build at a client on each node.
 # Usage: tests/cluster_bench.sh TARGET_DIR
@@ -60,6 +61,8 @@ stop_nodes() {
   pids=()
 }
 
+# CPU time (user + system) process $1 has used, in ms.
+cpu_ms() { awk -v tick="$(getconf CLK_TCK)" '{ print int(($14 + $15) * 1000 / tick) }' "/proc/$1/stat"; }
 json_field() { sed -E "s/.*\"$1\":([0-9.]+|null).*/\\1/" <<< "$2"; }
 revision_of() { json_field data_revision "$(curl -sf "http://127.0.0.1:2${1}504/status")"; }
 stream_last() { curl -sf "http://127.0.0.1:18222/jsz?streams=true" | python3 -c '
@@ -147,9 +150,11 @@ echo "nodes 1-3 under the feed, no node joining: $(p99s "$work/quiet.json")"
 bench_pid=$!
 sleep 5
 started=$(now_ms)
+nats_cpu=$(cpu_ms "$nats_pid")
 start_node 4 cluster
 until [[ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:24504/healthz)" == 200 ]]; do sleep 0.01; done
-echo "node 4 ready (caught up with $(stream_last) revisions) $(( $(now_ms) - started )) ms after it was started"
+echo "node 4 ready (caught up with $(stream_last) revisions) $(( $(now_ms) - started )) ms after it was started," \
+  "having used $(cpu_ms "${pids[-1]}") ms of CPU (NATS meanwhile $(( $(cpu_ms "$nats_pid") - nats_cpu )) ms)"
 wait "$bench_pid"
 echo "nodes 1-3 under the feed while node 4 joined: $(p99s "$work/join.json")"
 
