@@ -280,7 +280,7 @@ impl Writer {
     /// those that wait in memory.
     fn flush(&mut self) {
         let stored = self.unflushed.as_ref().map_or(0, |unflushed| unflushed.stored);
-        if let Err(err) = self.write_unflushed(stored) {
+        if let Err(err) = self.write_kept(stored, Flush::Now) {
             tracing::error!(cause = %err, "data flush failed; the batches are written again once the store reopens");
             self.recover();
         }
@@ -291,7 +291,7 @@ impl Writer {
     fn recover(&mut self) -> bool {
         let acknowledged = self.view.snapshot().revision();
         let flushed = self.unflushed.as_ref().map_or(acknowledged, |unflushed| unflushed.flushed);
-        let reopened = self.durable.reopen(flushed..=acknowledged).and_then(|_| self.write_unflushed(0));
+        let reopened = self.durable.reopen(flushed..=acknowledged).and_then(|_| self.write_kept(0, Flush::Now));
         match reopened {
             Ok(()) => {
                 if self.fault.get().is_some() {
@@ -310,14 +310,17 @@ impl Writer {
         }
     }
 
-    /// Writes the unflushed batches from the `from`th on to the store and flushes: from the
-    /// first after the store reopened (it may have lost those it held), else from the first it
-    /// does not hold.
-    fn write_unflushed(&mut self, from: usize) -> Result<(), DataError> {
-        let Some(unflushed) = &self.unflushed else { return Ok(()) };
+    /// Writes the kept batches from the `from`th on to the store: from the first after the store
+    /// reopened (it may have lost those it held), else from the first it does not hold. Flushed
+    /// ([`Flush::Now`]) none is kept any more; not flushed, they stay kept, every one in the store.
+    fn write_kept(&mut self, from: usize, flush: Flush) -> Result<(), DataError> {
+        let Some(unflushed) = &mut self.unflushed else { return Ok(()) };
         let snapshot = self.view.snapshot();
-        self.durable.write(&unflushed.batches[from..], snapshot.revision(), snapshot.origin(), Flush::Now)?;
-        self.unflushed = None;
+        self.durable.write(&unflushed.batches[from..], snapshot.revision(), snapshot.origin(), flush)?;
+        match flush {
+            Flush::Now => self.unflushed = None,
+            Flush::Later => unflushed.stored = unflushed.batches.len(),
+        }
         Ok(())
     }
 
@@ -411,22 +414,14 @@ impl Writer {
         if unflushed.since.elapsed() >= FLUSH_PERIOD {
             return self.flush();
         }
-        let waiting = &unflushed.batches[unflushed.stored..];
-        if waiting.iter().map(|(_, changes)| changes.len()).sum::<usize>() < WRITE_AT {
+        let stored = unflushed.stored;
+        let waiting: usize = unflushed.batches[stored..].iter().map(|(_, changes)| changes.len()).sum();
+        if waiting < WRITE_AT {
             return;
         }
-        let snapshot = self.view.snapshot();
-        match self.durable.write(
-            &unflushed.batches[unflushed.stored..],
-            snapshot.revision(),
-            snapshot.origin(),
-            Flush::Later,
-        ) {
-            Ok(()) => unflushed.stored = unflushed.batches.len(),
-            Err(err) => {
-                tracing::error!(cause = %err, "data write failed; the batches are written again once the store reopens");
-                self.recover();
-            }
+        if let Err(err) = self.write_kept(stored, Flush::Later) {
+            tracing::error!(cause = %err, "data write failed; the batches are written again once the store reopens");
+            self.recover();
         }
     }
 }
