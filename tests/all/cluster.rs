@@ -1,6 +1,7 @@
 //! Several engine nodes on one real `nats-server -js`: data published through any node reaches
 //! the clients of every node, a batch whole, and a node that cannot reach NATS refuses writes at
-//! once rather than applying them later.
+//! once rather than applying them later. On three NATS servers with replicated streams (the
+//! production topology), the nodes outlive the loss of a server.
 
 use std::time::Duration;
 
@@ -23,30 +24,40 @@ async fn healthz(node: &TestEngine) -> (u16, String) {
 /// serving once it caught up with the cluster's data.
 async fn nodes(nats: &NatsServer, nodes: usize) -> Vec<TestEngine> {
     let started = nodes_on(nats, nodes).await;
-    for node in &started {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    until_caught_up(&started, Duration::from_secs(10)).await;
+    started
+}
+
+/// Waits until every node of `nodes` says it caught up with the cluster's data (`/healthz` 200).
+async fn until_caught_up(nodes: &[TestEngine], within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    for node in nodes {
         while healthz(node).await.0 != 200 {
             assert!(tokio::time::Instant::now() < deadline, "{} never caught up: {:?}", node.addr, healthz(node).await);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    started
 }
 
 /// `nodes` engines serving `portfolio` without ticks, members of the cluster on `nats`.
 pub(crate) async fn nodes_on(nats: &NatsServer, nodes: usize) -> Vec<TestEngine> {
-    let url = nats.url();
-    let start = |_| {
-        let url = url.clone();
+    nodes_with(vec![vec![nats.url()]; nodes], 1).await
+}
+
+/// One engine serving `portfolio` without ticks per entry of `servers`: the NATS servers it is
+/// given; the buckets it creates have `replicas` copies.
+async fn nodes_with(servers: Vec<Vec<String>>, replicas: usize) -> Vec<TestEngine> {
+    let start = |urls: Vec<String>| {
         TestEngine::start(&[("portfolio", artifacts::PORTFOLIO)], move |config| {
             portfolio(config, |table| table.tick_ms = Some(0));
-            config.cluster.nats = vec![url];
+            config.cluster.nats = urls;
+            config.cluster.replicas = replicas;
             // Canaries are not judged on call time here: on a loaded CI machine a descheduled
             // shard makes any build's p99 look slow (the time rule has its unit test).
             config.rollouts.p99_floor_us = 60_000_000;
         })
     };
-    join_all((0..nodes).map(start)).await
+    join_all(servers.into_iter().map(start)).await
 }
 
 /// Writes through `node`'s publish API; the revision JetStream stored it at.
@@ -128,6 +139,59 @@ async fn data_published_through_one_node_reaches_every_node_a_batch_whole() {
         .map(|b| (b["name"].as_str().unwrap(), b["keys"].as_u64().unwrap()))
         .collect();
     assert_eq!(keys, [("accounts", 1), ("prices", 2)], "{update}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_three_nats_servers_with_three_replicas_the_nodes_outlive_the_stream_leaders_server() {
+    let mut servers = NatsServer::cluster(3).await;
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    // Node i is given every server, its own first.
+    let given = (0..3).map(|i| urls.iter().cycle().skip(i).take(3).cloned().collect()).collect();
+    let nodes = nodes_with(given, 3).await;
+    until_caught_up(&nodes, Duration::from_secs(10)).await;
+    write(
+        &nodes[0],
+        "PUT",
+        "/v1/buckets/accounts/keys/a42",
+        json!({"holdings": {"AAPL": 10, "MSFT": 5}, "public": true}),
+    )
+    .await;
+    write(&nodes[0], "POST", "/v1/buckets/prices", json!({"put": {"AAPL": {"price": 1}, "MSFT": {"price": 2}}})).await;
+    let url = |node: &TestEngine| node.url(&format!("/ws/portfolio?params={}", encode(r#"{"account":"a42"}"#)));
+    let mut clients = join_all(nodes.iter().map(|node| async move { Client::connect(&url(node)).await })).await;
+    for client in &mut clients {
+        assert_eq!(parse(&client.next_text(SOON).await)["total"], 20.0);
+    }
+
+    // The data stream has a copy on each server; the server leading it is killed.
+    let js = async_nats::jetstream::new(async_nats::connect(urls[0].as_str()).await.unwrap());
+    let info = js.get_stream("KV_wasmpush-data").await.unwrap().info().await.unwrap().clone();
+    assert_eq!(info.config.num_replicas, 3);
+    let cluster = info.cluster.expect("a replicated stream reports its cluster");
+    assert_eq!(cluster.replicas.len(), 2, "a leader and two more copies: {cluster:?}");
+    let leader = cluster.leader.expect("the stream has a leader");
+    let index = leader.strip_prefix('n').and_then(|n| n.parse::<usize>().ok()).expect("servers are named n0..n2");
+    servers[index].kill();
+
+    // A batch through the node whose own server died: once its client moved to a live server and
+    // the stream has a new leader, it is acknowledged, and every node's client sees it whole.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let moved = json!({"put": {"AAPL": {"price": 3}, "MSFT": {"price": 4}}}).to_string();
+    loop {
+        let (status, body) = request(nodes[index].publish_addr, "POST", "/v1/buckets/prices", None, &moved).await;
+        if status == 200 {
+            break;
+        }
+        assert!([503, 504].contains(&status), "refused or unknown while NATS fails over, never more: {status} {body}");
+        assert!(tokio::time::Instant::now() < deadline, "writes never resumed after the leader's server died: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for client in &mut clients {
+        assert_eq!(parse(&client.next_text(SOON * 4).await)["total"], 50.0, "a frame shows the batch whole");
+    }
+    let revisions: Vec<Value> =
+        join_all(nodes.iter().map(|node| async move { node.status().await["data_revision"].clone() })).await;
+    assert!(revisions.iter().all(|revision| *revision == revisions[0]), "every node at one revision: {revisions:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

