@@ -3,7 +3,8 @@
 # all on this machine, in one run (issue #24's targets):
 # - live data: 9,000 event-driven `portfolio` connections (tick_ms = 0) on one node, then 3,000 on
 #   each of three nodes, under a feeder of 200 price updates a second through one node's publish
-#   API: update acknowledged -> frame p50/p99 per node, and stale clients (a lost change);
+#   API: update posted -> frame and acknowledged -> frame p50/p99 per node, posted -> first frame
+#   and posted -> acknowledged per batch (which of the two comes first), and stale clients;
 # - nothing lost: every node's applied revision against the stream's last;
 # - publish throughput: the publish API alone, one node against a cluster node (through NATS);
 # - convergence: NATS killed (-9) and restarted on its store; the time from it accepting
@@ -12,7 +13,9 @@
 #   and NATS used meanwhile, and the p99 of 3,000 clients on the other nodes under the feed
 #   meanwhile, beside a run without a join;
 # - rollout: `wasmpush deploy` of alternating builds (tests/cluster_rollout.mjs, Node.js); the time
-#   from the command's return to the first frame of the new build at a client on each node.
+#   from the command's return to the first frame of the new build at a client on each node;
+# - the production topology: the live-data feed and the publish API again, on three NATS servers
+#   joined in a NATS cluster, every stream with three replicas, each node on its own server.
 # Usage: tests/cluster_bench.sh TARGET_DIR
 set -euo pipefail
 target_dir=$1
@@ -22,7 +25,8 @@ nats_server="$target_dir/nats-server/bin/nats-server"
 work=$(mktemp -d)
 pids=()
 nats_pid=""
-trap 'for p in "${pids[@]}" $nats_pid; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+nats_pids=()
+trap 'for p in "${pids[@]}" $nats_pid "${nats_pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 ulimit -n "$(ulimit -Hn)"
 mkdir -p "$work/plugins"
 cp "$target_dir/wasm32-wasip2/plugin/portfolio_plugin.wasm" "$work/plugins/portfolio.wasm"
@@ -35,7 +39,25 @@ start_nats() {
   until (echo > /dev/tcp/127.0.0.1/$nats_port) 2> /dev/null; do sleep 0.01; done
 }
 
-# Starts node $1 (ports 2N503 websocket, 2N504 admin, 2N505 publish); "cluster" as $2 joins NATS.
+# Starts three NATS servers joined in a NATS cluster (client ports 14223-14225, monitoring
+# 18223-18225, routes 16223-16225); returns once they have a JetStream leader.
+start_nats_cluster() {
+  for i in 1 2 3; do
+    {
+      printf 'server_name: n%s\nlisten: 127.0.0.1:%s\nhttp: 127.0.0.1:%s\njetstream { store_dir: "%s" }\n' \
+        "$i" $((14222 + i)) $((18222 + i)) "$work/nats$i"
+      printf 'cluster { name: wasmpush, listen: 127.0.0.1:%s, routes: [%s] }\n' $((16222 + i)) \
+        "nats://127.0.0.1:16223, nats://127.0.0.1:16224, nats://127.0.0.1:16225"
+    } > "$work/nats$i.conf"
+    "$nats_server" -c "$work/nats$i.conf" > "$work/nats$i.log" 2>&1 &
+    nats_pids+=($!)
+  done
+  # /healthz answers 200 once the server's JetStream is current with the cluster's leader.
+  for i in 1 2 3; do until curl -sf "http://127.0.0.1:$((18222 + i))/healthz" > /dev/null; do sleep 0.05; done; done
+}
+
+# Starts node $1 (ports 2N503 websocket, 2N504 admin, 2N505 publish); "cluster" as $2 joins NATS,
+# "replicated" joins the three NATS servers (its own, port 14222 + N, first) with three replicas.
 start_node() {
   local n=$1 dir="$work/node$1"
   mkdir -p "$dir/plugins"
@@ -44,11 +66,15 @@ start_node() {
     printf 'listen = "127.0.0.1:2%s503"\nadmin = "127.0.0.1:2%s504"\npublish = "127.0.0.1:2%s505"\n' "$n" "$n" "$n"
     printf 'plugins_dir = "%s/plugins"\ndata_dir = "%s/data"\n' "$dir" "$dir"
     # Nodes sharing this machine's two cores get one worker thread each (a node alone, one per core).
-    if [[ "${2:-}" == cluster ]]; then printf 'workers = 1\n'; fi
+    if [[ -n "${2:-}" ]]; then printf 'workers = 1\n'; fi
     printf '[plugins.portfolio]\nread = ["accounts", "prices"]\ntick_ms = 0\n'
     printf '[plugins.rollout]\nread = ["accounts", "prices"]\n'
     if [[ "${2:-}" == cluster ]]; then
       printf '[cluster]\nnats = ["nats://127.0.0.1:%s"]\nnode = "node%s"\n' $nats_port "$n"
+    elif [[ "${2:-}" == replicated ]]; then
+      local own=$((14222 + n)) others
+      others=$(for p in 14223 14224 14225; do [[ $p == "$own" ]] || printf ', "nats://127.0.0.1:%s"' $p; done)
+      printf '[cluster]\nnats = ["nats://127.0.0.1:%s"%s]\nnode = "node%s"\nreplicas = 3\n' $own "$others" "$n"
     fi
   } > "$dir/wasmpush.toml"
   "$engine" start --config "$dir/wasmpush.toml" --pid-file "$dir/pid" > "$dir/log" 2>&1 &
@@ -65,7 +91,8 @@ stop_nodes() {
 cpu_ms() { awk -v tick="$(getconf CLK_TCK)" '{ print int(($14 + $15) * 1000 / tick) }' "/proc/$1/stat"; }
 json_field() { sed -E "s/.*\"$1\":([0-9.]+|null).*/\\1/" <<< "$2"; }
 revision_of() { json_field data_revision "$(curl -sf "http://127.0.0.1:2${1}504/status")"; }
-stream_last() { curl -sf "http://127.0.0.1:18222/jsz?streams=true" | python3 -c '
+# The data stream's last sequence, from the monitoring port ${1:-18222} of a server holding it.
+stream_last() { curl -sf "http://127.0.0.1:${1:-18222}/jsz?streams=true" | python3 -c '
 import json, sys
 for account in json.load(sys.stdin).get("account_details", []):
     for stream in account.get("stream_detail", []):
@@ -80,16 +107,23 @@ cat "$work/single.json"
 "$data_bench" --publish 127.0.0.1:21505 --publish-only --seconds 10
 stop_nodes
 
+urls=ws://127.0.0.1:21503/ws/portfolio,ws://127.0.0.1:22503/ws/portfolio,ws://127.0.0.1:23503/ws/portfolio
+# Starts nodes 1-3 as start_node's $1 says, runs the feed on 3,000 clients of each (JSON in
+# $work/$1.json), checks every node applied the whole stream (monitoring port $2), then runs the
+# publish API alone through node 1.
+feed_three_nodes() {
+  for n in 1 2 3; do rm -rf "$work/node$n/data"; start_node "$n" "$1"; done
+  "$data_bench" --url "$urls" --publish 127.0.0.1:21505 --connections 9000 --seconds 20 \
+    --sources 127.0.0.1,127.0.0.2 > "$work/$1.json"
+  cat "$work/$1.json"
+  sleep 1
+  echo "stream last: $(stream_last "$2"); applied: node1 $(revision_of 1), node2 $(revision_of 2), node3 $(revision_of 3)"
+  "$data_bench" --publish 127.0.0.1:21505 --publish-only --seconds 10
+}
+
 echo "## Three nodes on NATS, 3,000 portfolio connections each, the feed through node 1"
 start_nats
-for n in 1 2 3; do rm -rf "$work/node$n/data"; start_node "$n" cluster; done
-urls=ws://127.0.0.1:21503/ws/portfolio,ws://127.0.0.1:22503/ws/portfolio,ws://127.0.0.1:23503/ws/portfolio
-"$data_bench" --url "$urls" --publish 127.0.0.1:21505 --connections 9000 --seconds 20 \
-  --sources 127.0.0.1,127.0.0.2 > "$work/cluster.json"
-cat "$work/cluster.json"
-sleep 1
-echo "stream last: $(stream_last); applied: node1 $(revision_of 1), node2 $(revision_of 2), node3 $(revision_of 3)"
-"$data_bench" --publish 127.0.0.1:21505 --publish-only --seconds 10
+feed_three_nodes cluster 18222
 
 echo "## Convergence after kill -9 of NATS"
 kill -9 "$nats_pid"; wait "$nats_pid" 2>/dev/null || true
@@ -142,7 +176,7 @@ EOF
 p99s() {
   python3 -c 'import json, sys
 for node in json.load(sys.stdin)["nodes"]:
-    print(node["url"], "p99", node["latency_p99_ms"], "ms, stale", node["stale"])' < "$1" | paste -sd ';'
+    print(node["url"], "p99", node["latency_p99_ms"], "ms (from the post", node["from_post_p99_ms"], "ms), stale", node["stale"])' < "$1" | paste -sd ';'
 }
 "$data_bench" --url "$urls" --publish 127.0.0.1:21505 --connections 3000 --seconds 12 --sources 127.0.0.3 > "$work/quiet.json"
 echo "nodes 1-3 under the feed, no node joining: $(p99s "$work/quiet.json")"
@@ -162,4 +196,10 @@ echo "## Rollout: 10 deploys alternating two builds; a client on each node times
 node --experimental-websocket --no-warnings "$(dirname "$0")/cluster_rollout.mjs" "$engine" nats://127.0.0.1:$nats_port \
   "$target_dir/wasm32-wasip2/plugin/portfolio_plugin.wasm" "$target_dir/wasm32-wasip2/plugin/quote_plugin.wasm" 10 \
   21503 22503 23503 24503
+stop_nodes
+kill "$nats_pid"; wait "$nats_pid" 2>/dev/null || true; nats_pid=""
+
+echo "## Three NATS servers in a NATS cluster, three replicas; 3,000 portfolio connections on each node, each node on its own server"
+start_nats_cluster
+feed_three_nodes replicated 18223
 stop_nodes

@@ -7,6 +7,11 @@
 //!   at a client that shows that publish (a frame arriving before the acknowledgement counts 0);
 //! - `from_post_p50_ms`, `from_post_p99_ms`, `from_post_max_ms`: the same from when the publish
 //!   was posted (HTTP, the durable commit and the acknowledgement's way back included);
+//! - `ack_p50_ms`, `ack_p99_ms` and `first_frame_p50_ms`, `first_frame_p99_ms`, per batch: posted
+//!   → acknowledged, and posted → the first frame at any client that shows it (the fan-out's
+//!   start). Which comes first tells what "acknowledged" stands for: one engine answers after it
+//!   published the batch to its plugins, so its answer travels while it sends the frames; a
+//!   cluster node answers once JetStream has the batch, before any node applies it;
 //! - `frames`, `dropped` (connections that ended), `established`;
 //! - `stale`: clients whose last frame, once the feed stopped, does not show the last published
 //!   price of every holding (a lost change);
@@ -25,6 +30,7 @@
 //!
 //! With several `--url`s (comma-separated: the nodes of a cluster) the connections are spread
 //! over them in turn and `nodes` gives each node's `latency_p50_ms`, `latency_p99_ms`,
+//! `from_post_p99_ms`,
 //! `established` and `stale`.
 //!
 //! Usage: `data_bench --url ws://127.0.0.1:19503/ws/portfolio --publish 127.0.0.1:19505
@@ -103,6 +109,8 @@ struct Shared {
     posted_us: Vec<AtomicU64>,
     /// When batch N was acknowledged, in µs since `origin` (0 until then).
     acked_us: Vec<AtomicU64>,
+    /// When the first frame showing batch N arrived, in µs since `origin` (`u64::MAX` until then).
+    first_us: Vec<AtomicU64>,
     /// Frames received.
     frames: AtomicU64,
     /// Ticks missing between two frames of a client.
@@ -181,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
         origin: Instant::now(),
         posted_us: (0..=batches).map(|_| AtomicU64::new(0)).collect(),
         acked_us: (0..=batches).map(|_| AtomicU64::new(0)).collect(),
+        first_us: (0..=batches).map(|_| AtomicU64::new(u64::MAX)).collect(),
         frames: AtomicU64::new(0),
         missed_ticks: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
@@ -251,13 +260,15 @@ async fn main() -> anyhow::Result<()> {
     // Let the last changes arrive, then check every client's last frame.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (mut stale, mut latencies, mut from_post) = (0, Vec::new(), Vec::new());
-    let mut per_node: Vec<(usize, usize, Vec<u64>)> = vec![(0, 0, Vec::new()); nodes.len()];
+    // Per node: established, stale, latencies from the acknowledgement and from the post.
+    let mut per_node: Vec<(usize, usize, Vec<u64>, Vec<u64>)> = vec![(0, 0, Vec::new(), Vec::new()); nodes.len()];
     for (i, (reader, report)) in readers.into_iter().enumerate() {
         reader.abort();
         let report = std::mem::take(&mut *report.lock().unwrap());
         let node = &mut per_node[i % nodes.len()];
         node.0 += 1;
         node.2.extend(&report.latencies);
+        node.3.extend(&report.from_post);
         latencies.extend(report.latencies);
         from_post.extend(report.from_post);
         let frame: Value = serde_json::from_slice(&report.last).unwrap_or_default();
@@ -271,6 +282,17 @@ async fn main() -> anyhow::Result<()> {
     }
     latencies.sort_unstable();
     from_post.sort_unstable();
+    // Per batch seen by some client: posted → acknowledged, and posted → its first frame.
+    let (mut acked_after_post, mut first_after_post): (Vec<u64>, Vec<u64>) = (1..=batch as usize)
+        .filter_map(|n| {
+            let posted = shared.posted_us[n].load(Ordering::Relaxed);
+            let first = shared.first_us[n].load(Ordering::Relaxed);
+            let acked = shared.acked_us[n].load(Ordering::Relaxed);
+            (first != u64::MAX).then(|| (acked.saturating_sub(posted), first.saturating_sub(posted)))
+        })
+        .unzip();
+    acked_after_post.sort_unstable();
+    first_after_post.sort_unstable();
     let quantile = |sorted: &[u64], q: f64| {
         sorted.get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1))).copied()
     };
@@ -278,14 +300,16 @@ async fn main() -> anyhow::Result<()> {
     let nodes: Vec<Value> = per_node
         .into_iter()
         .zip(&settings.urls)
-        .map(|((established, stale, mut latencies), url)| {
+        .map(|((established, stale, mut latencies, mut from_post), url)| {
             latencies.sort_unstable();
+            from_post.sort_unstable();
             json!({
                 "url": url,
                 "established": established,
                 "stale": stale,
                 "latency_p50_ms": ms(quantile(&latencies, 0.5)),
                 "latency_p99_ms": ms(quantile(&latencies, 0.99)),
+                "from_post_p99_ms": ms(quantile(&from_post, 0.99)),
             })
         })
         .collect();
@@ -304,6 +328,10 @@ async fn main() -> anyhow::Result<()> {
         "from_post_p50_ms": ms(quantile(&from_post, 0.5)),
         "from_post_p99_ms": ms(quantile(&from_post, 0.99)),
         "from_post_max_ms": ms(from_post.last().copied()),
+        "ack_p50_ms": ms(quantile(&acked_after_post, 0.5)),
+        "ack_p99_ms": ms(quantile(&acked_after_post, 0.99)),
+        "first_frame_p50_ms": ms(quantile(&first_after_post, 0.5)),
+        "first_frame_p99_ms": ms(quantile(&first_after_post, 0.99)),
         "stale": if settings.floor { Value::Null } else { json!(stale) },
         "missed_ticks": shared.missed_ticks.load(Ordering::Relaxed),
     });
@@ -399,6 +427,9 @@ impl Reader {
                     .map(|sent| [(unix_time().as_micros() as u64).saturating_sub(sent); 2])
             } else {
                 let arrived = now.duration_since(shared.origin).as_micros() as u64;
+                if let Some(first) = shared.first_us.get(batch as usize) {
+                    first.fetch_min(arrived, Ordering::Relaxed);
+                }
                 // Before the acknowledgement came back (or with it unknown yet): 0.
                 let since = |at: &[AtomicU64]| match at.get(batch as usize).map_or(0, |a| a.load(Ordering::Acquire)) {
                     0 => 0,
