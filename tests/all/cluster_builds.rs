@@ -1,5 +1,6 @@
 //! A cluster's plugin builds and its list of nodes, on a real `nats-server -js`: `wasmpush deploy`
-//! reaches every node without dropping a client, two racing deploys have one winner, a build no
+//! reaches every node without dropping a client, two racing deploys have one winner (a deploy
+//! waiting for its nodes says so when another replaces its build), a build no
 //! node can load leaves the old one serving and is reported, a node that joins serves the
 //! current builds, old builds are removed once no node serves them; every node lists every node,
 //! a stopped one leaves at once, a killed one is marked gone.
@@ -149,22 +150,57 @@ async fn a_deploy_reaches_every_node_without_dropping_a_client_and_a_racing_one_
         assert_eq!(kept, build_of(artifacts::VERSIONED_V2), "a restart would serve the build that loaded");
     }
 
-    // Two deploys at once from the same pointer: at most one moves it from what it read.
+    // Two deploys at once: at most one moves the pointer from what it read; if both read it in
+    // turn, the later one replaces the earlier one's build, whose `--wait` says so.
     let racing = [artifacts::VERSIONED_V1, artifacts::VERSIONED_V2].map(|file| deploy(&nats, file));
     let outcomes = futures_util::future::join_all(racing).await;
     let won: Vec<bool> = outcomes.iter().map(|outcome| outcome.status.success()).collect();
     assert!(won.contains(&true), "{outcomes:?}");
     for outcome in outcomes.iter().filter(|outcome| !outcome.status.success()) {
-        assert!(String::from_utf8_lossy(&outcome.stderr).contains("won the race"), "{outcome:?}");
+        let stderr = String::from_utf8_lossy(&outcome.stderr);
+        assert!(
+            stderr.contains("won the race") || stderr.contains("another deploy pointed `versioned` at build"),
+            "{outcome:?}"
+        );
     }
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let pointer = js.get_key_value("wasmpush-plugins").await.unwrap().get("versioned").await.unwrap().unwrap();
-    let pointed = parse(std::str::from_utf8(&pointer).unwrap())["build"].as_str().unwrap().to_owned();
+    let pointed = current_build(&js).await.expect("the pointer names a build");
     let winner = if pointed == build_of(artifacts::VERSIONED_V1) { "1" } else { "2" };
     assert!(won[usize::from(winner == "2")], "the pointer names a deploy that said it won: {outcomes:?}");
     for client in clients.iter_mut().chain([&mut client]) {
         until_version(client, winner).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_waiting_for_its_nodes_says_so_when_another_deploy_replaces_its_build() {
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    // A live node that serves nothing: the first deploy waits for it.
+    let config = async_nats::jetstream::kv::Config { bucket: "wasmpush-nodes".to_owned(), ..Default::default() };
+    let nodes = js.create_key_value(config).await.unwrap();
+    nodes.put("ghost", r#"{"builds":[],"status":{"plugins":[]}}"#.into()).await.unwrap();
+    let args = ["deploy", "versioned", artifacts::VERSIONED_V1, "--nats", &nats.url(), "--wait", "30"];
+    let waiting = tokio::spawn(wasmpush(args.map(str::to_owned).to_vec()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while current_build(&js).await.as_deref() != Some(&build_of(artifacts::VERSIONED_V1)) {
+        assert!(tokio::time::Instant::now() < deadline, "the first deploy never moved the pointer");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let args = ["deploy", "versioned", artifacts::VERSIONED_V2, "--nats", &nats.url(), "--wait", "0"];
+    let replacing = wasmpush(args.map(str::to_owned).to_vec()).await;
+    assert!(replacing.status.success(), "{replacing:?}");
+    let waited = waiting.await.unwrap();
+    assert!(!waited.status.success());
+    let expected = format!("another deploy pointed `versioned` at build {:.12}", build_of(artifacts::VERSIONED_V2));
+    assert!(String::from_utf8_lossy(&waited.stderr).contains(&expected), "{waited:?}");
+}
+
+/// The build plugin `versioned`'s pointer names, if it has one.
+async fn current_build(js: &async_nats::jetstream::Context) -> Option<String> {
+    let pointers = js.get_key_value("wasmpush-plugins").await.ok()?;
+    let pointer = pointers.get("versioned").await.ok()??;
+    Some(parse(std::str::from_utf8(&pointer).ok()?)["build"].as_str()?.to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

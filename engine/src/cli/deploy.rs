@@ -128,7 +128,8 @@ pub(super) fn run(
 }
 
 /// Waits until every live node serves `build` of `plugin`; fails when a node reports that it
-/// could not load it (after `since`, in ms since the Unix epoch), or at `timeout`.
+/// could not load it (after `since`, in ms since the Unix epoch), when another deploy points the
+/// plugin at another build meanwhile (the nodes follow that one), or at `timeout`.
 async fn wait_for_nodes(
     cluster: &Cluster,
     plugin: &str,
@@ -141,6 +142,16 @@ async fn wait_for_nodes(
     let mut every = tokio::time::interval(ANNOUNCE_PERIOD / 10);
     loop {
         every.tick().await;
+        if let Some(now) = cluster.pointer(plugin).await?
+            && now.pointer.build != build
+        {
+            anyhow::bail!(
+                "another deploy pointed `{plugin}` at build {:.12} (pointer revision {}) before every node served this \
+                 one: the nodes follow that build",
+                now.pointer.build,
+                now.revision
+            );
+        }
         let nodes: Vec<ClusterNode> = cluster.nodes().await?.into_iter().filter(|node| !node.gone).collect();
         let failed: Vec<String> = nodes.iter().filter_map(|node| failure(node, plugin, since)).collect();
         anyhow::ensure!(

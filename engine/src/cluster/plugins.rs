@@ -146,6 +146,16 @@ impl Cluster {
         .await
     }
 
+    /// Plugin `name`'s pointer now, with its revision, if it has one.
+    pub async fn pointer(&self, name: &str) -> Result<Option<Deployed>, ClusterError> {
+        let entry = self.pointers().await?.entry(name).await.map_err(jetstream_error)?;
+        let put = entry.filter(|entry| entry.operation == kv::Operation::Put);
+        Ok(put.and_then(|entry| {
+            let pointer = serde_json::from_slice(&entry.value).ok()?;
+            Some(Deployed { pointer, revision: entry.revision })
+        }))
+    }
+
     /// Stores `wasm` as a build of plugin `name` and moves the plugin's pointer by
     /// compare-and-swap to what `next` makes of the current pointer (if any) and the build's
     /// hash. The file must be a WebAssembly component of at most [`MAX_PLUGIN_BYTES`]; every
