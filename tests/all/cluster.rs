@@ -148,7 +148,9 @@ async fn on_three_nats_servers_with_three_replicas_the_nodes_outlive_the_stream_
     // Node i is given every server, its own first.
     let given = (0..3).map(|i| urls.iter().cycle().skip(i).take(3).cloned().collect()).collect();
     let nodes = nodes_with(given, 3).await;
-    until_caught_up(&nodes, Duration::from_secs(10)).await;
+    // Each replicated bucket is a Raft group of its own to set up: on a loaded machine that takes
+    // longer than a bucket on one server.
+    until_caught_up(&nodes, Duration::from_secs(30)).await;
     write(
         &nodes[0],
         "PUT",
