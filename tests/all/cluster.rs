@@ -159,6 +159,9 @@ async fn on_three_nats_servers_with_three_replicas_the_nodes_outlive_the_stream_
     )
     .await;
     write(&nodes[0], "POST", "/v1/buckets/prices", json!({"put": {"AAPL": {"price": 1}, "MSFT": {"price": 2}}})).await;
+    for node in &nodes {
+        until_node_has(node, "prices", "MSFT", &json!({"price": 2})).await;
+    }
     let url = |node: &TestEngine| node.url(&format!("/ws/portfolio?params={}", encode(r#"{"account":"a42"}"#)));
     let mut clients = join_all(nodes.iter().map(|node| async move { Client::connect(&url(node)).await })).await;
     for client in &mut clients {

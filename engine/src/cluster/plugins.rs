@@ -95,6 +95,12 @@ pub struct EndedClusterRollout {
     pub reason: String,
 }
 
+/// Plugin `name`'s entry in `pointers`, unless it has none or it was deleted.
+async fn pointer_entry(pointers: &kv::Store, name: &str) -> Result<Option<kv::Entry>, ClusterError> {
+    let entry = pointers.entry(name).await.map_err(jetstream_error)?;
+    Ok(entry.filter(|entry| entry.operation == kv::Operation::Put))
+}
+
 /// "a canary of `NAME` (build …) is in progress in the cluster": why another deploy waits.
 pub(super) fn busy(name: &str, rollout: &ClusterRollout) -> String {
     let kind = if matches!(rollout.kind, RolloutKind::Shadow { .. }) { "shadow run" } else { "canary" };
@@ -148,9 +154,8 @@ impl Cluster {
 
     /// Plugin `name`'s pointer now, with its revision, if it has one.
     pub async fn pointer(&self, name: &str) -> Result<Option<Deployed>, ClusterError> {
-        let entry = self.pointers().await?.entry(name).await.map_err(jetstream_error)?;
-        let put = entry.filter(|entry| entry.operation == kv::Operation::Put);
-        Ok(put.and_then(|entry| {
+        let entry = pointer_entry(&self.pointers().await?, name).await?;
+        Ok(entry.and_then(|entry| {
             let pointer = serde_json::from_slice(&entry.value).ok()?;
             Some(Deployed { pointer, revision: entry.revision })
         }))
@@ -173,8 +178,7 @@ impl Cluster {
         }
         check_component(wasm).map_err(DeployError::Invalid)?;
         let pointers = self.pointers().await?;
-        let current =
-            pointers.entry(name).await.map_err(jetstream_error)?.filter(|entry| entry.operation == kv::Operation::Put);
+        let current = pointer_entry(&pointers, name).await?;
         let read = current.as_ref().and_then(|entry| serde_json::from_slice::<Pointer>(&entry.value).ok());
         let build = content_hash(wasm);
         let pointer = next(read.as_ref(), &build)?;
