@@ -204,6 +204,10 @@ pub struct ClusterSettings {
     /// Copies JetStream keeps of each bucket the cluster creates (1 to 5; 3 on a three-server
     /// NATS cluster, so that losing one server loses nothing).
     pub replicas: usize,
+    /// The rate, in megabits a second, at which NATS sends this node the data it catches up on
+    /// (a node joining, or resyncing); 0: as fast as it can. A limit spares the publishes NATS
+    /// takes meanwhile; it is lifted once the node has caught up.
+    pub catch_up_mbps: u64,
 }
 
 impl Default for ClusterSettings {
@@ -218,6 +222,7 @@ impl Default for ClusterSettings {
             tls_ca_file: None,
             node: None,
             replicas: 1,
+            catch_up_mbps: 0,
         }
     }
 }
@@ -518,6 +523,14 @@ impl Config {
             "use 1 to 64 letters, digits, `-` and `_`",
         )?;
         check((1..=5).contains(&cluster.replicas), "cluster.replicas", "must be between 1 and 5")?;
+        // A limit must send the largest value within a second, or the follower takes the wait
+        // for its next message for a stalled watch.
+        let slowest_mbps = (self.max_value_bytes as u64 * 8).div_ceil(1_000_000);
+        check(
+            cluster.catch_up_mbps == 0 || (slowest_mbps..=100_000).contains(&cluster.catch_up_mbps),
+            "cluster.catch_up_mbps",
+            &format!("must be 0 (no limit) or between {slowest_mbps} (max_value_bytes a second) and 100000"),
+        )?;
         let rollouts = &self.rollouts;
         check((1..=1000).contains(&rollouts.keep_versions), "rollouts.keep_versions", "must be between 1 and 1000")?;
         check(
@@ -739,6 +752,21 @@ mod tests {
         assert!(plugin(0).validate().is_ok() && plugin(1000).validate().is_ok());
         let err = plugin(300).validate().unwrap_err().to_string();
         assert_eq!(err, "invalid settings of plugin `p`: tick_ms 300 is not 0 nor a multiple of tick_ms (200)");
+    }
+
+    #[test]
+    fn a_catch_up_limit_must_send_the_largest_value_within_a_second() {
+        let limited = |catch_up_mbps, max_value_bytes| {
+            let cluster = ClusterSettings { catch_up_mbps, ..ClusterSettings::default() };
+            Config { cluster, max_value_bytes, max_batch_bytes: 16 << 20, ..Config::default() }.validate()
+        };
+        limited(0, 16 << 20).unwrap();
+        limited(1, 64 * 1024).unwrap();
+        limited(135, 16 << 20).unwrap();
+        let err = limited(134, 16 << 20).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { key: "cluster.catch_up_mbps", .. }), "{err}");
+        assert!(err.to_string().contains("between 135 "), "{err}");
+        assert!(limited(100_001, 64 * 1024).is_err());
     }
 
     #[test]

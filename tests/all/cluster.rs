@@ -441,3 +441,50 @@ async fn a_stalled_watch_recovers_and_a_node_joining_while_writes_go_on_gets_the
         assert_eq!(node.status().await["data_revision"], revision);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_catching_up_at_a_limited_rate_follows_without_the_limit_once_caught_up() {
+    let nats = NatsServer::start();
+    let first = nodes(&nats, 1).await.remove(0);
+    // 2,000 keys: about 400 kB as NATS sends them, some 3 s at 1 Mbit/s.
+    for batch in 0..4 {
+        let put: serde_json::Map<String, Value> =
+            (0..500).map(|i| (format!("k{}", batch * 500 + i), json!(i))).collect();
+        write(&first, "POST", "/v1/buckets/bulk", json!({ "put": put })).await;
+    }
+    let url = nats.url();
+    let late = TestEngine::start(&[("portfolio", artifacts::PORTFOLIO)], move |config| {
+        portfolio(config, |table| table.tick_ms = Some(0));
+        config.cluster.nats = vec![url];
+        config.cluster.catch_up_mbps = 1;
+    })
+    .await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let stream = js.get_stream("KV_wasmpush-data").await.unwrap();
+    let rate_limits = || async {
+        let consumers: Vec<_> = stream.consumers().try_collect().await.unwrap();
+        consumers.into_iter().map(|consumer| consumer.config.rate_limit).collect::<Vec<u64>>()
+    };
+    // While the new node catches up, NATS sends it the backlog at the limit.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !rate_limits().await.contains(&1_000_000) {
+        assert!(tokio::time::Instant::now() < deadline, "no consumer at 1 Mbit/s: {:?}", rate_limits().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(healthz(&late).await.0, 503, "catching up");
+    // Once caught up it follows without the limit, and has every key.
+    until_caught_up(std::slice::from_ref(&late), Duration::from_secs(20)).await;
+    // (The node deletes its catch-up's consumer; one the client had to recreate meanwhile would
+    // expire after 30 s.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while rate_limits().await.iter().any(|&limit| limit != 0) {
+        assert!(tokio::time::Instant::now() < deadline, "the limit outlived the catch-up: {:?}", rate_limits().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    write(&first, "PUT", "/v1/buckets/bulk/keys/after", json!(1)).await;
+    until_node_has(&late, "bulk", "after", &json!(1)).await;
+    for (key, value) in [("k0", 0), ("k1999", 499)] {
+        until_node_has(&late, "bulk", key, &json!(value)).await;
+    }
+    assert_eq!(late.status().await["data_revision"], first.status().await["data_revision"]);
+}

@@ -13,6 +13,10 @@
 //! stream (history 1: one message per key) and replaces its data with it in one write, deleting
 //! what the stream no longer holds. It never resumes across a gap.
 //!
+//! A node catching up (joining, resyncing, or back after a while away) may have NATS send it the
+//! backlog at a limited rate (`[cluster] catch_up_mbps`), so that NATS keeps taking publishes
+//! meanwhile; once caught up, the node follows again from its revision without the limit.
+//!
 //! A follower checks the stream every [`CHECK_PERIOD`]: one recreated or gone back meanwhile
 //! ends the following (the next one resyncs), and one the node lags behind without applying
 //! anything for [`STALL_TIME`] while connected is a stalled watch, recreated from the applied
@@ -75,17 +79,36 @@ impl Gathered {
     }
 }
 
+/// How one following ended without failing.
+#[derive(Debug, PartialEq)]
+enum Ended {
+    /// The stream's messages ended (the consumer went away): follow again after [`RETRY`].
+    Stream,
+    /// The node caught up through a rate-limited consumer: follow again at once, unlimited.
+    CaughtUp,
+}
+
 impl Cluster {
     /// Follows the data stream into `store` for as long as the engine runs, following again
     /// from the store's revision whenever the stream or the connection fails.
     pub async fn follow(self, store: DataStore, limits: DataLimits) {
+        // The rate limit of a catch-up; none right after one (live changes came meanwhile).
+        let mut catch_up_bits = self.catch_up_bits;
         loop {
-            if let Err(err) = self.follow_once(&store, &limits).await {
-                if self.is_connected() {
+            let ended = self.follow_once(&store, &limits, catch_up_bits).await;
+            catch_up_bits = self.catch_up_bits;
+            match ended {
+                Ok(Ended::CaughtUp) => {
+                    catch_up_bits = 0;
+                    continue;
+                }
+                Ok(Ended::Stream) => {}
+                Err(err) if self.is_connected() => {
                     self.link.follow_restarts.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(cause = %err, "following the cluster's data failed; following again");
-                } else {
-                    tracing::debug!(cause = %err, "following the cluster's data failed while NATS is unreachable");
+                }
+                Err(err) => {
+                    tracing::debug!(cause = %err, "following the cluster's data failed while NATS is unreachable")
                 }
             }
             tokio::time::sleep(RETRY).await;
@@ -93,8 +116,9 @@ impl Cluster {
     }
 
     /// Follows from the revision after the store's (or resyncs, then follows) until the stream
-    /// ends or fails.
-    async fn follow_once(&self, store: &DataStore, limits: &DataLimits) -> Result<(), String> {
+    /// ends or fails; a backlog comes at `catch_up_bits` a second (0: no limit), and such a
+    /// following ends once the node has caught up.
+    async fn follow_once(&self, store: &DataStore, limits: &DataLimits, catch_up_bits: u64) -> Result<Ended, String> {
         let mut stream = self.data_stream().await.map_err(|err| err.to_string())?;
         let info = stream.cached_info();
         let (last, origin) = (info.state.last_sequence, origin_of(info.created.unix_timestamp_nanos()));
@@ -121,13 +145,17 @@ impl Cluster {
             }
             self.link.caught_up.store(true, Ordering::Relaxed);
         }
+        // A backlog to catch up on comes at the limited rate, if there is one.
+        let rate_limit = if from <= last { catch_up_bits } else { 0 };
         let config = push::OrderedConfig {
             deliver_subject: self.client.new_inbox(),
             filter_subject: format!("$KV.{DATA_BUCKET}.>"),
             deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: from },
+            rate_limit,
             ..Default::default()
         };
         let consumer = stream.create_consumer(config).await.map_err(|err| err.to_string())?;
+        let name = consumer.cached_info().name.clone();
         let mut messages = consumer.messages().await.map_err(|err| err.to_string())?;
         let mut gathered = Gathered::default();
         let mut check = tokio::time::interval(CHECK_PERIOD);
@@ -142,7 +170,7 @@ impl Cluster {
                     continue;
                 }
             };
-            let Some(message) = message else { return Ok(()) };
+            let Some(message) = message else { return Ok(Ended::Stream) };
             let message = message.map_err(|err| err.to_string())?;
             let (sequence, pending) =
                 message.info().map(|info| (info.stream_sequence, info.pending)).map_err(|err| err.to_string())?;
@@ -180,6 +208,13 @@ impl Cluster {
             self.link.lag.store(pending, Ordering::Relaxed);
             if reached {
                 self.link.caught_up.store(true, Ordering::Relaxed);
+                if rate_limit > 0 {
+                    // Gone at once rather than sending live changes to no one until it expires.
+                    if let Err(err) = stream.delete_consumer(&name).await {
+                        tracing::debug!(cause = %err, "cannot delete the catch-up's consumer; it expires by itself");
+                    }
+                    return Ok(Ended::CaughtUp);
+                }
             }
         }
     }

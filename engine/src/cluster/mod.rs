@@ -68,6 +68,8 @@ pub struct Cluster {
     max_value_bytes: usize,
     /// Copies JetStream keeps of each bucket this node creates.
     replicas: usize,
+    /// Bits a second NATS sends this node while it catches up (0: no limit).
+    catch_up_bits: u64,
     /// What the node knows of its following of the data.
     link: Arc<Link>,
     /// How the cluster's rollouts are judged (on the node that judges them).
@@ -132,7 +134,8 @@ impl Cluster {
         let client = options.connect(urls).await.map_err(|err| ClusterError::Setup(err.to_string()))?;
         let jetstream = jetstream::new(client.clone());
         let (replicas, rollouts) = (settings.replicas, RolloutSettings::default());
-        Ok(Cluster { client, jetstream, max_value_bytes, replicas, link: Arc::default(), rollouts })
+        let catch_up_bits = settings.catch_up_mbps * 1_000_000;
+        Ok(Cluster { client, jetstream, max_value_bytes, replicas, catch_up_bits, link: Arc::default(), rollouts })
     }
 
     /// The same cluster, judging its rollouts by `settings` (`[rollouts]`).
