@@ -46,6 +46,11 @@ const DATA_STREAM: &str = "KV_wasmpush-data";
 /// How long a write waits for JetStream's acknowledgement before it answers "outcome unknown".
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the follower waits for an answer to a JetStream request (the stream's state, a
+/// consumer). JetStream answers in milliseconds while the stream has a leader and never while it
+/// has none (a NATS cluster electing one after a restart): the follower asks again sooner.
+const FOLLOW_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -64,6 +69,8 @@ pub struct Cluster {
     client: async_nats::Client,
     /// JetStream on it.
     jetstream: jetstream::Context,
+    /// JetStream on it, for the follower's requests ([`FOLLOW_REQUEST_TIMEOUT`]).
+    follow_jetstream: jetstream::Context,
     /// Bytes of one value: the bucket's value limit.
     max_value_bytes: usize,
     /// Copies JetStream keeps of each bucket this node creates.
@@ -133,9 +140,12 @@ impl Cluster {
             .collect::<Result<_, _>>()?;
         let client = options.connect(urls).await.map_err(|err| ClusterError::Setup(err.to_string()))?;
         let jetstream = jetstream::new(client.clone());
+        let mut follow_jetstream = jetstream.clone();
+        follow_jetstream.set_timeout(FOLLOW_REQUEST_TIMEOUT);
         let (replicas, rollouts) = (settings.replicas, RolloutSettings::default());
         let catch_up_bits = settings.catch_up_mbps * 1_000_000;
-        Ok(Cluster { client, jetstream, max_value_bytes, replicas, catch_up_bits, link: Arc::default(), rollouts })
+        let link = Arc::default();
+        Ok(Cluster { client, jetstream, follow_jetstream, max_value_bytes, replicas, catch_up_bits, link, rollouts })
     }
 
     /// The same cluster, judging its rollouts by `settings` (`[rollouts]`).
@@ -174,11 +184,13 @@ impl Cluster {
     }
 
     /// The data stream, created (as KV bucket [`DATA_BUCKET`], history 1, atomic batches
-    /// allowed) if it does not exist.
+    /// allowed) if JetStream says it does not exist; its requests wait
+    /// [`FOLLOW_REQUEST_TIMEOUT`] for their answers.
     async fn data_stream(&self) -> Result<jetstream::stream::Stream, ClusterError> {
-        let stream = match self.jetstream.get_stream(DATA_STREAM).await {
+        let jetstream = &self.follow_jetstream;
+        let mut stream = match jetstream.get_stream(DATA_STREAM).await {
             Ok(stream) => stream,
-            Err(_) => {
+            Err(err) if is_not_found(&err) => {
                 let config = jetstream::kv::Config {
                     bucket: DATA_BUCKET.to_owned(),
                     history: 1,
@@ -186,18 +198,21 @@ impl Cluster {
                     num_replicas: self.replicas,
                     ..Default::default()
                 };
-                self.jetstream.create_key_value(config).await.map_err(jetstream_error)?;
-                self.jetstream.get_stream(DATA_STREAM).await.map_err(jetstream_error)?
+                jetstream.create_key_value(config).await.map_err(jetstream_error)?.stream
             }
+            // A request unanswered (no leader) is no sign that the stream is missing.
+            Err(err) => return Err(jetstream_error(err)),
         };
         if !stream.cached_info().config.allow_atomic_publish {
             let mut config = stream.cached_info().config.clone();
             config.allow_atomic_publish = true;
-            if let Err(err) = self.jetstream.update_stream(config).await {
-                tracing::warn!(cause = %err, "the NATS server does not allow atomic batches: multi-key batches are refused");
+            match jetstream.update_stream(config).await {
+                Ok(_) => stream = jetstream.get_stream(DATA_STREAM).await.map_err(jetstream_error)?,
+                Err(err) => {
+                    tracing::warn!(cause = %err, "the NATS server does not allow atomic batches: multi-key batches are refused")
+                }
             }
         }
-        let stream = self.jetstream.get_stream(DATA_STREAM).await.map_err(jetstream_error)?;
         self.link.atomic_batches.store(stream.cached_info().config.allow_atomic_publish, Ordering::Relaxed);
         Ok(stream)
     }
@@ -223,6 +238,12 @@ impl Cluster {
         let config = jetstream::kv::Config { num_replicas: self.replicas, ..config };
         self.jetstream.create_key_value(config).await.map_err(jetstream_error)
     }
+}
+
+/// Whether JetStream answered that the stream asked for does not exist.
+fn is_not_found(err: &jetstream::context::GetStreamError) -> bool {
+    matches!(err.kind(), jetstream::context::GetStreamErrorKind::JetStream(err)
+        if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
 /// A JetStream failure as a [`ClusterError`].
@@ -254,4 +275,24 @@ async fn options(settings: &ClusterSettings) -> Result<async_nats::ConnectOption
 /// The stream subject of `key` of data bucket `bucket`.
 fn subject(bucket: &str, key: &str) -> String {
     format!("$KV.{DATA_BUCKET}.{bucket}.{key}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jetstream::context::{GetStreamError, GetStreamErrorKind};
+
+    /// JetStream's answer with error code `err_code`.
+    fn answered(err_code: u16) -> GetStreamError {
+        let answer = serde_json::json!({ "code": 404, "err_code": err_code, "description": "refused" });
+        GetStreamError::new(GetStreamErrorKind::JetStream(serde_json::from_value(answer).unwrap()))
+    }
+
+    #[test]
+    fn only_jetstreams_answer_that_the_stream_is_missing_counts_as_missing() {
+        assert!(is_not_found(&answered(10059)));
+        // JetStream unavailable (a NATS cluster without a leader), and a request unanswered.
+        assert!(!is_not_found(&answered(10008)));
+        assert!(!is_not_found(&GetStreamError::new(GetStreamErrorKind::Request)));
+    }
 }
