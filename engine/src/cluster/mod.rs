@@ -230,20 +230,28 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// The KV bucket `config` names, created with `config` (and the node's replicas) if missing.
+    /// The KV bucket `config` names, created with `config` (and the node's replicas) if JetStream
+    /// says it is missing.
     async fn kv_bucket(&self, config: jetstream::kv::Config) -> Result<jetstream::kv::Store, ClusterError> {
-        if let Ok(store) = self.jetstream.get_key_value(&config.bucket).await {
-            return Ok(store);
+        match self.jetstream.get_key_value(&config.bucket).await {
+            Ok(store) => return Ok(store),
+            Err(err) if !is_not_found(&err) => return Err(jetstream_error(err)),
+            Err(_) => {}
         }
         let config = jetstream::kv::Config { num_replicas: self.replicas, ..config };
         self.jetstream.create_key_value(config).await.map_err(jetstream_error)
     }
 }
 
-/// Whether JetStream answered that the stream asked for does not exist.
-fn is_not_found(err: &jetstream::context::GetStreamError) -> bool {
-    matches!(err.kind(), jetstream::context::GetStreamErrorKind::JetStream(err)
-        if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+/// Whether JetStream answered that the stream behind a request (a bucket's, an object store's)
+/// does not exist, anywhere in the error's sources; an unanswered request is not such an answer.
+fn is_not_found(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |err| err.source()).any(|err| {
+        err.downcast_ref::<jetstream::context::GetStreamError>().is_some_and(|err| {
+            matches!(err.kind(), jetstream::context::GetStreamErrorKind::JetStream(err)
+                if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+        })
+    })
 }
 
 /// A JetStream failure as a [`ClusterError`].
@@ -280,7 +288,7 @@ fn subject(bucket: &str, key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jetstream::context::{GetStreamError, GetStreamErrorKind};
+    use jetstream::context::{GetStreamError, GetStreamErrorKind, KeyValueError, KeyValueErrorKind};
 
     /// JetStream's answer with error code `err_code`.
     fn answered(err_code: u16) -> GetStreamError {
@@ -294,5 +302,9 @@ mod tests {
         // JetStream unavailable (a NATS cluster without a leader), and a request unanswered.
         assert!(!is_not_found(&answered(10008)));
         assert!(!is_not_found(&GetStreamError::new(GetStreamErrorKind::Request)));
+        // A bucket's: the stream's answer is its source.
+        let bucket = |source| KeyValueError::with_source(KeyValueErrorKind::GetBucket, source);
+        assert!(is_not_found(&bucket(answered(10059))));
+        assert!(!is_not_found(&bucket(GetStreamError::new(GetStreamErrorKind::Request))));
     }
 }

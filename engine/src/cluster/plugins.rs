@@ -26,7 +26,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
-use super::{Cluster, ClusterError, jetstream_error};
+use super::{Cluster, ClusterError, is_not_found, jetstream_error};
 use crate::config::is_valid_name;
 use crate::plugin::content_hash;
 use crate::registry::{MAX_PLUGIN_BYTES, PluginRegistry};
@@ -407,10 +407,12 @@ impl Cluster {
         self.kv_bucket(kv::Config { bucket: POINTERS.to_owned(), history: 5, ..Default::default() }).await
     }
 
-    /// The builds' Object Store, created if missing.
+    /// The builds' Object Store, created if JetStream says it is missing.
     async fn builds(&self) -> Result<object_store::ObjectStore, ClusterError> {
-        if let Ok(store) = self.jetstream.get_object_store(BUILDS).await {
-            return Ok(store);
+        match self.jetstream.get_object_store(BUILDS).await {
+            Ok(store) => return Ok(store),
+            Err(err) if !is_not_found(&err) => return Err(jetstream_error(err)),
+            Err(_) => {}
         }
         let config =
             object_store::Config { bucket: BUILDS.to_owned(), num_replicas: self.replicas, ..Default::default() };
