@@ -15,7 +15,7 @@ use wasmpush_tests::{Client, NatsServer, artifacts};
 
 use crate::cluster::nodes_on;
 use crate::data::parse;
-use crate::util::{BINARY, SOON, version_of, write_config};
+use crate::util::{BINARY, SOON, until_version, version_of, write_config};
 
 /// The path of `versioned` with empty params.
 const VERSIONED: &str = "/ws/versioned?params=%7B%7D";
@@ -34,20 +34,6 @@ async fn deploy(nats: &NatsServer, file: &str) -> Output {
 /// The SHA-256 of `file` in hex: its build's name.
 fn build_of(file: &str) -> String {
     wasmpush::plugin::content_hash(&std::fs::read(file).unwrap())
-}
-
-/// Reads `client` until a frame of `wanted` arrives, past error frames (a candidate that
-/// trapped on it); panics if the connection ends first.
-async fn until_version(client: &mut Client, wanted: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let frame = parse(&client.next_text(SOON).await);
-        if frame["version"] == wanted {
-            return;
-        }
-        assert!(frame["version"].is_string() || frame["code"].is_u64(), "neither data nor error: {frame}");
-        assert!(tokio::time::Instant::now() < deadline, "never pushed version {wanted}");
-    }
 }
 
 /// The builds in the cluster's Object Store.

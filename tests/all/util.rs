@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use wasmpush_tests::{KillOnDrop, TestEngine, artifacts};
+use wasmpush_tests::{Client, KillOnDrop, TestEngine, artifacts};
 
 /// The tick interval of the default configuration.
 pub const TICK: Duration = Duration::from_millis(200);
@@ -45,6 +45,21 @@ pub fn seq_of(frame: &str) -> u64 {
 pub fn version_of(frame: &str) -> String {
     let value: serde_json::Value = serde_json::from_str(frame).unwrap_or_else(|e| panic!("{e}: {frame}"));
     value["version"].as_str().unwrap_or_else(|| panic!("no version in {frame}")).to_owned()
+}
+
+/// Reads `client` until a frame of `wanted` arrives (a `versioned` build's version), past error
+/// frames (a candidate that trapped on it), for at most 10 s; panics if the connection ends first.
+pub async fn until_version(client: &mut Client, wanted: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = client.next_text(SOON).await;
+        let frame: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        if frame["version"] == wanted {
+            return;
+        }
+        assert!(frame["version"].is_string() || frame["code"].is_u64(), "neither data nor error: {frame}");
+        assert!(tokio::time::Instant::now() < deadline, "never pushed version {wanted}");
+    }
 }
 
 /// The whole-number field `name` of a data frame.
