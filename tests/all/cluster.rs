@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use wasmpush_tests::http::request;
 use wasmpush_tests::{Client, NatsServer, TestEngine, artifacts};
 
-use crate::data::{parse, portfolio};
+use crate::data::{connect, parse, portfolio};
 use crate::util::{BINARY, SOON, config_address, encode, write_config};
 use std::process::Command;
 
@@ -67,6 +67,11 @@ async fn write(node: &TestEngine, method: &str, path: &str, body: Value) -> u64 
     parse(&answer)["revision"].as_u64().unwrap()
 }
 
+/// Writes public account `a42` holding `holdings` through `node`.
+async fn write_a42(node: &TestEngine, holdings: Value) {
+    write(node, "PUT", "/v1/buckets/accounts/keys/a42", json!({ "holdings": holdings, "public": true })).await;
+}
+
 /// Waits until `node` serves `key` of `bucket` as `value`.
 async fn until_node_has(node: &TestEngine, bucket: &str, key: &str, value: &Value) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -98,8 +103,7 @@ async fn data_published_through_one_node_reaches_every_node_a_batch_whole() {
         let (status, body) = request(node.publish_addr, "GET", "/v1/buckets/accounts/keys/a42", None, "").await;
         assert_eq!((status, parse(&body)), (200, account.clone()), "{}", node.addr);
     }
-    let url = |node: &TestEngine| node.url(&format!("/ws/portfolio?params={}", encode(r#"{"account":"a42"}"#)));
-    let mut clients = join_all(nodes.iter().map(|node| async move { Client::connect(&url(node)).await })).await;
+    let mut clients = join_all(nodes.iter().map(|node| connect(node, "a42"))).await;
     for client in &mut clients {
         assert_eq!(parse(&client.next_text(SOON).await)["total"], 20.0);
     }
@@ -151,19 +155,12 @@ async fn on_three_nats_servers_with_three_replicas_the_nodes_outlive_the_stream_
     // Each replicated bucket is a Raft group of its own to set up: on a loaded machine that takes
     // longer than a bucket on one server.
     until_caught_up(&nodes, Duration::from_secs(30)).await;
-    write(
-        &nodes[0],
-        "PUT",
-        "/v1/buckets/accounts/keys/a42",
-        json!({"holdings": {"AAPL": 10, "MSFT": 5}, "public": true}),
-    )
-    .await;
+    write_a42(&nodes[0], json!({"AAPL": 10, "MSFT": 5})).await;
     write(&nodes[0], "POST", "/v1/buckets/prices", json!({"put": {"AAPL": {"price": 1}, "MSFT": {"price": 2}}})).await;
     for node in &nodes {
         until_node_has(node, "prices", "MSFT", &json!({"price": 2})).await;
     }
-    let url = |node: &TestEngine| node.url(&format!("/ws/portfolio?params={}", encode(r#"{"account":"a42"}"#)));
-    let mut clients = join_all(nodes.iter().map(|node| async move { Client::connect(&url(node)).await })).await;
+    let mut clients = join_all(nodes.iter().map(|node| connect(node, "a42"))).await;
     for client in &mut clients {
         assert_eq!(parse(&client.next_text(SOON).await)["total"], 20.0);
     }
@@ -203,7 +200,7 @@ async fn on_three_nats_servers_with_three_replicas_the_nodes_outlive_the_stream_
 async fn a_node_that_cannot_reach_nats_refuses_writes_and_serves_its_clients_from_its_data() {
     let mut nats = NatsServer::start();
     let nodes = nodes(&nats, 2).await;
-    write(&nodes[0], "PUT", "/v1/buckets/accounts/keys/a42", json!({"holdings": {"AAPL": 1}, "public": true})).await;
+    write_a42(&nodes[0], json!({"AAPL": 1})).await;
     write(&nodes[0], "PUT", "/v1/buckets/prices/keys/AAPL", json!({"price": 7})).await;
     until_node_has(&nodes[1], "prices", "AAPL", &json!({"price": 7})).await;
     nats.kill();
@@ -226,8 +223,7 @@ async fn a_node_that_cannot_reach_nats_refuses_writes_and_serves_its_clients_fro
     let health = healthz(&nodes[1]).await;
     assert_eq!(health.0, 503, "degraded, not down: {}", health.1);
     assert!(health.1.contains("degraded: cluster: NATS is unreachable"), "{}", health.1);
-    let url = nodes[1].url(&format!("/ws/portfolio?params={}", encode(r#"{"account":"a42"}"#)));
-    let mut client = Client::connect(&url).await;
+    let mut client = connect(&nodes[1], "a42").await;
     assert_eq!(parse(&client.next_text(SOON).await)["total"], 7.0, "served from the node's own data");
     // A node started while NATS is down starts, and says it is degraded until it caught up.
     let late = nodes_on(&nats, 1).await.remove(0);
@@ -358,19 +354,12 @@ async fn a_restarted_cluster_node_resumes_from_the_old_ones_revision() {
 async fn a_node_resyncs_with_a_recreated_stream_and_drops_what_it_no_longer_holds() {
     let mut nats = NatsServer::start();
     let nodes = nodes(&nats, 1).await;
-    write(
-        &nodes[0],
-        "PUT",
-        "/v1/buckets/accounts/keys/a42",
-        json!({"holdings": {"AAPL": 1, "MSFT": 2}, "public": true}),
-    )
-    .await;
+    write_a42(&nodes[0], json!({"AAPL": 1, "MSFT": 2})).await;
     for price in 1..=3 {
         write(&nodes[0], "PUT", "/v1/buckets/prices/keys/AAPL", json!({ "price": price })).await;
     }
     until_node_has(&nodes[0], "prices", "AAPL", &json!({"price": 3})).await;
-    let url = nodes[0].url(&format!("/ws/portfolio?params={}", encode(r#"{"account":"a42"}"#)));
-    let mut client = Client::connect(&url).await;
+    let mut client = connect(&nodes[0], "a42").await;
     assert_eq!(parse(&client.next_text(SOON).await)["total"], 3.0);
 
     // NATS rebuilt empty; another program writes a new history, longer than the node's.

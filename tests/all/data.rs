@@ -49,7 +49,8 @@ pub(crate) async fn seed(engine: &TestEngine) {
         .await;
 }
 
-async fn connect(engine: &TestEngine, account: &str) -> Client {
+/// A client of `portfolio` on `engine` for `account`.
+pub(crate) async fn connect(engine: &TestEngine, account: &str) -> Client {
     let params = encode(&json!({ "account": account }).to_string());
     Client::connect(&engine.url(&format!("/ws/portfolio?params={params}"))).await
 }
