@@ -74,7 +74,15 @@ async fn until_listed(admin: std::net::SocketAddr, within: Duration, check: impl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_reaches_every_node_without_dropping_a_client_and_a_racing_one_loses() {
     let nats = NatsServer::start();
+    // No node runs yet: `--wait` says so, and the build stays deployed for the nodes to come.
+    let args = ["deploy", "versioned", artifacts::VERSIONED_V1, "--nats", &nats.url(), "--wait", "1"];
+    let unserved = wasmpush(args.map(str::to_owned).to_vec()).await;
+    assert!(!unserved.status.success(), "{unserved:?}");
+    assert!(String::from_utf8_lossy(&unserved.stderr).contains("no node of the cluster runs"), "{unserved:?}");
     let nodes = nodes_on(&nats, 3).await;
+    let mut client = Client::connect(&nodes[0].url(VERSIONED)).await;
+    assert_eq!(version_of(&client.next_text(SOON).await), "1", "a node that starts serves the deployed build");
+    drop(client);
 
     // Not a component: refused before it reaches any node.
     let script = tempfile::NamedTempFile::new().unwrap();

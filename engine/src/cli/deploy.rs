@@ -2,8 +2,8 @@
 //! through its admin endpoint (`rollouts`): at once, as a canary (`--canary PCT`) or as a shadow
 //! run (`--shadow`). With `--nats URL`, to every node of a cluster: the build goes into the cluster's Object Store, named by its hash, and plugin NAME's pointer moves
 //! to it by compare-and-swap (`cluster::plugins`); every node fetches, validates and hot-swaps
-//! it. With `--wait SECS` the command returns once every live node serves the build, and fails
-//! naming each node that could not load it.
+//! it. With `--wait SECS` the command returns once every live node (at least one) serves the
+//! build, and fails naming each node that could not load it, or saying that no node runs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,8 +31,8 @@ pub(super) struct DeployArgs {
     /// NATS servers of a cluster to deploy to, comma-separated (or `[cluster] nats` of --config).
     #[arg(long, value_name = "URLS", value_delimiter = ',')]
     nats: Vec<String>,
-    /// With --nats: seconds to wait until every live node serves the build (0: return once it
-    /// is deployed).
+    /// With --nats: seconds to wait until every live node, at least one, serves the build (0:
+    /// return once it is deployed).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     wait: u64,
     /// A canary: the build serves PCT % of the plugin's connections, is judged against the
@@ -127,9 +127,10 @@ pub(super) fn run(
     })
 }
 
-/// Waits until every live node serves `build` of `plugin`; fails when a node reports that it
-/// could not load it (after `since`, in ms since the Unix epoch), when another deploy points the
-/// plugin at another build meanwhile (the nodes follow that one), or at `timeout`.
+/// Waits until every live node, and at least one, serves `build` of `plugin`; fails when a node
+/// reports that it could not load it (after `since`, in ms since the Unix epoch), when another
+/// deploy points the plugin at another build meanwhile (the nodes follow that one), or at
+/// `timeout` (saying so when no node runs at all: the build stays deployed).
 async fn wait_for_nodes(
     cluster: &Cluster,
     plugin: &str,
@@ -161,11 +162,18 @@ async fn wait_for_nodes(
         );
         let waiting: Vec<&str> =
             nodes.iter().filter(|node| !serves(node, plugin, build)).map(|node| node.node.as_str()).collect();
-        if waiting.is_empty() {
+        if waiting.is_empty() && !nodes.is_empty() {
             println!("served by all {} live nodes", nodes.len());
             return Ok(ExitCode::SUCCESS);
         }
-        anyhow::ensure!(Instant::now() < deadline, "after {timeout:?}, not served yet by: {}", waiting.join(", "));
+        // With no node yet, one may be starting: it serves the pointer's build from its first scan.
+        if Instant::now() >= deadline {
+            anyhow::ensure!(
+                !nodes.is_empty(),
+                "after {timeout:?}, no node of the cluster runs: the build is deployed, and nodes serve it when they start"
+            );
+            anyhow::bail!("after {timeout:?}, not served yet by: {}", waiting.join(", "));
+        }
     }
 }
 
