@@ -76,7 +76,7 @@ deploy-plugin NAME *WHERE: (build-plugin NAME)
     mv -f "$dir/$name.wasm.tmp" "$dir/$name.wasm"
     echo "deployed $dir/$name.wasm"
 
-# Install the real peers the end-to-end tests drive when missing: Debian's chromium, nginx and Node.js
+# Install the real peers the end-to-end tests drive when missing: Debian's chromium, nginx and Node.js, and libfaketime (a node's or operator's clock that is off)
 [group('setup')]
 setup-test-peers:
     #!/usr/bin/env bash
@@ -85,6 +85,7 @@ setup-test-peers:
     [[ -x /usr/bin/chromium ]] || missing+=(chromium)
     [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
     command -v node > /dev/null || missing+=(nodejs)
+    compgen -G "/usr/lib/*/faketime/libfaketime.so.1" > /dev/null || missing+=(libfaketime)
     ((${#missing[@]})) || exit 0
     sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
     export DEBIAN_FRONTEND=noninteractive

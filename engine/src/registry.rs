@@ -54,6 +54,9 @@ pub struct PluginRegistry {
 pub struct FailedLoad {
     /// The plugin whose file failed to load.
     pub plugin: String,
+    /// The build that failed (its SHA-256), when it was read: `deploy --wait` knows its own
+    /// build's failure by it, whatever the clocks of its machine and the node say.
+    pub build: Option<String>,
     /// Why, in one line.
     pub reason: String,
     /// When it failed, for `status`.
@@ -175,37 +178,38 @@ impl PluginRegistry {
     /// version served before keeps serving and the failure is kept for `status`.
     pub fn load_file(&self, path: &Path) -> Result<Loaded, PluginFileError> {
         let plugin = plugin_name(path).ok_or_else(|| PluginFileError::BadName(path.to_owned()))?;
-        let result = read_plugin_file(&plugin, path).and_then(|bytes| self.compile(&plugin, &bytes, "file"));
-        self.record(&plugin, &result);
-        result
+        let bytes = match read_plugin_file(&plugin, path) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                self.fail(&plugin, None, err.to_string());
+                return Err(err);
+            }
+        };
+        self.load_build(&plugin, &bytes, "file")
     }
 
     /// Loads `bytes` (a build a cluster's node fetched) as plugin `plugin`, as
     /// [`Self::load_file`] loads a file.
     pub fn load_build(&self, plugin: &str, bytes: &[u8], source: &str) -> Result<Loaded, PluginFileError> {
         let result = self.compile(plugin, bytes, source);
-        self.record(plugin, &result);
-        result
-    }
-
-    /// Keeps a failed load of `plugin` for `status`, or forgets its last failure once a load
-    /// of it succeeded.
-    fn record(&self, plugin: &str, result: &Result<Loaded, PluginFileError>) {
-        match result {
+        match &result {
+            // A load that succeeded forgets the plugin's last failure.
             Ok(_) => {
                 let mut last_error = self.last_error.lock().unwrap_or_else(|poison| poison.into_inner());
                 if last_error.as_ref().is_some_and(|failed| failed.plugin == plugin) {
                     *last_error = None;
                 }
             }
-            Err(err) => self.fail(plugin, err.to_string()),
+            Err(err) => self.fail(plugin, Some(&content_hash(bytes)), err.to_string()),
         }
+        result
     }
 
-    /// Keeps for `status` that a new build of `plugin` failed, for `reason`, before or while
-    /// loading; the version served before serves on.
-    pub fn fail(&self, plugin: &str, reason: String) {
-        let failed = FailedLoad { plugin: plugin.to_owned(), reason, at: SystemTime::now() };
+    /// Keeps for `status` that a new build of `plugin` (`build`, if known) failed, for
+    /// `reason`, before or while loading; the version served before serves on.
+    pub fn fail(&self, plugin: &str, build: Option<&str>, reason: String) {
+        let failed =
+            FailedLoad { plugin: plugin.to_owned(), build: build.map(str::to_owned), reason, at: SystemTime::now() };
         *self.last_error.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(failed);
     }
 

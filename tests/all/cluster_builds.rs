@@ -22,13 +22,45 @@ const VERSIONED: &str = "/ws/versioned?params=%7B%7D";
 
 /// Runs `wasmpush ARGS` off the test's runtime (the nodes run on it).
 async fn wasmpush(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || Command::new(BINARY).args(args).output().unwrap()).await.unwrap()
+    run(None, args).await
+}
+
+/// Runs `wasmpush ARGS` with its clock `offset` (libfaketime's `FAKETIME`, e.g. `+1m`) off this
+/// machine's: an operator's or a node's clock that is wrong.
+async fn wasmpush_at(offset: &str, args: Vec<String>) -> Output {
+    run(Some(offset), args).await
+}
+
+/// Runs `wasmpush ARGS`, on a clock `offset` off if given, off the test's runtime.
+async fn run(offset: Option<&str>, args: Vec<String>) -> Output {
+    let mut command = Command::new(BINARY);
+    command.args(args);
+    if let Some(offset) = offset {
+        command.env("LD_PRELOAD", faketime_library()).env("FAKETIME", offset);
+    }
+    tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap()
+}
+
+/// libfaketime's preload library (`just test` installs Debian's `libfaketime`).
+fn faketime_library() -> std::path::PathBuf {
+    let arches = std::fs::read_dir("/usr/lib").unwrap().flatten();
+    let found = arches.map(|arch| arch.path().join("faketime/libfaketime.so.1")).find(|path| path.exists());
+    found.expect("libfaketime is installed (just setup-test-peers)")
 }
 
 /// `wasmpush deploy versioned FILE --nats URL --wait 30`.
 async fn deploy(nats: &NatsServer, file: &str) -> Output {
-    let args = ["deploy", "versioned", file, "--nats", &nats.url(), "--wait", "30"];
-    wasmpush(args.map(str::to_owned).to_vec()).await
+    wasmpush(deploy_args(nats, file)).await
+}
+
+/// `wasmpush deploy versioned FILE --nats URL --wait 30`, on a clock `offset` off.
+async fn deploy_at(offset: &str, nats: &NatsServer, file: &str) -> Output {
+    wasmpush_at(offset, deploy_args(nats, file)).await
+}
+
+/// The arguments of `wasmpush deploy versioned FILE --nats URL --wait 30`.
+fn deploy_args(nats: &NatsServer, file: &str) -> Vec<String> {
+    ["deploy", "versioned", file, "--nats", &nats.url(), "--wait", "30"].map(str::to_owned).to_vec()
 }
 
 /// The SHA-256 of `file` in hex: its build's name.
@@ -92,7 +124,8 @@ async fn a_deploy_reaches_every_node_without_dropping_a_client_and_a_racing_one_
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not a WebAssembly component"), "{refused:?}");
 
-    let first = deploy(&nats, artifacts::VERSIONED_V1).await;
+    // The operator's clock a minute ahead: the nodes' ages are read on the NATS server's clock.
+    let first = deploy_at("+1m", &nats, artifacts::VERSIONED_V1).await;
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     assert!(String::from_utf8_lossy(&first.stdout).contains("served by all 3 live nodes"), "{first:?}");
     let mut clients = Vec::new();
@@ -145,8 +178,9 @@ async fn a_deploy_reaches_every_node_without_dropping_a_client_and_a_racing_one_
     }
 
     // Two deploys at once: at most one moves the pointer from what it read; if both read it in
-    // turn, the later one replaces the earlier one's build, whose `--wait` says so.
-    let racing = [artifacts::VERSIONED_V1, artifacts::VERSIONED_V2].map(|file| deploy(&nats, file));
+    // turn, the later one replaces the earlier one's build, whose `--wait` says so. Their clock
+    // a minute behind: the broken build's failure, newer by that clock, is not theirs.
+    let racing = [artifacts::VERSIONED_V1, artifacts::VERSIONED_V2].map(|file| deploy_at("-1m", &nats, file));
     let outcomes = futures_util::future::join_all(racing).await;
     let won: Vec<bool> = outcomes.iter().map(|outcome| outcome.status.success()).collect();
     assert!(won.contains(&true), "{outcomes:?}");
@@ -208,7 +242,9 @@ async fn every_node_lists_every_node_a_stopped_one_leaves_and_a_killed_one_is_ma
     let (config, _, _) = write_config(dir.path(), &plugins, &extra);
     let pid_file = dir.path().join("wasmpush.pid");
     let path = |path: &std::path::Path| path.to_str().unwrap().to_owned();
-    let started = wasmpush(
+    // Its clock a minute ahead: it still sees the others live (ages on the server's clock).
+    let started = wasmpush_at(
+        "+1m",
         [
             "start",
             "--daemon",

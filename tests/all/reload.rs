@@ -188,6 +188,7 @@ async fn bad_builds_are_rejected_while_the_old_version_keeps_serving() {
         let error = next_reload_error(&engine, last_error_at).await;
         last_error_at = error["at_ms"].as_u64().unwrap();
         assert_eq!(error["plugin"], "versioned", "{what}");
+        assert_eq!(error["build"], wasmpush::plugin::content_hash(&bytes), "{what}: the failed build is named");
         let message = error["reason"].as_str().unwrap();
         assert!(message.contains(reason), "{what}: {message}");
         assert_eq!(served_version(&engine, "versioned").await, v1, "{what} replaced the served version");

@@ -142,6 +142,9 @@ pub struct PluginStatus {
 pub struct ReloadErrorStatus {
     /// The plugin whose file failed to load; its previous version, if any, still serves.
     pub plugin: String,
+    /// The build that failed (its SHA-256), when it was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
     /// Why, in one line, as the loader said it.
     pub reason: String,
     /// When, in milliseconds since the Unix epoch.
@@ -175,6 +178,7 @@ impl AdminState {
                 .collect(),
             last_reload_error: self.registry.last_error().map(|failed| ReloadErrorStatus {
                 plugin: failed.plugin,
+                build: failed.build,
                 reason: failed.reason,
                 at_ms: unix_ms(failed.at),
             }),

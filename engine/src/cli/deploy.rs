@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use std::io::Read as _;
 
@@ -19,7 +19,6 @@ use crate::cluster::{ANNOUNCE_PERIOD, Cluster, ClusterNode, Deployed};
 use crate::config::Config;
 use crate::registry::MAX_PLUGIN_BYTES;
 use crate::rollout::RolloutKind;
-use crate::wall_clock::unix_ms;
 
 /// What to deploy, and where.
 #[derive(Debug, Args)]
@@ -114,7 +113,6 @@ pub(super) fn run(
             );
             return Ok(ExitCode::SUCCESS);
         }
-        let started = unix_ms(SystemTime::now());
         let Deployed { pointer, revision } = cluster.deploy(&args.name, &wasm).await?;
         println!(
             "deployed {}: build {} ({} bytes), pointer revision {revision}",
@@ -123,21 +121,15 @@ pub(super) fn run(
         if args.wait == 0 {
             return Ok(ExitCode::SUCCESS);
         }
-        wait_for_nodes(&cluster, &args.name, &pointer.build, started, Duration::from_secs(args.wait)).await
+        wait_for_nodes(&cluster, &args.name, &pointer.build, Duration::from_secs(args.wait)).await
     })
 }
 
 /// Waits until every live node, and at least one, serves `build` of `plugin`; fails when a node
-/// reports that it could not load it (after `since`, in ms since the Unix epoch), when another
-/// deploy points the plugin at another build meanwhile (the nodes follow that one), or at
-/// `timeout` (saying so when no node runs at all: the build stays deployed).
-async fn wait_for_nodes(
-    cluster: &Cluster,
-    plugin: &str,
-    build: &str,
-    since: u64,
-    timeout: Duration,
-) -> anyhow::Result<ExitCode> {
+/// reports that it could not load that build, when another deploy points the plugin at another
+/// build meanwhile (the nodes follow that one), or at `timeout` (saying so when no node runs at
+/// all: the build stays deployed).
+async fn wait_for_nodes(cluster: &Cluster, plugin: &str, build: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
     let deadline = Instant::now() + timeout;
     // A node announces itself every ANNOUNCE_PERIOD: a fresh list needs that long after a load.
     let mut every = tokio::time::interval(ANNOUNCE_PERIOD / 10);
@@ -154,7 +146,7 @@ async fn wait_for_nodes(
             );
         }
         let nodes: Vec<ClusterNode> = cluster.nodes().await?.into_iter().filter(|node| !node.gone).collect();
-        let failed: Vec<String> = nodes.iter().filter_map(|node| failure(node, plugin, since)).collect();
+        let failed: Vec<String> = nodes.iter().filter_map(|node| failure(node, plugin, build)).collect();
         anyhow::ensure!(
             failed.is_empty(),
             "nodes could not load the build (they serve their old one):\n{}",
@@ -183,10 +175,12 @@ fn serves(node: &ClusterNode, plugin: &str, build: &str) -> bool {
     plugins.into_iter().flatten().any(|served| served["name"] == plugin && served["version"] == build)
 }
 
-/// `node: reason` if `node` reports a failed load of `plugin` after `since`.
-fn failure(node: &ClusterNode, plugin: &str, since: u64) -> Option<String> {
+/// `node: reason` if `node` reports that `build` failed to load as `plugin`. Told by the build,
+/// not by the time: the node's clock and this machine's need not agree, and an older failure of
+/// another build is not this one's. (A node that failed this very build before is taken at its
+/// word until it tries again.)
+fn failure(node: &ClusterNode, plugin: &str, build: &str) -> Option<String> {
     let error = node.announcement.status.get("last_reload_error")?;
-    let at = error.get("at_ms")?.as_u64()?;
-    (error.get("plugin")?.as_str()? == plugin && at >= since)
+    (error.get("plugin")?.as_str()? == plugin && error.get("build")?.as_str()? == build)
         .then(|| format!("  {}: {}", node.node, error.get("reason").and_then(|reason| reason.as_str()).unwrap_or("?")))
 }

@@ -286,7 +286,7 @@ impl Cluster {
             Err(err) => {
                 let reason = format!("its pointer in the cluster is not valid: {err}");
                 tracing::error!(plugin = name, %reason, "cannot take the cluster's build; the build served before serves on");
-                registry.fail(&name, format!("the cluster's build: {reason}"));
+                registry.fail(&name, None, format!("the cluster's build: {reason}"));
                 return Some(false);
             }
         };
@@ -321,7 +321,7 @@ impl Cluster {
             Ok(wasm) => wasm,
             Err(reason) => {
                 tracing::error!(plugin = name, %reason, "cannot take the cluster's build; the build served before serves on");
-                registry.fail(name, format!("the cluster's build: {reason}"));
+                registry.fail(name, Some(&pointer.build), format!("the cluster's build: {reason}"));
                 return None;
             }
         };

@@ -1,7 +1,9 @@
 //! Every node announces itself every [`ANNOUNCE_PERIOD`]: its status (what `/status` answers)
 //! and the builds it serves, as its entry in the KV bucket [`NODES`]. A node that stops cleanly
 //! removes its entry at once; one that stops announcing (killed, cut off) is marked gone once its
-//! entry is older than [`GONE_AFTER`], and forgotten after [`FORGET_AFTER`].
+//! entry is older than [`GONE_AFTER`], and forgotten after [`FORGET_AFTER`]. An entry's age is
+//! read on the NATS server's clock, which stamped it: a node or an operator whose clock is off
+//! sees the same live nodes as the others.
 //!
 //! The live node with the smallest name also removes the builds no node serves any more (see
 //! `plugins`) and judges the cluster's rollouts (see `rollouts`): one node does it, so nodes do
@@ -11,8 +13,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
+use async_nats::jetstream::response::Response;
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::{Cluster, ClusterError, jetstream_error};
@@ -85,7 +89,7 @@ impl Cluster {
         let value = serde_json::to_vec(announcement).expect("an announcement serializes");
         let bucket = self.nodes_bucket().await?;
         bucket.put(node, value.into()).await.map_err(jetstream_error)?;
-        let nodes = listed(&bucket).await?;
+        let nodes = self.listed(&bucket).await?;
         let live = || nodes.iter().filter(|known| !known.gone);
         if live().map(|known| known.node.as_str()).min() == Some(node) {
             let served = live().flat_map(|known| known.announcement.builds.iter().cloned()).collect();
@@ -98,7 +102,42 @@ impl Cluster {
 
     /// Every node the cluster knows, by name: live ones and ones gone within [`FORGET_AFTER`].
     pub async fn nodes(&self) -> Result<Vec<ClusterNode>, ClusterError> {
-        listed(&self.nodes_bucket().await?).await
+        self.listed(&self.nodes_bucket().await?).await
+    }
+
+    /// Every node `bucket` holds, by name, its age read on the server's clock.
+    async fn listed(&self, bucket: &kv::Store) -> Result<Vec<ClusterNode>, ClusterError> {
+        let now = self.server_now(bucket).await?;
+        let names: Vec<String> =
+            bucket.keys().await.map_err(jetstream_error)?.try_collect().await.map_err(jetstream_error)?;
+        let mut nodes = Vec::with_capacity(names.len());
+        for name in names {
+            let Some(entry) = bucket.entry(name.as_str()).await.map_err(jetstream_error)? else { continue };
+            // Written by other programs too: an entry that is no announcement is left out.
+            let Ok(announcement) = serde_json::from_slice::<Announcement>(&entry.value) else { continue };
+            let age = u64::try_from((now - entry.created).whole_milliseconds()).unwrap_or(0);
+            let gone = Duration::from_millis(age) > GONE_AFTER;
+            nodes.push(ClusterNode { node: name, age_ms: age, gone, announcement });
+        }
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(nodes)
+    }
+
+    /// The NATS server's clock now: the time JetStream stamps on the info of `bucket`'s stream
+    /// (`ts`), answered by the stream's leader, the server that stamps its entries. Without one
+    /// (a server before 2.10), this machine's clock.
+    async fn server_now(&self, bucket: &kv::Store) -> Result<OffsetDateTime, ClusterError> {
+        /// The part of a stream's info read here.
+        #[derive(Deserialize)]
+        struct Stamped {
+            #[serde(default, with = "time::serde::rfc3339::option")]
+            ts: Option<OffsetDateTime>,
+        }
+        let subject = format!("STREAM.INFO.{}", bucket.stream_name);
+        match self.jetstream.request(subject, &()).await.map_err(jetstream_error)? {
+            Response::Ok(Stamped { ts }) => Ok(ts.unwrap_or_else(OffsetDateTime::now_utc)),
+            Response::Err { error } => Err(jetstream_error(error)),
+        }
     }
 
     /// The node entries' KV bucket, created if missing.
@@ -106,22 +145,4 @@ impl Cluster {
         self.kv_bucket(kv::Config { bucket: NODES.to_owned(), history: 1, max_age: FORGET_AFTER, ..Default::default() })
             .await
     }
-}
-
-/// Every node `bucket` holds, by name.
-async fn listed(bucket: &kv::Store) -> Result<Vec<ClusterNode>, ClusterError> {
-    let names: Vec<String> =
-        bucket.keys().await.map_err(jetstream_error)?.try_collect().await.map_err(jetstream_error)?;
-    let now = time::OffsetDateTime::now_utc();
-    let mut nodes = Vec::with_capacity(names.len());
-    for name in names {
-        let Some(entry) = bucket.entry(name.as_str()).await.map_err(jetstream_error)? else { continue };
-        // Written by other programs too: an entry that is no announcement is left out.
-        let Ok(announcement) = serde_json::from_slice::<Announcement>(&entry.value) else { continue };
-        let age = u64::try_from((now - entry.created).whole_milliseconds()).unwrap_or(0);
-        let gone = Duration::from_millis(age) > GONE_AFTER;
-        nodes.push(ClusterNode { node: name, age_ms: age, gone, announcement });
-    }
-    nodes.sort_by(|a, b| a.node.cmp(&b.node));
-    Ok(nodes)
 }

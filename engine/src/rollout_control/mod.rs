@@ -191,7 +191,7 @@ impl Rollouts {
         }
         let source = if matches!(kind, RolloutKind::Canary { .. }) { "canary" } else { "shadow" };
         let candidate = self.registry.build(plugin, wasm, source).map_err(|err| {
-            self.registry.fail(plugin, err.to_string());
+            self.registry.fail(plugin, Some(&hash), err.to_string());
             RolloutError::Refused(err.to_string())
         })?;
         let age = SystemTime::now().duration_since(started_at).unwrap_or_default();
