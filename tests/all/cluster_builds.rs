@@ -370,8 +370,10 @@ async fn a_cluster_canary_is_judged_on_every_nodes_figures_and_its_end_reaches_e
             .to_vec()
     };
     // A healthy one: a node that joins mid-rollout follows it, and it is promoted everywhere at
-    // the end of its window.
-    let started = wasmpush(canary(artifacts::VERSIONED_V2, "10")).await;
+    // the end of its window — of 10 s on the NATS server's clock, though the deploying machine's
+    // is a minute behind.
+    let began = std::time::Instant::now();
+    let started = wasmpush_at("-1m", canary(artifacts::VERSIONED_V2, "10")).await;
     assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
     assert!(String::from_utf8_lossy(&started.stdout).contains("started a cluster canary of versioned"), "{started:?}");
     let v2 = build_of(artifacts::VERSIONED_V2);
@@ -382,6 +384,7 @@ async fn a_cluster_canary_is_judged_on_every_nodes_figures_and_its_end_reaches_e
     let every: Vec<&wasmpush_tests::TestEngine> = first.iter().chain(&late).collect();
     until_every_node(&every, "followed the canary", |plugin| plugin["rollout"]["candidate"] == v2.as_str()).await;
     until_every_node(&every, "promoted the canary", |plugin| plugin["last_rollouts"][0]["outcome"] == "promoted").await;
+    assert!(began.elapsed() >= Duration::from_secs(10), "promoted {:?} after the deploy", began.elapsed());
     until_every_node(&every, "served the promoted build", |plugin| plugin["version"] == v2.as_str()).await;
     for client in &mut clients {
         until_version(client, "2").await;

@@ -13,10 +13,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use async_nats::jetstream::response::Response;
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::{Cluster, ClusterError, jetstream_error};
@@ -121,23 +119,6 @@ impl Cluster {
         }
         nodes.sort_by(|a, b| a.node.cmp(&b.node));
         Ok(nodes)
-    }
-
-    /// The NATS server's clock now: the time JetStream stamps on the info of `bucket`'s stream
-    /// (`ts`), answered by the stream's leader, the server that stamps its entries. Without one
-    /// (a server before 2.10), this machine's clock.
-    async fn server_now(&self, bucket: &kv::Store) -> Result<OffsetDateTime, ClusterError> {
-        /// The part of a stream's info read here.
-        #[derive(Deserialize)]
-        struct Stamped {
-            #[serde(default, with = "time::serde::rfc3339::option")]
-            ts: Option<OffsetDateTime>,
-        }
-        let subject = format!("STREAM.INFO.{}", bucket.stream_name);
-        match self.jetstream.request(subject, &()).await.map_err(jetstream_error)? {
-            Response::Ok(Stamped { ts }) => Ok(ts.unwrap_or_else(OffsetDateTime::now_utc)),
-            Response::Err { error } => Err(jetstream_error(error)),
-        }
     }
 
     /// The node entries' KV bucket, created if missing.

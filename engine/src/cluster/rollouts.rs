@@ -109,12 +109,15 @@ impl Cluster {
         nodes: &[ClusterNode],
     ) -> Result<(), ClusterError> {
         let pointers = self.pointers().await?;
+        let now = self.server_now(&pointers).await?;
         for entry in entries {
             let name = &entry.key;
             let Ok(pointer) = serde_json::from_slice::<Pointer>(&entry.value) else { continue };
             let Some(rollout) = &pointer.rollout else { continue };
             let (serving, candidate, shadow) = summed(nodes, name, &rollout.candidate);
-            let over = now_ms() >= rollout.started_at_ms.saturating_add(rollout.window_secs.saturating_mul(1000));
+            // On the server's clock, from when the pointer took the rollout (the pointer is not
+            // moved while a rollout runs): not from `started_at_ms`, the deploying machine's.
+            let over = now - entry.created >= Duration::from_secs(rollout.window_secs);
             let Some((outcome, reason)) = verdict(rollout.kind, over, &serving, &candidate, &shadow, &self.rollouts)
             else {
                 continue;
