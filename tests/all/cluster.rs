@@ -1,7 +1,7 @@
 //! Several engine nodes on one real `nats-server -js`: data published through any node reaches
 //! the clients of every node, a batch whole, and a node that cannot reach NATS refuses writes at
 //! once rather than applying them later. On three NATS servers with replicated streams (the
-//! production topology), the nodes outlive the loss of a server.
+//! production topology), the nodes outlive the loss of a server, and of all three at once.
 
 use std::time::Duration;
 
@@ -146,7 +146,7 @@ async fn data_published_through_one_node_reaches_every_node_a_batch_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_three_nats_servers_with_three_replicas_the_nodes_outlive_the_stream_leaders_server() {
+async fn on_three_nats_servers_with_three_replicas_the_nodes_outlive_the_stream_leaders_server_and_all_three() {
     let mut servers = NatsServer::cluster(3).await;
     let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
     // Node i is given every server, its own first.
@@ -177,23 +177,59 @@ async fn on_three_nats_servers_with_three_replicas_the_nodes_outlive_the_stream_
 
     // A batch through the node whose own server died: once its client moved to a live server and
     // the stream has a new leader, it is acknowledged, and every node's client sees it whole.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let moved = json!({"put": {"AAPL": {"price": 3}, "MSFT": {"price": 4}}}).to_string();
-    loop {
-        let (status, body) = request(nodes[index].publish_addr, "POST", "/v1/buckets/prices", None, &moved).await;
-        if status == 200 {
-            break;
-        }
-        assert!([503, 504].contains(&status), "refused or unknown while NATS fails over, never more: {status} {body}");
-        assert!(tokio::time::Instant::now() < deadline, "writes never resumed after the leader's server died: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let moved = json!({"put": {"AAPL": {"price": 3}, "MSFT": {"price": 4}}});
+    let revision = write_once_nats_takes_it(&nodes[index], &moved, Duration::from_secs(30)).await;
     for client in &mut clients {
         assert_eq!(parse(&client.next_text(SOON * 4).await)["total"], 50.0, "a frame shows the batch whole");
     }
-    let revisions: Vec<Value> =
-        join_all(nodes.iter().map(|node| async move { node.status().await["data_revision"].clone() })).await;
-    assert!(revisions.iter().all(|revision| *revision == revisions[0]), "every node at one revision: {revisions:?}");
+    until_every_node_at(&nodes, revision).await;
+
+    // Every server killed at once and started again on its store: once NATS has elected its
+    // leaders again, a write is acknowledged and every node converges to it, nothing skipped or
+    // applied twice (the clients' account, written first, is still there).
+    for server in &mut servers {
+        server.kill();
+    }
+    for server in &mut servers {
+        server.restart();
+    }
+    let after = json!({"put": {"AAPL": {"price": 5}, "MSFT": {"price": 6}}});
+    let revision = write_once_nats_takes_it(&nodes[1], &after, Duration::from_secs(60)).await;
+    for client in &mut clients {
+        assert_eq!(parse(&client.next_text(SOON * 4).await)["total"], 80.0, "a frame shows the batch whole");
+    }
+    until_every_node_at(&nodes, revision).await;
+}
+
+/// POSTs `batch` to bucket `prices` through `node` until NATS acknowledges it (answered 503 or
+/// 504 meanwhile, never anything else), for at most `within`; the revision it was stored at.
+async fn write_once_nats_takes_it(node: &TestEngine, batch: &Value, within: Duration) -> u64 {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (status, body) = request(node.publish_addr, "POST", "/v1/buckets/prices", None, &batch.to_string()).await;
+        if status == 200 {
+            return parse(&body)["revision"].as_u64().unwrap();
+        }
+        assert!([503, 504].contains(&status), "refused or unknown while NATS fails over, never more: {status} {body}");
+        assert!(tokio::time::Instant::now() < deadline, "writes never resumed within {within:?}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until every node of `nodes` applied up to `revision`, and none past it.
+async fn until_every_node_at(nodes: &[TestEngine], revision: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let revisions: Vec<u64> =
+            join_all(nodes.iter().map(|node| async move { node.status().await["data_revision"].as_u64().unwrap() }))
+                .await;
+        assert!(revisions.iter().all(|applied| *applied <= revision), "a node past {revision}: {revisions:?}");
+        if revisions.iter().all(|applied| *applied == revision) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not every node reached {revision}: {revisions:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
