@@ -372,7 +372,7 @@ async fn a_cluster_canary_is_judged_on_every_nodes_figures_and_its_end_reaches_e
     // A healthy one: a node that joins mid-rollout follows it, and it is promoted everywhere at
     // the end of its window — of 10 s on the NATS server's clock, though the deploying machine's
     // is a minute behind.
-    let began = std::time::Instant::now();
+    let (began, deployed_at) = (std::time::Instant::now(), std::time::SystemTime::now());
     let started = wasmpush_at("-1m", canary(artifacts::VERSIONED_V2, "10")).await;
     assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
     assert!(String::from_utf8_lossy(&started.stdout).contains("started a cluster canary of versioned"), "{started:?}");
@@ -383,6 +383,12 @@ async fn a_cluster_canary_is_judged_on_every_nodes_figures_and_its_end_reaches_e
     let late = nodes_on(&nats, 1).await;
     let every: Vec<&wasmpush_tests::TestEngine> = first.iter().chain(&late).collect();
     until_every_node(&every, "followed the canary", |plugin| plugin["rollout"]["candidate"] == v2.as_str()).await;
+    for node in &every {
+        // Its start as the nodes show it is the server's, not the deploying machine's.
+        let started_at_ms = versioned_status(node).await["rollout"]["started_at_ms"].as_u64().unwrap();
+        let deployed_ms = deployed_at.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert!(started_at_ms + 1000 >= deployed_ms, "started at {started_at_ms}, deployed at {deployed_ms}");
+    }
     until_every_node(&every, "promoted the canary", |plugin| plugin["last_rollouts"][0]["outcome"] == "promoted").await;
     assert!(began.elapsed() >= Duration::from_secs(10), "promoted {:?} after the deploy", began.elapsed());
     until_every_node(&every, "served the promoted build", |plugin| plugin["version"] == v2.as_str()).await;

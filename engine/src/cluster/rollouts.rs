@@ -18,7 +18,6 @@ use super::{Cluster, ClusterError, jetstream_error};
 use crate::call_stats::CallReport;
 use crate::rollout::{Outcome, RolloutKind, ShadowReport, verdict};
 use crate::rollout_control::{RolloutStatus, Rollouts};
-use crate::wall_clock::now_ms;
 use async_nats::jetstream::kv;
 
 impl Cluster {
@@ -31,6 +30,10 @@ impl Cluster {
         kind: RolloutKind,
         window: Duration,
     ) -> Result<Deployed, DeployError> {
+        // The start as the nodes show it, on the NATS server's clock (the deploying machine's may
+        // be off); the judge times the window from the pointer's own stamp.
+        let now = self.server_now(&self.pointers().await?).await?;
+        let started_at_ms = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         self.move_pointer(name, wasm, |current, build| {
             let Some(current) = current else {
                 return Err(DeployError::Invalid(format!(
@@ -43,7 +46,6 @@ impl Cluster {
             if current.build == build {
                 return Err(DeployError::Invalid(format!("plugin `{name}` already serves build {build:.12}")));
             }
-            let started_at_ms = now_ms();
             let rollout = ClusterRollout {
                 kind,
                 candidate: build.to_owned(),
