@@ -245,18 +245,18 @@ impl Cluster {
         self.jetstream.create_key_value(config).await.map_err(jetstream_error)
     }
 
-    /// The NATS server's clock now: the time JetStream stamps on the info of `bucket`'s stream
-    /// (`ts`), answered by the stream's leader, the server that stamps its entries. Ages and
+    /// The NATS server's clock now: the time JetStream stamps on the info of stream `stream`
+    /// (`ts`), answered by the stream's leader, the server that stamps its messages. Ages and
     /// windows are read on it, so no node's or operator's clock that is off decides them.
     /// Without one (a server before 2.10), this machine's clock.
-    pub(super) async fn server_now(&self, bucket: &jetstream::kv::Store) -> Result<OffsetDateTime, ClusterError> {
+    pub(super) async fn server_now(&self, stream: &str) -> Result<OffsetDateTime, ClusterError> {
         /// The part of a stream's info read here.
         #[derive(Deserialize)]
         struct Stamped {
             #[serde(default, with = "time::serde::rfc3339::option")]
             ts: Option<OffsetDateTime>,
         }
-        let subject = format!("STREAM.INFO.{}", bucket.stream_name);
+        let subject = format!("STREAM.INFO.{stream}");
         match self.jetstream.request(subject, &()).await.map_err(jetstream_error)? {
             Response::Ok(Stamped { ts }) => Ok(ts.unwrap_or_else(OffsetDateTime::now_utc)),
             Response::Err { error } => Err(jetstream_error(error)),

@@ -41,7 +41,7 @@ const BUILDS: &str = "wasmpush-builds";
 const POINTERS: &str = "wasmpush-plugins";
 
 /// How long a build no pointer names is kept (a deploy between storing it and moving the
-/// pointer must not lose it).
+/// pointer must not lose it), on the NATS server's clock.
 const ORPHAN_AGE: Duration = Duration::from_secs(3600);
 
 /// How long a node waits before it fetches a build that failed again.
@@ -388,8 +388,8 @@ impl Cluster {
             }
         }
         let builds = self.builds().await?;
+        let now = self.server_now(&format!("OBJ_{BUILDS}")).await?;
         let mut listed = builds.list().await.map_err(jetstream_error)?;
-        let now = time::OffsetDateTime::now_utc();
         while let Some(info) = listed.next().await {
             let info = info.map_err(jetstream_error)?;
             let old = info.modified.is_some_and(|modified| now - modified > ORPHAN_AGE);

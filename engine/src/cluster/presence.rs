@@ -105,7 +105,7 @@ impl Cluster {
 
     /// Every node `bucket` holds, by name, its age read on the server's clock.
     async fn listed(&self, bucket: &kv::Store) -> Result<Vec<ClusterNode>, ClusterError> {
-        let now = self.server_now(bucket).await?;
+        let now = self.server_now(&bucket.stream_name).await?;
         let names: Vec<String> =
             bucket.keys().await.map_err(jetstream_error)?.try_collect().await.map_err(jetstream_error)?;
         let mut nodes = Vec::with_capacity(names.len());

@@ -32,7 +32,7 @@ impl Cluster {
     ) -> Result<Deployed, DeployError> {
         // The start as the nodes show it, on the NATS server's clock (the deploying machine's may
         // be off); the judge times the window from the pointer's own stamp.
-        let now = self.server_now(&self.pointers().await?).await?;
+        let now = self.server_now(&self.pointers().await?.stream_name).await?;
         let started_at_ms = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         self.move_pointer(name, wasm, |current, build| {
             let Some(current) = current else {
@@ -111,7 +111,7 @@ impl Cluster {
         nodes: &[ClusterNode],
     ) -> Result<(), ClusterError> {
         let pointers = self.pointers().await?;
-        let now = self.server_now(&pointers).await?;
+        let now = self.server_now(&pointers.stream_name).await?;
         for entry in entries {
             let name = &entry.key;
             let Ok(pointer) = serde_json::from_slice::<Pointer>(&entry.value) else { continue };
