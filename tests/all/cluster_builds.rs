@@ -323,29 +323,56 @@ fn hostname() -> String {
 
 /// Plugin `versioned`'s entry of `node`'s `/status`.
 async fn versioned_status(node: &wasmpush_tests::TestEngine) -> Value {
-    let status = node.status().await;
-    status["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|plugin| plugin["name"] == "versioned")
-        .cloned()
-        .unwrap_or_default()
+    versioned_of(&node.status().await)
+}
+
+/// Plugin `versioned`'s entry of a `/status`.
+fn versioned_of(status: &Value) -> Value {
+    let plugins = status["plugins"].as_array().unwrap();
+    plugins.iter().find(|plugin| plugin["name"] == "versioned").cloned().unwrap_or_default()
 }
 
 /// Waits up to 30 s until `check` holds of every node's `versioned` status.
 async fn until_every_node(nodes: &[&wasmpush_tests::TestEngine], what: &str, check: impl Fn(&Value) -> bool) {
+    until_every_status(nodes, what, |status| check(&versioned_of(status))).await;
+}
+
+/// Waits up to 30 s until `check` holds of every node's `/status`.
+async fn until_every_status(nodes: &[&wasmpush_tests::TestEngine], what: &str, check: impl Fn(&Value) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     for node in nodes {
         loop {
-            let plugin = versioned_status(node).await;
-            if check(&plugin) {
+            let status = node.status().await;
+            if check(&status) {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{} never {what}: {plugin}", node.addr);
+            assert!(tokio::time::Instant::now() < deadline, "{} never {what}: {status}", node.addr);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_given_one_node_name_both_say_so_until_one_stops() {
+    let nats = NatsServer::start();
+    let twin = || {
+        let url = nats.url();
+        wasmpush_tests::TestEngine::start(&[("versioned", artifacts::VERSIONED_V1)], move |config| {
+            config.cluster.nats = vec![url];
+            config.cluster.node = Some("twin".to_owned());
+        })
+    };
+    let (first, second) = tokio::join!(twin(), twin());
+    let other = nodes_on(&nats, 1).await.remove(0);
+    until_every_status(&[&first, &second], "said its name is taken", |status| {
+        status["name_conflict"].as_str().is_some_and(|why| why.contains("give each node its own `[cluster] node`"))
+    })
+    .await;
+    let me = other.status().await;
+    assert!(me.get("name_conflict").is_none(), "a node with a name of its own: {me}");
+    second.stop().await.unwrap();
+    until_every_status(&[&first], "stopped saying its name is taken", |status| status.get("name_conflict").is_none())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

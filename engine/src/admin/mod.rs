@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::bearer;
-use crate::cluster::{Announcement, Cluster, ClusterNode};
+use crate::cluster::{Announcement, Cluster, ClusterNode, NAME_TAKEN};
 use crate::console::Console;
 use crate::data::{DataView, StoreFault};
 use crate::health::{Health, HealthState};
@@ -116,6 +116,10 @@ pub struct Status {
     /// stalled watch or a recreated stream).
     #[serde(default)]
     pub follow_restarts: Option<u64>,
+    /// On a node of a cluster, why its name is in doubt: another process announces itself
+    /// under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_conflict: Option<String>,
 }
 
 /// One served plugin.
@@ -188,12 +192,18 @@ impl AdminState {
             data_lag: self.cluster.as_ref().map(Cluster::lag),
             invalid_values: self.cluster.as_ref().map(Cluster::invalid_values).unwrap_or_default(),
             follow_restarts: self.cluster.as_ref().map(Cluster::follow_restarts),
+            name_conflict: self
+                .cluster
+                .as_ref()
+                .filter(|cluster| cluster.is_name_taken())
+                .map(|_| NAME_TAKEN.to_owned()),
         }
     }
 
     /// What this node announces to its cluster: its status and the builds it serves.
     pub fn announcement(&self) -> Announcement {
         Announcement {
+            instance: self.cluster.as_ref().map_or(0, Cluster::instance),
             builds: self.registry.snapshot().values().map(|version| version.hash.clone()).collect(),
             status: serde_json::to_value(self.status()).expect("a status serializes"),
         }

@@ -74,6 +74,9 @@ pub(super) fn status(
         let lag = status.data_lag.unwrap_or(0);
         println!("  cluster:        NATS {link}, data revision {}, {lag} behind the stream", status.data_revision);
     }
+    if let Some(conflict) = &status.name_conflict {
+        println!("  NAME CONFLICT:  {conflict}");
+    }
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
     for plugin in &status.plugins {
         let loaded_ago = now_ms.saturating_sub(plugin.loaded_at_ms) / 1000;
@@ -158,6 +161,9 @@ fn print_cluster(cluster: &ClusterStatus) {
         );
         if let Some(why) = &status.degraded {
             println!("      DEGRADED: {why}");
+        }
+        if let Some(conflict) = &status.name_conflict {
+            println!("      NAME CONFLICT: {conflict}");
         }
         if let Some(error) = &status.last_reload_error {
             println!("      last reload error: {}: {}", error.plugin, error.reason);

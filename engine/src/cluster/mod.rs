@@ -38,7 +38,7 @@ use time::OffsetDateTime;
 
 use crate::config::{ClusterSettings, RolloutSettings};
 pub use plugins::{Deployed, START_SYNC_TIME};
-pub use presence::{ANNOUNCE_PERIOD, Announcement, ClusterNode};
+pub use presence::{ANNOUNCE_PERIOD, Announcement, ClusterNode, NAME_TAKEN};
 
 /// The KV bucket holding every data bucket's keys.
 const DATA_BUCKET: &str = "wasmpush-data";
@@ -82,6 +82,8 @@ pub struct Cluster {
     catch_up_bits: u64,
     /// What the node knows of its following of the data.
     link: Arc<Link>,
+    /// This process's presence in the cluster's list of nodes.
+    presence: Arc<presence::Presence>,
     /// How the cluster's rollouts are judged (on the node that judges them).
     rollouts: RolloutSettings,
 }
@@ -147,8 +149,18 @@ impl Cluster {
         follow_jetstream.set_timeout(FOLLOW_REQUEST_TIMEOUT);
         let (replicas, rollouts) = (settings.replicas, RolloutSettings::default());
         let catch_up_bits = settings.catch_up_mbps * 1_000_000;
-        let link = Arc::default();
-        Ok(Cluster { client, jetstream, follow_jetstream, max_value_bytes, replicas, catch_up_bits, link, rollouts })
+        let (link, presence) = (Arc::default(), Arc::new(presence::Presence::new()));
+        Ok(Cluster {
+            client,
+            jetstream,
+            follow_jetstream,
+            max_value_bytes,
+            replicas,
+            catch_up_bits,
+            link,
+            presence,
+            rollouts,
+        })
     }
 
     /// The same cluster, judging its rollouts by `settings` (`[rollouts]`).

@@ -5,12 +5,20 @@
 //! read on the NATS server's clock, which stamped it: a node or an operator whose clock is off
 //! sees the same live nodes as the others.
 //!
+//! Each process announces with an instance number of its own: a node that finds, before its
+//! put, that the entry holds another instance's announcement although its own last put was
+//! taken, shares its name with another process (a copied `[cluster] node`) and says so in its
+//! status until that has not happened for [`NAME_TAKEN_FOR`].
+//!
 //! The live node with the smallest name also removes the builds no node serves any more (see
 //! `plugins`) and judges the cluster's rollouts (see `rollouts`): one node does it, so nodes do
 //! not race.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::hash::BuildHasher;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use futures_util::TryStreamExt;
@@ -34,9 +42,38 @@ const FORGET_AFTER: Duration = Duration::from_secs(3600);
 /// How long a node that stops waits for its entry's removal.
 const LEAVE_TIME: Duration = Duration::from_secs(1);
 
+/// How long a node says that another process announces under its name after it last saw it:
+/// three announcements (two processes announcing in turn do not always interleave).
+const NAME_TAKEN_FOR: Duration = Duration::from_secs(6);
+
+/// What a node whose name another process announces under says, in its status and its log.
+pub const NAME_TAKEN: &str =
+    "another process announces itself under this node's name: give each node its own `[cluster] node`";
+
+/// This process's presence: its instance number and whether its name is taken.
+#[derive(Debug)]
+pub(super) struct Presence {
+    /// Random, this process's own: tells its announcements from another process's.
+    instance: u64,
+    /// Whether a put of this process's announcement was taken.
+    announced: AtomicBool,
+    /// When another process's announcement was last found under this node's name.
+    name_taken_at: Mutex<Option<Instant>>,
+}
+
+impl Presence {
+    pub(super) fn new() -> Presence {
+        let instance = std::hash::RandomState::new().hash_one(std::process::id());
+        Presence { instance, announced: AtomicBool::new(false), name_taken_at: Mutex::new(None) }
+    }
+}
+
 /// What a node announces.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Announcement {
+    /// The announcing process's instance number (see [`Cluster::instance`]).
+    #[serde(default)]
+    pub instance: u64,
     /// The builds it serves (their SHA-256), whichever plugin.
     pub builds: BTreeSet<String>,
     /// Its status, as its admin endpoint's `/status` answers.
@@ -86,7 +123,15 @@ impl Cluster {
     async fn announce_once(&self, node: &str, announcement: &Announcement) -> Result<(), ClusterError> {
         let value = serde_json::to_vec(announcement).expect("an announcement serializes");
         let bucket = self.nodes_bucket().await?;
+        if self.presence.announced.load(Ordering::Relaxed) {
+            let held = bucket.entry(node).await.map_err(jetstream_error)?;
+            let held = held.and_then(|entry| serde_json::from_slice::<Announcement>(&entry.value).ok());
+            if held.is_some_and(|held| held.instance != self.presence.instance) {
+                self.name_taken(node);
+            }
+        }
         bucket.put(node, value.into()).await.map_err(jetstream_error)?;
+        self.presence.announced.store(true, Ordering::Relaxed);
         let nodes = self.listed(&bucket).await?;
         let live = || nodes.iter().filter(|known| !known.gone);
         if live().map(|known| known.node.as_str()).min() == Some(node) {
@@ -96,6 +141,26 @@ impl Cluster {
             self.judge_rollouts(&pointers, &nodes).await?;
         }
         Ok(())
+    }
+
+    /// This process's instance number: what its announcements carry.
+    pub fn instance(&self) -> u64 {
+        self.presence.instance
+    }
+
+    /// Whether another process announced itself under this node's name within
+    /// [`NAME_TAKEN_FOR`].
+    pub fn is_name_taken(&self) -> bool {
+        let taken_at = *self.presence.name_taken_at.lock().unwrap_or_else(|poison| poison.into_inner());
+        taken_at.is_some_and(|at| at.elapsed() < NAME_TAKEN_FOR)
+    }
+
+    /// Notes that another process announced itself as `node`; logs it when it begins.
+    fn name_taken(&self, node: &str) {
+        if !self.is_name_taken() {
+            tracing::error!(node, "{NAME_TAKEN}");
+        }
+        *self.presence.name_taken_at.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(Instant::now());
     }
 
     /// Every node the cluster knows, by name: live ones and ones gone within [`FORGET_AFTER`].
