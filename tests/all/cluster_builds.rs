@@ -3,7 +3,9 @@
 //! waiting for its nodes says so when another replaces its build), a build no
 //! node can load leaves the old one serving and is reported, a node that joins serves the
 //! current builds, old builds are removed once no node serves them; every node lists every node,
-//! a stopped one leaves at once, a killed one is marked gone.
+//! a stopped one leaves at once, a killed one is marked gone, two processes under one name both
+//! say so. A node's or the deploying machine's clock a minute off (libfaketime) changes none of
+//! it, nor a cluster canary's window.
 
 use std::process::{Command, Output};
 use std::time::Duration;

@@ -62,6 +62,7 @@ pub(super) struct Presence {
 }
 
 impl Presence {
+    /// A presence with an instance number of its own, not announced yet.
     pub(super) fn new() -> Presence {
         let instance = std::hash::RandomState::new().hash_one(std::process::id());
         Presence { instance, announced: AtomicBool::new(false), name_taken_at: Mutex::new(None) }
