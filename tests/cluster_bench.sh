@@ -69,7 +69,7 @@ start_nats_cluster() {
 
 # Starts node $1 (ports 2N503 websocket, 2N504 admin, 2N505 publish); "cluster" as $2 joins NATS,
 # "replicated" joins the three NATS servers (its own, port 14223 + (N - 1) % 3, first) with three
-# replicas; $3, if given, limits its catch-up to that many Mbit/s.
+# replicas; $3, if given, limits its catch-up to that many Mbit/s (0: none).
 start_node() {
   local n=$1 dir="$work/node$1"
   mkdir -p "$dir/plugins"
@@ -224,7 +224,7 @@ EOF
     sleep 5
     started=$(now_ms)
     nats_cpu=$(cpu_ms $nats_pid "${nats_pids[@]}")
-    if [[ $limit == 0 ]]; then start_node 4 "$mode"; else start_node 4 "$mode" "$limit"; fi
+    start_node 4 "$mode" "$limit"
     until [[ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:24504/healthz)" == 200 ]]; do sleep 0.01; done
     echo "node 4 (catch-up limit $limit Mbit/s, 0: none) ready (caught up with $(stream_last "$monitor") revisions)" \
       "$(( $(now_ms) - started )) ms after it was started, having used $(cpu_ms "${pids[-1]}") ms of CPU" \

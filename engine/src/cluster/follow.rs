@@ -96,9 +96,12 @@ impl Cluster {
         let mut catch_up_bits = self.catch_up_bits;
         loop {
             let ended = self.follow_once(&store, &limits, catch_up_bits).await;
-            catch_up_bits = if matches!(ended, Ok(Ended::CaughtUp)) { 0 } else { self.catch_up_bits };
+            catch_up_bits = self.catch_up_bits;
             match ended {
-                Ok(Ended::CaughtUp) => continue,
+                Ok(Ended::CaughtUp) => {
+                    catch_up_bits = 0;
+                    continue;
+                }
                 Ok(Ended::Stream) => {}
                 Err(err) if self.is_connected() => {
                     self.link.follow_restarts.fetch_add(1, Ordering::Relaxed);

@@ -203,21 +203,17 @@ impl Cluster {
     /// [`FOLLOW_REQUEST_TIMEOUT`] for their answers.
     async fn data_stream(&self) -> Result<jetstream::stream::Stream, ClusterError> {
         let jetstream = &self.follow_jetstream;
-        let mut stream = match jetstream.get_stream(DATA_STREAM).await {
-            Ok(stream) => stream,
-            Err(err) if is_not_found(&err) => {
-                let config = jetstream::kv::Config {
-                    bucket: DATA_BUCKET.to_owned(),
-                    history: 1,
-                    max_value_size: i32::try_from(self.max_value_bytes).unwrap_or(i32::MAX),
-                    num_replicas: self.replicas,
-                    ..Default::default()
-                };
-                jetstream.create_key_value(config).await.map_err(jetstream_error)?.stream
-            }
-            // A request unanswered (no leader) is no sign that the stream is missing.
-            Err(err) => return Err(jetstream_error(err)),
-        };
+        let mut stream = found_or_created(jetstream.get_stream(DATA_STREAM).await, || async {
+            let config = jetstream::kv::Config {
+                bucket: DATA_BUCKET.to_owned(),
+                history: 1,
+                max_value_size: i32::try_from(self.max_value_bytes).unwrap_or(i32::MAX),
+                num_replicas: self.replicas,
+                ..Default::default()
+            };
+            Ok(jetstream.create_key_value(config).await.map_err(jetstream_error)?.stream)
+        })
+        .await?;
         if !stream.cached_info().config.allow_atomic_publish {
             let mut config = stream.cached_info().config.clone();
             config.allow_atomic_publish = true;
@@ -248,19 +244,18 @@ impl Cluster {
     /// The KV bucket `config` names, created with `config` (and the node's replicas) if JetStream
     /// says it is missing.
     async fn kv_bucket(&self, config: jetstream::kv::Config) -> Result<jetstream::kv::Store, ClusterError> {
-        match self.jetstream.get_key_value(&config.bucket).await {
-            Ok(store) => return Ok(store),
-            Err(err) if !is_not_found(&err) => return Err(jetstream_error(err)),
-            Err(_) => {}
-        }
-        let config = jetstream::kv::Config { num_replicas: self.replicas, ..config };
-        self.jetstream.create_key_value(config).await.map_err(jetstream_error)
+        found_or_created(self.jetstream.get_key_value(&config.bucket).await, || async {
+            let config = jetstream::kv::Config { num_replicas: self.replicas, ..config };
+            self.jetstream.create_key_value(config).await.map_err(jetstream_error)
+        })
+        .await
     }
 
     /// The NATS server's clock now: the time JetStream stamps on the info of stream `stream`
-    /// (`ts`), answered by the stream's leader, the server that stamps its messages. Ages and
-    /// windows are read on it, so no node's or operator's clock that is off decides them.
-    /// Without one (a server before 2.10), this machine's clock.
+    /// (`ts`), answered by the stream's leader, a server that stamps messages. Ages and windows
+    /// are read on it (one reading serves a node's whole announcement round: the servers of a
+    /// NATS cluster keep their clocks in step, its nodes need not), so no node's or operator's
+    /// clock that is off decides them. Without one (a server before 2.10), this machine's clock.
     pub(super) async fn server_now(&self, stream: &str) -> Result<OffsetDateTime, ClusterError> {
         /// The part of a stream's info read here.
         #[derive(Deserialize)]
@@ -273,6 +268,21 @@ impl Cluster {
             Response::Ok(Stamped { ts }) => Ok(ts.unwrap_or_else(OffsetDateTime::now_utc)),
             Response::Err { error } => Err(jetstream_error(error)),
         }
+    }
+}
+
+/// What `got` holds, or, only when JetStream answered that the stream behind it does not exist,
+/// what `create` makes: a request unanswered (a NATS cluster without a leader) is no sign that a
+/// stream is missing, and creating one then would only wait out another timeout.
+async fn found_or_created<T, E, Created>(got: Result<T, E>, create: impl FnOnce() -> Created) -> Result<T, ClusterError>
+where
+    E: std::error::Error + 'static,
+    Created: Future<Output = Result<T, ClusterError>>,
+{
+    match got {
+        Ok(found) => Ok(found),
+        Err(err) if is_not_found(&err) => create().await,
+        Err(err) => Err(jetstream_error(err)),
     }
 }
 

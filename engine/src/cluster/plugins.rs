@@ -26,7 +26,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
-use super::{Cluster, ClusterError, is_not_found, jetstream_error};
+use super::{Cluster, ClusterError, found_or_created, jetstream_error};
 use crate::config::is_valid_name;
 use crate::plugin::content_hash;
 use crate::registry::{MAX_PLUGIN_BYTES, PluginRegistry};
@@ -373,11 +373,13 @@ impl Cluster {
     }
 
     /// Removes the builds no pointer of `entries` names and none of `served` (the builds live
-    /// nodes serve): a pointer's previous build at once, any other after [`ORPHAN_AGE`].
+    /// nodes serve): a pointer's previous build at once, any other after [`ORPHAN_AGE`] at `now`
+    /// (the NATS server's clock).
     pub(super) async fn remove_old_builds(
         &self,
         entries: &[kv::Entry],
         served: &BTreeSet<String>,
+        now: time::OffsetDateTime,
     ) -> Result<(), ClusterError> {
         let (mut named, mut replaced) = (BTreeSet::new(), BTreeSet::new());
         for entry in entries {
@@ -388,7 +390,6 @@ impl Cluster {
             }
         }
         let builds = self.builds().await?;
-        let now = self.server_now(&format!("OBJ_{BUILDS}")).await?;
         let mut listed = builds.list().await.map_err(jetstream_error)?;
         while let Some(info) = listed.next().await {
             let info = info.map_err(jetstream_error)?;
@@ -409,14 +410,12 @@ impl Cluster {
 
     /// The builds' Object Store, created if JetStream says it is missing.
     async fn builds(&self) -> Result<object_store::ObjectStore, ClusterError> {
-        match self.jetstream.get_object_store(BUILDS).await {
-            Ok(store) => return Ok(store),
-            Err(err) if !is_not_found(&err) => return Err(jetstream_error(err)),
-            Err(_) => {}
-        }
-        let config =
-            object_store::Config { bucket: BUILDS.to_owned(), num_replicas: self.replicas, ..Default::default() };
-        self.jetstream.create_object_store(config).await.map_err(jetstream_error)
+        found_or_created(self.jetstream.get_object_store(BUILDS).await, || async {
+            let config =
+                object_store::Config { bucket: BUILDS.to_owned(), num_replicas: self.replicas, ..Default::default() };
+            self.jetstream.create_object_store(config).await.map_err(jetstream_error)
+        })
+        .await
     }
 }
 

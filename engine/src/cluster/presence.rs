@@ -17,12 +17,12 @@
 use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::{Cluster, ClusterError, jetstream_error};
@@ -55,17 +55,15 @@ pub const NAME_TAKEN: &str =
 pub(super) struct Presence {
     /// Random, this process's own: tells its announcements from another process's.
     instance: u64,
-    /// Whether a put of this process's announcement was taken.
-    announced: AtomicBool,
     /// When another process's announcement was last found under this node's name.
     name_taken_at: Mutex<Option<Instant>>,
 }
 
 impl Presence {
-    /// A presence with an instance number of its own, not announced yet.
+    /// A presence with an instance number of its own.
     pub(super) fn new() -> Presence {
         let instance = std::hash::RandomState::new().hash_one(std::process::id());
-        Presence { instance, announced: AtomicBool::new(false), name_taken_at: Mutex::new(None) }
+        Presence { instance, name_taken_at: Mutex::new(None) }
     }
 }
 
@@ -105,13 +103,17 @@ impl Cluster {
         stop: CancellationToken,
     ) {
         let mut every = tokio::time::interval(ANNOUNCE_PERIOD);
+        // Whether a put of this process's announcement was taken: from then on, the entry holds
+        // it unless another process announces under this name.
+        let mut announced = false;
         loop {
             tokio::select! {
                 _ = every.tick() => {}
                 () = stop.cancelled() => break,
             }
-            if let Err(err) = self.announce_once(&node, &announcement()).await {
-                tracing::debug!(cause = %err, "cannot announce this node to the cluster");
+            match self.announce_once(&node, &announcement(), announced).await {
+                Ok(()) => announced = true,
+                Err(err) => tracing::debug!(cause = %err, "cannot announce this node to the cluster"),
             }
         }
         let leave = async { self.nodes_bucket().await?.purge(&node).await.map_err(jetstream_error) };
@@ -120,11 +122,18 @@ impl Cluster {
         }
     }
 
-    /// Puts this node's entry; on the live node with the smallest name, removes old builds.
-    async fn announce_once(&self, node: &str, announcement: &Announcement) -> Result<(), ClusterError> {
+    /// Puts this node's entry (first checking, once this process's own put was taken, that
+    /// the entry still holds it); on the live node with the smallest name, removes old builds
+    /// and judges rollouts, on the server's clock read once for the round.
+    async fn announce_once(
+        &self,
+        node: &str,
+        announcement: &Announcement,
+        announced: bool,
+    ) -> Result<(), ClusterError> {
         let value = serde_json::to_vec(announcement).expect("an announcement serializes");
         let bucket = self.nodes_bucket().await?;
-        if self.presence.announced.load(Ordering::Relaxed) {
+        if announced {
             let held = bucket.entry(node).await.map_err(jetstream_error)?;
             let held = held.and_then(|entry| serde_json::from_slice::<Announcement>(&entry.value).ok());
             if held.is_some_and(|held| held.instance != self.presence.instance) {
@@ -132,14 +141,14 @@ impl Cluster {
             }
         }
         bucket.put(node, value.into()).await.map_err(jetstream_error)?;
-        self.presence.announced.store(true, Ordering::Relaxed);
-        let nodes = self.listed(&bucket).await?;
+        let now = self.server_now(&bucket.stream_name).await?;
+        let nodes = listed(&bucket, now).await?;
         let live = || nodes.iter().filter(|known| !known.gone);
         if live().map(|known| known.node.as_str()).min() == Some(node) {
             let served = live().flat_map(|known| known.announcement.builds.iter().cloned()).collect();
             let pointers = self.pointer_entries().await?;
-            self.remove_old_builds(&pointers, &served).await?;
-            self.judge_rollouts(&pointers, &nodes).await?;
+            self.remove_old_builds(&pointers, &served, now).await?;
+            self.judge_rollouts(&pointers, &nodes, now).await?;
         }
         Ok(())
     }
@@ -166,25 +175,8 @@ impl Cluster {
 
     /// Every node the cluster knows, by name: live ones and ones gone within [`FORGET_AFTER`].
     pub async fn nodes(&self) -> Result<Vec<ClusterNode>, ClusterError> {
-        self.listed(&self.nodes_bucket().await?).await
-    }
-
-    /// Every node `bucket` holds, by name, its age read on the server's clock.
-    async fn listed(&self, bucket: &kv::Store) -> Result<Vec<ClusterNode>, ClusterError> {
-        let now = self.server_now(&bucket.stream_name).await?;
-        let names: Vec<String> =
-            bucket.keys().await.map_err(jetstream_error)?.try_collect().await.map_err(jetstream_error)?;
-        let mut nodes = Vec::with_capacity(names.len());
-        for name in names {
-            let Some(entry) = bucket.entry(name.as_str()).await.map_err(jetstream_error)? else { continue };
-            // Written by other programs too: an entry that is no announcement is left out.
-            let Ok(announcement) = serde_json::from_slice::<Announcement>(&entry.value) else { continue };
-            let age = u64::try_from((now - entry.created).whole_milliseconds()).unwrap_or(0);
-            let gone = Duration::from_millis(age) > GONE_AFTER;
-            nodes.push(ClusterNode { node: name, age_ms: age, gone, announcement });
-        }
-        nodes.sort_by(|a, b| a.node.cmp(&b.node));
-        Ok(nodes)
+        let bucket = self.nodes_bucket().await?;
+        listed(&bucket, self.server_now(&bucket.stream_name).await?).await
     }
 
     /// The node entries' KV bucket, created if missing.
@@ -192,4 +184,21 @@ impl Cluster {
         self.kv_bucket(kv::Config { bucket: NODES.to_owned(), history: 1, max_age: FORGET_AFTER, ..Default::default() })
             .await
     }
+}
+
+/// Every node `bucket` holds, by name, as old as its entry is at `now` (the server's clock).
+async fn listed(bucket: &kv::Store, now: OffsetDateTime) -> Result<Vec<ClusterNode>, ClusterError> {
+    let names: Vec<String> =
+        bucket.keys().await.map_err(jetstream_error)?.try_collect().await.map_err(jetstream_error)?;
+    let mut nodes = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(entry) = bucket.entry(name.as_str()).await.map_err(jetstream_error)? else { continue };
+        // Written by other programs too: an entry that is no announcement is left out.
+        let Ok(announcement) = serde_json::from_slice::<Announcement>(&entry.value) else { continue };
+        let age = u64::try_from((now - entry.created).whole_milliseconds()).unwrap_or(0);
+        let gone = Duration::from_millis(age) > GONE_AFTER;
+        nodes.push(ClusterNode { node: name, age_ms: age, gone, announcement });
+    }
+    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    Ok(nodes)
 }

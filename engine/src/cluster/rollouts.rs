@@ -104,14 +104,14 @@ impl Cluster {
 
     /// Judges every rollout in the pointers' `entries` on the sum of the `nodes`' figures (the
     /// live node with the smallest name calls it): ends each one whose verdict is in by moving
-    /// its pointer.
+    /// its pointer. `now` is the NATS server's clock.
     pub(super) async fn judge_rollouts(
         &self,
         entries: &[kv::Entry],
         nodes: &[ClusterNode],
+        now: time::OffsetDateTime,
     ) -> Result<(), ClusterError> {
         let pointers = self.pointers().await?;
-        let now = self.server_now(&pointers.stream_name).await?;
         for entry in entries {
             let name = &entry.key;
             let Ok(pointer) = serde_json::from_slice::<Pointer>(&entry.value) else { continue };
