@@ -59,6 +59,9 @@ pub struct FailedLoad {
     pub build: Option<String>,
     /// Why, in one line.
     pub reason: String,
+    /// Whether the build is tried again by itself (a cluster's build that could not be fetched):
+    /// the failure may pass.
+    pub retried: bool,
     /// When it failed, for `status`.
     pub at: SystemTime,
 }
@@ -208,9 +211,19 @@ impl PluginRegistry {
     /// Keeps for `status` that a new build of `plugin` (`build`, if known) failed, for
     /// `reason`, before or while loading; the version served before serves on.
     pub fn fail(&self, plugin: &str, build: Option<&str>, reason: String) {
-        let failed =
-            FailedLoad { plugin: plugin.to_owned(), build: build.map(str::to_owned), reason, at: SystemTime::now() };
-        *self.last_error.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(failed);
+        self.keep_failure(plugin, build, reason, false);
+    }
+
+    /// Keeps for `status`, as [`Self::fail`] does, that a new build of `plugin` could not be
+    /// had for now, for `reason`: it is tried again.
+    pub fn fail_for_now(&self, plugin: &str, build: &str, reason: String) {
+        self.keep_failure(plugin, Some(build), reason, true);
+    }
+
+    fn keep_failure(&self, plugin: &str, build: Option<&str>, reason: String, retried: bool) {
+        let (plugin, build, at) = (plugin.to_owned(), build.map(str::to_owned), SystemTime::now());
+        *self.last_error.lock().unwrap_or_else(|poison| poison.into_inner()) =
+            Some(FailedLoad { plugin, build, reason, retried, at });
     }
 
     fn compile(&self, plugin: &str, bytes: &[u8], source: &str) -> Result<Loaded, PluginFileError> {

@@ -1,7 +1,8 @@
 //! Several engine nodes on one real `nats-server -js`: data published through any node reaches
 //! the clients of every node, a batch whole, and a node that cannot reach NATS refuses writes at
 //! once rather than applying them later. On three NATS servers with replicated streams (the
-//! production topology), the nodes outlive the loss of a server, and of all three at once.
+//! production topology), the nodes outlive the loss of a server, and of all three at once, and a
+//! deploy waiting for its nodes meanwhile returns once every node serves its build.
 
 use std::time::Duration;
 
@@ -184,12 +185,15 @@ async fn on_three_nats_servers_with_three_replicas_the_nodes_outlive_the_stream_
     }
     until_every_node_at(&nodes, revision).await;
 
-    // Every server killed at once and started again on its store: once NATS has elected its
-    // leaders again, a write is acknowledged and every node converges to it, nothing skipped or
-    // applied twice (the clients' account, written first, is still there).
+    // Every server killed at once, while a deploy waits for its nodes, and started again on its
+    // store 2 s later: once NATS has elected its leaders again, a write is acknowledged and every
+    // node converges to it, nothing skipped or applied twice (the clients' account, written first,
+    // is still there).
+    let deploying = WaitingDeploy::start(&urls);
     for server in &mut servers {
         server.kill();
     }
+    tokio::time::sleep(Duration::from_secs(2)).await;
     for server in &mut servers {
         server.restart();
     }
@@ -199,6 +203,61 @@ async fn on_three_nats_servers_with_three_replicas_the_nodes_outlive_the_stream_
         assert_eq!(parse(&client.next_text(SOON * 4).await)["total"], 80.0, "a frame shows the batch whole");
     }
     until_every_node_at(&nodes, revision).await;
+    // The deploy asked again while JetStream did not answer, and took the nodes silent during the
+    // outage for live ones still to come, not gone: when it returns, every node serves its build.
+    let output = deploying.finished().await;
+    assert!(output.contains("served by all 3 live nodes"), "{output}");
+    let build = wasmpush::plugin::content_hash(&std::fs::read(artifacts::VERSIONED_V1).unwrap());
+    for node in &nodes {
+        let status = node.status().await;
+        let plugins = status["plugins"].as_array().unwrap();
+        assert!(
+            plugins.iter().any(|plugin| plugin["name"] == "versioned" && plugin["version"] == build.as_str()),
+            "{} does not serve the build the deploy waited for: {status}",
+            node.addr
+        );
+    }
+}
+
+/// `wasmpush deploy versioned --wait 90` to a cluster, running.
+struct WaitingDeploy {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl WaitingDeploy {
+    /// Deploys `versioned` v1 through NATS `urls`; returns once the build is deployed and the
+    /// command waits for the nodes.
+    fn start(urls: &[String]) -> WaitingDeploy {
+        use std::io::BufRead as _;
+        let mut child = Command::new(BINARY)
+            .args(["deploy", "versioned", artifacts::VERSIONED_V1, "--nats", &urls.join(","), "--wait", "90"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut deployed = String::new();
+        stdout.read_line(&mut deployed).unwrap();
+        assert!(deployed.starts_with("deployed versioned"), "{deployed:?}");
+        WaitingDeploy { child, stdout }
+    }
+
+    /// Waits for the command to end; what it printed after the deploy. Panics if it failed.
+    async fn finished(self) -> String {
+        let WaitingDeploy { child, mut stdout } = self;
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read as _;
+            let mut printed = String::new();
+            stdout.read_to_string(&mut printed).unwrap();
+            let output = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "the waiting deploy failed: {stderr}");
+            printed
+        })
+        .await
+        .unwrap()
+    }
 }
 
 /// POSTs `batch` to bucket `prices` through `node` until NATS acknowledges it (answered 503 or

@@ -3,7 +3,8 @@
 //! waiting for its nodes says so when another replaces its build), a build no
 //! node can load leaves the old one serving and is reported, a node that joins serves the
 //! current builds, old builds are removed once no node serves them; every node lists every node,
-//! a stopped one leaves at once, a killed one is marked gone, two processes under one name both
+//! a stopped one leaves at once, a killed one is marked gone (silence while NATS was down does
+//! not count), two processes under one name both
 //! say so. A node's or the deploying machine's clock a minute off (libfaketime) changes none of
 //! it, nor a cluster canary's window.
 
@@ -87,9 +88,17 @@ async fn cluster_of(admin: std::net::SocketAddr) -> Value {
 
 /// `(name, gone)` of every node `/cluster` of `admin` lists.
 async fn listed(admin: std::net::SocketAddr) -> Vec<(String, bool)> {
-    let cluster = cluster_of(admin).await;
+    listing(admin).await.expect("/cluster answers")
+}
+
+/// `(name, gone)` of every node `/cluster` of `admin` lists; `None` while it cannot list them.
+async fn listing(admin: std::net::SocketAddr) -> Option<Vec<(String, bool)>> {
+    let (status, body) = request(admin, "GET", "/cluster", None, "").await;
+    let cluster = (status == 200).then(|| parse(&body))?;
     let nodes = cluster["nodes"].as_array().unwrap();
-    nodes.iter().map(|node| (node["node"].as_str().unwrap().to_owned(), node["gone"].as_bool().unwrap())).collect()
+    Some(
+        nodes.iter().map(|node| (node["node"].as_str().unwrap().to_owned(), node["gone"].as_bool().unwrap())).collect(),
+    )
 }
 
 /// Waits up to `within` until `check` holds of the list `admin` gives.
@@ -235,7 +244,7 @@ async fn current_build(js: &async_nats::jetstream::Context) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_lists_every_node_a_stopped_one_leaves_and_a_killed_one_is_marked_gone() {
-    let nats = NatsServer::start();
+    let mut nats = NatsServer::start();
     // A node run by the command line (so it can be killed), and two in this process.
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
@@ -292,6 +301,36 @@ async fn every_node_lists_every_node_a_stopped_one_leaves_and_a_killed_one_is_ma
     stopped.stop().await.unwrap();
     until_listed(nodes[0].admin_addr, Duration::from_secs(3), |listed| {
         !listed.iter().any(|(name, _)| *name == stopped_name)
+    })
+    .await;
+
+    // NATS down for 7 s, the daemon frozen meanwhile: once NATS is back, the node that speaks
+    // first does not take the daemon for gone (silence while NATS took no announcement does not
+    // count), until its own announcements have been taken for 6 s; the daemon, woken, is live.
+    let signal = |signal| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    nats.kill();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    nats.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let heard_again = loop {
+        // Whether the listing node is heard again (it is listed, not gone).
+        if let Some(listed) = listing(nodes[0].admin_addr).await
+            && listed.contains(&(names[0].clone(), false))
+        {
+            break listed;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the node was never heard again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(heard_again.contains(&("daemon-node".to_owned(), false)), "{heard_again:?}");
+    until_listed(nodes[0].admin_addr, Duration::from_secs(10), |listed| {
+        listed.contains(&("daemon-node".to_owned(), true))
+    })
+    .await;
+    signal(nix::sys::signal::Signal::SIGCONT);
+    until_listed(nodes[0].admin_addr, Duration::from_secs(10), |listed| {
+        listed.contains(&("daemon-node".to_owned(), false))
     })
     .await;
 

@@ -151,8 +151,19 @@ pub struct ReloadErrorStatus {
     pub build: Option<String>,
     /// Why, in one line, as the loader said it.
     pub reason: String,
+    /// Whether the build is tried again by itself (a cluster's build that could not be fetched).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retried: bool,
     /// When, in milliseconds since the Unix epoch.
     pub at_ms: u64,
+}
+
+impl std::fmt::Display for ReloadErrorStatus {
+    /// `PLUGIN: REASON`, and whether it is tried again.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.plugin, self.reason)?;
+        if self.retried { write!(f, " (tried again)") } else { Ok(()) }
+    }
 }
 
 impl AdminState {
@@ -184,6 +195,7 @@ impl AdminState {
                 plugin: failed.plugin,
                 build: failed.build,
                 reason: failed.reason,
+                retried: failed.retried,
                 at_ms: unix_ms(failed.at),
             }),
             degraded: self.degraded(),
@@ -204,6 +216,8 @@ impl AdminState {
     pub fn announcement(&self) -> Announcement {
         Announcement {
             instance: self.cluster.as_ref().map_or(0, Cluster::instance),
+            // Told by the announcing loop, which knows when its announcements failed.
+            announcing_for_ms: None,
             builds: self.registry.snapshot().values().map(|version| version.hash.clone()).collect(),
             status: serde_json::to_value(self.status()).expect("a status serializes"),
         }

@@ -91,7 +91,7 @@ pub(super) fn status(
         }
     }
     if let Some(error) = &status.last_reload_error {
-        println!("  last reload error: {}: {}", error.plugin, error.reason);
+        println!("  last reload error: {error}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -166,7 +166,7 @@ fn print_cluster(cluster: &ClusterStatus) {
             println!("      NAME CONFLICT: {conflict}");
         }
         if let Some(error) = &status.last_reload_error {
-            println!("      last reload error: {}: {}", error.plugin, error.reason);
+            println!("      last reload error: {error}");
         }
         for plugin in &status.plugins {
             if let Some(rollout) = &plugin.rollout {

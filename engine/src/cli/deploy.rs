@@ -15,7 +15,8 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::rollouts::{Admin, AdminArgs, Shipping, deploy};
-use crate::cluster::{ANNOUNCE_PERIOD, Cluster, ClusterNode, Deployed};
+use crate::admin::ReloadErrorStatus;
+use crate::cluster::{ANNOUNCE_PERIOD, Cluster, ClusterError, ClusterNode, Deployed};
 use crate::config::Config;
 use crate::registry::MAX_PLUGIN_BYTES;
 use crate::rollout::RolloutKind;
@@ -128,45 +129,83 @@ pub(super) fn run(
 /// Waits until every live node, and at least one, serves `build` of `plugin`; fails when a node
 /// reports that it could not load that build, when another deploy points the plugin at another
 /// build meanwhile (the nodes follow that one), or at `timeout` (saying so when no node runs at
-/// all: the build stays deployed).
+/// all, or JetStream did not answer: the build stays deployed). A JetStream request that fails
+/// meanwhile (a NATS cluster electing its leaders after a restart) is asked again.
 async fn wait_for_nodes(cluster: &Cluster, plugin: &str, build: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
     let deadline = Instant::now() + timeout;
     // A node announces itself every ANNOUNCE_PERIOD: a fresh list needs that long after a load.
     let mut every = tokio::time::interval(ANNOUNCE_PERIOD / 10);
     loop {
         every.tick().await;
-        if let Some(now) = cluster.pointer(plugin).await?
-            && now.pointer.build != build
-        {
-            anyhow::bail!(
-                "another deploy pointed `{plugin}` at build {:.12} (pointer revision {}) before every node served this \
-                 one: the nodes follow that build",
-                now.pointer.build,
-                now.revision
-            );
-        }
-        let nodes: Vec<ClusterNode> = cluster.nodes().await?.into_iter().filter(|node| !node.gone).collect();
-        let failed: Vec<String> = nodes.iter().filter_map(|node| failure(node, plugin, build)).collect();
-        anyhow::ensure!(
-            failed.is_empty(),
-            "nodes could not load the build (they serve their old one):\n{}",
-            failed.join("\n")
-        );
-        let waiting: Vec<&str> =
-            nodes.iter().filter(|node| !serves(node, plugin, build)).map(|node| node.node.as_str()).collect();
-        if waiting.is_empty() && !nodes.is_empty() {
-            println!("served by all {} live nodes", nodes.len());
-            return Ok(ExitCode::SUCCESS);
-        }
+        let waiting = match look(cluster, plugin, build).await {
+            Ok(Seen::Served(nodes)) => {
+                println!("served by all {nodes} live nodes");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(Seen::Replaced { build, revision }) => anyhow::bail!(
+                "another deploy pointed `{plugin}` at build {build:.12} (pointer revision {revision}) before every node \
+                 served this one: the nodes follow that build"
+            ),
+            Ok(Seen::Failed(failed)) => {
+                anyhow::bail!("nodes could not load the build (they serve their old one):\n{}", failed.join("\n"))
+            }
+            Ok(Seen::Waiting(waiting)) => Ok(waiting),
+            Err(err) => Err(err),
+        };
         // With no node yet, one may be starting: it serves the pointer's build from its first scan.
         if Instant::now() >= deadline {
-            anyhow::ensure!(
-                !nodes.is_empty(),
-                "after {timeout:?}, no node of the cluster runs: the build is deployed, and nodes serve it when they start"
-            );
-            anyhow::bail!("after {timeout:?}, not served yet by: {}", waiting.join(", "));
+            match waiting {
+                Ok(waiting) if waiting.is_empty() => anyhow::bail!(
+                    "after {timeout:?}, no node of the cluster runs: the build is deployed, and nodes serve it when \
+                     they start"
+                ),
+                Ok(waiting) => anyhow::bail!("after {timeout:?}, not served yet by: {}", waiting.join(", ")),
+                Err(err) => anyhow::bail!(
+                    "after {timeout:?}, {err}: the build is deployed; `wasmpush status --cluster` tells which nodes \
+                     serve it"
+                ),
+            }
         }
     }
+}
+
+/// What a waiting deploy sees of the cluster.
+enum Seen {
+    /// Every live node, this many (at least one), serves the build.
+    Served(usize),
+    /// These live nodes do not serve it yet (none: no node runs).
+    Waiting(Vec<String>),
+    /// Another deploy pointed the plugin at `build`, at pointer revision `revision`.
+    Replaced { build: String, revision: u64 },
+    /// These nodes (`node: reason`) could not load it.
+    Failed(Vec<String>),
+}
+
+/// What the cluster's pointer and list of nodes say of `build` of `plugin` now.
+async fn look(cluster: &Cluster, plugin: &str, build: &str) -> Result<Seen, ClusterError> {
+    if let Some(now) = cluster.pointer(plugin).await?
+        && now.pointer.build != build
+    {
+        return Ok(Seen::Replaced { build: now.pointer.build, revision: now.revision });
+    }
+    let nodes: Vec<ClusterNode> = cluster.nodes().await?.into_iter().filter(|node| !node.gone).collect();
+    let failures = nodes.iter().filter_map(|node| Some((node, failure(node, plugin, build)?)));
+    let failed: Vec<String> = failures
+        .filter(|(_, error)| !error.retried)
+        .map(|(node, error)| format!("  {}: {}", node.node, error.reason))
+        .collect();
+    if !failed.is_empty() {
+        return Ok(Seen::Failed(failed));
+    }
+    let waiting: Vec<String> = nodes
+        .iter()
+        .filter(|node| !serves(node, plugin, build))
+        .map(|node| match failure(node, plugin, build) {
+            Some(error) => format!("{} ({}, tried again)", node.node, error.reason),
+            None => node.node.clone(),
+        })
+        .collect();
+    Ok(if waiting.is_empty() && !nodes.is_empty() { Seen::Served(nodes.len()) } else { Seen::Waiting(waiting) })
 }
 
 /// Whether `node` serves `build` as plugin `plugin` (the same build may serve under other names).
@@ -175,12 +214,12 @@ fn serves(node: &ClusterNode, plugin: &str, build: &str) -> bool {
     plugins.into_iter().flatten().any(|served| served["name"] == plugin && served["version"] == build)
 }
 
-/// `node: reason` if `node` reports that `build` failed to load as `plugin`. Told by the build,
-/// not by the time: the node's clock and this machine's need not agree, and an older failure of
-/// another build is not this one's. (A node that failed this very build before is taken at its
-/// word until it tries again.)
-fn failure(node: &ClusterNode, plugin: &str, build: &str) -> Option<String> {
+/// What `node` reports if `build` failed to load as `plugin` there: for good, or for now (a
+/// fetch that failed, tried again). Told by the build, not by the time: the node's clock and this
+/// machine's need not agree, and an older failure of another build is not this one's. (A node
+/// that failed this very build before is taken at its word until it tries again.)
+fn failure(node: &ClusterNode, plugin: &str, build: &str) -> Option<ReloadErrorStatus> {
     let error = node.announcement.status.get("last_reload_error")?;
-    (error.get("plugin")?.as_str()? == plugin && error.get("build")?.as_str()? == build)
-        .then(|| format!("  {}: {}", node.node, error.get("reason").and_then(|reason| reason.as_str()).unwrap_or("?")))
+    let error: ReloadErrorStatus = serde_json::from_value(error.clone()).ok()?;
+    (error.plugin == plugin && error.build.as_deref() == Some(build)).then_some(error)
 }

@@ -54,6 +54,10 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// has none (a NATS cluster electing one after a restart): the follower asks again sooner.
 const FOLLOW_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The longest wait between two tries to reconnect to NATS: a try is one TCP connection, cheap
+/// for a server even from hundreds of nodes.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_millis(500);
+
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -302,9 +306,13 @@ fn jetstream_error(err: impl std::fmt::Display) -> ClusterError {
     ClusterError::JetStream(err.to_string())
 }
 
-/// The NATS client options of `settings`: its credentials, TLS roots, reconnecting for ever.
+/// The NATS client options of `settings`: its credentials, TLS roots, reconnecting for ever, at
+/// most [`MAX_RECONNECT_DELAY`] apart.
 async fn options(settings: &ClusterSettings) -> Result<async_nats::ConnectOptions, ClusterError> {
-    let mut options = async_nats::ConnectOptions::new().max_reconnects(None).name("wasmpush");
+    let mut options = async_nats::ConnectOptions::new()
+        .max_reconnects(None)
+        .reconnect_delay_callback(reconnect_delay)
+        .name("wasmpush");
     if let Some(path) = &settings.creds_file {
         options = options.credentials_file(path).await.map_err(|err| ClusterError::Setup(err.to_string()))?;
     }
@@ -323,6 +331,17 @@ async fn options(settings: &ClusterSettings) -> Result<async_nats::ConnectOption
     Ok(options)
 }
 
+/// How long the NATS client waits before its `attempts`th try to reconnect: none before the
+/// first, then doubling from 2 ms to [`MAX_RECONNECT_DELAY`]. (async-nats' own default doubles to
+/// 4 s: a node could stay cut off for 4 s after NATS came back, serving stale data.)
+fn reconnect_delay(attempts: usize) -> Duration {
+    let doublings = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
+    match attempts {
+        0 | 1 => Duration::ZERO,
+        _ => Duration::from_millis(2_u64.saturating_pow(doublings)).min(MAX_RECONNECT_DELAY),
+    }
+}
+
 /// The stream subject of `key` of data bucket `bucket`.
 fn subject(bucket: &str, key: &str) -> String {
     format!("$KV.{DATA_BUCKET}.{bucket}.{key}")
@@ -337,6 +356,13 @@ mod tests {
     fn answered(err_code: u16) -> GetStreamError {
         let answer = serde_json::json!({ "code": 404, "err_code": err_code, "description": "refused" });
         GetStreamError::new(GetStreamErrorKind::JetStream(serde_json::from_value(answer).unwrap()))
+    }
+
+    #[test]
+    fn reconnecting_waits_double_up_to_half_a_second() {
+        let delays: Vec<u64> =
+            [1, 2, 3, 9, 10, 11, 1000].map(|attempt| reconnect_delay(attempt).as_millis() as u64).into();
+        assert_eq!(delays, [0, 2, 4, 256, 500, 500, 500]);
     }
 
     #[test]

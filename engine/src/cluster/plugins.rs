@@ -302,8 +302,9 @@ impl Cluster {
 
     /// Takes the build `pointer` names as plugin `name`, unless the file in `dir` is that build
     /// already: fetches it, loads it, and once it loaded writes it into `dir`. Whether it took
-    /// it; `None` if it could not fetch it. A failure is logged and kept for `status` as the
-    /// plugin's failed load: the build served before serves on.
+    /// it; `None` if it could not fetch it (kept for `status` as a failure for now: it is tried
+    /// again). A failure is logged and kept for `status` as the plugin's failed load: the build
+    /// served before serves on.
     async fn install_serving(
         &self,
         dir: &Path,
@@ -321,7 +322,7 @@ impl Cluster {
             Ok(wasm) => wasm,
             Err(reason) => {
                 tracing::error!(plugin = name, %reason, "cannot take the cluster's build; the build served before serves on");
-                registry.fail(name, Some(&pointer.build), format!("the cluster's build: {reason}"));
+                registry.fail_for_now(name, &pointer.build, format!("the cluster's build: {reason}"));
                 return None;
             }
         };

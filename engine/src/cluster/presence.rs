@@ -1,9 +1,14 @@
 //! Every node announces itself every [`ANNOUNCE_PERIOD`]: its status (what `/status` answers)
 //! and the builds it serves, as its entry in the KV bucket [`NODES`]. A node that stops cleanly
-//! removes its entry at once; one that stops announcing (killed, cut off) is marked gone once its
-//! entry is older than [`GONE_AFTER`], and forgotten after [`FORGET_AFTER`]. An entry's age is
-//! read on the NATS server's clock, which stamped it: a node or an operator whose clock is off
-//! sees the same live nodes as the others.
+//! removes its entry at once; one that stops announcing (killed, cut off) is marked gone once it
+//! has been silent for [`GONE_AFTER`] while NATS took the others' announcements, and forgotten
+//! after [`FORGET_AFTER`]. An entry's age is read on the NATS server's clock, which stamped it: a
+//! node or an operator whose clock is off sees the same live nodes as the others. Silence while
+//! NATS took no announcement at all (every server down, or a NATS cluster electing its leaders)
+//! does not count: each node says how long its announcements have been taken since they last
+//! failed, and once NATS is back a node has [`GONE_AFTER`] from the first ones taken to speak up
+//! again. Without that, every node looked gone after an outage until it announced again, and
+//! `deploy --wait` took the first node back for the whole cluster.
 //!
 //! Each process announces with an instance number of its own: a node that finds, before its
 //! put, that the entry holds another instance's announcement although its own last put was
@@ -73,10 +78,36 @@ pub struct Announcement {
     /// The announcing process's instance number (see [`Cluster::instance`]).
     #[serde(default)]
     pub instance: u64,
+    /// How long this process's announcements have been taken since one last failed, in ms,
+    /// when it was made; `None` if none failed since the process started.
+    #[serde(default)]
+    pub announcing_for_ms: Option<u64>,
     /// The builds it serves (their SHA-256), whichever plugin.
     pub builds: BTreeSet<String>,
     /// Its status, as its admin endpoint's `/status` answers.
     pub status: serde_json::Value,
+}
+
+/// Whether a node's announcements are taken.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Taken {
+    /// Every one since the process started.
+    Always,
+    /// Not the last one.
+    Not,
+    /// Every one since this instant, after one that was not.
+    Since(Instant),
+}
+
+impl Taken {
+    /// What an announcement says of it: how long they have been taken, in ms (`None`: always).
+    fn for_ms(self) -> Option<u64> {
+        match self {
+            Taken::Always => None,
+            Taken::Not => Some(0),
+            Taken::Since(at) => Some(u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
 }
 
 /// A node as the cluster knows it.
@@ -86,7 +117,7 @@ pub struct ClusterNode {
     pub node: String,
     /// Milliseconds since it last announced itself.
     pub age_ms: u64,
-    /// Whether it is gone: it has not announced itself for [`GONE_AFTER`].
+    /// Whether it is gone: it has been silent for [`GONE_AFTER`] while NATS took announcements.
     pub gone: bool,
     /// What it last announced.
     #[serde(flatten)]
@@ -106,14 +137,31 @@ impl Cluster {
         // Whether a put of this process's announcement was taken: from then on, the entry holds
         // it unless another process announces under this name.
         let mut announced = false;
+        let mut taken = Taken::Always;
         loop {
             tokio::select! {
                 _ = every.tick() => {}
                 () = stop.cancelled() => break,
             }
-            match self.announce_once(&node, &announcement(), announced).await {
-                Ok(()) => announced = true,
-                Err(err) => tracing::debug!(cause = %err, "cannot announce this node to the cluster"),
+            // A put while NATS is unreachable would wait for it and be taken once it is back, as
+            // if nothing had happened: the round is missed instead.
+            if !self.is_connected() {
+                taken = Taken::Not;
+                continue;
+            }
+            let mut announcing = announcement();
+            announcing.announcing_for_ms = taken.for_ms();
+            match self.announce_once(&node, &announcing, announced).await {
+                Ok(()) => {
+                    announced = true;
+                    if taken == Taken::Not {
+                        taken = Taken::Since(Instant::now());
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(cause = %err, "cannot announce this node to the cluster");
+                    taken = Taken::Not;
+                }
             }
         }
         let leave = async { self.nodes_bucket().await?.purge(&node).await.map_err(jetstream_error) };
@@ -196,9 +244,62 @@ async fn listed(bucket: &kv::Store, now: OffsetDateTime) -> Result<Vec<ClusterNo
         // Written by other programs too: an entry that is no announcement is left out.
         let Ok(announcement) = serde_json::from_slice::<Announcement>(&entry.value) else { continue };
         let age = u64::try_from((now - entry.created).whole_milliseconds()).unwrap_or(0);
-        let gone = Duration::from_millis(age) > GONE_AFTER;
-        nodes.push(ClusterNode { node: name, age_ms: age, gone, announcement });
+        nodes.push(ClusterNode { node: name, age_ms: age, gone: false, announcement });
     }
+    mark_gone(&mut nodes);
     nodes.sort_by(|a, b| a.node.cmp(&b.node));
     Ok(nodes)
+}
+
+/// Marks the nodes silent for [`GONE_AFTER`] while NATS took announcements: silence counts for
+/// as long as the node announcing without a failure for the longest (among those that announced
+/// within [`GONE_AFTER`]) has been announcing; with no such node, or one that never failed, all
+/// of it counts.
+fn mark_gone(nodes: &mut [ClusterNode]) {
+    let gone_after = u64::try_from(GONE_AFTER.as_millis()).unwrap_or(u64::MAX);
+    let heard = nodes.iter().filter(|node| node.age_ms <= gone_after);
+    let taking_for = heard
+        .map(|node| node.announcement.announcing_for_ms.map_or(u64::MAX, |taken| taken.saturating_add(node.age_ms)))
+        .max()
+        .unwrap_or(u64::MAX);
+    for node in nodes {
+        node.gone = node.age_ms.min(taking_for) > gone_after;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Node `name`, heard from `age_ms` ago, announcing then for `for_ms` (`None`: always).
+    fn node(name: &str, age_ms: u64, for_ms: Option<u64>) -> ClusterNode {
+        let announcement = Announcement {
+            instance: 0,
+            announcing_for_ms: for_ms,
+            builds: Default::default(),
+            status: Default::default(),
+        };
+        ClusterNode { node: name.to_owned(), age_ms, gone: false, announcement }
+    }
+
+    fn gone(mut nodes: Vec<ClusterNode>) -> Vec<String> {
+        mark_gone(&mut nodes);
+        nodes.into_iter().filter(|node| node.gone).map(|node| node.node).collect()
+    }
+
+    #[test]
+    fn a_node_is_gone_once_silent_for_six_seconds_while_nats_took_announcements() {
+        // NATS never failed the others: silence counts whole.
+        assert_eq!(gone(vec![node("a", 500, None), node("b", 6_500, None)]), ["b"]);
+        assert!(gone(vec![node("a", 500, None), node("b", 5_500, None)]).is_empty());
+        // After an outage, the announcements taken again for 1.5 s (1 s, then 500 ms since): a
+        // node silent for 9 s had 1.5 s to speak up, not 6.
+        assert!(gone(vec![node("a", 500, Some(1_000)), node("b", 9_000, None)]).is_empty());
+        // ... and once they have been taken for over 6 s, it is gone.
+        assert_eq!(gone(vec![node("a", 500, Some(6_000)), node("b", 9_000, None)]), ["b"]);
+        // The node taken for longest counts: one that was cut off alone does not shorten it.
+        assert_eq!(gone(vec![node("a", 500, Some(100)), node("c", 0, None), node("b", 9_000, None)]), ["b"]);
+        // Nobody heard from: every silence counts whole.
+        assert_eq!(gone(vec![node("a", 7_000, Some(100)), node("b", 9_000, None)]), ["a", "b"]);
+    }
 }
