@@ -1,8 +1,9 @@
 //! Several engine nodes on one real `nats-server -js`: data published through any node reaches
 //! the clients of every node, a batch whole, and a node that cannot reach NATS refuses writes at
 //! once rather than applying them later. On three NATS servers with replicated streams (the
-//! production topology), the nodes outlive the loss of a server, and of all three at once, and a
-//! deploy waiting for its nodes meanwhile returns once every node serves its build.
+//! production topology), the nodes outlive the loss of a server, and of all three at once, and
+//! deploys waiting for their nodes meanwhile, or made as NATS comes back, return once every node
+//! serves their builds.
 
 use std::time::Duration;
 
@@ -189,7 +190,7 @@ async fn on_three_nats_servers_with_three_replicas_the_nodes_outlive_the_stream_
     // store 2 s later: once NATS has elected its leaders again, a write is acknowledged and every
     // node converges to it, nothing skipped or applied twice (the clients' account, written first,
     // is still there).
-    let deploying = WaitingDeploy::start(&urls);
+    let waiting = WaitingDeploy::start(&urls, "versioned", artifacts::VERSIONED_V1).await;
     for server in &mut servers {
         server.kill();
     }
@@ -197,66 +198,83 @@ async fn on_three_nats_servers_with_three_replicas_the_nodes_outlive_the_stream_
     for server in &mut servers {
         server.restart();
     }
+    // A deploy right away: JetStream answers nothing until NATS has elected its leaders, and the
+    // deploy asks again meanwhile.
+    let right_away = WaitingDeploy::start(&urls, "fresh", artifacts::VERSIONED_V2).await;
     let after = json!({"put": {"AAPL": {"price": 5}, "MSFT": {"price": 6}}});
     let revision = write_once_nats_takes_it(&nodes[1], &after, Duration::from_secs(60)).await;
     for client in &mut clients {
         assert_eq!(parse(&client.next_text(SOON * 4).await)["total"], 80.0, "a frame shows the batch whole");
     }
     until_every_node_at(&nodes, revision).await;
-    // The deploy asked again while JetStream did not answer, and took the nodes silent during the
-    // outage for live ones still to come, not gone: when it returns, every node serves its build.
-    let output = deploying.finished().await;
-    assert!(output.contains("served by all 3 live nodes"), "{output}");
-    let build = wasmpush::plugin::content_hash(&std::fs::read(artifacts::VERSIONED_V1).unwrap());
-    for node in &nodes {
-        let status = node.status().await;
-        let plugins = status["plugins"].as_array().unwrap();
-        assert!(
-            plugins.iter().any(|plugin| plugin["name"] == "versioned" && plugin["version"] == build.as_str()),
-            "{} does not serve the build the deploy waited for: {status}",
-            node.addr
-        );
+    // The deploys asked again while JetStream did not answer, and took the nodes silent during
+    // the outage for live ones still to come, not gone: when they return, every node serves their
+    // builds.
+    for deploy in [waiting, right_away] {
+        deploy.finished(&nodes).await;
     }
 }
 
-/// `wasmpush deploy versioned --wait 90` to a cluster, running.
+/// `wasmpush deploy PLUGIN FILE --wait 90` to a cluster, running.
 struct WaitingDeploy {
+    plugin: &'static str,
+    build: String,
     child: std::process::Child,
     stdout: std::io::BufReader<std::process::ChildStdout>,
 }
 
 impl WaitingDeploy {
-    /// Deploys `versioned` v1 through NATS `urls`; returns once the build is deployed and the
+    /// Deploys `file` as `plugin` through NATS `urls`; returns once the build is deployed and the
     /// command waits for the nodes.
-    fn start(urls: &[String]) -> WaitingDeploy {
-        use std::io::BufRead as _;
-        let mut child = Command::new(BINARY)
-            .args(["deploy", "versioned", artifacts::VERSIONED_V1, "--nats", &urls.join(","), "--wait", "90"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut deployed = String::new();
-        stdout.read_line(&mut deployed).unwrap();
-        assert!(deployed.starts_with("deployed versioned"), "{deployed:?}");
-        WaitingDeploy { child, stdout }
+    async fn start(urls: &[String], plugin: &'static str, file: &'static str) -> WaitingDeploy {
+        let urls = urls.join(",");
+        tokio::task::spawn_blocking(move || {
+            use std::io::BufRead as _;
+            let mut child = Command::new(BINARY)
+                .args(["deploy", plugin, file, "--nats", &urls, "--wait", "90"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+            let mut deployed = String::new();
+            stdout.read_line(&mut deployed).unwrap();
+            if !deployed.starts_with(&format!("deployed {plugin}")) {
+                let output = child.wait_with_output().unwrap();
+                panic!("the deploy of {plugin} failed: {}", String::from_utf8_lossy(&output.stderr));
+            }
+            let build = wasmpush::plugin::content_hash(&std::fs::read(file).unwrap());
+            WaitingDeploy { plugin, build, child, stdout }
+        })
+        .await
+        .unwrap()
     }
 
-    /// Waits for the command to end; what it printed after the deploy. Panics if it failed.
-    async fn finished(self) -> String {
-        let WaitingDeploy { child, mut stdout } = self;
-        tokio::task::spawn_blocking(move || {
+    /// Waits for the command to end: it must say that all of `nodes` serve the build, and they
+    /// must.
+    async fn finished(self, nodes: &[TestEngine]) {
+        let WaitingDeploy { plugin, build, child, mut stdout } = self;
+        let printed = tokio::task::spawn_blocking(move || {
             use std::io::Read as _;
             let mut printed = String::new();
             stdout.read_to_string(&mut printed).unwrap();
             let output = child.wait_with_output().unwrap();
             let stderr = String::from_utf8_lossy(&output.stderr);
-            assert!(output.status.success(), "the waiting deploy failed: {stderr}");
+            assert!(output.status.success(), "the waiting deploy of {plugin} failed: {stderr}");
             printed
         })
         .await
-        .unwrap()
+        .unwrap();
+        assert!(printed.contains(&format!("served by all {} live nodes", nodes.len())), "{printed}");
+        for node in nodes {
+            let status = node.status().await;
+            let plugins = status["plugins"].as_array().unwrap();
+            assert!(
+                plugins.iter().any(|served| served["name"] == plugin && served["version"] == build.as_str()),
+                "{} does not serve the build the deploy of {plugin} waited for: {status}",
+                node.addr
+            );
+        }
     }
 }
 

@@ -3,7 +3,9 @@
 //! run (`--shadow`). With `--nats URL`, to every node of a cluster: the build goes into the cluster's Object Store, named by its hash, and plugin NAME's pointer moves
 //! to it by compare-and-swap (`cluster::plugins`); every node fetches, validates and hot-swaps
 //! it. With `--wait SECS` the command returns once every live node (at least one) serves the
-//! build, and fails naming each node that could not load it, or saying that no node runs.
+//! build, and fails naming each node that could not load it, or saying that no node runs. A
+//! deploy, and the wait, ask JetStream again while it does not answer (a NATS cluster electing its
+//! leaders).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,10 +18,15 @@ use clap::Args;
 
 use super::rollouts::{Admin, AdminArgs, Shipping, deploy};
 use crate::admin::ReloadErrorStatus;
-use crate::cluster::{ANNOUNCE_PERIOD, Cluster, ClusterError, ClusterNode, Deployed};
+use crate::cluster::{ANNOUNCE_PERIOD, Cluster, ClusterError, ClusterNode, DeployError, Deployed};
 use crate::config::Config;
+use crate::plugin::content_hash;
 use crate::registry::MAX_PLUGIN_BYTES;
 use crate::rollout::RolloutKind;
+
+/// How long a deploy to a cluster asks again while JetStream does not answer (a NATS cluster
+/// restarted whole answers nothing until it has elected its leaders, seconds later).
+const PATIENCE: Duration = Duration::from_secs(30);
 
 /// What to deploy, and where.
 #[derive(Debug, Args)]
@@ -104,8 +111,14 @@ pub(super) fn run(
     runtime.block_on(async {
         let cluster = Cluster::connect_once(&settings, config.max_value_bytes).await?;
         if let Some((kind, secs)) = rollout {
-            let Deployed { pointer, revision } =
-                cluster.deploy_rollout(&args.name, &wasm, kind, Duration::from_secs(secs)).await?;
+            let build = content_hash(&wasm);
+            let Deployed { pointer, revision } = patiently(
+                &cluster,
+                &args.name,
+                || cluster.deploy_rollout(&args.name, &wasm, kind, Duration::from_secs(secs)),
+                |now| now.pointer.rollout.as_ref().is_some_and(|rollout| rollout.candidate == build),
+            )
+            .await?;
             let candidate = pointer.rollout.map(|rollout| rollout.candidate).unwrap_or_default();
             println!(
                 "started a cluster {} of {} for {secs} s: build {candidate:.12}, pointer revision {revision}",
@@ -114,7 +127,10 @@ pub(super) fn run(
             );
             return Ok(ExitCode::SUCCESS);
         }
-        let Deployed { pointer, revision } = cluster.deploy(&args.name, &wasm).await?;
+        let build = content_hash(&wasm);
+        let Deployed { pointer, revision } =
+            patiently(&cluster, &args.name, || cluster.deploy(&args.name, &wasm), |now| now.pointer.build == build)
+                .await?;
         println!(
             "deployed {}: build {} ({} bytes), pointer revision {revision}",
             args.name, pointer.build, pointer.bytes
@@ -124,6 +140,38 @@ pub(super) fn run(
         }
         wait_for_nodes(&cluster, &args.name, &pointer.build, Duration::from_secs(args.wait)).await
     })
+}
+
+/// Runs `attempt` (one try of a deploy of plugin `plugin`), again while it fails for want of
+/// JetStream's answer, for up to [`PATIENCE`]. A try whose pointer move was taken although its
+/// answer was lost is told by the pointer, which `landed` says shows this deploy: it is not made
+/// twice.
+async fn patiently<Attempt>(
+    cluster: &Cluster,
+    plugin: &str,
+    mut attempt: impl FnMut() -> Attempt,
+    landed: impl Fn(&Deployed) -> bool,
+) -> Result<Deployed, DeployError>
+where
+    Attempt: Future<Output = Result<Deployed, DeployError>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let err = match attempt().await {
+            Err(DeployError::Cluster(err)) => err,
+            done => return done,
+        };
+        if let Ok(Some(now)) = cluster.pointer(plugin).await
+            && landed(&now)
+        {
+            return Ok(now);
+        }
+        if Instant::now() >= deadline {
+            return Err(err.into());
+        }
+        eprintln!("{err}: asking again");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Waits until every live node, and at least one, serves `build` of `plugin`; fails when a node

@@ -37,7 +37,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use crate::config::{ClusterSettings, RolloutSettings};
-pub use plugins::{Deployed, START_SYNC_TIME};
+pub use plugins::{DeployError, Deployed, START_SYNC_TIME};
 pub use presence::{ANNOUNCE_PERIOD, Announcement, ClusterNode, NAME_TAKEN};
 
 /// The KV bucket holding every data bucket's keys.
