@@ -1,12 +1,12 @@
 //! A cluster's plugin builds and its list of nodes, on a real `nats-server -js`: `wasmpush deploy`
 //! reaches every node without dropping a client, two racing deploys have one winner (a deploy
-//! waiting for its nodes says so when another replaces its build), a build no
-//! node can load leaves the old one serving and is reported, a node that joins serves the
-//! current builds, old builds are removed once no node serves them; every node lists every node,
-//! a stopped one leaves at once, a killed one is marked gone (silence while NATS was down does
-//! not count), two processes under one name both
-//! say so. A node's or the deploying machine's clock a minute off (libfaketime) changes none of
-//! it, nor a cluster canary's window.
+//! waiting for its nodes says so when another replaces its build), a build no node can load
+//! leaves the old one serving and is reported, a node that joins serves the current builds, old
+//! builds are removed once no node serves them; every node lists every node, a stopped one leaves
+//! at once, a killed one is marked gone (silence while NATS was down does not count), two
+//! processes under one name both say so (and a console, in Chromium, shows it). A node's or the
+//! deploying machine's clock a minute off (libfaketime) changes none of it, nor a cluster canary's
+//! window.
 
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use serde_json::Value;
 use wasmpush_tests::http::request;
-use wasmpush_tests::{Client, NatsServer, artifacts};
+use wasmpush_tests::{Browser, Client, NatsServer, artifacts};
 
 use crate::cluster::nodes_on;
 use crate::data::parse;
@@ -411,9 +411,22 @@ async fn two_processes_given_one_node_name_both_say_so_until_one_stops() {
     .await;
     let me = other.status().await;
     assert!(me.get("name_conflict").is_none(), "a node with a name of its own: {me}");
+    // The third node's console (headless Chromium) marks the name's row, and not its own.
+    let mut page = Browser::open(&format!("http://{}/console", other.admin_addr)).await;
+    let rows = "[...document.querySelectorAll('#nodes tbody tr')]";
+    let state = |name: &str| format!("{rows}.find(r => r.cells[0].textContent === '{name}')?.cells[1].textContent");
+    let shown = format!("{rows}.map(r => r.className + ':' + r.textContent)");
+    let twin_marked = format!(
+        "{} === 'name taken by another process' && {rows}.find(r => r.cells[0].textContent === 'twin').className === 'bad'",
+        state("twin")
+    );
+    page.wait_for(&twin_marked, Duration::from_secs(20), &shown).await;
+    let own = format!("{}-{}", hostname(), other.addr.port());
+    assert_eq!(page.eval(&state(&own)).await, "live", "{}", page.eval(&shown).await);
     second.stop().await.unwrap();
     until_every_status(&[&first], "stopped saying its name is taken", |status| status.get("name_conflict").is_none())
         .await;
+    page.wait_for(&format!("{} === 'live'", state("twin")), Duration::from_secs(20), &shown).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,7 +96,8 @@ pub struct NodeRow {
     pub gone: bool,
     /// Milliseconds since it last did.
     pub age_ms: u64,
-    /// Its connections, pushes per second, NATS link, lag and data revision, as it announced them.
+    /// Its connections, pushes per second, NATS link, lag, data revision, and why it is degraded
+    /// or its name is taken, if so, as it announced them.
     pub status: serde_json::Value,
 }
 
@@ -107,8 +108,16 @@ impl NodeRow {
         let mut status = node.announcement.status;
         if let Some(fields) = status.as_object_mut() {
             fields.retain(|name, _| {
-                ["connections", "pushes_per_sec", "nats_connected", "data_lag", "data_revision", "degraded"]
-                    .contains(&name.as_str())
+                [
+                    "connections",
+                    "pushes_per_sec",
+                    "nats_connected",
+                    "data_lag",
+                    "data_revision",
+                    "degraded",
+                    "name_conflict",
+                ]
+                .contains(&name.as_str())
             });
         }
         NodeRow { node: node.node, gone: node.gone, age_ms: node.age_ms, status }
