@@ -110,8 +110,8 @@ pub(super) fn run(
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let cluster = Cluster::connect_once(&settings, config.max_value_bytes).await?;
+        let build = content_hash(&wasm);
         if let Some((kind, secs)) = rollout {
-            let build = content_hash(&wasm);
             let Deployed { pointer, revision } = patiently(
                 &cluster,
                 &args.name,
@@ -127,10 +127,9 @@ pub(super) fn run(
             );
             return Ok(ExitCode::SUCCESS);
         }
-        let build = content_hash(&wasm);
+        let deployed = |now: &Deployed| now.pointer.build == build && now.pointer.rollout.is_none();
         let Deployed { pointer, revision } =
-            patiently(&cluster, &args.name, || cluster.deploy(&args.name, &wasm), |now| now.pointer.build == build)
-                .await?;
+            patiently(&cluster, &args.name, || cluster.deploy(&args.name, &wasm), deployed).await?;
         println!(
             "deployed {}: build {} ({} bytes), pointer revision {revision}",
             args.name, pointer.build, pointer.bytes
@@ -237,18 +236,20 @@ async fn look(cluster: &Cluster, plugin: &str, build: &str) -> Result<Seen, Clus
         return Ok(Seen::Replaced { build: now.pointer.build, revision: now.revision });
     }
     let nodes: Vec<ClusterNode> = cluster.nodes().await?.into_iter().filter(|node| !node.gone).collect();
-    let failures = nodes.iter().filter_map(|node| Some((node, failure(node, plugin, build)?)));
-    let failed: Vec<String> = failures
-        .filter(|(_, error)| !error.retried)
+    let reports: Vec<(&ClusterNode, Option<ReloadErrorStatus>)> =
+        nodes.iter().map(|node| (node, failure(node, plugin, build))).collect();
+    let failed: Vec<String> = reports
+        .iter()
+        .filter_map(|(node, error)| error.as_ref().filter(|error| !error.retried).map(|error| (node, error)))
         .map(|(node, error)| format!("  {}: {}", node.node, error.reason))
         .collect();
     if !failed.is_empty() {
         return Ok(Seen::Failed(failed));
     }
-    let waiting: Vec<String> = nodes
+    let waiting: Vec<String> = reports
         .iter()
-        .filter(|node| !serves(node, plugin, build))
-        .map(|node| match failure(node, plugin, build) {
+        .filter(|(node, _)| !serves(node, plugin, build))
+        .map(|(node, error)| match error {
             Some(error) => format!("{} ({}, tried again)", node.node, error.reason),
             None => node.node.clone(),
         })
