@@ -137,7 +137,7 @@ bench +COUNTS="1000 5000 19000": setup
     tests/bench.sh {{target_dir}} {{COUNTS}}
     just bench-host
 
-# Three release engines on one NATS JetStream server against one engine: live-data latency per node, nothing lost, publish throughput, convergence after NATS is killed, a node joining with 100,000 keys, rollout time
+# Three release engines on one NATS JetStream server, then on three, against one engine (measured twice): live-data latency per node, nothing lost, publish throughput, convergence after NATS is killed, a node joining with 100,000 keys, rollout time
 [group('bench')]
 bench-cluster: setup setup-nats
     cargo build --release -p wasmpush --bin wasmpush -p wasmpush-tests --bin data_bench

@@ -4,7 +4,8 @@
 # - live data: 9,000 event-driven `portfolio` connections (tick_ms = 0) on one node, then 3,000 on
 #   each of three nodes, under a feeder of 200 price updates a second through one node's publish
 #   API: update posted -> frame and acknowledged -> frame p50/p99 per node, posted -> first frame
-#   and posted -> acknowledged per batch (which of the two comes first), and stale clients;
+#   and posted -> acknowledged per batch (which of the two comes first), and stale clients; the
+#   one node's baseline is measured twice, first and before the production topology;
 # - nothing lost: every node's applied revision against the stream's last;
 # - publish throughput: the publish API alone, one node against a cluster node (through NATS);
 # - convergence: NATS killed (-9) and restarted on its store; the time from it accepting
@@ -139,13 +140,19 @@ for account in json.load(sys.stdin).get("account_details", []):
         if stream["name"] == "KV_wasmpush-data":
             print(stream["state"]["last_seq"])'; }
 
+# Runs the feed on one node alone with 9,000 clients (the baseline), then, with "publish" as $1, the
+# publish API alone.
+feed_one_node() {
+  rm -rf "$work/node1/data"
+  start_node 1
+  "$data_bench" --url ws://127.0.0.1:21503/ws/portfolio --publish 127.0.0.1:21505 --connections 9000 --seconds 20 \
+    --sources 127.0.0.1,127.0.0.2
+  if [[ "${1:-}" == publish ]]; then "$data_bench" --publish 127.0.0.1:21505 --publish-only --seconds 10; fi
+  stop_nodes
+}
+
 echo "## One node, 9,000 portfolio connections"
-start_node 1
-"$data_bench" --url ws://127.0.0.1:21503/ws/portfolio --publish 127.0.0.1:21505 --connections 9000 --seconds 20 \
-  --sources 127.0.0.1,127.0.0.2 > "$work/single.json"
-cat "$work/single.json"
-"$data_bench" --publish 127.0.0.1:21505 --publish-only --seconds 10
-stop_nodes
+feed_one_node publish
 
 urls=ws://127.0.0.1:21503/ws/portfolio,ws://127.0.0.1:22503/ws/portfolio,ws://127.0.0.1:23503/ws/portfolio
 # Starts nodes 1-3 as start_node's $1 says, runs the feed on 3,000 clients of each (JSON in
@@ -253,6 +260,10 @@ roll_out nats://127.0.0.1:$nats_port
 stop_nodes
 kill "$nats_pid"; wait "$nats_pid" 2>/dev/null || true; nats_pid=""
 
+# The baseline again, next to the production topology's feed: on this shared machine a run's
+# figures can be disturbed for a while, which one baseline would hide.
+echo "## One node again, 9,000 portfolio connections (the baseline, measured a second time)"
+feed_one_node
 echo "## Three NATS servers in a NATS cluster, three replicas; 3,000 portfolio connections on each node, each node on its own server"
 start_nats_cluster
 feed_three_nodes replicated 18223
