@@ -152,10 +152,14 @@ impl Cluster {
             let mut announcing = announcement();
             announcing.announcing_for_ms = taken.for_ms();
             match self.announce_once(&node, &announcing, announced).await {
-                Ok(()) => {
+                Ok(bucket) => {
                     announced = true;
                     if taken == Taken::Not {
                         taken = Taken::Since(Instant::now());
+                    }
+                    // Its own failure says nothing of whether announcements are taken.
+                    if let Err(err) = self.tend(&node, &bucket).await {
+                        tracing::debug!(cause = %err, "cannot tend the cluster's builds and rollouts this round");
                     }
                 }
                 Err(err) => {
@@ -170,15 +174,14 @@ impl Cluster {
         }
     }
 
-    /// Puts this node's entry (first checking, once this process's own put was taken, that
-    /// the entry still holds it); on the live node with the smallest name, removes old builds
-    /// and judges rollouts, on the server's clock read once for the round.
+    /// Puts this node's entry, first checking, once this process's own put was taken, that the
+    /// entry still holds it; the bucket it put it in.
     async fn announce_once(
         &self,
         node: &str,
         announcement: &Announcement,
         announced: bool,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<kv::Store, ClusterError> {
         let value = serde_json::to_vec(announcement).expect("an announcement serializes");
         let bucket = self.nodes_bucket().await?;
         if announced {
@@ -189,8 +192,14 @@ impl Cluster {
             }
         }
         bucket.put(node, value.into()).await.map_err(jetstream_error)?;
+        Ok(bucket)
+    }
+
+    /// On the live node with the smallest name in `bucket` (`node`, if it is), removes old
+    /// builds and judges rollouts, on the server's clock read once for the round.
+    async fn tend(&self, node: &str, bucket: &kv::Store) -> Result<(), ClusterError> {
         let now = self.server_now(&bucket.stream_name).await?;
-        let nodes = listed(&bucket, now).await?;
+        let nodes = listed(bucket, now).await?;
         let live = || nodes.iter().filter(|known| !known.gone);
         if live().map(|known| known.node.as_str()).min() == Some(node) {
             let served = live().flat_map(|known| known.announcement.builds.iter().cloned()).collect();
