@@ -268,14 +268,19 @@ impl WaitingDeploy {
         assert!(printed.contains(&format!("served by all {} live nodes", nodes.len())), "{printed}");
         for node in nodes {
             let status = node.status().await;
-            let plugins = status["plugins"].as_array().unwrap();
             assert!(
-                plugins.iter().any(|served| served["name"] == plugin && served["version"] == build.as_str()),
+                plugin_of(&status, plugin)["version"] == build.as_str(),
                 "{} does not serve the build the deploy of {plugin} waited for: {status}",
                 node.addr
             );
         }
     }
+}
+
+/// Plugin `plugin`'s entry of a `/status` (null if it is not served).
+pub(crate) fn plugin_of(status: &Value, plugin: &str) -> Value {
+    let plugins = status["plugins"].as_array().unwrap();
+    plugins.iter().find(|served| served["name"] == plugin).cloned().unwrap_or_default()
 }
 
 /// POSTs `batch` to bucket `prices` through `node` until NATS acknowledges it (answered 503 or

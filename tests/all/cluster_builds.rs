@@ -16,7 +16,7 @@ use serde_json::Value;
 use wasmpush_tests::http::request;
 use wasmpush_tests::{Browser, Client, NatsServer, artifacts};
 
-use crate::cluster::nodes_on;
+use crate::cluster::{nodes_on, plugin_of};
 use crate::data::parse;
 use crate::util::{BINARY, SOON, until_version, version_of, write_config};
 
@@ -369,8 +369,7 @@ async fn versioned_status(node: &wasmpush_tests::TestEngine) -> Value {
 
 /// Plugin `versioned`'s entry of a `/status`.
 fn versioned_of(status: &Value) -> Value {
-    let plugins = status["plugins"].as_array().unwrap();
-    plugins.iter().find(|plugin| plugin["name"] == "versioned").cloned().unwrap_or_default()
+    plugin_of(status, "versioned")
 }
 
 /// Waits up to 30 s until `check` holds of every node's `versioned` status.

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::rollouts::{Admin, AdminArgs, Shipping, deploy};
-use crate::admin::ReloadErrorStatus;
+use crate::admin::{ReloadErrorStatus, Status};
 use crate::cluster::{ANNOUNCE_PERIOD, Cluster, ClusterError, ClusterNode, DeployError, Deployed};
 use crate::config::Config;
 use crate::plugin::content_hash;
@@ -236,39 +236,50 @@ async fn look(cluster: &Cluster, plugin: &str, build: &str) -> Result<Seen, Clus
         return Ok(Seen::Replaced { build: now.pointer.build, revision: now.revision });
     }
     let nodes: Vec<ClusterNode> = cluster.nodes().await?.into_iter().filter(|node| !node.gone).collect();
-    let reports: Vec<(&ClusterNode, Option<ReloadErrorStatus>)> =
-        nodes.iter().map(|node| (node, failure(node, plugin, build))).collect();
+    let reports: Vec<Report> = nodes.iter().map(|node| report(node, plugin, build)).collect();
     let failed: Vec<String> = reports
         .iter()
-        .filter_map(|(node, error)| error.as_ref().filter(|error| !error.retried).map(|error| (node, error)))
-        .map(|(node, error)| format!("  {}: {}", node.node, error.reason))
+        .filter_map(|report| {
+            let error = report.failure.as_ref().filter(|error| !error.retried)?;
+            Some(format!("  {}: {}", report.node, error.reason))
+        })
         .collect();
     if !failed.is_empty() {
         return Ok(Seen::Failed(failed));
     }
     let waiting: Vec<String> = reports
         .iter()
-        .filter(|(node, _)| !serves(node, plugin, build))
-        .map(|(node, error)| match error {
-            Some(error) => format!("{} ({}, tried again)", node.node, error.reason),
-            None => node.node.clone(),
+        .filter(|report| !report.serves)
+        .map(|report| match &report.failure {
+            Some(error) => format!("{} ({}, tried again)", report.node, error.reason),
+            None => report.node.to_owned(),
         })
         .collect();
     Ok(if waiting.is_empty() && !nodes.is_empty() { Seen::Served(nodes.len()) } else { Seen::Waiting(waiting) })
 }
 
-/// Whether `node` serves `build` as plugin `plugin` (the same build may serve under other names).
-fn serves(node: &ClusterNode, plugin: &str, build: &str) -> bool {
-    let plugins = node.announcement.status.get("plugins").and_then(|plugins| plugins.as_array());
-    plugins.into_iter().flatten().any(|served| served["name"] == plugin && served["version"] == build)
+/// What a node reports of a build of a plugin.
+struct Report<'a> {
+    /// The node's name.
+    node: &'a str,
+    /// Whether it serves the build as the plugin (the same build may serve under other names).
+    serves: bool,
+    /// Its failure to load the build as the plugin, if it reports one: for good, or for now (a
+    /// fetch that failed, tried again).
+    failure: Option<ReloadErrorStatus>,
 }
 
-/// What `node` reports if `build` failed to load as `plugin` there: for good, or for now (a
-/// fetch that failed, tried again). Told by the build, not by the time: the node's clock and this
-/// machine's need not agree, and an older failure of another build is not this one's. (A node
-/// that failed this very build before is taken at its word until it tries again.)
-fn failure(node: &ClusterNode, plugin: &str, build: &str) -> Option<ReloadErrorStatus> {
-    let error = node.announcement.status.get("last_reload_error")?;
-    let error: ReloadErrorStatus = serde_json::from_value(error.clone()).ok()?;
-    (error.plugin == plugin && error.build.as_deref() == Some(build)).then_some(error)
+/// What `node` reports of `build` of `plugin`, read once from the status it announced (one this
+/// version cannot read serves nothing and reports nothing). A failure is told by the build, not
+/// by the time: the node's clock and this machine's need not agree, and an older failure of
+/// another build is not this one's. (A node that failed this very build before is taken at its
+/// word until it tries again.)
+fn report<'a>(node: &'a ClusterNode, plugin: &str, build: &str) -> Report<'a> {
+    let status = serde_json::from_value::<Status>(node.announcement.status.clone()).ok();
+    let serves =
+        status.iter().flat_map(|status| &status.plugins).any(|served| served.name == plugin && served.version == build);
+    let failure = status
+        .and_then(|status| status.last_reload_error)
+        .filter(|error| error.plugin == plugin && error.build.as_deref() == Some(build));
+    Report { node: &node.node, serves, failure }
 }
