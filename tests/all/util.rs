@@ -112,8 +112,21 @@ pub fn plugins_dir_with_quote(dir: &Path) -> PathBuf {
 }
 
 /// A free loopback port (bound, then released).
+///
+/// The port is left in TIME_WAIT by a connection its side closed first, which keeps the kernel
+/// from handing it to another `bind` to port 0 or to an outgoing connection of a test running
+/// alongside, while the engine, which binds with `SO_REUSEADDR` (as std's listener here does, so
+/// the TIME_WAIT socket carries it too), can take it at once. A port merely bound and released is
+/// free for either until the engine binds it: on this machine one such port went to one of the
+/// next 17,000 sockets opened, a reserved one to none.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let client = std::net::TcpStream::connect(address).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    drop(accepted);
+    drop(client);
+    address.port()
 }
 
 /// A config file for `plugins` on three free ports (WebSocket, admin, publish) with its data in
