@@ -307,23 +307,20 @@ async fn every_node_lists_every_node_a_stopped_one_leaves_and_a_killed_one_is_ma
     // NATS down for 7 s, the daemon frozen meanwhile: once NATS is back, the node that speaks
     // first does not take the daemon for gone (silence while NATS took no announcement does not
     // count), until its own announcements have been taken for 6 s; the daemon, woken, is live.
+    // So does a node started as NATS comes back, although none of its puts ever failed: it
+    // knows nothing of the time before it started.
     let signal = |signal| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
     signal(nix::sys::signal::Signal::SIGSTOP);
     nats.kill();
     tokio::time::sleep(Duration::from_secs(7)).await;
     nats.restart();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let heard_again = loop {
-        // Whether the listing node is heard again (it is listed, not gone).
-        if let Some(listed) = listing(nodes[0].admin_addr).await
-            && listed.contains(&(names[0].clone(), false))
-        {
-            break listed;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the node was never heard again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(heard_again.contains(&("daemon-node".to_owned(), false)), "{heard_again:?}");
+    let newcomer = nodes_on(&nats, 1).await.remove(0);
+    let newcomer_name = format!("{}-{}", hostname(), newcomer.addr.port());
+    let (survivor_heard, newcomer_heard) =
+        tokio::join!(heard_again(nodes[0].admin_addr, &names[0]), heard_again(newcomer.admin_addr, &newcomer_name));
+    for heard in [survivor_heard, newcomer_heard] {
+        assert!(heard.contains(&("daemon-node".to_owned(), false)), "{heard:?}");
+    }
     until_listed(nodes[0].admin_addr, Duration::from_secs(10), |listed| {
         listed.contains(&("daemon-node".to_owned(), true))
     })
@@ -345,6 +342,21 @@ async fn every_node_lists_every_node_a_stopped_one_leaves_and_a_killed_one_is_ma
         cluster["nodes"].as_array().unwrap().iter().find(|node| node["node"] == names[0].as_str()).unwrap().clone();
     assert_eq!(me["status"]["nats_connected"], true, "{me}");
     assert_eq!(me["gone"], false);
+}
+
+/// The first list `admin` gives in which node `name` (the one asked) is heard again: listed, not
+/// gone; within 30 s.
+async fn heard_again(admin: std::net::SocketAddr, name: &str) -> Vec<(String, bool)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(listed) = listing(admin).await
+            && listed.contains(&(name.to_owned(), false))
+        {
+            return listed;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{name} was never heard again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Kills process `pid` when the test ends, however it ends.

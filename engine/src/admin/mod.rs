@@ -216,8 +216,8 @@ impl AdminState {
     pub fn announcement(&self) -> Announcement {
         Announcement {
             instance: self.cluster.as_ref().map_or(0, Cluster::instance),
-            // Told by the announcing loop, which knows when its announcements failed.
-            announcing_for_ms: None,
+            // Told by the announcing loop, which knows since when its announcements are taken.
+            announcing_for_ms: 0,
             builds: self.registry.snapshot().values().map(|version| version.hash.clone()).collect(),
             status: serde_json::to_value(self.status()).expect("a status serializes"),
         }

@@ -78,35 +78,26 @@ pub struct Announcement {
     /// The announcing process's instance number (see [`Cluster::instance`]).
     #[serde(default)]
     pub instance: u64,
-    /// How long this process's announcements have been taken since one last failed, in ms,
-    /// when it was made; `None` if none failed since the process started.
+    /// How long this process's announcements had been taken when it was made, in ms: since its
+    /// first, or since one last failed. A process knows nothing of NATS before it started, so a
+    /// node restarted during an outage does not vouch for the time before (0 when missing).
     #[serde(default)]
-    pub announcing_for_ms: Option<u64>,
+    pub announcing_for_ms: u64,
     /// The builds it serves (their SHA-256), whichever plugin.
     pub builds: BTreeSet<String>,
     /// Its status, as its admin endpoint's `/status` answers.
     pub status: serde_json::Value,
 }
 
-/// Whether a node's announcements are taken.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Taken {
-    /// Every one since the process started.
-    Always,
-    /// Not the last one.
-    Not,
-    /// Every one since this instant, after one that was not.
-    Since(Instant),
-}
+/// Since when a node's announcements are taken: the first taken after the process started or
+/// after one that was not; `None` while none is.
+#[derive(Debug, Clone, Copy, Default)]
+struct TakenSince(Option<Instant>);
 
-impl Taken {
-    /// What an announcement says of it: how long they have been taken, in ms (`None`: always).
-    fn for_ms(self) -> Option<u64> {
-        match self {
-            Taken::Always => None,
-            Taken::Not => Some(0),
-            Taken::Since(at) => Some(u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
-        }
+impl TakenSince {
+    /// What an announcement says of it: how long they have been taken, in ms.
+    fn for_ms(self) -> u64 {
+        self.0.map_or(0, |since| u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX))
     }
 }
 
@@ -137,7 +128,7 @@ impl Cluster {
         // Whether a put of this process's announcement was taken: from then on, the entry holds
         // it unless another process announces under this name.
         let mut announced = false;
-        let mut taken = Taken::Always;
+        let mut taken = TakenSince::default();
         loop {
             tokio::select! {
                 _ = every.tick() => {}
@@ -146,7 +137,7 @@ impl Cluster {
             // A put while NATS is unreachable would wait for it and be taken once it is back, as
             // if nothing had happened: the round is missed instead.
             if !self.is_connected() {
-                taken = Taken::Not;
+                taken = TakenSince::default();
                 continue;
             }
             let mut announcing = announcement();
@@ -154,9 +145,7 @@ impl Cluster {
             match self.announce_once(&node, &announcing, announced).await {
                 Ok(bucket) => {
                     announced = true;
-                    if taken == Taken::Not {
-                        taken = Taken::Since(Instant::now());
-                    }
+                    taken.0.get_or_insert_with(Instant::now);
                     // Its own failure says nothing of whether announcements are taken.
                     if let Err(err) = self.tend(&node, &bucket).await {
                         tracing::debug!(cause = %err, "cannot tend the cluster's builds and rollouts this round");
@@ -164,7 +153,7 @@ impl Cluster {
                 }
                 Err(err) => {
                     tracing::debug!(cause = %err, "cannot announce this node to the cluster");
-                    taken = Taken::Not;
+                    taken = TakenSince::default();
                 }
             }
         }
@@ -262,15 +251,12 @@ async fn listed(bucket: &kv::Store, now: OffsetDateTime) -> Result<Vec<ClusterNo
 
 /// Marks the nodes silent for [`GONE_AFTER`] while NATS took announcements: silence counts for
 /// as long as the node announcing without a failure for the longest (among those that announced
-/// within [`GONE_AFTER`]) has been announcing; with no such node, or one that never failed, all
-/// of it counts.
+/// within [`GONE_AFTER`]) has been announcing; with no such node, all of it counts.
 fn mark_gone(nodes: &mut [ClusterNode]) {
     let gone_after = u64::try_from(GONE_AFTER.as_millis()).unwrap_or(u64::MAX);
     let heard = nodes.iter().filter(|node| node.age_ms <= gone_after);
-    let taking_for = heard
-        .map(|node| node.announcement.announcing_for_ms.map_or(u64::MAX, |taken| taken.saturating_add(node.age_ms)))
-        .max()
-        .unwrap_or(u64::MAX);
+    let taking_for =
+        heard.map(|node| node.announcement.announcing_for_ms.saturating_add(node.age_ms)).max().unwrap_or(u64::MAX);
     for node in nodes {
         node.gone = node.age_ms.min(taking_for) > gone_after;
     }
@@ -280,8 +266,8 @@ fn mark_gone(nodes: &mut [ClusterNode]) {
 mod tests {
     use super::*;
 
-    /// Node `name`, heard from `age_ms` ago, announcing then for `for_ms` (`None`: always).
-    fn node(name: &str, age_ms: u64, for_ms: Option<u64>) -> ClusterNode {
+    /// Node `name`, heard from `age_ms` ago, its announcements taken then for `for_ms`.
+    fn node(name: &str, age_ms: u64, for_ms: u64) -> ClusterNode {
         let announcement = Announcement {
             instance: 0,
             announcing_for_ms: for_ms,
@@ -296,19 +282,25 @@ mod tests {
         nodes.into_iter().filter(|node| node.gone).map(|node| node.node).collect()
     }
 
+    /// An hour: a node that has been announcing all along.
+    const LONG: u64 = 3_600_000;
+
     #[test]
     fn a_node_is_gone_once_silent_for_six_seconds_while_nats_took_announcements() {
-        // NATS never failed the others: silence counts whole.
-        assert_eq!(gone(vec![node("a", 500, None), node("b", 6_500, None)]), ["b"]);
-        assert!(gone(vec![node("a", 500, None), node("b", 5_500, None)]).is_empty());
+        // NATS took the others' announcements all along: silence counts whole.
+        assert_eq!(gone(vec![node("a", 500, LONG), node("b", 6_500, LONG)]), ["b"]);
+        assert!(gone(vec![node("a", 500, LONG), node("b", 5_500, LONG)]).is_empty());
         // After an outage, the announcements taken again for 1.5 s (1 s, then 500 ms since): a
         // node silent for 9 s had 1.5 s to speak up, not 6.
-        assert!(gone(vec![node("a", 500, Some(1_000)), node("b", 9_000, None)]).is_empty());
+        assert!(gone(vec![node("a", 500, 1_000), node("b", 9_000, LONG)]).is_empty());
         // ... and once they have been taken for over 6 s, it is gone.
-        assert_eq!(gone(vec![node("a", 500, Some(6_000)), node("b", 9_000, None)]), ["b"]);
+        assert_eq!(gone(vec![node("a", 500, 6_000), node("b", 9_000, LONG)]), ["b"]);
         // The node taken for longest counts: one that was cut off alone does not shorten it.
-        assert_eq!(gone(vec![node("a", 500, Some(100)), node("c", 0, None), node("b", 9_000, None)]), ["b"]);
+        assert_eq!(gone(vec![node("a", 500, 100), node("c", 0, LONG), node("b", 9_000, LONG)]), ["b"]);
+        // A node that started 1 s ago vouches for 1 s only, even if none of its puts failed: it
+        // may have started during an outage.
+        assert!(gone(vec![node("a", 0, 1_000), node("b", 9_000, LONG)]).is_empty());
         // Nobody heard from: every silence counts whole.
-        assert_eq!(gone(vec![node("a", 7_000, Some(100)), node("b", 9_000, None)]), ["a", "b"]);
+        assert_eq!(gone(vec![node("a", 7_000, 100), node("b", 9_000, LONG)]), ["a", "b"]);
     }
 }

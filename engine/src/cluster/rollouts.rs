@@ -202,7 +202,7 @@ mod tests {
             "candidate_calls": { "calls": calls, "frames": calls - traps, "errors": 0, "traps": traps, "timeouts": 0, "p50_us": 1.0, "p99_us": p99_us },
         });
         let status = serde_json::json!({ "plugins": [{ "name": "quote", "rollout": rollout }] });
-        let announcement = Announcement { instance: 0, announcing_for_ms: None, builds: Default::default(), status };
+        let announcement = Announcement { instance: 0, announcing_for_ms: 0, builds: Default::default(), status };
         ClusterNode { node: name.to_owned(), age_ms: 0, gone: false, announcement }
     }
 
