@@ -563,7 +563,7 @@ async fn a_node_catching_up_at_a_limited_rate_follows_without_the_limit_once_cau
     let late = TestEngine::start(&[("portfolio", artifacts::PORTFOLIO)], move |config| {
         portfolio(config, |table| table.tick_ms = Some(0));
         config.cluster.nats = vec![url];
-        config.cluster.catch_up_mbps = 1;
+        config.cluster.catch_up_mbps = Some(1);
     })
     .await;
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());

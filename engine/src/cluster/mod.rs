@@ -152,7 +152,7 @@ impl Cluster {
         let mut follow_jetstream = jetstream.clone();
         follow_jetstream.set_timeout(FOLLOW_REQUEST_TIMEOUT);
         let (replicas, rollouts) = (settings.replicas, RolloutSettings::default());
-        let catch_up_bits = settings.catch_up_mbps * 1_000_000;
+        let catch_up_bits = settings.catch_up_limit_mbps(max_value_bytes) * 1_000_000;
         let (link, presence) = (Arc::default(), Arc::new(presence::Presence::new()));
         Ok(Cluster {
             client,
