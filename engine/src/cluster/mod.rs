@@ -19,8 +19,11 @@
 //! - `publish`: writing a batch to the stream.
 //! - `plugins`: plugin builds in an Object Store, a pointer per plugin, nodes following them.
 //! - `presence`: every node announcing itself, and the list of nodes.
+//! - `heard`: the list of nodes as a node's watch of their entries delivers it.
+//! - `rollouts`: the cluster's rollouts, judged on every node's figures.
 
 mod follow;
+mod heard;
 mod plugins;
 mod presence;
 mod publish;

@@ -5,15 +5,18 @@
 //! after [`FORGET_AFTER`]. An entry's age is read on the NATS server's clock, which stamped it: a
 //! node or an operator whose clock is off sees the same live nodes as the others. Silence while
 //! NATS took no announcement at all (every server down, or a NATS cluster electing its leaders)
-//! does not count: each node says how long its announcements have been taken since they last
-//! failed, and once NATS is back a node has [`GONE_AFTER`] from the first ones taken to speak up
-//! again. Without that, every node looked gone after an outage until it announced again, and
-//! `deploy --wait` took the first node back for the whole cluster.
+//! does not count: each node says how long its announcements have been taken, since its first or
+//! since one last failed, and once NATS is back a node has [`GONE_AFTER`] from the first ones
+//! taken to speak up again. Without that, every node looked gone after an outage until it
+//! announced again, and `deploy --wait` took the first node back for the whole cluster.
 //!
-//! Each process announces with an instance number of its own: a node that finds, before its
-//! put, that the entry holds another instance's announcement although its own last put was
-//! taken, shares its name with another process (a copied `[cluster] node`) and says so in its
-//! status until that has not happened for [`NAME_TAKEN_FOR`].
+//! A node learns the others' entries through a watch of the bucket (see `heard`), listing it only
+//! while that watch is not known to be current.
+//!
+//! Each process announces with an instance number of its own: a node that hears another
+//! instance's announcement under its name, put after its own first one, shares its name with
+//! another process (a copied `[cluster] node`) and says so in its status until that has not
+//! happened for [`NAME_TAKEN_FOR`].
 //!
 //! The live node with the smallest name also removes the builds no node serves any more (see
 //! `plugins`) and judges the cluster's rollouts (see `rollouts`): one node does it, so nodes do
@@ -25,11 +28,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
+use super::heard::Heard;
 use super::{Cluster, ClusterError, jetstream_error};
 
 /// The KV bucket of node entries: node name → [`Announcement`].
@@ -55,20 +59,27 @@ const NAME_TAKEN_FOR: Duration = Duration::from_secs(6);
 pub const NAME_TAKEN: &str =
     "another process announces itself under this node's name: give each node its own `[cluster] node`";
 
-/// This process's presence: its instance number and whether its name is taken.
+/// This process's presence: its instance number, whether its name is taken, what it heard.
 #[derive(Debug)]
 pub(super) struct Presence {
     /// Random, this process's own: tells its announcements from another process's.
     instance: u64,
     /// When another process's announcement was last found under this node's name.
     name_taken_at: Mutex<Option<Instant>>,
+    /// The node entries heard through the announcing loop's watch.
+    heard: Mutex<Heard>,
 }
 
 impl Presence {
     /// A presence with an instance number of its own.
     pub(super) fn new() -> Presence {
         let instance = std::hash::RandomState::new().hash_one(std::process::id());
-        Presence { instance, name_taken_at: Mutex::new(None) }
+        Presence { instance, name_taken_at: Mutex::new(None), heard: Mutex::default() }
+    }
+
+    /// What this process heard.
+    fn heard(&self) -> std::sync::MutexGuard<'_, Heard> {
+        self.heard.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 }
 
@@ -117,7 +128,7 @@ pub struct ClusterNode {
 
 impl Cluster {
     /// Announces this node as `node` every [`ANNOUNCE_PERIOD`] with what `announcement` says
-    /// then, until `stop`; then removes its entry.
+    /// then, until `stop`; then removes its entry. Watches the bucket meanwhile (see `heard`).
     pub async fn announce(
         self,
         node: String,
@@ -125,27 +136,42 @@ impl Cluster {
         stop: CancellationToken,
     ) {
         let mut every = tokio::time::interval(ANNOUNCE_PERIOD);
-        // Whether a put of this process's announcement was taken: from then on, the entry holds
-        // it unless another process announces under this name.
-        let mut announced = false;
-        let mut taken = TakenSince::default();
+        let mut round = Round::default();
         loop {
             tokio::select! {
                 _ = every.tick() => {}
+                heard = next_heard(&mut round.watch) => {
+                    match heard {
+                        Some(Ok(entry)) => self.hear(&node, &entry, round.first_put),
+                        ended => {
+                            if let Some(Err(err)) = ended {
+                                tracing::debug!(cause = %err, "the watch of the cluster's nodes failed; watching again");
+                            }
+                            round.watch = None;
+                            self.presence.heard().restart();
+                        }
+                    }
+                    continue;
+                }
                 () = stop.cancelled() => break,
             }
             // A put while NATS is unreachable would wait for it and be taken once it is back, as
             // if nothing had happened: the round is missed instead.
             if !self.is_connected() {
-                taken = TakenSince::default();
+                round.missed(&self.presence);
                 continue;
             }
             let mut announcing = announcement();
-            announcing.announcing_for_ms = taken.for_ms();
-            match self.announce_once(&node, &announcing, announced).await {
-                Ok(bucket) => {
-                    announced = true;
-                    taken.0.get_or_insert_with(Instant::now);
+            announcing.announcing_for_ms = round.taken.for_ms();
+            match self.announce_once(&node, &announcing, &mut round.bucket).await {
+                Ok((bucket, revision)) => {
+                    round.taken.0.get_or_insert_with(Instant::now);
+                    let current = self.presence.heard().confirm(round.previous_put);
+                    if !current || round.watch.is_none() {
+                        round.watch = self.watch_nodes(&bucket).await;
+                    }
+                    round.previous_put = Some(revision);
+                    round.first_put.get_or_insert(revision);
                     // Its own failure says nothing of whether announcements are taken.
                     if let Err(err) = self.tend(&node, &bucket).await {
                         tracing::debug!(cause = %err, "cannot tend the cluster's builds and rollouts this round");
@@ -153,7 +179,7 @@ impl Cluster {
                 }
                 Err(err) => {
                     tracing::debug!(cause = %err, "cannot announce this node to the cluster");
-                    taken = TakenSince::default();
+                    round.missed(&self.presence);
                 }
             }
         }
@@ -163,32 +189,51 @@ impl Cluster {
         }
     }
 
-    /// Puts this node's entry, first checking, once this process's own put was taken, that the
-    /// entry still holds it; the bucket it put it in.
+    /// Puts this node's entry into `bucket` (found first if `None`, and forgotten if the put
+    /// fails); the bucket and the entry's revision.
     async fn announce_once(
         &self,
         node: &str,
         announcement: &Announcement,
-        announced: bool,
-    ) -> Result<kv::Store, ClusterError> {
+        bucket: &mut Option<kv::Store>,
+    ) -> Result<(kv::Store, u64), ClusterError> {
         let value = serde_json::to_vec(announcement).expect("an announcement serializes");
-        let bucket = self.nodes_bucket().await?;
-        if announced {
-            let held = bucket.entry(node).await.map_err(jetstream_error)?;
-            let held = held.and_then(|entry| serde_json::from_slice::<Announcement>(&entry.value).ok());
-            if held.is_some_and(|held| held.instance != self.presence.instance) {
-                self.name_taken(node);
-            }
+        let store = match bucket.take() {
+            Some(store) => store,
+            None => self.nodes_bucket().await?,
+        };
+        let revision = store.put(node, value.into()).await.map_err(jetstream_error)?;
+        *bucket = Some(store.clone());
+        Ok((store, revision))
+    }
+
+    /// A new watch of `bucket`, every node's latest entry first, with the view forgotten.
+    async fn watch_nodes(&self, bucket: &kv::Store) -> Option<kv::Watch> {
+        self.presence.heard().restart();
+        bucket
+            .watch_with_history(">")
+            .await
+            .inspect_err(|err| tracing::debug!(cause = %err, "cannot watch the cluster's nodes; listing them"))
+            .ok()
+    }
+
+    /// Takes in `entry`, heard by this node (`node`), whose first taken put was `first_put`:
+    /// another process's announcement under its name after that is a second process under it.
+    fn hear(&self, node: &str, entry: &kv::Entry, first_put: Option<u64>) {
+        let mut heard = self.presence.heard();
+        let Some(announced) = heard.hear(entry) else { return };
+        let ours = announced.instance == self.presence.instance;
+        if announced.node == node && !ours && first_put.is_some_and(|first| announced.revision > first) {
+            drop(heard);
+            self.name_taken(node);
         }
-        bucket.put(node, value.into()).await.map_err(jetstream_error)?;
-        Ok(bucket)
     }
 
     /// On the live node with the smallest name in `bucket` (`node`, if it is), removes old
     /// builds and judges rollouts, on the server's clock read once for the round.
     async fn tend(&self, node: &str, bucket: &kv::Store) -> Result<(), ClusterError> {
         let now = self.server_now(&bucket.stream_name).await?;
-        let nodes = listed(bucket, now).await?;
+        let nodes = self.nodes_in(bucket, now).await?;
         let live = || nodes.iter().filter(|known| !known.gone);
         if live().map(|known| known.node.as_str()).min() == Some(node) {
             let served = live().flat_map(|known| known.announcement.builds.iter().cloned()).collect();
@@ -222,7 +267,17 @@ impl Cluster {
     /// Every node the cluster knows, by name: live ones and ones gone within [`FORGET_AFTER`].
     pub async fn nodes(&self) -> Result<Vec<ClusterNode>, ClusterError> {
         let bucket = self.nodes_bucket().await?;
-        listed(&bucket, self.server_now(&bucket.stream_name).await?).await
+        self.nodes_in(&bucket, self.server_now(&bucket.stream_name).await?).await
+    }
+
+    /// Every node `bucket` holds at `now` (the server's clock): as heard, if the view is current,
+    /// or else listed.
+    async fn nodes_in(&self, bucket: &kv::Store, now: OffsetDateTime) -> Result<Vec<ClusterNode>, ClusterError> {
+        let heard = self.presence.heard().nodes(now);
+        match heard {
+            Some(nodes) => Ok(nodes),
+            None => listed(bucket, now).await,
+        }
     }
 
     /// The node entries' KV bucket, created if missing.
@@ -236,17 +291,68 @@ impl Cluster {
 async fn listed(bucket: &kv::Store, now: OffsetDateTime) -> Result<Vec<ClusterNode>, ClusterError> {
     let names: Vec<String> =
         bucket.keys().await.map_err(jetstream_error)?.try_collect().await.map_err(jetstream_error)?;
-    let mut nodes = Vec::with_capacity(names.len());
+    let mut entries = Vec::with_capacity(names.len());
     for name in names {
         let Some(entry) = bucket.entry(name.as_str()).await.map_err(jetstream_error)? else { continue };
         // Written by other programs too: an entry that is no announcement is left out.
         let Ok(announcement) = serde_json::from_slice::<Announcement>(&entry.value) else { continue };
-        let age = u64::try_from((now - entry.created).whole_milliseconds()).unwrap_or(0);
-        nodes.push(ClusterNode { node: name, age_ms: age, gone: false, announcement });
+        entries.push((name, announcement, entry.created));
     }
+    Ok(nodes_at(entries, now))
+}
+
+/// The nodes whose `entries` (name, announcement, when the server stamped it) are known, as old
+/// as they are at `now` (the server's clock), sorted by name, the gone ones marked and the ones
+/// older than [`FORGET_AFTER`] left out.
+pub(super) fn nodes_at(
+    entries: impl IntoIterator<Item = (String, Announcement, OffsetDateTime)>,
+    now: OffsetDateTime,
+) -> Vec<ClusterNode> {
+    let forget_after = u64::try_from(FORGET_AFTER.as_millis()).unwrap_or(u64::MAX);
+    let mut nodes: Vec<ClusterNode> = entries
+        .into_iter()
+        .map(|(node, announcement, created)| {
+            let age_ms = u64::try_from((now - created).whole_milliseconds()).unwrap_or(0);
+            ClusterNode { node, age_ms, gone: false, announcement }
+        })
+        .filter(|node| node.age_ms <= forget_after)
+        .collect();
     mark_gone(&mut nodes);
     nodes.sort_by(|a, b| a.node.cmp(&b.node));
-    Ok(nodes)
+    nodes
+}
+
+/// What the announcing loop carries from round to round.
+#[derive(Default)]
+struct Round {
+    /// The node entries' bucket, once found.
+    bucket: Option<kv::Store>,
+    /// The watch of that bucket (see `heard`).
+    watch: Option<kv::Watch>,
+    /// Since when this process's announcements are taken.
+    taken: TakenSince,
+    /// The revision of this process's first taken put.
+    first_put: Option<u64>,
+    /// The revision of this process's put of the round before; `None` if that round was missed.
+    previous_put: Option<u64>,
+}
+
+impl Round {
+    /// Notes a round missed (its put not made, or not taken), and that what `presence` heard
+    /// is no longer known to be current.
+    fn missed(&mut self, presence: &Presence) {
+        self.taken = TakenSince::default();
+        self.previous_put = None;
+        presence.heard().confirm(None);
+    }
+}
+
+/// The next entry `watch` delivers; never, without one.
+async fn next_heard(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, kv::WatcherError>> {
+    match watch {
+        Some(watch) => watch.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Marks the nodes silent for [`GONE_AFTER`] while NATS took announcements: silence counts for
