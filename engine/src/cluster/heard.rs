@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use async_nats::jetstream::kv;
 use time::OffsetDateTime;
 
-use super::presence::{Announcement, ClusterNode, nodes_at};
+use super::nodes::{Announcement, ClusterNode, nodes_at};
 
 /// The node entries heard, by node name.
 #[derive(Debug, Default)]

@@ -19,11 +19,13 @@
 //! - `publish`: writing a batch to the stream.
 //! - `plugins`: plugin builds in an Object Store, a pointer per plugin, nodes following them.
 //! - `presence`: every node announcing itself, and the list of nodes.
+//! - `nodes`: the nodes as a node knows them: what each announces, its age, whether it is gone.
 //! - `heard`: the list of nodes as a node's watch of their entries delivers it.
 //! - `rollouts`: the cluster's rollouts, judged on every node's figures.
 
 mod follow;
 mod heard;
+mod nodes;
 mod plugins;
 mod presence;
 mod publish;
@@ -40,8 +42,9 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use crate::config::{ClusterSettings, RolloutSettings};
+pub use nodes::{Announcement, ClusterNode};
 pub use plugins::{DeployError, Deployed, START_SYNC_TIME};
-pub use presence::{ANNOUNCE_PERIOD, Announcement, ClusterNode, NAME_TAKEN};
+pub use presence::{ANNOUNCE_PERIOD, NAME_TAKEN};
 
 /// The KV bucket holding every data bucket's keys.
 const DATA_BUCKET: &str = "wasmpush-data";

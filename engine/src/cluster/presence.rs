@@ -1,12 +1,12 @@
 //! Every node announces itself every [`ANNOUNCE_PERIOD`]: its status (what `/status` answers)
 //! and the builds it serves, as its entry in the KV bucket [`NODES`]. A node that stops cleanly
 //! removes its entry at once; one that stops announcing (killed, cut off) is marked gone once it
-//! has been silent for [`GONE_AFTER`] while NATS took the others' announcements, and forgotten
+//! has been silent for [`GONE_AFTER`](super::nodes::GONE_AFTER) while NATS took the others' announcements, and forgotten
 //! after [`FORGET_AFTER`]. An entry's age is read on the NATS server's clock, which stamped it: a
 //! node or an operator whose clock is off sees the same live nodes as the others. Silence while
 //! NATS took no announcement at all (every server down, or a NATS cluster electing its leaders)
 //! does not count: each node says how long its announcements have been taken, since its first or
-//! since one last failed, and once NATS is back a node has [`GONE_AFTER`] from the first ones
+//! since one last failed, and once NATS is back a node has [`GONE_AFTER`](super::nodes::GONE_AFTER) from the first ones
 //! taken to speak up again. Without that, every node looked gone after an outage until it
 //! announced again, and `deploy --wait` took the first node back for the whole cluster.
 //!
@@ -22,18 +22,17 @@
 //! `plugins`) and judges the cluster's rollouts (see `rollouts`): one node does it, so nodes do
 //! not race.
 
-use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use futures_util::{StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::heard::Heard;
+use super::nodes::{Announcement, ClusterNode, FORGET_AFTER, nodes_at};
 use super::{Cluster, ClusterError, jetstream_error};
 
 /// The KV bucket of node entries: node name → [`Announcement`].
@@ -41,12 +40,6 @@ const NODES: &str = "wasmpush-nodes";
 
 /// How often a node announces itself.
 pub const ANNOUNCE_PERIOD: Duration = Duration::from_secs(2);
-
-/// How old a node's entry may be before the node counts as gone: three announcements missed.
-const GONE_AFTER: Duration = Duration::from_secs(6);
-
-/// How long the entry of a node that is gone is kept.
-const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
 /// How long a node that stops waits for its entry's removal.
 const LEAVE_TIME: Duration = Duration::from_secs(1);
@@ -83,23 +76,6 @@ impl Presence {
     }
 }
 
-/// What a node announces.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Announcement {
-    /// The announcing process's instance number (see [`Cluster::instance`]).
-    #[serde(default)]
-    pub instance: u64,
-    /// How long this process's announcements had been taken when it was made, in ms: since its
-    /// first, or since one last failed. A process knows nothing of NATS before it started, so a
-    /// node restarted during an outage does not vouch for the time before (0 when missing).
-    #[serde(default)]
-    pub announcing_for_ms: u64,
-    /// The builds it serves (their SHA-256), whichever plugin.
-    pub builds: BTreeSet<String>,
-    /// Its status, as its admin endpoint's `/status` answers.
-    pub status: serde_json::Value,
-}
-
 /// Since when a node's announcements are taken: the first taken after the process started or
 /// after one that was not; `None` while none is.
 #[derive(Debug, Clone, Copy, Default)]
@@ -110,20 +86,6 @@ impl TakenSince {
     fn for_ms(self) -> u64 {
         self.0.map_or(0, |since| u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX))
     }
-}
-
-/// A node as the cluster knows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterNode {
-    /// Its name (`[cluster] node`).
-    pub node: String,
-    /// Milliseconds since it last announced itself.
-    pub age_ms: u64,
-    /// Whether it is gone: it has been silent for [`GONE_AFTER`] while NATS took announcements.
-    pub gone: bool,
-    /// What it last announced.
-    #[serde(flatten)]
-    pub announcement: Announcement,
 }
 
 impl Cluster {
@@ -301,27 +263,6 @@ async fn listed(bucket: &kv::Store, now: OffsetDateTime) -> Result<Vec<ClusterNo
     Ok(nodes_at(entries, now))
 }
 
-/// The nodes whose `entries` (name, announcement, when the server stamped it) are known, as old
-/// as they are at `now` (the server's clock), sorted by name, the gone ones marked and the ones
-/// older than [`FORGET_AFTER`] left out.
-pub(super) fn nodes_at(
-    entries: impl IntoIterator<Item = (String, Announcement, OffsetDateTime)>,
-    now: OffsetDateTime,
-) -> Vec<ClusterNode> {
-    let forget_after = u64::try_from(FORGET_AFTER.as_millis()).unwrap_or(u64::MAX);
-    let mut nodes: Vec<ClusterNode> = entries
-        .into_iter()
-        .map(|(node, announcement, created)| {
-            let age_ms = u64::try_from((now - created).whole_milliseconds()).unwrap_or(0);
-            ClusterNode { node, age_ms, gone: false, announcement }
-        })
-        .filter(|node| node.age_ms <= forget_after)
-        .collect();
-    mark_gone(&mut nodes);
-    nodes.sort_by(|a, b| a.node.cmp(&b.node));
-    nodes
-}
-
 /// What the announcing loop carries from round to round.
 #[derive(Default)]
 struct Round {
@@ -352,61 +293,5 @@ async fn next_heard(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, k
     match watch {
         Some(watch) => watch.next().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Marks the nodes silent for [`GONE_AFTER`] while NATS took announcements: silence counts for
-/// as long as the node announcing without a failure for the longest (among those that announced
-/// within [`GONE_AFTER`]) has been announcing; with no such node, all of it counts.
-fn mark_gone(nodes: &mut [ClusterNode]) {
-    let gone_after = u64::try_from(GONE_AFTER.as_millis()).unwrap_or(u64::MAX);
-    let heard = nodes.iter().filter(|node| node.age_ms <= gone_after);
-    let taking_for =
-        heard.map(|node| node.announcement.announcing_for_ms.saturating_add(node.age_ms)).max().unwrap_or(u64::MAX);
-    for node in nodes {
-        node.gone = node.age_ms.min(taking_for) > gone_after;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Node `name`, heard from `age_ms` ago, its announcements taken then for `for_ms`.
-    fn node(name: &str, age_ms: u64, for_ms: u64) -> ClusterNode {
-        let announcement = Announcement {
-            instance: 0,
-            announcing_for_ms: for_ms,
-            builds: Default::default(),
-            status: Default::default(),
-        };
-        ClusterNode { node: name.to_owned(), age_ms, gone: false, announcement }
-    }
-
-    fn gone(mut nodes: Vec<ClusterNode>) -> Vec<String> {
-        mark_gone(&mut nodes);
-        nodes.into_iter().filter(|node| node.gone).map(|node| node.node).collect()
-    }
-
-    /// An hour: a node that has been announcing all along.
-    const LONG: u64 = 3_600_000;
-
-    #[test]
-    fn a_node_is_gone_once_silent_for_six_seconds_while_nats_took_announcements() {
-        // NATS took the others' announcements all along: silence counts whole.
-        assert_eq!(gone(vec![node("a", 500, LONG), node("b", 6_500, LONG)]), ["b"]);
-        assert!(gone(vec![node("a", 500, LONG), node("b", 5_500, LONG)]).is_empty());
-        // After an outage, the announcements taken again for 1.5 s (1 s, then 500 ms since): a
-        // node silent for 9 s had 1.5 s to speak up, not 6.
-        assert!(gone(vec![node("a", 500, 1_000), node("b", 9_000, LONG)]).is_empty());
-        // ... and once they have been taken for over 6 s, it is gone.
-        assert_eq!(gone(vec![node("a", 500, 6_000), node("b", 9_000, LONG)]), ["b"]);
-        // The node taken for longest counts: one that was cut off alone does not shorten it.
-        assert_eq!(gone(vec![node("a", 500, 100), node("c", 0, LONG), node("b", 9_000, LONG)]), ["b"]);
-        // A node that started 1 s ago vouches for 1 s only, even if none of its puts failed: it
-        // may have started during an outage.
-        assert!(gone(vec![node("a", 0, 1_000), node("b", 9_000, LONG)]).is_empty());
-        // Nobody heard from: every silence counts whole.
-        assert_eq!(gone(vec![node("a", 7_000, 100), node("b", 9_000, LONG)]), ["a", "b"]);
     }
 }

@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::nodes::ClusterNode;
 use super::plugins::{ClusterRollout, DeployError, Deployed, EndedClusterRollout, Pointer, busy};
-use super::presence::ClusterNode;
 use super::{Cluster, ClusterError, jetstream_error};
 use crate::call_stats::CallReport;
 use crate::rollout::{Outcome, RolloutKind, ShadowReport, verdict};
