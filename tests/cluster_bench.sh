@@ -13,8 +13,8 @@
 #   too, all three servers killed);
 # - a node joining with 100,000 keys: from its start to /healthz 200 (caught up), with the CPU it
 #   and NATS used meanwhile, and the p99 of 3,000 clients on the other nodes under the feed
-#   meanwhile, beside a run without a join; on the production topology once more with the joining
-#   node's catch-up limited to $CATCH_UP_MBPS (default 60) Mbit/s;
+#   meanwhile, beside a run without a join (the joining node's catch-up unlimited); on the
+#   production topology once more with it limited to $CATCH_UP_MBPS (default 60) Mbit/s;
 # - rollout: `wasmpush deploy` of alternating builds (tests/cluster_rollout.mjs, Node.js); the time
 #   from the command's return to the first frame of the new build at a client on each node;
 # - the production topology: the feed, the publish API, the join, convergence and rollout again,
@@ -70,7 +70,8 @@ start_nats_cluster() {
 
 # Starts node $1 (ports 2N503 websocket, 2N504 admin, 2N505 publish); "cluster" as $2 joins NATS,
 # "replicated" joins the three NATS servers (its own, port 14223 + (N - 1) % 3, first) with three
-# replicas; $3, if given, limits its catch-up to that many Mbit/s (0: none).
+# replicas; $3, if given, limits its catch-up to that many Mbit/s (0: none; unset, the engine's
+# default of 60).
 start_node() {
   local n=$1 dir="$work/node$1"
   mkdir -p "$dir/plugins"
