@@ -2,8 +2,8 @@
 //! by its announcing loop (`presence`). A node learns from it whether it is the one that judges,
 //! and answers `/cluster` and its console from it, instead of listing the bucket: a listing is a
 //! consumer and one read per node, and every node listed every round, N² requests across the
-//! cluster every 2 s (on three NATS servers with replicas, 60 % of the CPU NATS spent on three
-//! idle nodes).
+//! cluster every 2 s (three idle nodes on three NATS servers: 206 JetStream API requests in 20 s
+//! with the listing, 144 with the watch; docs/cluster.md, "Sizing").
 //!
 //! The view counts only while it is known to be current: it must hold the node's own put of the
 //! round before, which it had a round to deliver, with no round missed since (an outage may lose
