@@ -128,8 +128,9 @@ impl Cluster {
             match self.announce_once(&node, &announcing, &mut round.bucket).await {
                 Ok((bucket, revision)) => {
                     round.taken.0.get_or_insert_with(Instant::now);
-                    let current = self.presence.heard().confirm(round.previous_put);
-                    if !current || round.watch.is_none() {
+                    // Without a watch the view was forgotten (it ended, or none could be made), so
+                    // it holds no put and is not current either.
+                    if !self.presence.heard().confirm(round.previous_put) {
                         round.watch = self.watch_nodes(&bucket).await;
                     }
                     round.previous_put = Some(revision);
