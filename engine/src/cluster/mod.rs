@@ -30,6 +30,7 @@ mod plugins;
 mod presence;
 mod publish;
 mod rollouts;
+mod tend;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

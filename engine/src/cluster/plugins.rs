@@ -227,7 +227,7 @@ impl Cluster {
         rollouts: &Arc<Rollouts>,
     ) -> Result<Vec<String>, ClusterError> {
         let mut written = Vec::new();
-        for entry in self.pointer_entries().await? {
+        for entry in self.pointer_entries(&self.pointers().await?).await? {
             if self.install(dir, &entry, registry, rollouts).await == Some(true) {
                 written.push(entry.key);
             }
@@ -361,9 +361,8 @@ impl Cluster {
         Ok(wasm)
     }
 
-    /// Every plugin's pointer entry, as the bucket holds it now.
-    pub(super) async fn pointer_entries(&self) -> Result<Vec<kv::Entry>, ClusterError> {
-        let pointers = self.pointers().await?;
+    /// Every plugin's pointer entry, as `pointers` holds it now.
+    pub(super) async fn pointer_entries(&self, pointers: &kv::Store) -> Result<Vec<kv::Entry>, ClusterError> {
         let names: Vec<String> =
             pointers.keys().await.map_err(jetstream_error)?.try_collect().await.map_err(jetstream_error)?;
         let mut entries = Vec::with_capacity(names.len());
@@ -373,33 +372,25 @@ impl Cluster {
         Ok(entries)
     }
 
-    /// Removes the builds no pointer of `entries` names and none of `served` (the builds live
-    /// nodes serve): a pointer's previous build at once, any other after [`ORPHAN_AGE`] at `now`
-    /// (the NATS server's clock).
-    pub(super) async fn remove_old_builds(
-        &self,
-        entries: &[kv::Entry],
-        served: &BTreeSet<String>,
-        now: time::OffsetDateTime,
-    ) -> Result<(), ClusterError> {
-        let (mut named, mut replaced) = (BTreeSet::new(), BTreeSet::new());
-        for entry in entries {
-            if let Ok(pointer) = serde_json::from_slice::<Pointer>(&entry.value) {
-                named.insert(pointer.build);
-                named.extend(pointer.rollout.map(|rollout| rollout.candidate));
-                replaced.extend(pointer.previous);
-            }
+    /// Every build the store holds.
+    pub(super) async fn stored_builds(&self) -> Result<Vec<StoredBuild>, ClusterError> {
+        let listed = self.builds().await?.list().await.map_err(jetstream_error)?;
+        listed
+            .map_ok(|info| StoredBuild { name: info.name, modified: info.modified })
+            .try_collect()
+            .await
+            .map_err(jetstream_error)
+    }
+
+    /// Removes `builds` from the store.
+    pub(super) async fn remove_builds(&self, builds: Vec<String>) -> Result<(), ClusterError> {
+        if builds.is_empty() {
+            return Ok(());
         }
-        let builds = self.builds().await?;
-        let mut listed = builds.list().await.map_err(jetstream_error)?;
-        while let Some(info) = listed.next().await {
-            let info = info.map_err(jetstream_error)?;
-            let old = info.modified.is_some_and(|modified| now - modified > ORPHAN_AGE);
-            if named.contains(&info.name) || served.contains(&info.name) || !(replaced.contains(&info.name) || old) {
-                continue;
-            }
-            builds.delete(&info.name).await.map_err(jetstream_error)?;
-            tracing::info!(build = &info.name, "removed a build no node serves any more");
+        let store = self.builds().await?;
+        for build in builds {
+            store.delete(&build).await.map_err(jetstream_error)?;
+            tracing::info!(build, "removed a build no node serves any more");
         }
         Ok(())
     }
@@ -407,6 +398,11 @@ impl Cluster {
     /// The pointers' KV bucket, created if missing.
     pub(super) async fn pointers(&self) -> Result<kv::Store, ClusterError> {
         self.kv_bucket(kv::Config { bucket: POINTERS.to_owned(), history: 5, ..Default::default() }).await
+    }
+
+    /// The name of the stream behind the builds' Object Store.
+    pub(super) fn builds_stream() -> String {
+        format!("OBJ_{BUILDS}")
     }
 
     /// The builds' Object Store, created if JetStream says it is missing.
@@ -418,6 +414,41 @@ impl Cluster {
         })
         .await
     }
+}
+
+/// A build the Object Store holds.
+#[derive(Debug, Clone)]
+pub(super) struct StoredBuild {
+    /// Its SHA-256 in hex.
+    pub name: String,
+    /// When it was stored, on the NATS server's clock.
+    pub modified: Option<time::OffsetDateTime>,
+}
+
+/// Which of the `stored` builds to remove: those no pointer of `entries` names and none of
+/// `served` (the builds live nodes serve); a pointer's previous build at once, any other after
+/// [`ORPHAN_AGE`] at `now` (the NATS server's clock).
+pub(super) fn removable(
+    entries: &[kv::Entry],
+    served: &BTreeSet<String>,
+    stored: &[StoredBuild],
+    now: time::OffsetDateTime,
+) -> Vec<String> {
+    let (mut named, mut replaced) = (BTreeSet::new(), BTreeSet::new());
+    for entry in entries {
+        if let Ok(pointer) = serde_json::from_slice::<Pointer>(&entry.value) {
+            named.insert(pointer.build);
+            named.extend(pointer.rollout.map(|rollout| rollout.candidate));
+            replaced.extend(pointer.previous);
+        }
+    }
+    let old = |build: &StoredBuild| build.modified.is_some_and(|modified| now - modified > ORPHAN_AGE);
+    stored
+        .iter()
+        .filter(|build| !named.contains(&build.name) && !served.contains(&build.name))
+        .filter(|build| replaced.contains(&build.name) || old(build))
+        .map(|build| build.name.clone())
+        .collect()
 }
 
 /// Checks `wasm` looks like a WebAssembly component of at most [`MAX_PLUGIN_BYTES`]: its
@@ -449,5 +480,76 @@ mod tests {
         assert!(check_component(&module).unwrap_err().contains("not a WebAssembly component"));
         assert!(check_component(b"#!/bin/sh").is_err());
         assert!(check_component(&[]).is_err());
+    }
+
+    fn now() -> time::OffsetDateTime {
+        time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+    }
+
+    /// Plugin `name`'s pointer entry holding `pointer`.
+    fn pointer_entry(name: &str, pointer: &Pointer) -> kv::Entry {
+        kv::Entry {
+            bucket: POINTERS.to_owned(),
+            key: name.to_owned(),
+            value: serde_json::to_vec(pointer).unwrap().into(),
+            revision: 1,
+            delta: 0,
+            created: now(),
+            operation: kv::Operation::Put,
+            seen_current: true,
+        }
+    }
+
+    /// Build `name`, stored `age` before [`now`] (never, if `None`).
+    fn stored(name: &str, age: Option<Duration>) -> StoredBuild {
+        StoredBuild { name: name.to_owned(), modified: age.map(|age| now() - age) }
+    }
+
+    #[test]
+    fn a_replaced_build_goes_once_no_node_serves_it_and_an_orphan_after_an_hour() {
+        let rollout = ClusterRollout {
+            kind: RolloutKind::Canary { percent: 10.0, manual: false },
+            candidate: "candidate".to_owned(),
+            bytes: 1,
+            started_at_ms: 0,
+            window_secs: 60,
+        };
+        let pointer = |build: &str, previous: &str| Pointer {
+            build: build.to_owned(),
+            bytes: 1,
+            previous: Some(previous.to_owned()),
+            rollout: None,
+            ended: None,
+        };
+        // Written by another program: it names nothing.
+        let mut broken = pointer_entry("broken", &pointer("orphan", "orphan"));
+        broken.value = b"not a pointer".to_vec().into();
+        let entries = [
+            pointer_entry("quote", &Pointer { rollout: Some(rollout), ..pointer("serving", "replaced") }),
+            pointer_entry("other", &pointer("other-serving", "still-served")),
+            broken,
+        ];
+        let minute = Duration::from_secs(60);
+        let stored = [
+            stored("serving", Some(2 * ORPHAN_AGE)),
+            stored("candidate", Some(2 * ORPHAN_AGE)),
+            stored("replaced", Some(minute)),
+            stored("still-served", Some(2 * ORPHAN_AGE)),
+            stored("lost-a-race", Some(ORPHAN_AGE - minute)),
+            stored("orphan", Some(ORPHAN_AGE + minute)),
+            stored("served-orphan", Some(ORPHAN_AGE + minute)),
+            stored("undated", None),
+            stored("other-serving", Some(2 * ORPHAN_AGE)),
+        ];
+        let served = ["still-served", "served-orphan"].map(str::to_owned).into();
+        assert_eq!(removable(&entries, &served, &stored, now()), ["replaced", "orphan"]);
+        // An hour later the build that lost its race is an orphan too.
+        let later = now() + ORPHAN_AGE;
+        assert_eq!(removable(&entries, &served, &stored, later), ["replaced", "lost-a-race", "orphan"]);
+        // Once no node serves it any more, the build replaced before goes too.
+        assert_eq!(
+            removable(&entries, &BTreeSet::new(), &stored, now()),
+            ["replaced", "still-served", "orphan", "served-orphan"]
+        );
     }
 }

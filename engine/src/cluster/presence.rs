@@ -18,9 +18,8 @@
 //! another process (a copied `[cluster] node`) and says so in its status until that has not
 //! happened for [`NAME_TAKEN_FOR`].
 //!
-//! The live node with the smallest name also removes the builds no node serves any more (see
-//! `plugins`) and judges the cluster's rollouts (see `rollouts`): one node does it, so nodes do
-//! not race.
+//! After its put, the live node with the smallest name tends the cluster's builds and rollouts
+//! (see `tend`).
 
 use std::hash::BuildHasher;
 use std::sync::Mutex;
@@ -33,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::heard::Heard;
 use super::nodes::{Announcement, ClusterNode, FORGET_AFTER, nodes_at};
+use super::tend::Tending;
 use super::{Cluster, ClusterError, jetstream_error};
 
 /// The KV bucket of node entries: node name → [`Announcement`].
@@ -136,7 +136,7 @@ impl Cluster {
                     round.previous_put = Some(revision);
                     round.first_put.get_or_insert(revision);
                     // Its own failure says nothing of whether announcements are taken.
-                    if let Err(err) = self.tend(&node, &bucket).await {
+                    if let Err(err) = self.tend(&node, &bucket, &mut round.tending).await {
                         tracing::debug!(cause = %err, "cannot tend the cluster's builds and rollouts this round");
                     }
                 }
@@ -192,21 +192,6 @@ impl Cluster {
         }
     }
 
-    /// On the live node with the smallest name in `bucket` (`node`, if it is), removes old
-    /// builds and judges rollouts, on the server's clock read once for the round.
-    async fn tend(&self, node: &str, bucket: &kv::Store) -> Result<(), ClusterError> {
-        let now = self.server_now(&bucket.stream_name).await?;
-        let nodes = self.nodes_in(bucket, now).await?;
-        let live = || nodes.iter().filter(|known| !known.gone);
-        if live().map(|known| known.node.as_str()).min() == Some(node) {
-            let served = live().flat_map(|known| known.announcement.builds.iter().cloned()).collect();
-            let pointers = self.pointer_entries().await?;
-            self.remove_old_builds(&pointers, &served, now).await?;
-            self.judge_rollouts(&pointers, &nodes, now).await?;
-        }
-        Ok(())
-    }
-
     /// This process's instance number: what its announcements carry.
     pub fn instance(&self) -> u64 {
         self.presence.instance
@@ -235,7 +220,11 @@ impl Cluster {
 
     /// Every node `bucket` holds at `now` (the server's clock): as heard, if the view is current,
     /// or else listed.
-    async fn nodes_in(&self, bucket: &kv::Store, now: OffsetDateTime) -> Result<Vec<ClusterNode>, ClusterError> {
+    pub(super) async fn nodes_in(
+        &self,
+        bucket: &kv::Store,
+        now: OffsetDateTime,
+    ) -> Result<Vec<ClusterNode>, ClusterError> {
         let heard = self.presence.heard().nodes(now);
         match heard {
             Some(nodes) => Ok(nodes),
@@ -277,6 +266,8 @@ struct Round {
     first_put: Option<u64>,
     /// The revision of this process's put of the round before; `None` if that round was missed.
     previous_put: Option<u64>,
+    /// What this node listed when it judged (see `tend`).
+    tending: Tending,
 }
 
 impl Round {

@@ -102,16 +102,16 @@ impl Cluster {
         let _ = tokio::task::spawn_blocking(move || rollouts.end_cluster_rollout(&plugin, &serving, ended)).await;
     }
 
-    /// Judges every rollout in the pointers' `entries` on the sum of the `nodes`' figures (the
-    /// live node with the smallest name calls it): ends each one whose verdict is in by moving
-    /// its pointer. `now` is the NATS server's clock.
+    /// Judges every rollout in the `entries` of `pointers` on the sum of the `nodes`' figures
+    /// (the live node with the smallest name calls it): ends each one whose verdict is in by
+    /// moving its pointer. `now` is the NATS server's clock.
     pub(super) async fn judge_rollouts(
         &self,
+        pointers: &kv::Store,
         entries: &[kv::Entry],
         nodes: &[ClusterNode],
         now: time::OffsetDateTime,
     ) -> Result<(), ClusterError> {
-        let pointers = self.pointers().await?;
         for entry in entries {
             let name = &entry.key;
             let Ok(pointer) = serde_json::from_slice::<Pointer>(&entry.value) else { continue };
