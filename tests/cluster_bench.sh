@@ -20,6 +20,8 @@
 # - the production topology: the feed, the publish API, the join, convergence and rollout again,
 #   on three NATS servers joined in a NATS cluster, every stream with three replicas, each node on
 #   its own server.
+# After each feed, the machine's iowait and steal time meanwhile: a phase disturbed by the disk or
+# by the host (this is a virtual machine) says so.
 # Usage: tests/cluster_bench.sh TARGET_DIR
 set -euo pipefail
 target_dir=$1
@@ -131,6 +133,15 @@ cpu_ms() {
   local p
   for p; do cat "/proc/$p/stat"; done | awk -v tick="$(getconf CLK_TCK)" '{ ms += ($14 + $15) * 1000 / tick } END { print int(ms) }'
 }
+# The machine's iowait and steal time so far (all cores), in ms: what a phase lost to the disk or
+# to the host, which no process's own CPU time shows.
+machine_ms() { awk -v tick="$(getconf CLK_TCK)" '/^cpu / { print int($6 * 1000 / tick), int($9 * 1000 / tick) }' /proc/stat; }
+# Prints the iowait and steal time since machine_ms gave "$1 $2".
+machine_since() {
+  local io steal
+  read -r io steal < <(machine_ms)
+  echo "the machine meanwhile: iowait $((io - $1)) ms, steal $((steal - $2)) ms"
+}
 json_field() { sed -E "s/.*\"$1\":([0-9.]+|null).*/\\1/" <<< "$2"; }
 revision_of() { json_field data_revision "$(curl -sf "http://127.0.0.1:2${1}504/status")"; }
 # The data stream's last sequence, from the monitoring port ${1:-18222} of a server holding it.
@@ -146,8 +157,11 @@ for account in json.load(sys.stdin).get("account_details", []):
 feed_one_node() {
   rm -rf "$work/node1/data"
   start_node 1
+  local machine
+  machine=$(machine_ms)
   "$data_bench" --url ws://127.0.0.1:21503/ws/portfolio --publish 127.0.0.1:21505 --connections 9000 --seconds 20 \
     --sources 127.0.0.1,127.0.0.2
+  machine_since $machine
   if [[ "${1:-}" == publish ]]; then "$data_bench" --publish 127.0.0.1:21505 --publish-only --seconds 10; fi
   stop_nodes
 }
@@ -161,9 +175,12 @@ urls=ws://127.0.0.1:21503/ws/portfolio,ws://127.0.0.1:22503/ws/portfolio,ws://12
 # publish API alone through node 1.
 feed_three_nodes() {
   for n in 1 2 3; do rm -rf "$work/node$n/data"; start_node "$n" "$1"; done
+  local machine
+  machine=$(machine_ms)
   "$data_bench" --url "$urls" --publish 127.0.0.1:21505 --connections 9000 --seconds 20 \
     --sources 127.0.0.1,127.0.0.2 > "$work/$1.json"
   cat "$work/$1.json"
+  machine_since $machine
   sleep 1
   echo "stream last: $(stream_last "$2"); applied: node1 $(revision_of 1), node2 $(revision_of 2), node3 $(revision_of 3)"
   "$data_bench" --publish 127.0.0.1:21505 --publish-only --seconds 10
@@ -210,7 +227,7 @@ for node in json.load(sys.stdin)["nodes"]:
 # then once more for each catch-up limit in $3 (Mbit/s, 0: none) while node 4 joins as
 # start_node's $1 says (the last one stays); $2 is a monitoring port, 127.0.0.$4 the first source.
 join_fourth_node() {
-  local mode=$1 monitor=$2 source=$4 limit started nats_cpu bench_pid
+  local mode=$1 monitor=$2 source=$4 limit started nats_cpu bench_pid machine
   python3 - << 'EOF'
 import http.client, json
 for batch in range(200):
@@ -220,12 +237,15 @@ for batch in range(200):
     answer = connection.getresponse()
     assert answer.status == 200, answer.read()
 EOF
+  machine=$(machine_ms)
   "$data_bench" --url "$urls" --publish 127.0.0.1:21505 --connections 3000 --seconds 12 --sources "127.0.0.$source" \
     > "$work/quiet.json"
   echo "nodes 1-3 under the feed, no node joining: $(p99s "$work/quiet.json")"
+  machine_since $machine
   for limit in $3; do
     source=$((source + 1))
     rm -rf "$work/node4"
+    machine=$(machine_ms)
     "$data_bench" --url "$urls" --publish 127.0.0.1:21505 --connections 3000 --seconds 12 --sources "127.0.0.$source" \
       > "$work/join.json" &
     bench_pid=$!
@@ -239,6 +259,7 @@ EOF
       "(NATS meanwhile $(( $(cpu_ms $nats_pid "${nats_pids[@]}") - nats_cpu )) ms)"
     wait "$bench_pid"
     echo "nodes 1-3 under the feed while node 4 joined: $(p99s "$work/join.json")"
+    machine_since $machine
     if [[ $limit != "${3##* }" ]]; then
       kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
     fi
