@@ -114,6 +114,55 @@ async fn until_listed(admin: std::net::SocketAddr, within: Duration, check: impl
     }
 }
 
+/// A build whose chunks never come (removed while a node read it, or stored so by another
+/// program) fails on the node after a short wait, with the node saying so, and keeps no other
+/// plugin's deploy from reaching it. Before, the node waited for the chunks for ever and followed
+/// no deploy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_whose_chunks_never_come_fails_and_blocks_no_other_deploy() {
+    let nats = NatsServer::start();
+    let node = nodes_on(&nats, 1).await.remove(0);
+    let first = deploy(&nats, artifacts::VERSIONED_V1).await;
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let mut client = Client::connect(&node.url(VERSIONED)).await;
+    assert_eq!(version_of(&client.next_text(SOON).await), "1");
+
+    // Build 2 stored, its chunks purged, and plugin `versioned` pointed at it.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let (second, wasm) = (build_of(artifacts::VERSIONED_V2), std::fs::read(artifacts::VERSIONED_V2).unwrap());
+    let store = js.get_object_store("wasmpush-builds").await.unwrap();
+    store.put(second.as_str(), &mut wasm.as_slice()).await.unwrap();
+    let nuid = store.info(second.as_str()).await.unwrap().nuid;
+    let builds = js.get_stream("OBJ_wasmpush-builds").await.unwrap();
+    builds.purge().filter(format!("$O.wasmpush-builds.C.{nuid}")).await.unwrap();
+    let pointer =
+        serde_json::json!({ "build": second, "bytes": wasm.len(), "previous": build_of(artifacts::VERSIONED_V1) });
+    let pointers = js.get_key_value("wasmpush-plugins").await.unwrap();
+    pointers.put("versioned", pointer.to_string().into()).await.unwrap();
+
+    // The node says why it serves the old build, which serves on.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = node.status().await;
+        let failed = &status["last_reload_error"];
+        if failed["build"] == second.as_str() {
+            assert!(failed["reason"].as_str().unwrap().contains("stopped coming"), "{failed}");
+            assert_eq!(failed["retried"], true, "{failed}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the node never said the build failed: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(version_of(&client.next_text(SOON).await), "1", "the old build serves on");
+
+    // Another plugin's deploy reaches the node meanwhile.
+    let args = ["deploy", "again", artifacts::VERSIONED_V1, "--nats", &nats.url(), "--wait", "30"];
+    let again = wasmpush(args.map(str::to_owned).to_vec()).await;
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let mut other = Client::connect(&node.url("/ws/again?params=%7B%7D")).await;
+    assert_eq!(version_of(&other.next_text(SOON).await), "1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_reaches_every_node_without_dropping_a_client_and_a_racing_one_loses() {
     let nats = NatsServer::start();

@@ -16,7 +16,7 @@
 //! node reports the new one); a build no pointer ever named (a deploy that lost its race) after
 //! [`ORPHAN_AGE`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +46,10 @@ const ORPHAN_AGE: Duration = Duration::from_secs(3600);
 
 /// How long a node waits before it fetches a build that failed again.
 const INSTALL_RETRY: Duration = Duration::from_secs(5);
+
+/// How long a build's fetch may receive nothing before it fails: an object whose chunks are gone
+/// (removed while it was read, or written so by another program) would be waited for for ever.
+const FETCH_STALL: Duration = Duration::from_secs(2);
 
 /// How long a node waits for NATS at start before it serves the builds it has.
 pub const START_SYNC_TIME: Duration = Duration::from_secs(10);
@@ -237,7 +241,7 @@ impl Cluster {
 
     /// Follows every plugin's pointer for as long as the engine runs: each build it moves to is
     /// fetched, loaded and kept in `dir`. A build that could not be fetched is tried again every
-    /// [`INSTALL_RETRY`].
+    /// [`INSTALL_RETRY`], and keeps no other plugin from being followed meanwhile.
     pub async fn follow_builds(self, dir: PathBuf, registry: Arc<PluginRegistry>, rollouts: Arc<Rollouts>) {
         loop {
             match self.follow_builds_once(&dir, &registry, &rollouts).await {
@@ -257,13 +261,29 @@ impl Cluster {
         rollouts: &Arc<Rollouts>,
     ) -> Result<(), ClusterError> {
         let mut pointers = self.pointers().await?.watch_with_history(">").await.map_err(jetstream_error)?;
-        while let Some(entry) = pointers.next().await {
-            let entry = entry.map_err(jetstream_error)?;
-            if self.install(dir, &entry, registry, rollouts).await.is_none() {
-                return Err(ClusterError::JetStream(format!("the build of `{}` could not be fetched", entry.key)));
+        // The pointers whose build could not be fetched, by plugin: tried again every
+        // INSTALL_RETRY, while the other plugins' pointers are followed meanwhile.
+        let mut unfetched = BTreeMap::new();
+        let mut retry = tokio::time::interval(INSTALL_RETRY);
+        loop {
+            tokio::select! {
+                entry = pointers.next() => {
+                    let Some(entry) = entry else { return Ok(()) };
+                    let entry = entry.map_err(jetstream_error)?;
+                    unfetched.remove(&entry.key);
+                    if self.install(dir, &entry, registry, rollouts).await.is_none() {
+                        unfetched.insert(entry.key.clone(), entry);
+                    }
+                }
+                _ = retry.tick(), if !unfetched.is_empty() => {
+                    for (name, entry) in std::mem::take(&mut unfetched) {
+                        if self.install(dir, &entry, registry, rollouts).await.is_none() {
+                            unfetched.insert(name, entry);
+                        }
+                    }
+                }
             }
         }
-        Ok(())
     }
 
     /// Takes what `entry` points at: ends this node's part of a cluster rollout the pointer no
@@ -352,9 +372,18 @@ impl Cluster {
     /// Build `build` from the store, checked against its hash.
     pub(super) async fn fetch(&self, build: &str) -> Result<Vec<u8>, String> {
         let builds = self.builds().await.map_err(|err| err.to_string())?;
-        let mut object = builds.get(build).await.map_err(|err| format!("build {build} cannot be read: {err}"))?;
-        let mut wasm = Vec::new();
-        (&mut object).take(MAX_PLUGIN_BYTES + 1).read_to_end(&mut wasm).await.map_err(|err| err.to_string())?;
+        let object = builds.get(build).await.map_err(|err| format!("build {build} cannot be read: {err}"))?;
+        let mut object = object.take(MAX_PLUGIN_BYTES + 1);
+        let (mut wasm, mut chunk) = (Vec::new(), vec![0; 128 << 10]);
+        loop {
+            let read = tokio::time::timeout(FETCH_STALL, object.read(&mut chunk)).await.map_err(|_| {
+                format!("build {build} stopped coming for {FETCH_STALL:?}: removed while it was read, or never whole")
+            })?;
+            match read.map_err(|err| err.to_string())? {
+                0 => break,
+                read => wasm.extend_from_slice(&chunk[..read]),
+            }
+        }
         if content_hash(&wasm) != build {
             return Err(format!("build {build} does not match its hash"));
         }
@@ -382,17 +411,16 @@ impl Cluster {
             .map_err(jetstream_error)
     }
 
-    /// Removes `builds` from the store.
-    pub(super) async fn remove_builds(&self, builds: Vec<String>) -> Result<(), ClusterError> {
-        if builds.is_empty() {
-            return Ok(());
-        }
-        let store = self.builds().await?;
-        for build in builds {
-            store.delete(&build).await.map_err(jetstream_error)?;
-            tracing::info!(build, "removed a build no node serves any more");
-        }
+    /// Removes `build` from the store.
+    pub(super) async fn remove_build(&self, build: &str) -> Result<(), ClusterError> {
+        self.builds().await?.delete(build).await.map_err(jetstream_error)?;
+        tracing::info!(build, "removed a build no node serves any more");
         Ok(())
+    }
+
+    /// Puts `wasm` back into the store as `build`, unless it holds it again.
+    pub(super) async fn put_back(&self, build: &str, wasm: &[u8]) -> Result<(), ClusterError> {
+        self.store_build(&self.builds().await?, build, wasm).await
     }
 
     /// The pointers' KV bucket, created if missing.
@@ -425,6 +453,20 @@ pub(super) struct StoredBuild {
     pub modified: Option<time::OffsetDateTime>,
 }
 
+/// The pointers `entries` hold (one that is not, written by another program, names nothing).
+fn pointers(entries: &[kv::Entry]) -> impl Iterator<Item = Pointer> + '_ {
+    entries.iter().filter_map(|entry| serde_json::from_slice::<Pointer>(&entry.value).ok())
+}
+
+/// The builds the pointers `entries` hold name: each one's serving build and its rollout's
+/// candidate.
+pub(super) fn named_builds(entries: &[kv::Entry]) -> BTreeSet<String> {
+    pointers(entries)
+        .flat_map(|pointer| [Some(pointer.build), pointer.rollout.map(|rollout| rollout.candidate)])
+        .flatten()
+        .collect()
+}
+
 /// Which of the `stored` builds to remove: those no pointer of `entries` names and none of
 /// `served` (the builds live nodes serve); a pointer's previous build at once, any other after
 /// [`ORPHAN_AGE`] at `now` (the NATS server's clock).
@@ -434,14 +476,8 @@ pub(super) fn removable(
     stored: &[StoredBuild],
     now: time::OffsetDateTime,
 ) -> Vec<String> {
-    let (mut named, mut replaced) = (BTreeSet::new(), BTreeSet::new());
-    for entry in entries {
-        if let Ok(pointer) = serde_json::from_slice::<Pointer>(&entry.value) {
-            named.insert(pointer.build);
-            named.extend(pointer.rollout.map(|rollout| rollout.candidate));
-            replaced.extend(pointer.previous);
-        }
-    }
+    let named = named_builds(entries);
+    let replaced: BTreeSet<String> = pointers(entries).filter_map(|pointer| pointer.previous).collect();
     let old = |build: &StoredBuild| build.modified.is_some_and(|modified| now - modified > ORPHAN_AGE);
     stored
         .iter()

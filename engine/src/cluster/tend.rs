@@ -9,13 +9,19 @@
 //! three things a round: the server's clock, the pointers' stream and the builds' stream. Its
 //! decisions are made afresh each round on the kept listings, with that round's clock and the
 //! builds the nodes announce serving.
+//!
+//! A build it removes may be deployed again at that moment (alternating two builds does that):
+//! the deploy stores it, moves the pointer, and stores it again if it is gone, but a removal
+//! decided on the pointers before the move can land after that second look. So the judge fetches
+//! each build before it removes it, looks at the pointers again after, and puts back any build
+//! they now name.
 
 use std::future::Future;
 
 use async_nats::jetstream::{kv, stream};
 use time::OffsetDateTime;
 
-use super::plugins::{StoredBuild, removable};
+use super::plugins::{StoredBuild, named_builds, removable};
 use super::{Cluster, ClusterError, is_not_found, jetstream_error};
 
 /// What the judge listed, kept from round to round.
@@ -84,19 +90,49 @@ impl Cluster {
         }
         let served = live().flat_map(|known| known.announcement.builds.iter().cloned()).collect();
         let pointers = self.pointers().await?;
-        let mark = StreamMark::of(pointers.stream.cached_info());
-        let entries = listed_at(&mut tending.pointers, mark, || self.pointer_entries(&pointers)).await?;
+        let pointers_at = StreamMark::of(pointers.stream.cached_info());
+        let entries = listed_at(&mut tending.pointers, pointers_at, || self.pointer_entries(&pointers)).await?;
         let stored = match self.jetstream.get_stream(Cluster::builds_stream()).await {
             Ok(builds) => {
-                let mark = StreamMark::of(builds.cached_info());
-                listed_at(&mut tending.builds, mark, || self.stored_builds()).await?.as_slice()
+                let builds_at = StreamMark::of(builds.cached_info());
+                listed_at(&mut tending.builds, builds_at, || self.stored_builds()).await?.as_slice()
             }
             // No build was ever deployed.
             Err(err) if is_not_found(&err) => &[],
             Err(err) => return Err(jetstream_error(err)),
         };
-        self.remove_builds(removable(entries, &served, stored, now)).await?;
+        self.remove_builds(removable(entries, &served, stored, now), pointers_at).await?;
         self.judge_rollouts(&pointers, entries, &nodes, now).await
+    }
+
+    /// Removes `builds`, chosen on the pointers as they stood at `listed`, and puts back any of
+    /// them a deploy named meanwhile. A deploy of an old build stores it, moves the pointer, then
+    /// stores it again if it is gone: when this removal comes after that second look, the
+    /// pointers looked at after the removal hold the move, so each build is fetched before it
+    /// goes and put back if they name it. Either way, a build a pointer names stays.
+    async fn remove_builds(&self, builds: Vec<String>, listed: StreamMark) -> Result<(), ClusterError> {
+        if builds.is_empty() {
+            return Ok(());
+        }
+        let (mut removed, mut failed) = (Vec::with_capacity(builds.len()), Ok(()));
+        for build in builds {
+            // One that cannot be read (or does not match its hash) could not be served anyway.
+            let wasm = self.fetch(&build).await.ok();
+            if let Err(err) = self.remove_build(&build).await {
+                failed = Err(err);
+                break;
+            }
+            removed.extend(wasm.map(|wasm| (build, wasm)));
+        }
+        let pointers = self.pointers().await?;
+        if StreamMark::of(pointers.stream.cached_info()) != listed {
+            let named = named_builds(&self.pointer_entries(&pointers).await?);
+            for (build, wasm) in removed.iter().filter(|(build, _)| named.contains(build)) {
+                tracing::warn!(build, "a deploy named a build as it was removed: it is put back");
+                self.put_back(build, wasm).await?;
+            }
+        }
+        failed
     }
 }
 
