@@ -264,7 +264,9 @@ impl Cluster {
         // The pointers whose build could not be fetched, by plugin: tried again every
         // INSTALL_RETRY, while the other plugins' pointers are followed meanwhile.
         let mut unfetched = BTreeMap::new();
-        let mut retry = tokio::time::interval(INSTALL_RETRY);
+        let mut retry = tokio::time::interval_at(tokio::time::Instant::now() + INSTALL_RETRY, INSTALL_RETRY);
+        // A try may stall for FETCH_STALL: the next one still waits its whole INSTALL_RETRY.
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 entry = pointers.next() => {
