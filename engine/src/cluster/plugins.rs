@@ -10,11 +10,13 @@
 //! on. Only a build that loaded is written into the plugins directory (`NAME.wasm.tmp`, then a
 //! rename), so a restarted node serves what it served, never a build it refused. A node that
 //! starts fetches the current builds before it loads its plugins, so it serves them from its
-//! first connection.
+//! first connection. A fetch that receives nothing for [`FETCH_STALL`] fails, and the pointer is
+//! tried again while the others are followed.
 //!
 //! A build is removed from the store once no pointer names it and no live node serves it (every
 //! node reports the new one); a build no pointer ever named (a deploy that lost its race) after
-//! [`ORPHAN_AGE`].
+//! [`ORPHAN_AGE`]. What to remove is decided here ([`removable`]); the judge's round (`tend`)
+//! removes it, and puts back a build a deploy named meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
