@@ -141,18 +141,13 @@ async fn a_build_whose_chunks_never_come_fails_and_blocks_no_other_deploy() {
     pointers.put("versioned", pointer.to_string().into()).await.unwrap();
 
     // The node says why it serves the old build, which serves on.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = node.status().await;
-        let failed = &status["last_reload_error"];
-        if failed["build"] == second.as_str() {
-            assert!(failed["reason"].as_str().unwrap().contains("stopped coming"), "{failed}");
-            assert_eq!(failed["retried"], true, "{failed}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the node never said the build failed: {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_every_status(&[&node], "said the build failed", |status| {
+        status["last_reload_error"]["build"] == second.as_str()
+    })
+    .await;
+    let failed = &node.status().await["last_reload_error"];
+    assert!(failed["reason"].as_str().unwrap().contains("stopped coming"), "{failed}");
+    assert_eq!(failed["retried"], true, "{failed}");
     assert_eq!(version_of(&client.next_text(SOON).await), "1", "the old build serves on");
 
     // Another plugin's deploy reaches the node meanwhile.

@@ -22,6 +22,7 @@
 //! - `nodes`: the nodes as a node knows them: what each announces, its age, whether it is gone.
 //! - `heard`: the list of nodes as a node's watch of their entries delivers it.
 //! - `rollouts`: the cluster's rollouts, judged on every node's figures.
+//! - `tend`: the judge's round: old builds removed, rollouts judged, by one node.
 
 mod follow;
 mod heard;

@@ -189,7 +189,7 @@ impl Cluster {
         let build = content_hash(wasm);
         let pointer = next(read.as_ref(), &build)?;
         let builds = self.builds().await?;
-        self.store_build(&builds, &build, wasm).await?;
+        store_build(&builds, &build, wasm).await?;
         let value = serde_json::to_vec(&pointer).expect("a pointer serializes").into();
         let lost = || DeployError::Lost { plugin: name.to_owned() };
         let revision = match current {
@@ -204,23 +204,8 @@ impl Cluster {
         };
         // The build may have been removed as unused between the upload and the pointer's move
         // (an old build deployed again): now that the pointer names it, it is kept for good.
-        self.store_build(&builds, &build, wasm).await?;
+        store_build(&builds, &build, wasm).await?;
         Ok(Deployed { pointer, revision })
-    }
-
-    /// Puts `wasm` into the store as `build` unless the store holds it (a deleted object still
-    /// answers `info`, marked deleted).
-    async fn store_build(
-        &self,
-        builds: &object_store::ObjectStore,
-        build: &str,
-        wasm: &[u8],
-    ) -> Result<(), ClusterError> {
-        if builds.info(build).await.is_ok_and(|info| !info.deleted) {
-            return Ok(());
-        }
-        builds.put(build, &mut &wasm[..]).await.map_err(jetstream_error)?;
-        Ok(())
     }
 
     /// Fetches and loads every plugin's current build, into `dir` too: once, at start, before
@@ -375,23 +360,7 @@ impl Cluster {
 
     /// Build `build` from the store, checked against its hash.
     pub(super) async fn fetch(&self, build: &str) -> Result<Vec<u8>, String> {
-        let builds = self.builds().await.map_err(|err| err.to_string())?;
-        let object = builds.get(build).await.map_err(|err| format!("build {build} cannot be read: {err}"))?;
-        let mut object = object.take(MAX_PLUGIN_BYTES + 1);
-        let (mut wasm, mut chunk) = (Vec::new(), vec![0; 128 << 10]);
-        loop {
-            let read = tokio::time::timeout(FETCH_STALL, object.read(&mut chunk)).await.map_err(|_| {
-                format!("build {build} stopped coming for {FETCH_STALL:?}: removed while it was read, or never whole")
-            })?;
-            match read.map_err(|err| err.to_string())? {
-                0 => break,
-                read => wasm.extend_from_slice(&chunk[..read]),
-            }
-        }
-        if content_hash(&wasm) != build {
-            return Err(format!("build {build} does not match its hash"));
-        }
-        Ok(wasm)
+        read_build(&self.builds().await.map_err(|err| err.to_string())?, build).await
     }
 
     /// Every plugin's pointer entry, as `pointers` holds it now.
@@ -415,18 +384,6 @@ impl Cluster {
             .map_err(jetstream_error)
     }
 
-    /// Removes `build` from the store.
-    pub(super) async fn remove_build(&self, build: &str) -> Result<(), ClusterError> {
-        self.builds().await?.delete(build).await.map_err(jetstream_error)?;
-        tracing::info!(build, "removed a build no node serves any more");
-        Ok(())
-    }
-
-    /// Puts `wasm` back into the store as `build`, unless it holds it again.
-    pub(super) async fn put_back(&self, build: &str, wasm: &[u8]) -> Result<(), ClusterError> {
-        self.store_build(&self.builds().await?, build, wasm).await
-    }
-
     /// The pointers' KV bucket, created if missing.
     pub(super) async fn pointers(&self) -> Result<kv::Store, ClusterError> {
         self.kv_bucket(kv::Config { bucket: POINTERS.to_owned(), history: 5, ..Default::default() }).await
@@ -438,7 +395,7 @@ impl Cluster {
     }
 
     /// The builds' Object Store, created if JetStream says it is missing.
-    async fn builds(&self) -> Result<object_store::ObjectStore, ClusterError> {
+    pub(super) async fn builds(&self) -> Result<object_store::ObjectStore, ClusterError> {
         found_or_created(self.jetstream.get_object_store(BUILDS).await, || async {
             let config =
                 object_store::Config { bucket: BUILDS.to_owned(), num_replicas: self.replicas, ..Default::default() };
@@ -446,6 +403,41 @@ impl Cluster {
         })
         .await
     }
+}
+
+/// Puts `wasm` into `builds` as `build` unless the store holds it (a deleted object still answers
+/// `info`, marked deleted).
+pub(super) async fn store_build(
+    builds: &object_store::ObjectStore,
+    build: &str,
+    wasm: &[u8],
+) -> Result<(), ClusterError> {
+    if builds.info(build).await.is_ok_and(|info| !info.deleted) {
+        return Ok(());
+    }
+    builds.put(build, &mut &wasm[..]).await.map_err(jetstream_error)?;
+    Ok(())
+}
+
+/// Build `build` from `builds`, checked against its hash; failed once nothing came for
+/// [`FETCH_STALL`].
+pub(super) async fn read_build(builds: &object_store::ObjectStore, build: &str) -> Result<Vec<u8>, String> {
+    let object = builds.get(build).await.map_err(|err| format!("build {build} cannot be read: {err}"))?;
+    let mut object = object.take(MAX_PLUGIN_BYTES + 1);
+    let (mut wasm, mut chunk) = (Vec::new(), vec![0; 128 << 10]);
+    loop {
+        let read = tokio::time::timeout(FETCH_STALL, object.read(&mut chunk)).await.map_err(|_| {
+            format!("build {build} stopped coming for {FETCH_STALL:?}: removed while it was read, or never whole")
+        })?;
+        match read.map_err(|err| err.to_string())? {
+            0 => break,
+            read => wasm.extend_from_slice(&chunk[..read]),
+        }
+    }
+    if content_hash(&wasm) != build {
+        return Err(format!("build {build} does not match its hash"));
+    }
+    Ok(wasm)
 }
 
 /// A build the Object Store holds.
@@ -458,14 +450,14 @@ pub(super) struct StoredBuild {
 }
 
 /// The pointers `entries` hold (one that is not, written by another program, names nothing).
-fn pointers(entries: &[kv::Entry]) -> impl Iterator<Item = Pointer> + '_ {
+fn pointers_in(entries: &[kv::Entry]) -> impl Iterator<Item = Pointer> + '_ {
     entries.iter().filter_map(|entry| serde_json::from_slice::<Pointer>(&entry.value).ok())
 }
 
 /// The builds the pointers `entries` hold name: each one's serving build and its rollout's
 /// candidate.
 pub(super) fn named_builds(entries: &[kv::Entry]) -> BTreeSet<String> {
-    pointers(entries)
+    pointers_in(entries)
         .flat_map(|pointer| [Some(pointer.build), pointer.rollout.map(|rollout| rollout.candidate)])
         .flatten()
         .collect()
@@ -481,7 +473,7 @@ pub(super) fn removable(
     now: time::OffsetDateTime,
 ) -> Vec<String> {
     let named = named_builds(entries);
-    let replaced: BTreeSet<String> = pointers(entries).filter_map(|pointer| pointer.previous).collect();
+    let replaced: BTreeSet<String> = pointers_in(entries).filter_map(|pointer| pointer.previous).collect();
     let old = |build: &StoredBuild| build.modified.is_some_and(|modified| now - modified > ORPHAN_AGE);
     stored
         .iter()

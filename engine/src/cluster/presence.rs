@@ -1,12 +1,12 @@
 //! Every node announces itself every [`ANNOUNCE_PERIOD`]: its status (what `/status` answers)
 //! and the builds it serves, as its entry in the KV bucket [`NODES`]. A node that stops cleanly
 //! removes its entry at once; one that stops announcing (killed, cut off) is marked gone once it
-//! has been silent for [`GONE_AFTER`](super::nodes::GONE_AFTER) while NATS took the others' announcements, and forgotten
+//! has been silent for [`GONE_AFTER`] while NATS took the others' announcements, and forgotten
 //! after [`FORGET_AFTER`]. An entry's age is read on the NATS server's clock, which stamped it: a
 //! node or an operator whose clock is off sees the same live nodes as the others. Silence while
 //! NATS took no announcement at all (every server down, or a NATS cluster electing its leaders)
 //! does not count: each node says how long its announcements have been taken, since its first or
-//! since one last failed, and once NATS is back a node has [`GONE_AFTER`](super::nodes::GONE_AFTER) from the first ones
+//! since one last failed, and once NATS is back a node has [`GONE_AFTER`] from the first ones
 //! taken to speak up again. Without that, every node looked gone after an outage until it
 //! announced again, and `deploy --wait` took the first node back for the whole cluster.
 //!
@@ -20,6 +20,8 @@
 //!
 //! After its put, the live node with the smallest name tends the cluster's builds and rollouts
 //! (see `tend`).
+//!
+//! [`GONE_AFTER`]: super::nodes::GONE_AFTER
 
 use std::hash::BuildHasher;
 use std::sync::Mutex;

@@ -21,7 +21,7 @@ use std::future::Future;
 use async_nats::jetstream::{kv, stream};
 use time::OffsetDateTime;
 
-use super::plugins::{StoredBuild, named_builds, removable};
+use super::plugins::{StoredBuild, named_builds, read_build, removable, store_build};
 use super::{Cluster, ClusterError, is_not_found, jetstream_error};
 
 /// What the judge listed, kept from round to round.
@@ -114,14 +114,16 @@ impl Cluster {
         if builds.is_empty() {
             return Ok(());
         }
+        let store = self.builds().await?;
         let (mut removed, mut failed) = (Vec::with_capacity(builds.len()), Ok(()));
         for build in builds {
             // One that cannot be read (or does not match its hash) could not be served anyway.
-            let wasm = self.fetch(&build).await.ok();
-            if let Err(err) = self.remove_build(&build).await {
-                failed = Err(err);
+            let wasm = read_build(&store, &build).await.ok();
+            if let Err(err) = store.delete(&build).await {
+                failed = Err(jetstream_error(err));
                 break;
             }
+            tracing::info!(build, "removed a build no node serves any more");
             removed.extend(wasm.map(|wasm| (build, wasm)));
         }
         let pointers = self.pointers().await?;
@@ -129,7 +131,7 @@ impl Cluster {
             let named = named_builds(&self.pointer_entries(&pointers).await?);
             for (build, wasm) in removed.iter().filter(|(build, _)| named.contains(build)) {
                 tracing::warn!(build, "a deploy named a build as it was removed: it is put back");
-                self.put_back(build, wasm).await?;
+                store_build(&store, build, wasm).await?;
             }
         }
         failed
