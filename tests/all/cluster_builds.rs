@@ -119,7 +119,7 @@ async fn until_listed(admin: std::net::SocketAddr, within: Duration, check: impl
 /// plugin's deploy from reaching it. Before, the node waited for the chunks for ever and followed
 /// no deploy again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_build_whose_chunks_never_come_fails_and_blocks_no_other_deploy() {
+async fn a_build_whose_chunks_never_come_fails_blocks_no_other_deploy_and_is_mended_by_a_deploy() {
     let nats = NatsServer::start();
     let node = nodes_on(&nats, 1).await.remove(0);
     let first = deploy(&nats, artifacts::VERSIONED_V1).await;
@@ -156,6 +156,11 @@ async fn a_build_whose_chunks_never_come_fails_and_blocks_no_other_deploy() {
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     let mut other = Client::connect(&node.url("/ws/again?params=%7B%7D")).await;
     assert_eq!(version_of(&other.next_text(SOON).await), "1");
+
+    // Deploying build 2's file again stores its chunks again, and the node takes it.
+    let mended = deploy(&nats, artifacts::VERSIONED_V2).await;
+    assert!(mended.status.success(), "{}", String::from_utf8_lossy(&mended.stderr));
+    until_version(&mut client, "2").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,9 @@
 //! rename), so a restarted node serves what it served, never a build it refused. A node that
 //! starts fetches the current builds before it loads its plugins, so it serves them from its
 //! first connection. A fetch that receives nothing for [`FETCH_STALL`] fails, and the pointer is
-//! tried again while the others are followed.
+//! tried again, less and less often, while the others are followed. A deploy stores a build again
+//! when the store lacks any of its chunks, so deploying the same file mends a build that cannot
+//! be fetched.
 //!
 //! A build is removed from the store once no pointer names it and no live node serves it (every
 //! node reports the new one); a build no pointer ever named (a deploy that lost its race) after
@@ -46,8 +48,13 @@ const POINTERS: &str = "wasmpush-plugins";
 /// pointer must not lose it), on the NATS server's clock.
 const ORPHAN_AGE: Duration = Duration::from_secs(3600);
 
-/// How long a node waits before it fetches a build that failed again.
+/// How long a node waits before it fetches a build that failed again: doubled after each try
+/// that fails, up to [`INSTALL_RETRY_MAX`], since a try may stall the follower for
+/// [`FETCH_STALL`].
 const INSTALL_RETRY: Duration = Duration::from_secs(5);
+
+/// The longest wait between two tries of a build that cannot be fetched.
+const INSTALL_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// How long a build's fetch may receive nothing before it fails: an object whose chunks are gone
 /// (removed while it was read, or written so by another program) would be waited for for ever.
@@ -189,7 +196,7 @@ impl Cluster {
         let build = content_hash(wasm);
         let pointer = next(read.as_ref(), &build)?;
         let builds = self.builds().await?;
-        store_build(&builds, &build, wasm).await?;
+        self.store_build(&builds, &build, wasm).await?;
         let value = serde_json::to_vec(&pointer).expect("a pointer serializes").into();
         let lost = || DeployError::Lost { plugin: name.to_owned() };
         let revision = match current {
@@ -204,7 +211,7 @@ impl Cluster {
         };
         // The build may have been removed as unused between the upload and the pointer's move
         // (an old build deployed again): now that the pointer names it, it is kept for good.
-        store_build(&builds, &build, wasm).await?;
+        self.store_build(&builds, &build, wasm).await?;
         Ok(Deployed { pointer, revision })
     }
 
@@ -227,8 +234,9 @@ impl Cluster {
     }
 
     /// Follows every plugin's pointer for as long as the engine runs: each build it moves to is
-    /// fetched, loaded and kept in `dir`. A build that could not be fetched is tried again every
-    /// [`INSTALL_RETRY`], and keeps no other plugin from being followed meanwhile.
+    /// fetched, loaded and kept in `dir`. A build that could not be fetched is tried again after
+    /// [`INSTALL_RETRY`], then less often, and keeps no other plugin from being followed
+    /// meanwhile.
     pub async fn follow_builds(self, dir: PathBuf, registry: Arc<PluginRegistry>, rollouts: Arc<Rollouts>) {
         loop {
             match self.follow_builds_once(&dir, &registry, &rollouts).await {
@@ -248,12 +256,11 @@ impl Cluster {
         rollouts: &Arc<Rollouts>,
     ) -> Result<(), ClusterError> {
         let mut pointers = self.pointers().await?.watch_with_history(">").await.map_err(jetstream_error)?;
-        // The pointers whose build could not be fetched, by plugin: tried again every
-        // INSTALL_RETRY, while the other plugins' pointers are followed meanwhile.
+        // The pointers whose build could not be fetched, by plugin: tried again after `wait`,
+        // doubled after each round with a failure, while the other plugins' pointers are followed
+        // meanwhile.
         let mut unfetched = BTreeMap::new();
-        let mut retry = tokio::time::interval_at(tokio::time::Instant::now() + INSTALL_RETRY, INSTALL_RETRY);
-        // A try may stall for FETCH_STALL: the next one still waits its whole INSTALL_RETRY.
-        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut wait, mut next_try) = (INSTALL_RETRY, tokio::time::Instant::now());
         loop {
             tokio::select! {
                 entry = pointers.next() => {
@@ -261,15 +268,20 @@ impl Cluster {
                     let entry = entry.map_err(jetstream_error)?;
                     unfetched.remove(&entry.key);
                     if self.install(dir, &entry, registry, rollouts).await.is_none() {
+                        if unfetched.is_empty() {
+                            (wait, next_try) = (INSTALL_RETRY, tokio::time::Instant::now() + INSTALL_RETRY);
+                        }
                         unfetched.insert(entry.key.clone(), entry);
                     }
                 }
-                _ = retry.tick(), if !unfetched.is_empty() => {
+                _ = tokio::time::sleep_until(next_try), if !unfetched.is_empty() => {
                     for (name, entry) in std::mem::take(&mut unfetched) {
                         if self.install(dir, &entry, registry, rollouts).await.is_none() {
                             unfetched.insert(name, entry);
                         }
                     }
+                    wait = (wait * 2).min(INSTALL_RETRY_MAX);
+                    next_try = tokio::time::Instant::now() + wait;
                 }
             }
         }
@@ -403,20 +415,33 @@ impl Cluster {
         })
         .await
     }
-}
 
-/// Puts `wasm` into `builds` as `build` unless the store holds it (a deleted object still answers
-/// `info`, marked deleted).
-pub(super) async fn store_build(
-    builds: &object_store::ObjectStore,
-    build: &str,
-    wasm: &[u8],
-) -> Result<(), ClusterError> {
-    if builds.info(build).await.is_ok_and(|info| !info.deleted) {
-        return Ok(());
+    /// Puts `wasm` into `builds` as `build` unless the store holds it whole. A deleted object
+    /// still answers `info`, marked deleted; one whose chunks are gone (purged by another
+    /// program, or lost with a server's disk) would stall every fetch: both are put again, which
+    /// replaces them.
+    pub(super) async fn store_build(
+        &self,
+        builds: &object_store::ObjectStore,
+        build: &str,
+        wasm: &[u8],
+    ) -> Result<(), ClusterError> {
+        if let Ok(info) = builds.info(build).await
+            && !info.deleted
+            && self.chunks_stored(&info.nuid).await? == info.chunks
+        {
+            return Ok(());
+        }
+        builds.put(build, &mut &wasm[..]).await.map_err(jetstream_error)?;
+        Ok(())
     }
-    builds.put(build, &mut &wasm[..]).await.map_err(jetstream_error)?;
-    Ok(())
+
+    /// How many chunks of the object stored as `nuid` the builds' stream holds.
+    async fn chunks_stored(&self, nuid: &str) -> Result<usize, ClusterError> {
+        let stream = self.jetstream.get_stream_no_info(Self::builds_stream()).await.map_err(jetstream_error)?;
+        let mut subjects = stream.info_with_subjects(format!("$O.{BUILDS}.C.{nuid}")).await.map_err(jetstream_error)?;
+        Ok(subjects.try_next().await.map_err(jetstream_error)?.map_or(0, |(_, count)| count))
+    }
 }
 
 /// Build `build` from `builds`, checked against its hash; failed once nothing came for

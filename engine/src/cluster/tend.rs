@@ -21,7 +21,7 @@ use std::future::Future;
 use async_nats::jetstream::{kv, stream};
 use time::OffsetDateTime;
 
-use super::plugins::{StoredBuild, named_builds, read_build, removable, store_build};
+use super::plugins::{StoredBuild, named_builds, read_build, removable};
 use super::{Cluster, ClusterError, is_not_found, jetstream_error};
 
 /// What the judge listed, kept from round to round.
@@ -131,7 +131,7 @@ impl Cluster {
             let named = named_builds(&self.pointer_entries(&pointers).await?);
             for (build, wasm) in removed.iter().filter(|(build, _)| named.contains(build)) {
                 tracing::warn!(build, "a deploy named a build as it was removed: it is put back");
-                store_build(&store, build, wasm).await?;
+                self.store_build(&store, build, wasm).await?;
             }
         }
         failed
