@@ -192,7 +192,7 @@ pub struct ClusterSettings {
     pub token: Option<String>,
     /// NATS user name, with `password`.
     pub user: Option<String>,
-    /// NATS password, with `user`.
+    /// NATS password, with `user` (better: `WASMPUSH_NATS_PASSWORD`).
     pub password: Option<String>,
     /// An nkey seed (`SU…`) the node signs in with.
     pub nkey_seed: Option<String>,

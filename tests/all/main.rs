@@ -6,6 +6,7 @@ mod bad_input;
 mod cadence;
 mod cli;
 mod cluster;
+mod cluster_auth;
 mod cluster_builds;
 mod console;
 mod cpu_deadline;

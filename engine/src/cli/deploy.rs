@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::rollouts::{Admin, AdminArgs, Shipping, deploy};
+use super::secrets::NatsSecrets;
 use crate::admin::{ReloadErrorStatus, Status};
 use crate::cluster::{ANNOUNCE_PERIOD, Cluster, ClusterError, ClusterNode, DeployError, Deployed};
 use crate::config::Config;
@@ -62,6 +63,9 @@ pub(super) struct DeployArgs {
     /// Which engine (without --nats), or the config whose `[cluster]` to use (with it).
     #[command(flatten)]
     engine: AdminArgs,
+    /// With --nats: the NATS token or password of the cluster.
+    #[command(flatten)]
+    nats_secrets: NatsSecrets,
 }
 
 /// Deploys the build; exit code 0 once it is deployed (and, with `--wait`, served everywhere).
@@ -78,6 +82,7 @@ pub(super) fn run(
     if !args.nats.is_empty() {
         settings.nats = args.nats.clone();
     }
+    args.nats_secrets.apply_to(&mut settings);
     // One byte over the limit is enough to refuse it: a huge file is not read whole.
     let mut wasm = Vec::new();
     std::fs::File::open(&args.file)

@@ -15,7 +15,7 @@
 //! - `error_chain`: an error and its causes on one line.
 //! - `launch`: how the engine was started, kept beside its pid file for `restart` and `status`.
 //! - `handover`: how a restart's new engine takes the sockets, the secrets and the data store over.
-//! - `secrets`: the tokens and the JWT secret a start is given by flag or environment.
+//! - `secrets`: the tokens, the JWT secret and the NATS secrets a start is given by flag or environment.
 
 mod control;
 mod daemon;
@@ -276,5 +276,16 @@ mod tests {
         assert!(!args.daemon, "under systemd the engine runs in the foreground");
         assert!(args.config.is_some(), "the unit names its config file");
         assert!(unit.contains("\nType=notify\n"), "systemd waits for the engine's READY=1");
+    }
+
+    #[test]
+    fn the_nats_secrets_given_to_a_start_reach_its_cluster_settings_and_its_daemon() {
+        let flags = ["wasmpush", "start", "--nats", "nats://10.0.0.5:4222", "--nats-token", "t-0123456789abcdef"];
+        let Command::Start(args) = Cli::try_parse_from(flags).unwrap().command else { panic!("a start") };
+        let config = args.config().unwrap();
+        assert_eq!(config.cluster.token.as_deref(), Some("t-0123456789abcdef"));
+        let env = args.secrets().into_env();
+        assert_eq!(env, [("WASMPUSH_NATS_TOKEN", "t-0123456789abcdef".to_owned())], "a daemon's child gets it");
+        assert!(!args.setting_flags().iter().any(|flag| flag.to_string_lossy().contains("t-0123")), "never a flag");
     }
 }

@@ -17,7 +17,7 @@ use super::handover::{self, TakeOver};
 use super::launch;
 use super::pidfile::DEFAULT_PID_FILE;
 use super::pidfile::{self, PidFile};
-use super::secrets::Secrets;
+use super::secrets::{NatsSecrets, Secrets};
 use crate::config::Config;
 use crate::server::{self, Lifecycle, Listeners, Reload};
 
@@ -84,6 +84,9 @@ pub(super) struct StartArgs {
     /// This node's name in the cluster: `[cluster] node` [default: HOST-PORT].
     #[arg(long, value_name = "NAME")]
     node: Option<String>,
+    /// The NATS token or password of the cluster.
+    #[command(flatten)]
+    nats_secrets: NatsSecrets,
     /// If the data store cannot be read (a damaged file), move it aside (`buckets.redb.damaged-SECS`)
     /// and start with an empty store instead of refusing to start.
     #[arg(long)]
@@ -149,6 +152,8 @@ impl StartArgs {
             publish_token: self.publish_token.clone(),
             admin_token: self.admin_token.clone(),
             jwt_secret: self.jwt_secret.clone(),
+            nats_token: self.nats_secrets.nats_token.clone(),
+            nats_password: self.nats_secrets.nats_password.clone(),
         }
     }
 
@@ -158,8 +163,13 @@ impl StartArgs {
     pub(super) fn adopt(&mut self, running: Secrets) -> Vec<&'static str> {
         let mut secrets = self.secrets();
         let taken = secrets.adopt(running);
-        Secrets { publish_token: self.publish_token, admin_token: self.admin_token, jwt_secret: self.jwt_secret } =
-            secrets;
+        Secrets {
+            publish_token: self.publish_token,
+            admin_token: self.admin_token,
+            jwt_secret: self.jwt_secret,
+            nats_token: self.nats_secrets.nats_token,
+            nats_password: self.nats_secrets.nats_password,
+        } = secrets;
         taken
     }
 
@@ -194,6 +204,7 @@ impl StartArgs {
         if let Some(node) = &self.node {
             config.cluster.node = Some(node.clone());
         }
+        self.nats_secrets.apply_to(&mut config.cluster);
         if let Some(publish) = self.publish {
             config.publish = publish;
         }

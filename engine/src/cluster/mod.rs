@@ -14,7 +14,8 @@
 //! server starts [`Cluster::follow`].
 //!
 //! ## Layout
-//! - this file: connecting, the data stream.
+//! - this file: the node's link, the data stream.
+//! - `connection`: the NATS client's options, credentials checked; why the link is down.
 //! - `follow`: a node applying the stream to its store.
 //! - `publish`: writing a batch to the stream.
 //! - `plugins`: plugin builds in an Object Store, a pointer per plugin, nodes following them.
@@ -24,6 +25,7 @@
 //! - `rollouts`: the cluster's rollouts, judged on every node's figures.
 //! - `tend`: the judge's round: old builds removed, rollouts judged, by one node.
 
+mod connection;
 mod follow;
 mod heard;
 mod nodes;
@@ -44,6 +46,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use crate::config::{ClusterSettings, RolloutSettings};
+use connection::LinkTrouble;
 pub use nodes::{Announcement, ClusterNode};
 pub use plugins::{DeployError, Deployed, START_SYNC_TIME};
 pub use presence::{ANNOUNCE_PERIOD, NAME_TAKEN};
@@ -61,10 +64,6 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// consumer). JetStream answers in milliseconds while the stream has a leader and never while it
 /// has none (a NATS cluster electing one after a restart): the follower asks again sooner.
 const FOLLOW_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The longest wait between two tries to reconnect to NATS: a try is one TCP connection, cheap
-/// for a server even from hundreds of nodes.
-const MAX_RECONNECT_DELAY: Duration = Duration::from_millis(500);
 
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +93,8 @@ pub struct Cluster {
     catch_up_bits: u64,
     /// What the node knows of its following of the data.
     link: Arc<Link>,
+    /// Why the NATS client last failed, since it last connected.
+    trouble: Arc<LinkTrouble>,
     /// This process's presence in the cluster's list of nodes.
     presence: Arc<presence::Presence>,
     /// How the cluster's rollouts are judged (on the node that judges them).
@@ -135,18 +136,21 @@ impl Cluster {
     /// Connects to the cluster's NATS servers; returns at once even while none is reachable
     /// (the client keeps trying: the node serves from its own store meanwhile).
     pub async fn connect(settings: &ClusterSettings, max_value_bytes: usize) -> Result<Cluster, ClusterError> {
-        let options = options(settings).await?.retry_on_initial_connect();
-        Self::connect_with(options, settings, max_value_bytes).await
+        let trouble = Arc::default();
+        let options = connection::options(settings, &trouble).await?.retry_on_initial_connect();
+        Self::connect_with(options, trouble, settings, max_value_bytes).await
     }
 
     /// Connects for one command (`wasmpush deploy`): an error at once when no server answers.
     pub async fn connect_once(settings: &ClusterSettings, max_value_bytes: usize) -> Result<Cluster, ClusterError> {
-        let options = options(settings).await?.connection_timeout(ACK_TIMEOUT);
-        Self::connect_with(options, settings, max_value_bytes).await
+        let trouble = Arc::default();
+        let options = connection::options(settings, &trouble).await?.connection_timeout(ACK_TIMEOUT);
+        Self::connect_with(options, trouble, settings, max_value_bytes).await
     }
 
     async fn connect_with(
         options: async_nats::ConnectOptions,
+        trouble: Arc<LinkTrouble>,
         settings: &ClusterSettings,
         max_value_bytes: usize,
     ) -> Result<Cluster, ClusterError> {
@@ -170,6 +174,7 @@ impl Cluster {
             replicas,
             catch_up_bits,
             link,
+            trouble,
             presence,
             rollouts,
         })
@@ -183,6 +188,12 @@ impl Cluster {
     /// Whether the NATS connection is up now.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// While the NATS connection is down, why, as the client last failed (a refused credential,
+    /// a TLS failure, no server answering), if it said.
+    pub fn link_trouble(&self) -> Option<String> {
+        if self.is_connected() { None } else { self.trouble.reason() }
     }
 
     /// `None` once the node has applied the data stream as far as it reached when the node
@@ -314,42 +325,6 @@ fn jetstream_error(err: impl std::fmt::Display) -> ClusterError {
     ClusterError::JetStream(err.to_string())
 }
 
-/// The NATS client options of `settings`: its credentials, TLS roots, reconnecting for ever, at
-/// most [`MAX_RECONNECT_DELAY`] apart.
-async fn options(settings: &ClusterSettings) -> Result<async_nats::ConnectOptions, ClusterError> {
-    let mut options = async_nats::ConnectOptions::new()
-        .max_reconnects(None)
-        .reconnect_delay_callback(reconnect_delay)
-        .name("wasmpush");
-    if let Some(path) = &settings.creds_file {
-        options = options.credentials_file(path).await.map_err(|err| ClusterError::Setup(err.to_string()))?;
-    }
-    if let Some(token) = &settings.token {
-        options = options.token(token.clone());
-    }
-    if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
-        options = options.user_and_password(user.clone(), password.clone());
-    }
-    if let Some(seed) = &settings.nkey_seed {
-        options = options.nkey(seed.clone());
-    }
-    if let Some(ca) = &settings.tls_ca_file {
-        options = options.add_root_certificates(ca.clone());
-    }
-    Ok(options)
-}
-
-/// How long the NATS client waits before its `attempts`th try to reconnect: none before the
-/// first, then doubling from 2 ms to [`MAX_RECONNECT_DELAY`]. (async-nats' own default doubles to
-/// 4 s: a node could stay cut off for 4 s after NATS came back, serving stale data.)
-fn reconnect_delay(attempts: usize) -> Duration {
-    let doublings = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
-    match attempts {
-        0 | 1 => Duration::ZERO,
-        _ => Duration::from_millis(2_u64.saturating_pow(doublings)).min(MAX_RECONNECT_DELAY),
-    }
-}
-
 /// The stream subject of `key` of data bucket `bucket`.
 fn subject(bucket: &str, key: &str) -> String {
     format!("$KV.{DATA_BUCKET}.{bucket}.{key}")
@@ -364,13 +339,6 @@ mod tests {
     fn answered(err_code: u16) -> GetStreamError {
         let answer = serde_json::json!({ "code": 404, "err_code": err_code, "description": "refused" });
         GetStreamError::new(GetStreamErrorKind::JetStream(serde_json::from_value(answer).unwrap()))
-    }
-
-    #[test]
-    fn reconnecting_waits_double_up_to_half_a_second() {
-        let delays: Vec<u64> =
-            [1, 2, 3, 9, 10, 11, 1000].map(|attempt| reconnect_delay(attempt).as_millis() as u64).into();
-        assert_eq!(delays, [0, 2, 4, 256, 500, 500, 500]);
     }
 
     #[test]
