@@ -60,10 +60,12 @@ const DATA_STREAM: &str = "KV_wasmpush-data";
 /// How long a write waits for JetStream's acknowledgement before it answers "outcome unknown".
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long the follower waits for an answer to a JetStream request (the stream's state, a
-/// consumer). JetStream answers in milliseconds while the stream has a leader and never while it
-/// has none (a NATS cluster electing one after a restart): the follower asks again sooner.
-const FOLLOW_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a node's own rounds wait for an answer to a JetStream request: the follower's (the
+/// stream's state, a consumer) and the announcements'. JetStream answers in milliseconds while
+/// a stream has a leader and never while it has none (a NATS cluster electing one after a
+/// restart): such a round asks again sooner rather than wait out 5 s, after which a node that
+/// announces every 2 s would look gone.
+const QUICK_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -83,8 +85,8 @@ pub struct Cluster {
     client: async_nats::Client,
     /// JetStream on it.
     jetstream: jetstream::Context,
-    /// JetStream on it, for the follower's requests ([`FOLLOW_REQUEST_TIMEOUT`]).
-    follow_jetstream: jetstream::Context,
+    /// JetStream on it, for the node's own rounds ([`QUICK_REQUEST_TIMEOUT`]).
+    quick_jetstream: jetstream::Context,
     /// Bytes of one value: the bucket's value limit.
     max_value_bytes: usize,
     /// Copies JetStream keeps of each bucket this node creates.
@@ -161,15 +163,15 @@ impl Cluster {
             .collect::<Result<_, _>>()?;
         let client = options.connect(urls).await.map_err(|err| ClusterError::Setup(err.to_string()))?;
         let jetstream = jetstream::new(client.clone());
-        let mut follow_jetstream = jetstream.clone();
-        follow_jetstream.set_timeout(FOLLOW_REQUEST_TIMEOUT);
+        let mut quick_jetstream = jetstream.clone();
+        quick_jetstream.set_timeout(QUICK_REQUEST_TIMEOUT);
         let (replicas, rollouts) = (settings.replicas, RolloutSettings::default());
         let catch_up_bits = settings.catch_up_limit_mbps(max_value_bytes) * 1_000_000;
         let (link, presence) = (Arc::default(), Arc::new(presence::Presence::new()));
         Ok(Cluster {
             client,
             jetstream,
-            follow_jetstream,
+            quick_jetstream,
             max_value_bytes,
             replicas,
             catch_up_bits,
@@ -223,9 +225,9 @@ impl Cluster {
 
     /// The data stream, created (as KV bucket [`DATA_BUCKET`], history 1, atomic batches
     /// allowed) if JetStream says it does not exist; its requests wait
-    /// [`FOLLOW_REQUEST_TIMEOUT`] for their answers.
+    /// [`QUICK_REQUEST_TIMEOUT`] for their answers.
     async fn data_stream(&self) -> Result<jetstream::stream::Stream, ClusterError> {
-        let jetstream = &self.follow_jetstream;
+        let jetstream = &self.quick_jetstream;
         let mut stream = found_or_created(jetstream.get_stream(DATA_STREAM).await, || async {
             let config = jetstream::kv::Config {
                 bucket: DATA_BUCKET.to_owned(),
@@ -267,9 +269,18 @@ impl Cluster {
     /// The KV bucket `config` names, created with `config` (and the node's replicas) if JetStream
     /// says it is missing.
     async fn kv_bucket(&self, config: jetstream::kv::Config) -> Result<jetstream::kv::Store, ClusterError> {
-        found_or_created(self.jetstream.get_key_value(&config.bucket).await, || async {
+        self.kv_bucket_on(&self.jetstream, config).await
+    }
+
+    /// [`Cluster::kv_bucket`] through `jetstream`, whose timeout its requests then keep.
+    async fn kv_bucket_on(
+        &self,
+        jetstream: &jetstream::Context,
+        config: jetstream::kv::Config,
+    ) -> Result<jetstream::kv::Store, ClusterError> {
+        found_or_created(jetstream.get_key_value(&config.bucket).await, || async {
             let config = jetstream::kv::Config { num_replicas: self.replicas, ..config };
-            self.jetstream.create_key_value(config).await.map_err(jetstream_error)
+            jetstream.create_key_value(config).await.map_err(jetstream_error)
         })
         .await
     }

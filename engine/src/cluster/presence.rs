@@ -19,12 +19,17 @@
 //! happened for [`NAME_TAKEN_FOR`].
 //!
 //! After its put, the live node with the smallest name tends the cluster's builds and rollouts
-//! (see `tend`).
+//! (see `tend`), in a task beside the announcing loop, one round at a time. The announcing
+//! loop's own requests give up after a second. Both keep the announcements on their period while
+//! JetStream answers slowly or not at all. Before, after a full restart of a NATS cluster, a
+//! round could wait out two or more 5-s requests (the bucket looked up again, the put, the
+//! judge's clock), longer than a node may be silent beside others announcing again: CI once saw
+//! `deploy --wait` count one live node of three there.
 //!
 //! [`GONE_AFTER`]: super::nodes::GONE_AFTER
 
 use std::hash::BuildHasher;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
@@ -137,10 +142,7 @@ impl Cluster {
                     }
                     round.previous_put = Some(revision);
                     round.first_put.get_or_insert(revision);
-                    // Its own failure says nothing of whether announcements are taken.
-                    if let Err(err) = self.tend(&node, &bucket, &mut round.tending).await {
-                        tracing::debug!(cause = %err, "cannot tend the cluster's builds and rollouts this round");
-                    }
+                    self.tend_beside(&node, bucket, &round.tending);
                 }
                 Err(err) => {
                     tracing::debug!(cause = %err, "cannot announce this node to the cluster");
@@ -148,6 +150,8 @@ impl Cluster {
                 }
             }
         }
+        // A round of tending ends before the node leaves: it may be removing a build.
+        let _ = round.tending.lock().await;
         let leave = async { self.nodes_bucket().await?.purge(&node).await.map_err(jetstream_error) };
         if let Ok(Err(err)) | Err(err) = tokio::time::timeout(LEAVE_TIME, leave).await.map_err(jetstream_error) {
             tracing::warn!(cause = %err, "cannot remove this node from the cluster's list; it will be marked gone");
@@ -199,6 +203,20 @@ impl Cluster {
         self.presence.instance
     }
 
+    /// Tends the cluster's builds and rollouts as `node` (see `tend`) in a task of its own, so
+    /// that the announcements keep their period however long the judge's requests take; unless
+    /// the last round of tending is still going.
+    fn tend_beside(&self, node: &str, bucket: kv::Store, tending: &Arc<tokio::sync::Mutex<Tending>>) {
+        let Ok(mut tending) = tending.clone().try_lock_owned() else { return };
+        let (cluster, node) = (self.clone(), node.to_owned());
+        tokio::spawn(async move {
+            // Its own failure says nothing of whether announcements are taken.
+            if let Err(err) = cluster.tend(&node, &bucket, &mut tending).await {
+                tracing::debug!(cause = %err, "cannot tend the cluster's builds and rollouts this round");
+            }
+        });
+    }
+
     /// Whether another process announced itself under this node's name within
     /// [`NAME_TAKEN_FOR`].
     pub fn is_name_taken(&self) -> bool {
@@ -234,10 +252,12 @@ impl Cluster {
         }
     }
 
-    /// The node entries' KV bucket, created if missing.
+    /// The node entries' KV bucket, created if missing; its requests wait at most
+    /// [`QUICK_REQUEST_TIMEOUT`](super::QUICK_REQUEST_TIMEOUT), so an unanswered one costs the
+    /// announcing loop a round, not the [`GONE_AFTER`] that would mark the node gone.
     async fn nodes_bucket(&self) -> Result<kv::Store, ClusterError> {
-        self.kv_bucket(kv::Config { bucket: NODES.to_owned(), history: 1, max_age: FORGET_AFTER, ..Default::default() })
-            .await
+        let config = kv::Config { bucket: NODES.to_owned(), history: 1, max_age: FORGET_AFTER, ..Default::default() };
+        self.kv_bucket_on(&self.quick_jetstream, config).await
     }
 }
 
@@ -268,8 +288,8 @@ struct Round {
     first_put: Option<u64>,
     /// The revision of this process's put of the round before; `None` if that round was missed.
     previous_put: Option<u64>,
-    /// What this node listed when it judged (see `tend`).
-    tending: Tending,
+    /// What this node listed when it judged (see `tend`), held by the round of tending going on.
+    tending: Arc<tokio::sync::Mutex<Tending>>,
 }
 
 impl Round {
