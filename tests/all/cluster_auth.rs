@@ -1,7 +1,8 @@
 //! A node signs in to NATS with each credential `[cluster]` takes — a token, a user and password
 //! over TLS checked against a CA, an nkey, a credentials file — and so does `wasmpush deploy`,
 //! its secrets given by environment. A node whose credentials NATS stops taking says so in
-//! `/healthz`, refuses writes, and comes back once they are taken again.
+//! `/healthz`, refuses writes, and comes back once they are taken again; one that does not trust
+//! the server's certificate says that.
 
 use std::process::Command;
 use std::time::Duration;
@@ -107,14 +108,15 @@ async fn nodes_sign_in_with_a_password_over_tls_an_nkey_and_a_credentials_file()
     );
     let tls = NatsServer::start_with(&config);
     let url = tls.url().replace("nats://", "tls://");
-    let node = node_on(url, |cluster| {
-        cluster.user = Some("node".to_owned());
-        cluster.password = Some("pass-0123456789".to_owned());
-        cluster.tls_ca_file = Some(ca);
-    })
-    .await;
+    // Beside it, a node given another CA: it says what the TLS handshake found.
+    let other = files.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let (other_ca, _, _) = certificates(&other);
+    let (node, misled) =
+        tokio::join!(node_on(url.clone(), password_over_tls(ca)), node_on(url, password_over_tls(other_ca)));
     signed_in_and_writes(&node, "tls").await;
-    drop(node);
+    until_healthz(&misled, 503, "invalid peer certificate").await;
+    drop((node, misled));
 
     // An nkey.
     let user = nkeys::KeyPair::new_user();
@@ -131,6 +133,15 @@ async fn nodes_sign_in_with_a_password_over_tls_an_nkey_and_a_credentials_file()
     let operated = NatsServer::start_with(&config);
     let node = node_on(operated.url(), |cluster| cluster.creds_file = Some(creds_file)).await;
     signed_in_and_writes(&node, "creds").await;
+}
+
+/// Signs in as user `node` with its password, checking the server's certificate against `ca`.
+fn password_over_tls(ca: std::path::PathBuf) -> impl FnOnce(&mut ClusterSettings) {
+    move |cluster| {
+        cluster.user = Some("node".to_owned());
+        cluster.password = Some("pass-0123456789".to_owned());
+        cluster.tls_ca_file = Some(ca);
+    }
 }
 
 /// A CA, and a certificate it signed for 127.0.0.1 with its key, as PEM files in `dir`.

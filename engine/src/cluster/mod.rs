@@ -156,11 +156,7 @@ impl Cluster {
         settings: &ClusterSettings,
         max_value_bytes: usize,
     ) -> Result<Cluster, ClusterError> {
-        let urls: Vec<async_nats::ServerAddr> = settings
-            .nats
-            .iter()
-            .map(|url| url.parse().map_err(|err| ClusterError::Setup(format!("`{url}`: {err}"))))
-            .collect::<Result<_, _>>()?;
+        let urls = connection::server_addrs(settings)?;
         let client = options.connect(urls).await.map_err(|err| ClusterError::Setup(err.to_string()))?;
         let jetstream = jetstream::new(client.clone());
         let mut quick_jetstream = jetstream.clone();
