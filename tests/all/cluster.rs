@@ -17,11 +17,6 @@ use crate::data::{connect, parse, portfolio};
 use crate::util::{BINARY, SOON, config_address, encode, write_config};
 use std::process::Command;
 
-/// `/healthz` of `node`: its status and body.
-async fn healthz(node: &TestEngine) -> (u16, String) {
-    request(node.admin_addr, "GET", "/healthz", None, "").await
-}
-
 /// `nodes` engines serving `portfolio` without ticks, members of the cluster on `nats`, each
 /// serving once it caught up with the cluster's data.
 async fn nodes(nats: &NatsServer, nodes: usize) -> Vec<TestEngine> {
@@ -34,8 +29,13 @@ async fn nodes(nats: &NatsServer, nodes: usize) -> Vec<TestEngine> {
 async fn until_caught_up(nodes: &[TestEngine], within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
     for node in nodes {
-        while healthz(node).await.0 != 200 {
-            assert!(tokio::time::Instant::now() < deadline, "{} never caught up: {:?}", node.addr, healthz(node).await);
+        while node.healthz().await.0 != 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} never caught up: {:?}",
+                node.addr,
+                node.healthz().await
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -338,14 +338,14 @@ async fn a_node_that_cannot_reach_nats_refuses_writes_and_serves_its_clients_fro
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(refused.contains("NATS"), "{refused}");
-    let health = healthz(&nodes[1]).await;
+    let health = nodes[1].healthz().await;
     assert_eq!(health.0, 503, "degraded, not down: {}", health.1);
     assert!(health.1.contains("degraded: cluster: NATS is unreachable"), "{}", health.1);
     let mut client = connect(&nodes[1], "a42").await;
     assert_eq!(parse(&client.next_text(SOON).await)["total"], 7.0, "served from the node's own data");
     // A node started while NATS is down starts, and says it is degraded until it caught up.
     let late = nodes_on(&nats, 1).await.remove(0);
-    assert_eq!(healthz(&late).await.0, 503);
+    assert_eq!(late.healthz().await.0, 503);
 
     // Once NATS is back, writes go through and reach the other node; the refused one never lands.
     nats.restart();
@@ -362,11 +362,11 @@ async fn a_node_that_cannot_reach_nats_refuses_writes_and_serves_its_clients_fro
     until_node_has(&nodes[1], "prices", "MSFT", &json!({"price": 9})).await;
     until_node_has(&late, "prices", "MSFT", &json!({"price": 9})).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while healthz(&late).await.0 != 200 {
+    while late.healthz().await.0 != 200 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the late node never said it caught up: {:?}",
-            healthz(&late).await
+            late.healthz().await
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -503,7 +503,7 @@ async fn a_node_resyncs_with_a_recreated_stream_and_drops_what_it_no_longer_hold
         assert!(tokio::time::Instant::now() < deadline, "the client was never pushed the resynced data");
     }
     assert_eq!(nodes[0].status().await["data_revision"], 6, "the new stream's revision");
-    assert_eq!(healthz(&nodes[0]).await.0, 200);
+    assert_eq!(nodes[0].healthz().await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -578,7 +578,7 @@ async fn a_node_catching_up_at_a_limited_rate_follows_without_the_limit_once_cau
         assert!(tokio::time::Instant::now() < deadline, "no consumer at 1 Mbit/s: {:?}", rate_limits().await);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(healthz(&late).await.0, 503, "catching up");
+    assert_eq!(late.healthz().await.0, 503, "catching up");
     // Once caught up it follows without the limit, and has every key.
     until_caught_up(std::slice::from_ref(&late), Duration::from_secs(20)).await;
     // (The node deletes its catch-up's consumer; one the client had to recreate meanwhile would

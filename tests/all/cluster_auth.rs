@@ -26,16 +26,11 @@ async fn node_on(url: String, credentials: impl FnOnce(&mut ClusterSettings)) ->
     .await
 }
 
-/// `/healthz` of `node`: its status and body.
-async fn healthz(node: &TestEngine) -> (u16, String) {
-    request(node.admin_addr, "GET", "/healthz", None, "").await
-}
-
 /// Waits until `node`'s `/healthz` answers `status` with a body containing `says`.
 async fn until_healthz(node: &TestEngine, status: u16, says: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let (now, body) = healthz(node).await;
+        let (now, body) = node.healthz().await;
         if now == status && body.contains(says) {
             return;
         }

@@ -107,6 +107,11 @@ impl TestEngine {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("status is not JSON ({e}): {body}"))
     }
 
+    /// `GET /healthz` from the admin endpoint: its status and body.
+    pub async fn healthz(&self) -> (u16, String) {
+        crate::http::request(self.admin_addr, "GET", "/healthz", None, "").await
+    }
+
     /// Asks the engine to rescan its plugins directory, as SIGHUP does.
     pub async fn reload(&self) {
         self.reloads.send(wasmpush::Reload::default()).await.expect("engine running");
